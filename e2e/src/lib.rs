@@ -1,0 +1,374 @@
+//! The end-to-end harness: the real `berthd` binary on a throw-away root,
+//! run root and socket, driven over CRI gRPC as the kubelet and crictl drive
+//! it.
+//!
+//! A [`Berthd`] cleans up after itself when dropped, also when the test
+//! panicked: it kills berthd and every process whose command line names its
+//! temporary dir (shims, runtimes), detaches every mount below that dir, and
+//! prints berthd's log so a failure explains itself.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use berth_proto::cri::image_service_client::ImageServiceClient;
+use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
+use hyper_util::rt::TokioIo;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+pub use berth_proto::cri;
+
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The directory holding the workspace's freshly built binaries.
+///
+/// The first call builds `berthd` and `berth-shim` with the cargo that runs
+/// the tests, so `cargo test` alone always tests the current source.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("e2e sits in the workspace");
+        let status = Command::new(cargo)
+            .current_dir(workspace)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "berthd",
+                "-p",
+                "berth-runtime",
+                "--bins",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building berthd and berth-shim failed");
+        // Test executables live in <target>/<profile>/deps.
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("<target>/<profile>")
+            .to_path_buf()
+    })
+}
+
+pub fn berthd_bin() -> PathBuf {
+    bin_dir().join("berthd")
+}
+
+/// How to start a berthd under test.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Written to the temporary config file passed with `--config`.
+    pub config: String,
+    /// Extra command-line arguments.
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Use this socket instead of one inside the temporary dir.
+    pub socket: Option<PathBuf>,
+}
+
+/// Throw-away paths for one berthd.
+pub struct Paths {
+    dir: tempfile::TempDir,
+}
+
+impl Paths {
+    pub fn create() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("create temp dir");
+        Paths { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir().join("root")
+    }
+
+    pub fn run_root(&self) -> PathBuf {
+        self.dir().join("run")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run_root().join("berth.sock")
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.dir().join("berth.toml")
+    }
+
+    pub fn log_file(&self) -> PathBuf {
+        self.dir().join("berthd.log")
+    }
+}
+
+/// A `berthd` command for `paths` with `options`, not yet started: flags
+/// point every path into the temporary dir and keep host config out.
+pub fn command(paths: &Paths, options: &Options) -> Command {
+    std::fs::write(paths.config_file(), &options.config).expect("write config");
+    let socket = options.socket.clone().unwrap_or_else(|| paths.socket());
+    let mut cmd = Command::new(berthd_bin());
+    cmd.arg("--config")
+        .arg(paths.config_file())
+        .arg("--config-dir")
+        .arg(paths.dir().join("berth.d"))
+        .arg("--root")
+        .arg(paths.root())
+        .arg("--run-root")
+        .arg(paths.run_root())
+        .arg("--listen")
+        .arg(socket)
+        .args(&options.args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A running berthd and everything it made.
+pub struct Berthd {
+    child: Option<Child>,
+    socket: PathBuf,
+    /// Taken by [`Berthd::stop_with`], which hands them back to the test.
+    paths: Option<Paths>,
+}
+
+impl Berthd {
+    pub async fn start() -> Berthd {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Berthd {
+        Self::start_in(Paths::create(), options).await
+    }
+
+    /// Starts berthd on existing paths: how a test restarts it on the same state.
+    pub async fn start_in(paths: Paths, options: Options) -> Berthd {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(paths.log_file())
+            .expect("open log file");
+        let child = command(&paths, &options)
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn berthd");
+        let socket = options.socket.clone().unwrap_or_else(|| paths.socket());
+        let mut berthd = Berthd {
+            child: Some(child),
+            socket,
+            paths: Some(paths),
+        };
+        berthd.wait_ready().await;
+        berthd
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "berthd exited during start-up with {status}; its log:\n{}",
+                    self.log()
+                );
+            }
+            if tokio::net::UnixStream::connect(&self.socket).await.is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berthd did not listen on {} within {START_TIMEOUT:?}; its log:\n{}",
+                self.socket.display(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn paths(&self) -> &Paths {
+        self.paths.as_ref().expect("paths are kept until stop_with")
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("berthd running").id() as i32)
+    }
+
+    /// Everything berthd wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.paths().log_file()).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        connect(&self.socket).await
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel().await)
+    }
+
+    /// Sends `signal` and waits for berthd to exit; returns its exit status
+    /// and hands back the paths so the test can inspect or reuse them.
+    pub async fn stop_with(mut self, signal: Signal) -> (ExitStatus, Paths) {
+        let mut child = self.child.take().expect("berthd running");
+        let status = signal_and_wait(&mut child, signal).await;
+        let paths = self.paths.take().expect("paths are kept until stop_with");
+        (status, paths)
+    }
+}
+
+/// Connects a CRI gRPC channel to a unix socket.
+pub async fn connect(socket: &Path) -> Channel {
+    let socket = socket.to_path_buf();
+    Endpoint::try_from("http://[::1]:50051")
+        .expect("static URI")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connect to berthd socket")
+}
+
+/// Polls rather than blocks, so the test's own runtime keeps serving its
+/// gRPC connections (berthd's graceful shutdown talks to them).
+async fn signal_and_wait(child: &mut Child, signal: Signal) -> ExitStatus {
+    let pid = Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, signal);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for berthd") {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("berthd did not exit within {STOP_TIMEOUT:?} of {signal}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Drop for Berthd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(paths) = &self.paths
+            && std::thread::panicking()
+        {
+            eprintln!(
+                "---- berthd log ({}) ----\n{}",
+                paths.log_file().display(),
+                self.log()
+            );
+        }
+    }
+}
+
+impl Drop for Paths {
+    fn drop(&mut self) {
+        kill_processes_under(self.dir());
+        unmount_under(self.dir());
+    }
+}
+
+/// Kills every process whose command line mentions `dir`: shims and OCI
+/// runtimes that berthd under test left behind.
+pub fn kill_processes_under(dir: &Path) {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid as u32 == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Every mount point at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape_mount_path)
+        .filter(|path| path.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    mounts
+}
+
+fn unescape_mount_path(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(code)) => {
+                out.push(code);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out).into()
+}
+
+fn unmount_under(dir: &Path) {
+    for mount in mounts_under(dir) {
+        let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

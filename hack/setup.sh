@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs every system package Berth builds, runs, tests or benchmarks with.
+# Idempotent: installs only what is missing, and touches apt only then.
+set -euo pipefail
+
+PACKAGES=(
+  # build
+  protobuf-compiler
+  # run: OCI runtimes, CNI plugins, namespaces and networking
+  runc crun containernetworking-plugins iproute2 iptables util-linux
+  # test fixtures: a local registry and images built from busybox
+  docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates
+  # benchmark peers
+  containerd conmon
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "hack/setup.sh: missing packages: ${missing[*]}; run as root to install them" >&2
+    exit 1
+  fi
+  echo "hack/setup.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Rust toolchain cannot come from apt (Debian's is older than edition 2024).
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "hack/setup.sh: cargo not found; install a Rust toolchain >= 1.85 (rustup) first" >&2
+  exit 1
+fi

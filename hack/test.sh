@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what is missing, then runs every check CI runs: formatting, clippy
+# with warnings denied, and the whole test suite (unit and end-to-end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash hack/setup.sh
+if [[ "${CI:-}" == "true" && $(id -u) -ne 0 ]]; then
+  echo "hack/test.sh: CI runs the end-to-end tests, which need root" >&2
+  exit 1
+fi
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy" >&2
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo test" >&2
+cargo test --locked --workspace

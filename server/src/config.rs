@@ -1,0 +1,492 @@
+//! berthd's configuration: built-in defaults, then the main TOML file, then
+//! drop-ins in lexical order, then command-line flags.
+//!
+//! Every file is checked on its own first, so an unknown key or a bad value is
+//! reported against the file that holds it. The layers are then merged as
+//! TOML tables (tables merge key by key, anything else is replaced), which is
+//! what lets a drop-in add `[runtimes.crun]` without losing `runc`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/berth/berth.toml";
+pub const DEFAULT_DROP_IN_DIR: &str = "/etc/berth/berth.d";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent state: images, container and pod records, CNI cache.
+    pub root: PathBuf,
+    /// Volatile state, lost at reboot: pinned namespaces, shim sockets, exit files.
+    pub run_root: PathBuf,
+    /// The CRI gRPC unix socket.
+    pub listen: PathBuf,
+    /// A `tracing` filter: a level (`info`) or directives (`berthd=debug,info`).
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub cgroup_driver: CgroupDriver,
+    /// The runtime handler used when a pod names none.
+    pub default_runtime: String,
+    /// OCI runtime handlers by name (the CRI `runtime_handler`, Kubernetes RuntimeClass).
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    /// The OCI runtime binary: an absolute path, or a name looked up in `PATH`.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Only cgroupfs so far: the systemd driver needs a systemd scope per
+/// container, which Berth does not create yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from("/var/lib/berth"),
+            run_root: PathBuf::from("/run/berth"),
+            listen: PathBuf::from("/run/berth/berth.sock"),
+            log_level: "info".into(),
+            log_format: LogFormat::Text,
+            cgroup_driver: CgroupDriver::Cgroupfs,
+            default_runtime: "runc".into(),
+            runtimes: BTreeMap::from([(
+                "runc".to_string(),
+                RuntimeHandler {
+                    path: PathBuf::from("runc"),
+                },
+            )]),
+        }
+    }
+}
+
+/// Where a setting's value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Flag,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the built-in default"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+            Origin::Flag => f.write_str("the command line"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot list config drop-in dir {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("config key `{key}` (set by {origin}): {message}")]
+    Invalid {
+        key: String,
+        origin: Origin,
+        message: String,
+    },
+}
+
+/// Where to read the configuration from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub file: PathBuf,
+    /// A missing main file is an error only when the operator named it.
+    pub file_required: bool,
+    pub drop_in_dir: PathBuf,
+}
+
+/// Values given as command-line flags; each one beats every file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub root: Option<PathBuf>,
+    pub run_root: Option<PathBuf>,
+    pub listen: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    pub default_runtime: Option<String>,
+}
+
+/// The effective configuration and the origin of each top-level key that did
+/// not keep its default.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    origins: BTreeMap<String, Origin>,
+}
+
+impl Loaded {
+    fn origin(&self, key: &str) -> Origin {
+        let top = key.split('.').next().unwrap_or(key);
+        self.origins.get(top).cloned().unwrap_or(Origin::Default)
+    }
+}
+
+pub fn load(sources: &Sources, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let mut files = Vec::new();
+    match std::fs::read_to_string(&sources.file) {
+        Ok(text) => files.push((sources.file.clone(), text)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && !sources.file_required => {}
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: sources.file.clone(),
+                source,
+            });
+        }
+    }
+    for path in drop_ins(&sources.drop_in_dir)? {
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        files.push((path, text));
+    }
+
+    let mut merged = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    let mut origins = BTreeMap::new();
+    for (path, text) in files {
+        let table = check_file(&path, &text)?;
+        for key in table.keys() {
+            origins.insert(key.clone(), Origin::File(path.clone()));
+        }
+        merge(&mut merged, table);
+    }
+    let mut config: Config = toml::Value::Table(merged)
+        .try_into()
+        .expect("merging files that each deserialize yields a valid config");
+
+    apply(&mut config, &mut origins, overrides);
+    let loaded = Loaded { config, origins };
+    validate(&loaded)?;
+    Ok(loaded)
+}
+
+/// `*.toml` files of the drop-in dir in lexical order; a missing dir has none.
+fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(ConfigError::ReadDir {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| ConfigError::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|ext| ext == "toml") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+/// Parses one file and checks every key and value it sets against the schema.
+fn check_file(path: &Path, text: &str) -> Result<toml::Table, ConfigError> {
+    let table: toml::Table = toml::from_str(text).map_err(|err| ConfigError::Syntax {
+        path: path.to_path_buf(),
+        message: err.message().to_string(),
+    })?;
+    let deserializer = toml::Deserializer::new(text);
+    if let Err(err) = serde_path_to_error::deserialize::<_, Config>(deserializer) {
+        let key = err.path().to_string();
+        let inner = err.into_inner();
+        let message = match inner.span() {
+            Some(span) => format!("{} (line {})", inner.message(), line_of(text, span.start)),
+            None => inner.message().to_string(),
+        };
+        return Err(ConfigError::Key {
+            path: path.to_path_buf(),
+            key,
+            message,
+        });
+    }
+    Ok(table)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(into)), toml::Value::Table(from)) => merge(into, from),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn apply(config: &mut Config, origins: &mut BTreeMap<String, Origin>, o: &Overrides) {
+    let mut set = |key: &str| {
+        origins.insert(key.to_string(), Origin::Flag);
+    };
+    if let Some(v) = &o.root {
+        config.root = v.clone();
+        set("root");
+    }
+    if let Some(v) = &o.run_root {
+        config.run_root = v.clone();
+        set("run_root");
+    }
+    if let Some(v) = &o.listen {
+        config.listen = v.clone();
+        set("listen");
+    }
+    if let Some(v) = &o.log_level {
+        config.log_level = v.clone();
+        set("log_level");
+    }
+    if let Some(v) = o.log_format {
+        config.log_format = v;
+        set("log_format");
+    }
+    if let Some(v) = &o.default_runtime {
+        config.default_runtime = v.clone();
+        set("default_runtime");
+    }
+}
+
+fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
+    let config = &loaded.config;
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        key: key.to_string(),
+        origin: loaded.origin(key),
+        message,
+    };
+    for (key, path) in [
+        ("root", &config.root),
+        ("run_root", &config.run_root),
+        ("listen", &config.listen),
+    ] {
+        if !path.is_absolute() {
+            return Err(invalid(
+                key,
+                format!(
+                    "expected an absolute path, got {:?}",
+                    path.display().to_string()
+                ),
+            ));
+        }
+    }
+    if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
+        return Err(invalid(
+            "log_level",
+            format!(
+                "expected a level (error, warn, info, debug, trace) or tracing directives, got {:?}: {err}",
+                config.log_level
+            ),
+        ));
+    }
+    if !config.runtimes.contains_key(&config.default_runtime) {
+        let known: Vec<&str> = config.runtimes.keys().map(String::as_str).collect();
+        return Err(invalid(
+            "default_runtime",
+            format!(
+                "expected the name of a [runtimes] entry ({}), got {:?}",
+                known.join(", "),
+                config.default_runtime
+            ),
+        ));
+    }
+    for (name, handler) in &config.runtimes {
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid_name {
+            return Err(invalid(
+                "runtimes",
+                format!(
+                    "runtime handler name {name:?} must be non-empty ASCII letters, digits, '-', '_' or '.'"
+                ),
+            ));
+        }
+        if handler.path.as_os_str().is_empty() {
+            return Err(invalid(
+                &format!("runtimes.{name}.path"),
+                "expected an OCI runtime binary path or name, got an empty string".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(dir: &Path) -> Sources {
+        Sources {
+            file: dir.join("berth.toml"),
+            file_required: false,
+            drop_in_dir: dir.join("berth.d"),
+        }
+    }
+
+    #[test]
+    fn no_files_gives_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config, Config::default());
+    }
+
+    #[test]
+    fn required_file_missing_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = sources(dir.path());
+        s.file_required = true;
+        let err = load(&s, &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("berth.toml"), "{err}");
+    }
+
+    #[test]
+    fn drop_ins_apply_in_lexical_order_and_merge_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("berth.toml"), "log_level = \"debug\"\n").unwrap();
+        let d = dir.path().join("berth.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("20-b.toml"), "log_level = \"trace\"\n").unwrap();
+        std::fs::write(
+            d.join("10-a.toml"),
+            "log_level = \"warn\"\n[runtimes.crun]\npath = \"/usr/bin/crun\"\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("30-ignored.conf"), "not toml at all").unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.log_level, "trace");
+        assert!(loaded.config.runtimes.contains_key("runc"));
+        assert_eq!(
+            loaded.config.runtimes["crun"].path,
+            PathBuf::from("/usr/bin/crun")
+        );
+    }
+
+    #[test]
+    fn flags_beat_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("berth.toml"), "root = \"/srv/berth\"\n").unwrap();
+        let overrides = Overrides {
+            root: Some("/tmp/x".into()),
+            ..Overrides::default()
+        };
+        let loaded = load(&sources(dir.path()), &overrides).unwrap();
+        assert_eq!(loaded.config.root, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_expectation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "root = \"/a\"\n[runtimes.runc]\npath = \"runc\"\nflavour = 1\n",
+        )
+        .unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("berth.toml"), "{err}");
+        assert!(err.contains("runtimes.runc"), "{err}");
+        assert!(err.contains("unknown field `flavour`"), "{err}");
+        assert!(err.contains("expected `path`"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_expectation() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("berth.toml"), "log_format = \"xml\"\n").unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `log_format`"), "{err}");
+        assert!(err.contains("`text`"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("berth.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("50-rt.toml"), "default_runtime = \"kata\"\n").unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_runtime"), "{err}");
+        assert!(err.contains("50-rt.toml"), "{err}");
+        assert!(err.contains("runc"), "{err}");
+
+        let overrides = Overrides {
+            run_root: Some("relative".into()),
+            ..Overrides::default()
+        };
+        let err = load(&sources(dir.path()), &overrides)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("run_root"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("berth.toml"), "root = \n").unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with(&format!(
+            "config file {}",
+            dir.path().join("berth.toml").display()
+        )));
+    }
+
+    #[test]
+    fn effective_config_round_trips_through_toml() {
+        let text = toml::to_string_pretty(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, Config::default());
+    }
+}

@@ -1,0 +1,65 @@
+//! The CRI services. Each RPC group has its own file with the handlers as
+//! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
+//! wire the generated tonic traits to them.
+
+mod image_service;
+mod runtime_info;
+mod runtime_service;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+
+/// State shared by every RPC handler.
+#[derive(Clone)]
+pub struct CriService {
+    config: Arc<Config>,
+}
+
+impl CriService {
+    pub fn new(config: Config) -> Self {
+        CriService {
+            config: Arc::new(config),
+        }
+    }
+}
+
+/// Emits a tonic service trait impl in which each listed RPC either forwards
+/// its request message to the handler method of the same name, or answers
+/// `UNIMPLEMENTED` naming the RPC.
+macro_rules! cri_service_impl {
+    (
+        impl $trait:path {
+            $( type $assoc:ident = $assoc_ty:ty; )*
+            handled { $( $h:ident($hreq:ty) -> $hres:ty; )* }
+            unimplemented { $( $u:ident($ureq:ty) -> $ures:ty = $name:literal; )* }
+        }
+    ) => {
+        #[tonic::async_trait]
+        impl $trait for $crate::cri::CriService {
+            $( type $assoc = $assoc_ty; )*
+            $(
+                async fn $h(
+                    &self,
+                    request: tonic::Request<$hreq>,
+                ) -> Result<tonic::Response<$hres>, tonic::Status> {
+                    $crate::cri::CriService::$h(self, request.into_inner())
+                        .await
+                        .map(tonic::Response::new)
+                }
+            )*
+            $(
+                async fn $u(
+                    &self,
+                    _request: tonic::Request<$ureq>,
+                ) -> Result<tonic::Response<$ures>, tonic::Status> {
+                    Err(tonic::Status::unimplemented(concat!(
+                        $name,
+                        " is not implemented by berth yet"
+                    )))
+                }
+            )*
+        }
+    };
+}
+use cri_service_impl;

@@ -1,0 +1,92 @@
+//! Version, Status and RuntimeConfig: what the kubelet asks before anything else.
+
+use std::collections::HashMap;
+
+use berth_proto::cri::{
+    CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigRequest,
+    RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
+    StatusRequest, StatusResponse, VersionRequest, VersionResponse,
+};
+use tonic::Status;
+
+use super::CriService;
+use crate::config;
+
+/// The kubelet's runtime API version, not the CRI's: CRI-O and containerd both say 0.1.0.
+const KUBELET_API_VERSION: &str = "0.1.0";
+const RUNTIME_NAME: &str = "berth";
+const RUNTIME_API_VERSION: &str = "v1";
+
+const RUNTIME_READY: &str = "RuntimeReady";
+const NETWORK_READY: &str = "NetworkReady";
+const NETWORK_PLUGIN_NOT_READY: &str = "NetworkPluginNotReady";
+
+impl CriService {
+    pub(super) async fn version(&self, _: VersionRequest) -> Result<VersionResponse, Status> {
+        Ok(VersionResponse {
+            version: KUBELET_API_VERSION.into(),
+            runtime_name: RUNTIME_NAME.into(),
+            runtime_version: env!("CARGO_PKG_VERSION").into(),
+            runtime_api_version: RUNTIME_API_VERSION.into(),
+        })
+    }
+
+    pub(super) async fn status(&self, request: StatusRequest) -> Result<StatusResponse, Status> {
+        let conditions = vec![
+            RuntimeCondition {
+                r#type: RUNTIME_READY.into(),
+                status: true,
+                reason: String::new(),
+                message: String::new(),
+            },
+            // No CNI support exists yet, so no network config can be loaded.
+            RuntimeCondition {
+                r#type: NETWORK_READY.into(),
+                status: false,
+                reason: NETWORK_PLUGIN_NOT_READY.into(),
+                message: "Network plugin returns error: no CNI configuration loaded".into(),
+            },
+        ];
+        let mut info = HashMap::new();
+        if request.verbose {
+            let config = serde_json::to_string(&*self.config)
+                .map_err(|err| Status::internal(format!("cannot encode the config: {err}")))?;
+            info.insert("config".to_string(), config);
+        }
+        Ok(StatusResponse {
+            status: Some(RuntimeStatus { conditions }),
+            info,
+            runtime_handlers: self.runtime_handlers(),
+            features: Some(RuntimeFeatures {
+                supplemental_groups_policy: false,
+            }),
+        })
+    }
+
+    pub(super) async fn runtime_config(
+        &self,
+        _: RuntimeConfigRequest,
+    ) -> Result<RuntimeConfigResponse, Status> {
+        let cgroup_driver = match self.config.cgroup_driver {
+            config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+        };
+        Ok(RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: cgroup_driver as i32,
+            }),
+        })
+    }
+
+    /// The default handler (empty name, as the CRI defines) and every named
+    /// one. No feature is claimed until it is implemented and probed.
+    fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
+        let features = Some(RuntimeHandlerFeatures {
+            recursive_read_only_mounts: false,
+            user_namespaces: false,
+        });
+        std::iter::once(String::new())
+            .chain(self.config.runtimes.keys().cloned())
+            .map(|name| RuntimeHandler { name, features })
+            .collect()
+    }
+}

@@ -1,0 +1,47 @@
+use std::pin::Pin;
+
+use berth_proto::cri::runtime_service_server::RuntimeService;
+use berth_proto::cri::*;
+use tokio_stream::Stream;
+
+type EventStream =
+    Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, tonic::Status>> + Send>>;
+
+super::cri_service_impl! {
+    impl RuntimeService {
+        type GetContainerEventsStream = EventStream;
+        handled {
+            version(VersionRequest) -> VersionResponse;
+            status(StatusRequest) -> StatusResponse;
+            runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
+        }
+        unimplemented {
+            run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
+            stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
+            remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
+            pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
+            list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
+            create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
+            start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
+            stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
+            remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
+            list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
+            container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
+            update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
+            reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
+            exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
+            exec(ExecRequest) -> ExecResponse = "Exec";
+            attach(AttachRequest) -> AttachResponse = "Attach";
+            port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
+            container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
+            list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
+            pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
+            list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
+            update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
+            checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
+            get_container_events(GetEventsRequest) -> EventStream = "GetContainerEvents";
+            list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
+            list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! berthd: Berth's CRI daemon.
+
+mod config;
+mod cri;
+mod listener;
+mod logging;
+mod notify;
+mod rpc_trace;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use berth_proto::cri::image_service_server::ImageServiceServer;
+use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::{Config, LogFormat, Overrides, Sources};
+
+/// How long in-flight RPCs may run on after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "Berth: a Kubernetes CRI container runtime"
+)]
+struct Cli {
+    /// Main config file; a missing file is an error only when given here.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Drop-in dir whose *.toml files apply after the main file, in lexical order.
+    #[arg(long, global = true, value_name = "DIR", default_value = config::DEFAULT_DROP_IN_DIR)]
+    config_dir: PathBuf,
+    /// Persistent state root.
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Volatile state root.
+    #[arg(long, global = true, value_name = "DIR")]
+    run_root: Option<PathBuf>,
+    /// CRI unix socket path.
+    #[arg(long, global = true, value_name = "SOCKET")]
+    listen: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace or tracing directives.
+    #[arg(long, global = true, value_name = "FILTER")]
+    log_level: Option<String>,
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// Runtime handler for pods that name none.
+    #[arg(long, global = true, value_name = "NAME")]
+    default_runtime: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the effective configuration as TOML and exit.
+    Config,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources {
+        file_required: cli.config.is_some(),
+        file: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_CONFIG_FILE.into()),
+        drop_in_dir: cli.config_dir.clone(),
+    };
+    let overrides = Overrides {
+        root: cli.root,
+        run_root: cli.run_root,
+        listen: cli.listen,
+        log_level: cli.log_level,
+        log_format: cli.log_format,
+        default_runtime: cli.default_runtime,
+    };
+    let config = match config::load(&sources, &overrides) {
+        Ok(loaded) => loaded.config,
+        Err(err) => {
+            eprintln!("berthd: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Some(Command::Config) => match toml::to_string_pretty(&config) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("berthd: cannot print the config: {err}");
+                ExitCode::FAILURE
+            }
+        },
+        None => serve(config),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Listen(#[from] listener::ListenError),
+    #[error("cannot create directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+}
+
+fn serve(config: Config) -> ExitCode {
+    logging::init(&config.log_level, config.log_format);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)
+        .and_then(|runtime| runtime.block_on(run(config)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("berthd: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    for dir in [&config.root, &config.run_root] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(dir)
+            .map_err(|source| ServeError::StateDir {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
+    let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
+    let _socket_lock = listener::lock(&socket_lock_path, "socket", &config.listen)?;
+    let socket = listener::bind(&config.listen)?;
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let name = tokio::select! {
+            _ = sigterm.recv() => "SIGTERM",
+            _ = sigint.recv() => "SIGINT",
+        };
+        tracing::info!("{name} received; finishing in-flight RPCs");
+        let _ = stopping_tx.send(true);
+    });
+    let stop_requested = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+
+    let listen = config.listen.clone();
+    tracing::info!(
+        socket = %listen.display(),
+        root = %config.root.display(),
+        run_root = %config.run_root.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berthd serving CRI v1"
+    );
+    let service = cri::CriService::new(config);
+    if let Err(err) = notify::ready() {
+        tracing::warn!("cannot notify systemd of readiness: {err}");
+    }
+    let server = tonic::transport::Server::builder()
+        .layer(rpc_trace::RpcTraceLayer)
+        .add_service(RuntimeServiceServer::new(service.clone()))
+        .add_service(ImageServiceServer::new(service))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(socket),
+            stop_requested(stopping.clone()),
+        );
+    // Graceful shutdown waits for every client to close its connection, and a
+    // kubelet never does: after the grace period, in-flight work is abandoned.
+    let grace_expired = async {
+        stop_requested(stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = server => served,
+        () = grace_expired => {
+            tracing::warn!("RPCs still running {SHUTDOWN_GRACE:?} after the stop signal; exiting anyway");
+            Ok(())
+        }
+    };
+    if let Err(err) = std::fs::remove_file(&listen) {
+        tracing::warn!("cannot remove socket {}: {err}", listen.display());
+    }
+    served?;
+    tracing::info!("berthd stopped");
+    Ok(())
+}
