@@ -21,6 +21,35 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use berth_proto::cri;
 
+/// Whether a test can run here. When it cannot, it says why on stderr and
+/// returns false so the test returns early; under `CI=true` it panics
+/// instead, so CI never counts a test that did not run as passed.
+pub fn can_run(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("cannot run this test under CI: {what}");
+    }
+    eprintln!("SKIPPED (not counted as a pass under CI=true): {what}");
+    false
+}
+
+/// Real containers, mounts and namespaces need root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `name` is an executable in `PATH` (or an existing path).
+pub fn have_command(name: &str) -> bool {
+    let direct = Path::new(name);
+    if direct.is_absolute() {
+        return direct.exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
