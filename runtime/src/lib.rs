@@ -3,6 +3,7 @@
 
 pub mod atomic;
 pub mod init;
+pub mod lifecycle;
 pub mod oci;
 pub mod overlay;
 pub mod record;
