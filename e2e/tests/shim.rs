@@ -703,3 +703,140 @@ fn many_cycles_leak_nothing() {
     }
     assert_no_leaks(&world, &ids);
 }
+
+#[test]
+fn seccomp_devices_and_resources_reach_the_container() {
+    if !can_run() {
+        return;
+    }
+    use berth_runtime::seccomp::SeccompProfile;
+    use berth_runtime::spec::Device;
+    let world = World::new();
+    // New user namespaces need no capability, so only the profile stops them.
+    let c = world.run(world.spec(&["unshare", "-U", "true"]));
+    assert_eq!(world.wait(&c).exit_code, 0, "{}", log(&c));
+    world.remove(&c);
+    let mut spec = world.spec(&["unshare", "-U", "true"]);
+    spec.seccomp = SeccompProfile::RuntimeDefault;
+    let c = world.run(spec);
+    assert_ne!(world.wait(&c).exit_code, 0);
+    assert!(log(&c).contains("Operation not permitted"), "{}", log(&c));
+    world.remove(&c);
+
+    let mut spec = world.spec(&["sh", "-c", "echo x > /dev/berth-null && echo wrote"]);
+    spec.devices = vec![Device {
+        host_path: "/dev/null".into(),
+        container_path: "/dev/berth-null".into(),
+        permissions: "rw".into(),
+    }];
+    let c = world.run(spec);
+    assert_eq!(world.wait(&c).exit_code, 0, "{}", log(&c));
+    assert!(log(&c).contains("stdout F wrote"));
+    world.remove(&c);
+
+    let mut spec = world.spec(&["sleep", "1000"]);
+    spec.resources = Resources {
+        cpu_shares: Some(512),
+        cpu_quota: Some(50_000),
+        cpu_period: Some(100_000),
+        pids_limit: Some(42),
+        memory_limit: Some(32 << 20),
+        ..Default::default()
+    };
+    let c = world.run(spec);
+    let cgroup = |controller: &str, file: &str| {
+        let path = Path::new("/sys/fs/cgroup")
+            .join(controller)
+            .join("berth-e2e")
+            .join(&c.id)
+            .join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    };
+    if Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        assert_eq!(cgroup("pids", "pids.max"), "42");
+        assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+        assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(
+            cgroup("memory", "memory.limit_in_bytes"),
+            (32u64 << 20).to_string()
+        );
+    } else {
+        assert_eq!(cgroup("", "pids.max"), "42");
+        assert_eq!(cgroup("", "cpu.max"), "50000 100000");
+        assert_eq!(cgroup("", "memory.max"), (32u64 << 20).to_string());
+    }
+    world.remove(&c);
+}
+
+#[test]
+fn records_and_shims_survive_a_berthd_restart() {
+    if !can_run() {
+        return;
+    }
+    use berth_runtime::record::{ContainerRecord, ContainerState, RecordStore};
+    let world = World::new();
+    let store = RecordStore::open(&world.paths.dir().join("records")).unwrap();
+    let mut containers = Vec::new();
+    for i in 0..20 {
+        let script = if i == 7 {
+            "exit 9"
+        } else {
+            "echo up; exec sleep 1000"
+        };
+        let c = world.new_container(world.spec(&["sh", "-c", script]));
+        let created = lifecycle::create(&world.runtime, &c).unwrap();
+        world.runtime.start(&c.id).unwrap();
+        store
+            .save(&ContainerRecord {
+                id: c.id.clone(),
+                pod_id: "f".repeat(64),
+                name: format!("c{i}"),
+                attempt: 0,
+                runtime_handler: "runc".into(),
+                state: ContainerState::Running,
+                created_at: 1,
+                started_at: Some(2),
+                exit: None,
+                pid: created.pid,
+                image: "busybox".into(),
+                image_ref: "busybox".into(),
+                image_id: "sha256:busybox".into(),
+                labels: BTreeMap::new(),
+                annotations: BTreeMap::new(),
+                log_path: c.log_path.clone(),
+                run_dir: c.run_dir.clone(),
+                rootfs: lifecycle::rootfs_of(&c.run_dir),
+                stop_signal: None,
+                extra: serde_json::Value::Null,
+            })
+            .unwrap();
+        containers.push(c);
+    }
+    // "berthd" is gone (nothing here holds the shims); one container exits meanwhile.
+    world.wait(&containers[7]);
+    let (records, errors) = store.load_all().unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(records.len(), 20);
+    for record in &records {
+        let i: usize = record.name[1..].parse().unwrap();
+        if i == 7 {
+            assert_eq!(record.state, ContainerState::Exited);
+            assert_eq!(record.exit.unwrap().exit_code, 9);
+            assert_eq!(record.reason(), Some("Error"));
+        } else {
+            assert_eq!(record.state, ContainerState::Running, "{}", record.name);
+            // Its shim still serves: the log reopens, and the container runs.
+            shim::control(&record.run_dir, "reopen").unwrap();
+            assert!(berth_runtime::oci::shim_alive(&record.run_dir));
+        }
+    }
+    for c in &containers {
+        world.remove(c);
+        store.remove(&c.id).unwrap();
+    }
+    let ids: Vec<String> = containers.into_iter().map(|c| c.id).collect();
+    assert_no_leaks(&world, &ids);
+}

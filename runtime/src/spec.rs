@@ -5,10 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder,
-    LinuxDeviceCgroupBuilder, LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::user::{self, UserError, UserRequest};
@@ -74,6 +75,15 @@ pub struct BindMount {
     pub propagation: Propagation,
 }
 
+/// A host device made available in the container (CRI `devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    /// cgroup access: any of `r`, `w`, `m`.
+    pub permissions: String,
+}
+
 /// Files the pod sandbox provides, bind-mounted into each container.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PodFiles {
@@ -120,8 +130,10 @@ pub struct ContainerSpec {
     pub namespaces: Namespaces,
     pub pod_files: PodFiles,
     pub mounts: Vec<BindMount>,
+    pub devices: Vec<Device>,
     pub privileged: bool,
     pub no_new_privs: bool,
+    pub seccomp: crate::seccomp::SeccompProfile,
     pub resources: Resources,
     /// The cgroup (cgroupfs driver), e.g. `/berth/<pod>/<container>`.
     pub cgroups_path: PathBuf,
@@ -134,6 +146,8 @@ pub enum SpecError {
     NoCommand,
     #[error("invalid env {0:?}: expected KEY=value")]
     BadEnv(String),
+    #[error("device {path}: {reason}")]
+    Device { path: PathBuf, reason: String },
     #[error("resolve the user: {0}")]
     User(#[from] UserError),
     #[error("build the OCI spec: {0}")]
@@ -512,22 +526,15 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
             memory = memory.swap(limit);
         }
     }
-    let devices = if spec.privileged {
-        vec![
-            LinuxDeviceCgroupBuilder::default()
-                .allow(true)
-                .access("rwm")
-                .build()?,
-        ]
-    } else {
-        // runc adds its default device allow-list after this deny-all.
-        vec![
-            LinuxDeviceCgroupBuilder::default()
-                .allow(false)
-                .access("rwm")
-                .build()?,
-        ]
-    };
+    let (linux_devices, mut devices) = devices(&spec.devices)?;
+    // runc adds its default device allow-list after this deny-all.
+    devices.insert(
+        0,
+        LinuxDeviceCgroupBuilder::default()
+            .allow(spec.privileged)
+            .access("rwm")
+            .build()?,
+    );
     let mut resources = LinuxResourcesBuilder::default()
         .cpu(cpu.build()?)
         .memory(memory.build()?)
@@ -547,6 +554,7 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
     let mut linux = LinuxBuilder::default()
+        .devices(linux_devices)
         .namespaces(namespaces)
         .resources(resources.build()?)
         .cgroups_path(spec.cgroups_path.clone())
@@ -567,6 +575,10 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
             );
     }
 
+    // Privileged containers run unconfined, as in CRI-O.
+    if let Some(filter) = crate::seccomp::filter(spec.seccomp).filter(|_| !spec.privileged) {
+        linux = linux.seccomp(filter);
+    }
     let mut builder = SpecBuilder::default()
         .version("1.0.2-dev")
         .root(
@@ -588,6 +600,58 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         builder = builder.hostname(spec.hostname.clone());
     }
     Ok(builder.build()?)
+}
+
+/// The device nodes to create and their cgroup rules.
+fn devices(requested: &[Device]) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (mut nodes, mut rules) = (Vec::new(), Vec::new());
+    for d in requested {
+        let bad = |reason: String| SpecError::Device {
+            path: d.host_path.clone(),
+            reason,
+        };
+        if d.permissions.is_empty() || !d.permissions.chars().all(|c| "rwm".contains(c)) {
+            return Err(bad(format!(
+                "permissions {:?} must be made of r, w and m",
+                d.permissions
+            )));
+        }
+        let meta = std::fs::metadata(&d.host_path).map_err(|e| bad(e.to_string()))?;
+        let typ = if meta.file_type().is_char_device() {
+            LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(bad("not a character or block device".into()));
+        };
+        let rdev = meta.rdev();
+        let (major, minor) = (
+            i64::from(nix::sys::stat::major(rdev) as u32),
+            i64::from(nix::sys::stat::minor(rdev) as u32),
+        );
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(d.container_path.clone())
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(0u32)
+                .gid(0u32)
+                .build()?,
+        );
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(d.permissions.clone())
+                .build()?,
+        );
+    }
+    Ok((nodes, rules))
 }
 
 /// Writes `spec` as `config.json` in `bundle`.
