@@ -382,7 +382,9 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     if let Some(adj) = spec.resources.oom_score_adj {
         process = process.oom_score_adj(clamp_oom_score_adj(adj, own_oom_score_adj));
     }
-    let process = process.build()?;
+    let mut process = process.build()?;
+    // The builder starts from oci-spec's example, which caps open files at 1024.
+    process.set_rlimits(None);
 
     let sys_options: &[&str] = if spec.privileged {
         &["nosuid", "noexec", "nodev", "rw"]
@@ -557,29 +559,22 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         .devices(linux_devices)
         .namespaces(namespaces)
         .resources(resources.build()?)
-        .cgroups_path(spec.cgroups_path.clone())
         .rootfs_propagation(rootfs_propagation);
-    if !spec.privileged {
-        linux = linux
-            .masked_paths(
-                MASKED_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .readonly_paths(
-                READONLY_PATHS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect::<Vec<_>>(),
-            );
-    }
+    // Set both ways: the builder starts from oci-spec's defaults.
+    let (masked, readonly) = if spec.privileged {
+        (&[][..], &[][..])
+    } else {
+        (MASKED_PATHS, READONLY_PATHS)
+    };
+    linux = linux
+        .masked_paths(masked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
 
     // Privileged containers run unconfined, as in CRI-O.
     if let Some(filter) = crate::seccomp::filter(spec.seccomp).filter(|_| !spec.privileged) {
         linux = linux.seccomp(filter);
     }
-    let mut builder = SpecBuilder::default()
+    let builder = SpecBuilder::default()
         .version("1.0.2-dev")
         .root(
             RootBuilder::default()
@@ -596,10 +591,18 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<std::collections::HashMap<_, _>>(),
         );
-    if ns.uts == Namespace::New && !spec.hostname.is_empty() {
-        builder = builder.hostname(spec.hostname.clone());
+    let mut oci = builder.build()?;
+    if let Some(linux) = oci.linux_mut()
+        && !spec.cgroups_path.as_os_str().is_empty()
+    {
+        linux.set_cgroups_path(Some(spec.cgroups_path.clone()));
     }
-    Ok(builder.build()?)
+    // oci-spec's default names every container "youki"; a container joining
+    // the pod's UTS namespace must not rename it.
+    oci.set_hostname(
+        Some(spec.hostname.clone()).filter(|h| ns.uts == Namespace::New && !h.is_empty()),
+    );
+    Ok(oci)
 }
 
 /// The device nodes to create and their cgroup rules.
@@ -784,5 +787,93 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(generate(&spec, 0), Err(SpecError::NoCommand)));
+    }
+
+    #[test]
+    fn devices_must_be_devices_with_rwm_permissions() {
+        let root = rootfs();
+        let with = |host: &str, permissions: &str| ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            devices: vec![Device {
+                host_path: host.into(),
+                container_path: "/dev/x".into(),
+                permissions: permissions.into(),
+            }],
+            ..Default::default()
+        };
+        let oci = generate(&with("/dev/null", "rw"), 0).unwrap();
+        let json = serde_json::to_value(&oci).unwrap();
+        assert_eq!(json["linux"]["devices"][0]["type"], "c");
+        assert_eq!(json["linux"]["devices"][0]["major"], 1);
+        assert_eq!(json["linux"]["resources"]["devices"][1]["access"], "rw");
+        let err = generate(&with("/etc/hostname", "rw"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a character or block device"), "{err}");
+        let err = generate(&with("/dev/null", "rwx"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("permissions"), "{err}");
+    }
+
+    #[test]
+    fn privileged_gets_every_capability_and_no_confinement() {
+        let root = rootfs();
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            privileged: true,
+            seccomp: crate::seccomp::SeccompProfile::RuntimeDefault,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(generate(&spec, 0).unwrap()).unwrap();
+        let bounding = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert!(bounding.len() > 30);
+        assert!(json["linux"]["seccomp"].is_null());
+        assert!(
+            json["linux"]["maskedPaths"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+        );
+        assert!(
+            json["linux"]["readonlyPaths"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+        );
+        let unprivileged = ContainerSpec {
+            privileged: false,
+            ..spec
+        };
+        let json = serde_json::to_value(generate(&unprivileged, 0).unwrap()).unwrap();
+        let bounding = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(bounding.len(), DEFAULT_CAPABILITIES.len());
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert!(json["linux"]["maskedPaths"].as_array().unwrap().len() > 5);
+    }
+
+    #[test]
+    fn joining_the_pod_uts_namespace_keeps_its_hostname_and_defaults_stay_out() {
+        let root = rootfs();
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            namespaces: Namespaces {
+                uts: Namespace::Path("/x".into()),
+                ..Default::default()
+            },
+            hostname: "pod".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(generate(&spec, 0).unwrap()).unwrap();
+        assert!(json.get("hostname").is_none(), "{json}");
+        // Limits are inherited from berthd, not oci-spec's example value.
+        assert!(json["process"].get("rlimits").is_none(), "{json}");
+        // No cgroup asked for: the runtime's default.
+        assert!(json["linux"].get("cgroupsPath").is_none(), "{json}");
     }
 }
