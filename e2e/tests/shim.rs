@@ -840,3 +840,32 @@ fn records_and_shims_survive_a_berthd_restart() {
     let ids: Vec<String> = containers.into_iter().map(|c| c.id).collect();
     assert_no_leaks(&world, &ids);
 }
+
+#[test]
+fn tty_takes_attach_input_and_resize() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let mut spec = world.spec(&["sh", "-c", "read x; echo size=$(stty size) got=$x"]);
+    spec.tty = true;
+    spec.stdin = true;
+    let c = world.new_container(spec);
+    lifecycle::create(&world.runtime, &c).unwrap();
+    let mut attach = shim::connect_unix(&c.run_dir.join(shim::ATTACH_SOCKET)).unwrap();
+    world.runtime.start(&c.id).unwrap();
+    shim::control(&c.run_dir, "resize 33 77").unwrap();
+    attach.write_all(b"hello\r").unwrap();
+    assert_eq!(world.wait(&c).exit_code, 0, "{}", log(&c));
+    let text = log(&c);
+    assert!(text.contains("size=33 77 got=hello"), "{text}");
+    let err = shim::control(&c.run_dir, "reopen").unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+        ),
+        "the control socket goes with the shim: {err}"
+    );
+    world.remove(&c);
+}

@@ -702,3 +702,24 @@ impl Monitor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_counters_parse_in_v1_and_v2_formats() {
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("memory.oom_control");
+        std::fs::write(&v1, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        assert_eq!(oom_kills(&v1, "oom_kill"), 2);
+        let v2 = dir.path().join("memory.events");
+        std::fs::write(
+            &v2,
+            "low 0\nhigh 0\nmax 4\noom 1\noom_kill 0\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&v2, "oom_kill"), 0);
+        assert_eq!(oom_kills(&dir.path().join("gone"), "oom_kill"), 0);
+    }
+}
