@@ -1,24 +1,29 @@
 //! berth-shim: Berth's per-container monitor.
 //!
-//! Modes are chosen by the first argument. Only `init` exists so far; the
-//! container monitor mode arrives with the container RPCs.
+//! Modes are chosen by the first argument: `init` (the infra process of a pod
+//! sharing one PID namespace) and `monitor <run dir>` (one per container; see
+//! `berth_runtime::shim`).
 
+use std::path::Path;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let mode = std::env::args().nth(1);
-    match mode.as_deref() {
-        Some("init") => ExitCode::from(u8::try_from(berth_runtime::init::run()).unwrap_or(1)),
-        Some("--version") => {
+    let mut args = std::env::args_os().skip(1);
+    let mode = args.next();
+    let code = match (mode.as_ref().and_then(|m| m.to_str()), args.next()) {
+        (Some("init"), None) => berth_runtime::init::run(),
+        (Some("monitor"), Some(run_dir)) => berth_runtime::shim::monitor::run(Path::new(&run_dir)),
+        (Some("--version"), None) => {
             println!("berth-shim {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            0
         }
-        other => {
+        (other, _) => {
             eprintln!(
-                "berth-shim: unknown mode {:?}; usage: berth-shim init | --version",
+                "berth-shim: unknown mode {:?}; usage: berth-shim init | monitor <run dir> | --version",
                 other.unwrap_or("")
             );
-            ExitCode::from(2)
+            2
         }
-    }
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -1,0 +1,159 @@
+//! Creating and removing a container as one step each: the rootfs overlay,
+//! `config.json`, the shim; and the reverse, every step run and every
+//! failure reported.
+
+use std::path::{Path, PathBuf};
+
+use crate::oci::{CreateOptions, OciRuntime, RuntimeError};
+use crate::overlay::{self, OverlayError};
+use crate::spec::{self, ContainerSpec, SpecError};
+
+/// Everything [`create`] needs.
+#[derive(Debug, Clone)]
+pub struct NewContainer {
+    pub id: String,
+    /// Volatile dir (under the run root): the OCI bundle, the shim's sockets
+    /// and exit file, the rootfs mount point `rootfs/`.
+    pub run_dir: PathBuf,
+    /// Persistent dir (under the root): the overlay's `upper/` and `work/`.
+    pub state_dir: PathBuf,
+    /// The image's layer dirs, topmost first.
+    pub layers: Vec<PathBuf>,
+    /// The CRI log file; its directory must exist.
+    pub log_path: PathBuf,
+    pub stdin_once: bool,
+    /// `rootfs` is ignored: the overlay mounted at `run_dir/rootfs` is used.
+    pub spec: ContainerSpec,
+    /// berthd's own oom_score_adj ([`spec::own_oom_score_adj`]).
+    pub own_oom_score_adj: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {id}: create {path}: {source}")]
+    Dir {
+        id: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("container {id}: {source}")]
+    Overlay { id: String, source: OverlayError },
+    #[error("container {id}: {source}")]
+    Spec { id: String, source: SpecError },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// The created container.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub pid: i32,
+    /// The OCI spec it was created with (ContainerStatus verbose info).
+    pub spec: oci_spec::runtime::Spec,
+}
+
+pub fn rootfs_of(run_dir: &Path) -> PathBuf {
+    run_dir.join("rootfs")
+}
+
+/// Mounts the rootfs, writes the spec and creates the container through a
+/// new berth-shim. On failure everything made so far is undone.
+pub fn create(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, ContainerError> {
+    let result = create_inner(runtime, new);
+    if result.is_err() {
+        let _ = remove(runtime, &new.id, &new.run_dir, &new.state_dir);
+    }
+    result
+}
+
+fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, ContainerError> {
+    let id = &new.id;
+    let dir_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ContainerError::Dir {
+            id: id.clone(),
+            path,
+            source,
+        }
+    };
+    std::fs::create_dir_all(&new.run_dir).map_err(dir_err(&new.run_dir))?;
+    std::fs::create_dir_all(&new.state_dir).map_err(dir_err(&new.state_dir))?;
+    let rootfs = rootfs_of(&new.run_dir);
+    overlay::mount(
+        &new.layers,
+        &new.state_dir.join("upper"),
+        &new.state_dir.join("work"),
+        &rootfs,
+    )
+    .map_err(|source| ContainerError::Overlay {
+        id: id.clone(),
+        source,
+    })?;
+    let mut container_spec = new.spec.clone();
+    container_spec.rootfs = rootfs;
+    let spec_err = |source| ContainerError::Spec {
+        id: id.clone(),
+        source,
+    };
+    let oci = spec::generate(&container_spec, new.own_oom_score_adj).map_err(spec_err)?;
+    spec::write(&new.run_dir, &oci).map_err(spec_err)?;
+    let pid = runtime.create(&CreateOptions {
+        id: id.clone(),
+        run_dir: new.run_dir.clone(),
+        log_path: new.log_path.clone(),
+        stdin: new.spec.stdin,
+        stdin_once: new.stdin_once,
+        tty: new.spec.tty,
+    })?;
+    Ok(Created { pid, spec: oci })
+}
+
+/// Failures of [`remove`], all of them.
+#[derive(Debug, thiserror::Error)]
+#[error("remove container {id}: {}", .failures.join("; "))]
+pub struct RemoveError {
+    pub id: String,
+    pub failures: Vec<String>,
+}
+
+/// Deletes the runtime's container (killing it if it runs), unmounts the
+/// rootfs and removes both dirs. Every step runs; absent things are fine.
+pub fn remove(
+    runtime: &OciRuntime,
+    id: &str,
+    run_dir: &Path,
+    state_dir: &Path,
+) -> Result<(), RemoveError> {
+    let mut failures = Vec::new();
+    if let Err(err) = runtime.delete(id, true) {
+        failures.push(err.to_string());
+    }
+    // The shim writes its exit file into run_dir: let it finish first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while crate::oci::shim_alive(run_dir) {
+        if std::time::Instant::now() >= deadline {
+            failures.push(format!("berth-shim of {id} still runs after delete"));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    if let Err(err) = overlay::unmount(&rootfs_of(run_dir)) {
+        failures.push(err.to_string());
+    }
+    for dir in [run_dir, state_dir] {
+        match std::fs::remove_dir_all(dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                failures.push(format!("remove {}: {err}", dir.display()));
+            }
+            _ => {}
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(RemoveError {
+            id: id.to_string(),
+            failures,
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! Container records: one JSON file per container, written atomically, the
+//! state berthd reloads after a restart. A record's state moves
+//! created → running → exited; "exited" is learnt from the shim's exit file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::shim::ExitRecord;
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    /// 64 hex chars.
+    pub id: String,
+    pub pod_id: String,
+    /// CRI metadata name and attempt (the reserved name is derived from them and the pod's).
+    pub name: String,
+    pub attempt: u32,
+    /// The runtime handler (`[runtimes]` key) that runs it.
+    pub runtime_handler: String,
+    pub state: ContainerState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub exit: Option<ExitRecord>,
+    /// Container init pid, from create.
+    pub pid: i32,
+    pub image: String,
+    pub image_ref: String,
+    pub image_id: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub log_path: PathBuf,
+    /// The run dir, which is also the OCI bundle and the shim's home.
+    pub run_dir: PathBuf,
+    /// The overlay mount point (unmounted on remove).
+    pub rootfs: PathBuf,
+    /// The image's StopSignal (`SIGTERM`, `15`, ...), used by StopContainer.
+    pub stop_signal: Option<String>,
+    /// Anything else the server keeps for ContainerStatus (mounts, resources...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+impl ContainerRecord {
+    /// Moves the record to "exited" if its shim wrote the exit file since;
+    /// returns whether it changed (and so should be saved).
+    pub fn refresh(&mut self) -> std::io::Result<bool> {
+        if self.state == ContainerState::Exited {
+            return Ok(false);
+        }
+        match ExitRecord::read(&self.run_dir)? {
+            Some(exit) => {
+                self.state = ContainerState::Exited;
+                self.exit = Some(exit);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// The CRI reason for an exited container, as CRI-O words it.
+    pub fn reason(&self) -> Option<&'static str> {
+        let exit = self.exit.as_ref()?;
+        Some(if exit.oom_killed {
+            "OOMKilled"
+        } else if exit.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        })
+    }
+
+    /// The stop signal to send: the image's, else SIGTERM.
+    pub fn stop_signal(&self) -> Result<nix::sys::signal::Signal, StoreError> {
+        parse_signal(self.stop_signal.as_deref().unwrap_or("SIGTERM"))
+    }
+}
+
+/// Parses `SIGTERM`, `TERM`, `15` (any case for names).
+pub fn parse_signal(text: &str) -> Result<nix::sys::signal::Signal, StoreError> {
+    use std::str::FromStr;
+    let bad = || StoreError::BadSignal(text.to_string());
+    if let Ok(n) = text.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name).map_err(|_| bad())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("container record {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("container record {path} is unreadable: {source}")]
+    Corrupt {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("invalid stop signal {0:?}")]
+    BadSignal(String),
+}
+
+/// Records as `<dir>/<id>.json`.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    dir: PathBuf,
+}
+
+impl RecordStore {
+    pub fn open(dir: &Path) -> Result<RecordStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(RecordStore {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.json"))
+    }
+
+    pub fn save(&self, record: &ContainerRecord) -> Result<(), StoreError> {
+        let path = self.path(&record.id);
+        let bytes = serde_json::to_vec(record).expect("record serializes");
+        crate::atomic::write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path, source })
+    }
+
+    /// Removing an absent record is success.
+    pub fn remove(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.path(id);
+        match std::fs::remove_file(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                Err(StoreError::Io { path, source })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every record, refreshed against exit files (changes saved). A corrupt
+    /// record is reported, not skipped silently: the caller logs and goes on.
+    pub fn load_all(&self) -> Result<(Vec<ContainerRecord>, Vec<StoreError>), StoreError> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|source| StoreError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let (mut records, mut errors) = (Vec::new(), Vec::new());
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let loaded = std::fs::read(&path)
+                .map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })
+                .and_then(|bytes| {
+                    serde_json::from_slice::<ContainerRecord>(&bytes).map_err(|source| {
+                        StoreError::Corrupt {
+                            path: path.clone(),
+                            source,
+                        }
+                    })
+                });
+            match loaded {
+                Ok(mut record) => {
+                    if record.refresh().unwrap_or(false)
+                        && let Err(err) = self.save(&record)
+                    {
+                        errors.push(err);
+                    }
+                    records.push(record);
+                }
+                Err(err) => errors.push(err),
+            }
+        }
+        Ok((records, errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(run_dir: &Path) -> ContainerRecord {
+        ContainerRecord {
+            id: "a".repeat(64),
+            pod_id: "b".repeat(64),
+            name: "c".into(),
+            attempt: 0,
+            runtime_handler: "runc".into(),
+            state: ContainerState::Running,
+            created_at: 1,
+            started_at: Some(2),
+            exit: None,
+            pid: 42,
+            image: "busybox".into(),
+            image_ref: "busybox@sha256:x".into(),
+            image_id: "sha256:x".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            log_path: "/l".into(),
+            run_dir: run_dir.to_path_buf(),
+            rootfs: "/r".into(),
+            stop_signal: Some("SIGQUIT".into()),
+            extra: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn load_all_picks_up_exits_written_while_we_were_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&dir.path().join("records")).unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        store.save(&record(&run)).unwrap();
+        let exit = ExitRecord {
+            exit_code: 3,
+            signal: None,
+            finished_at: 9,
+            oom_killed: false,
+        };
+        std::fs::write(run.join("exit"), serde_json::to_vec(&exit).unwrap()).unwrap();
+        std::fs::write(dir.path().join("records/junk.json"), "{").unwrap();
+        let (records, errors) = store.load_all().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(records[0].state, ContainerState::Exited);
+        assert_eq!(records[0].exit, Some(exit));
+        assert_eq!(records[0].reason(), Some("Error"));
+        // Saved: a second load needs no exit file.
+        std::fs::remove_file(run.join("exit")).unwrap();
+        let (records, _) = store.load_all().unwrap();
+        assert_eq!(records[0].state, ContainerState::Exited);
+        store.remove(&"a".repeat(64)).unwrap();
+        store.remove(&"a".repeat(64)).unwrap();
+    }
+
+    #[test]
+    fn signals_parse_in_every_docker_spelling() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("SIGQUIT").unwrap(), Signal::SIGQUIT);
+        assert_eq!(parse_signal("usr1").unwrap(), Signal::SIGUSR1);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGNOPE").is_err());
+    }
+}

@@ -1,0 +1,879 @@
+//! OCI runtime spec generation from plain inputs (the server converts CRI
+//! requests, the image config and the sandbox's paths into [`ContainerSpec`]).
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
+    LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
+    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
+    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+
+use crate::user::{self, UserError, UserRequest};
+
+/// The parts of an image's config a container needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=value` entries.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: Option<String>,
+}
+
+/// How a container gets one namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespace {
+    /// A new one, private to the container.
+    New,
+    /// Join an existing one (a pod's pinned namespace, an infra process's).
+    Path(PathBuf),
+    /// The host's.
+    Host,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespaces {
+    pub network: Namespace,
+    pub ipc: Namespace,
+    pub uts: Namespace,
+    pub pid: Namespace,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces {
+            network: Namespace::New,
+            ipc: Namespace::New,
+            uts: Namespace::New,
+            pid: Namespace::New,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    #[default]
+    Private,
+    /// Host mounts propagate into the container.
+    HostToContainer,
+    /// Both ways.
+    Bidirectional,
+}
+
+/// A bind mount from the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub container_path: PathBuf,
+    pub host_path: PathBuf,
+    pub readonly: bool,
+    pub propagation: Propagation,
+}
+
+/// A host device made available in the container (CRI `devices`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub host_path: PathBuf,
+    pub container_path: PathBuf,
+    /// cgroup access: any of `r`, `w`, `m`.
+    pub permissions: String,
+}
+
+/// Files the pod sandbox provides, bind-mounted into each container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodFiles {
+    pub hostname: Option<PathBuf>,
+    pub hosts: Option<PathBuf>,
+    pub resolv_conf: Option<PathBuf>,
+    /// The pod's `/dev/shm` (a tmpfs the sandbox mounted).
+    pub shm: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub cpu_shares: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub memory_limit: Option<i64>,
+    /// Page size (`2MB`, `1GB`) and limit in bytes.
+    pub hugepage_limits: Vec<(String, u64)>,
+    pub pids_limit: Option<i64>,
+    pub oom_score_adj: Option<i32>,
+}
+
+/// Everything needed to write a container's `config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The mounted rootfs (see [`crate::overlay`]).
+    pub rootfs: PathBuf,
+    pub readonly_rootfs: bool,
+    pub image: ImageConfig,
+    /// CRI `command` (replaces the image's Entrypoint) and `args` (its Cmd).
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// CRI envs, applied over the image's.
+    pub env: Vec<(String, String)>,
+    /// CRI `working_dir`; the image's, else `/`, when empty.
+    pub working_dir: String,
+    pub user: UserRequest,
+    pub tty: bool,
+    pub stdin: bool,
+    /// Set when the container has its own UTS namespace.
+    pub hostname: String,
+    pub namespaces: Namespaces,
+    pub pod_files: PodFiles,
+    pub mounts: Vec<BindMount>,
+    pub devices: Vec<Device>,
+    pub privileged: bool,
+    pub no_new_privs: bool,
+    pub seccomp: crate::seccomp::SeccompProfile,
+    pub resources: Resources,
+    /// The cgroup (cgroupfs driver), e.g. `/berth/<pod>/<container>`.
+    pub cgroups_path: PathBuf,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command specified: the image has no Entrypoint or Cmd and the request no command")]
+    NoCommand,
+    #[error("invalid env {0:?}: expected KEY=value")]
+    BadEnv(String),
+    #[error("device {path}: {reason}")]
+    Device { path: PathBuf, reason: String },
+    #[error("resolve the user: {0}")]
+    User(#[from] UserError),
+    #[error("build the OCI spec: {0}")]
+    Oci(#[from] oci_spec::OciSpecError),
+    #[error("write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// CRI-O's default capability set.
+pub const DEFAULT_CAPABILITIES: [Capability; 9] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::Kill,
+];
+
+/// Every capability, for privileged containers.
+const ALL_CAPABILITIES: &[&str] = &[
+    "CAP_AUDIT_CONTROL",
+    "CAP_AUDIT_READ",
+    "CAP_AUDIT_WRITE",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_KILL",
+    "CAP_LEASE",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_MAC_ADMIN",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MKNOD",
+    "CAP_NET_ADMIN",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_RAW",
+    "CAP_PERFMON",
+    "CAP_SETGID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_NICE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+];
+
+/// CRI-O's masked paths.
+const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/proc/interrupts",
+];
+
+/// CRI-O's read-only paths.
+const READONLY_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The process arguments as Docker and CRI-O combine them: a CRI `command`
+/// replaces the image's Entrypoint and drops its Cmd; CRI `args` replace the Cmd.
+pub fn process_args(image: &ImageConfig, command: &[String], args: &[String]) -> Vec<String> {
+    let (entrypoint, cmd) = if !command.is_empty() {
+        (command, args)
+    } else if !args.is_empty() {
+        (image.entrypoint.as_slice(), args)
+    } else {
+        (image.entrypoint.as_slice(), image.cmd.as_slice())
+    };
+    entrypoint.iter().chain(cmd).cloned().collect()
+}
+
+/// The process environment: the image's, then the request's, a later value
+/// of a key replacing an earlier one in place.
+fn process_env(spec: &ContainerSpec, home: Option<&str>) -> Result<Vec<String>, SpecError> {
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut set = |key: &str, value: &str| match env.iter_mut().find(|(k, _)| k == key) {
+        Some(slot) => slot.1 = value.to_string(),
+        None => env.push((key.to_string(), value.to_string())),
+    };
+    for entry in &spec.image.env {
+        let (k, v) = entry
+            .split_once('=')
+            .ok_or_else(|| SpecError::BadEnv(entry.clone()))?;
+        set(k, v);
+    }
+    for (k, v) in &spec.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(SpecError::BadEnv(format!("{k}={v}")));
+        }
+        set(k, v);
+    }
+    let mut env: Vec<(String, String)> = env;
+    let mut default = |key: &str, value: &str| {
+        if !env.iter().any(|(k, _)| k == key) {
+            env.push((key.into(), value.into()));
+        }
+    };
+    default("PATH", DEFAULT_PATH);
+    if spec.tty {
+        default("TERM", "xterm");
+    }
+    if !spec.hostname.is_empty() {
+        default("HOSTNAME", &spec.hostname);
+    }
+    default("HOME", home.filter(|h| !h.is_empty()).unwrap_or("/"));
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// The oom_score_adj to ask for: never below berthd's own, which the kernel
+/// would refuse without CAP_SYS_RESOURCE (as containerd's restrict_oom_score_adj).
+pub fn clamp_oom_score_adj(requested: i32, own: i32) -> i32 {
+    requested.clamp(own, 1000)
+}
+
+/// This process's own oom_score_adj.
+pub fn own_oom_score_adj() -> i32 {
+    std::fs::read_to_string("/proc/self/oom_score_adj")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ(typ)
+        .source(source)
+        .options(options.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .build()
+        .expect("static mount")
+}
+
+fn bind(dest: &Path, source: &Path, options: Vec<String>) -> Mount {
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+        .expect("bind mount")
+}
+
+fn namespace(typ: LinuxNamespaceType, ns: &Namespace) -> Option<LinuxNamespace> {
+    let builder = LinuxNamespaceBuilder::default().typ(typ);
+    match ns {
+        Namespace::Host => None,
+        Namespace::New => Some(builder.build().expect("namespace")),
+        Namespace::Path(path) => Some(builder.path(path.clone()).build().expect("namespace")),
+    }
+}
+
+/// Builds the OCI spec. `own_oom_score_adj` is berthd's, the floor for the container's.
+pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, SpecError> {
+    let args = process_args(&spec.image, &spec.command, &spec.args);
+    if args.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    let user = user::resolve(&spec.rootfs, &spec.image.user, &spec.user)?;
+    let env = process_env(spec, user.home.as_deref())?;
+    let cwd = [spec.working_dir.as_str(), spec.image.working_dir.as_str()]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .unwrap_or("/");
+
+    let caps: Capabilities = if spec.privileged {
+        ALL_CAPABILITIES
+            .iter()
+            .filter_map(|name| serde_json::from_value(serde_json::json!(name)).ok())
+            .collect()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().collect()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()?;
+    let mut process = ProcessBuilder::default()
+        .terminal(spec.tty)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .user(
+            UserBuilder::default()
+                .uid(user.uid)
+                .gid(user.gid)
+                .additional_gids(user.additional_gids)
+                .build()?,
+        )
+        .capabilities(capabilities)
+        .no_new_privileges(spec.no_new_privs);
+    if let Some(adj) = spec.resources.oom_score_adj {
+        process = process.oom_score_adj(clamp_oom_score_adj(adj, own_oom_score_adj));
+    }
+    let mut process = process.build()?;
+    // The builder starts from oci-spec's example, which caps open files at 1024.
+    process.set_rlimits(None);
+
+    let sys_options: &[&str] = if spec.privileged {
+        &["nosuid", "noexec", "nodev", "rw"]
+    } else {
+        &["nosuid", "noexec", "nodev", "ro"]
+    };
+    let mut mounts = vec![
+        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        mount("/sys", "sysfs", "sysfs", sys_options),
+        mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        ),
+    ];
+    match &spec.pod_files.shm {
+        Some(shm) => mounts.push(bind(
+            Path::new("/dev/shm"),
+            shm,
+            vec![
+                "rbind".into(),
+                "rprivate".into(),
+                "nosuid".into(),
+                "noexec".into(),
+                "nodev".into(),
+            ],
+        )),
+        None => mounts.push(mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )),
+    }
+    for (dest, source) in [
+        ("/etc/hostname", &spec.pod_files.hostname),
+        ("/etc/hosts", &spec.pod_files.hosts),
+        ("/etc/resolv.conf", &spec.pod_files.resolv_conf),
+    ] {
+        if let Some(source) = source {
+            let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+            if spec.readonly_rootfs {
+                options.push("ro".into());
+            }
+            mounts.push(bind(Path::new(dest), source, options));
+        }
+    }
+    for m in &spec.mounts {
+        // A requested mount replaces a default one at the same place.
+        mounts.retain(|existing| existing.destination() != &m.container_path);
+        let mut options = vec!["rbind".to_string()];
+        options.push(
+            match m.propagation {
+                Propagation::Private => "rprivate",
+                Propagation::HostToContainer => "rslave",
+                Propagation::Bidirectional => "rshared",
+            }
+            .into(),
+        );
+        if m.readonly {
+            options.push("ro".into());
+        }
+        mounts.push(bind(&m.container_path, &m.host_path, options));
+    }
+    let rootfs_propagation = if spec
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::Bidirectional)
+    {
+        "rshared"
+    } else if spec
+        .mounts
+        .iter()
+        .any(|m| m.propagation == Propagation::HostToContainer)
+    {
+        "rslave"
+    } else {
+        "rprivate"
+    };
+
+    let ns = &spec.namespaces;
+    let namespaces: Vec<LinuxNamespace> = [
+        namespace(LinuxNamespaceType::Mount, &Namespace::New),
+        namespace(LinuxNamespaceType::Network, &ns.network),
+        namespace(LinuxNamespaceType::Ipc, &ns.ipc),
+        namespace(LinuxNamespaceType::Uts, &ns.uts),
+        namespace(LinuxNamespaceType::Pid, &ns.pid),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+
+    let r = &spec.resources;
+    let mut cpu = LinuxCpuBuilder::default();
+    if let Some(v) = r.cpu_shares {
+        cpu = cpu.shares(v);
+    }
+    if let Some(v) = r.cpu_quota {
+        cpu = cpu.quota(v);
+    }
+    if let Some(v) = r.cpu_period {
+        cpu = cpu.period(v);
+    }
+    if let Some(v) = &r.cpuset_cpus {
+        cpu = cpu.cpus(v.clone());
+    }
+    if let Some(v) = &r.cpuset_mems {
+        cpu = cpu.mems(v.clone());
+    }
+    let mut memory = LinuxMemoryBuilder::default();
+    if let Some(limit) = r.memory_limit.filter(|l| *l > 0) {
+        memory = memory.limit(limit);
+        // No swapping past the limit, as CRI-O, where the kernel accounts swap.
+        if swap_accounted() {
+            memory = memory.swap(limit);
+        }
+    }
+    let (linux_devices, mut devices) = devices(&spec.devices)?;
+    // runc adds its default device allow-list after this deny-all.
+    devices.insert(
+        0,
+        LinuxDeviceCgroupBuilder::default()
+            .allow(spec.privileged)
+            .access("rwm")
+            .build()?,
+    );
+    let mut resources = LinuxResourcesBuilder::default()
+        .cpu(cpu.build()?)
+        .memory(memory.build()?)
+        .devices(devices)
+        .hugepage_limits(
+            r.hugepage_limits
+                .iter()
+                .map(|(size, limit)| {
+                    LinuxHugepageLimitBuilder::default()
+                        .page_size(size.clone())
+                        .limit(*limit as i64)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        );
+    if let Some(limit) = r.pids_limit.filter(|l| *l > 0) {
+        resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
+    }
+    let mut linux = LinuxBuilder::default()
+        .devices(linux_devices)
+        .namespaces(namespaces)
+        .resources(resources.build()?)
+        .rootfs_propagation(rootfs_propagation);
+    // Set both ways: the builder starts from oci-spec's defaults.
+    let (masked, readonly) = if spec.privileged {
+        (&[][..], &[][..])
+    } else {
+        (MASKED_PATHS, READONLY_PATHS)
+    };
+    linux = linux
+        .masked_paths(masked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+
+    // Privileged containers run unconfined, as in CRI-O.
+    if let Some(filter) = crate::seccomp::filter(spec.seccomp).filter(|_| !spec.privileged) {
+        linux = linux.seccomp(filter);
+    }
+    let builder = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(
+            RootBuilder::default()
+                .path(spec.rootfs.clone())
+                .readonly(spec.readonly_rootfs)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .annotations(
+            spec.annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    let mut oci = builder.build()?;
+    if let Some(linux) = oci.linux_mut()
+        && !spec.cgroups_path.as_os_str().is_empty()
+    {
+        linux.set_cgroups_path(Some(spec.cgroups_path.clone()));
+    }
+    // oci-spec's default names every container "youki"; a container joining
+    // the pod's UTS namespace must not rename it.
+    oci.set_hostname(
+        Some(spec.hostname.clone()).filter(|h| ns.uts == Namespace::New && !h.is_empty()),
+    );
+    Ok(oci)
+}
+
+/// The device nodes to create and their cgroup rules.
+fn devices(requested: &[Device]) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (mut nodes, mut rules) = (Vec::new(), Vec::new());
+    for d in requested {
+        let bad = |reason: String| SpecError::Device {
+            path: d.host_path.clone(),
+            reason,
+        };
+        if d.permissions.is_empty() || !d.permissions.chars().all(|c| "rwm".contains(c)) {
+            return Err(bad(format!(
+                "permissions {:?} must be made of r, w and m",
+                d.permissions
+            )));
+        }
+        let meta = std::fs::metadata(&d.host_path).map_err(|e| bad(e.to_string()))?;
+        let typ = if meta.file_type().is_char_device() {
+            LinuxDeviceType::C
+        } else if meta.file_type().is_block_device() {
+            LinuxDeviceType::B
+        } else {
+            return Err(bad("not a character or block device".into()));
+        };
+        let rdev = meta.rdev();
+        let (major, minor) = (
+            i64::from(nix::sys::stat::major(rdev) as u32),
+            i64::from(nix::sys::stat::minor(rdev) as u32),
+        );
+        nodes.push(
+            LinuxDeviceBuilder::default()
+                .path(d.container_path.clone())
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .file_mode(meta.mode() & 0o777)
+                .uid(0u32)
+                .gid(0u32)
+                .build()?,
+        );
+        rules.push(
+            LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(typ)
+                .major(major)
+                .minor(minor)
+                .access(d.permissions.clone())
+                .build()?,
+        );
+    }
+    Ok((nodes, rules))
+}
+
+/// Writes `spec` as `config.json` in `bundle`.
+pub fn write(bundle: &Path, spec: &Spec) -> Result<(), SpecError> {
+    let path = bundle.join("config.json");
+    let bytes = serde_json::to_vec(spec).expect("OCI spec serializes");
+    crate::atomic::write_atomic(&path, &bytes).map_err(|source| SpecError::Write { path, source })
+}
+
+fn swap_accounted() -> bool {
+    Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(entrypoint: &[&str], cmd: &[&str]) -> ImageConfig {
+        ImageConfig {
+            entrypoint: entrypoint.iter().map(|s| s.to_string()).collect(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn args_follow_docker_rules() {
+        let img = image(&["/entry"], &["default"]);
+        assert_eq!(
+            process_args(&img, &[], &[]),
+            strings(&["/entry", "default"])
+        );
+        assert_eq!(
+            process_args(&img, &[], &strings(&["x"])),
+            strings(&["/entry", "x"])
+        );
+        assert_eq!(
+            process_args(&img, &strings(&["/cmd"]), &[]),
+            strings(&["/cmd"])
+        );
+        assert_eq!(
+            process_args(&img, &strings(&["/cmd"]), &strings(&["a"])),
+            strings(&["/cmd", "a"])
+        );
+        assert!(process_args(&image(&[], &[]), &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn oom_score_adj_never_goes_below_our_own() {
+        assert_eq!(clamp_oom_score_adj(-998, -500), -500);
+        assert_eq!(clamp_oom_score_adj(1000, -500), 1000);
+        assert_eq!(clamp_oom_score_adj(2000, 0), 1000);
+        assert_eq!(clamp_oom_score_adj(300, 0), 300);
+    }
+
+    fn rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "app:x:100:101::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn generated_spec_has_the_inputs() {
+        let root = rootfs();
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            readonly_rootfs: true,
+            image: ImageConfig {
+                env: strings(&["A=image", "B=image"]),
+                user: "app".into(),
+                ..image(&["/bin/sh"], &["-c", "true"])
+            },
+            env: vec![("B".into(), "cri".into())],
+            hostname: "pod".into(),
+            namespaces: Namespaces {
+                network: Namespace::Path("/run/netns/x".into()),
+                ..Default::default()
+            },
+            resources: Resources {
+                memory_limit: Some(16 << 20),
+                oom_score_adj: Some(-998),
+                ..Default::default()
+            },
+            cgroups_path: "/berth/pod/ctr".into(),
+            ..Default::default()
+        };
+        let oci = generate(&spec, -100).unwrap();
+        let process = oci.process().as_ref().unwrap();
+        assert_eq!(
+            process.args().as_ref().unwrap(),
+            &strings(&["/bin/sh", "-c", "true"])
+        );
+        let env = process.env().as_ref().unwrap();
+        assert!(env.contains(&"A=image".to_string()));
+        assert!(env.contains(&"B=cri".to_string()));
+        assert!(env.contains(&"HOME=/home/app".to_string()), "{env:?}");
+        assert_eq!((process.user().uid(), process.user().gid()), (100, 101));
+        assert_eq!(process.oom_score_adj(), Some(-100));
+        assert!(oci.root().as_ref().unwrap().readonly().unwrap());
+        let linux = oci.linux().as_ref().unwrap();
+        let netns = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .unwrap();
+        assert_eq!(netns.path().as_deref(), Some(Path::new("/run/netns/x")));
+        let json = serde_json::to_value(&oci).unwrap();
+        assert_eq!(json["linux"]["resources"]["memory"]["limit"], 16 << 20);
+        assert_eq!(json["linux"]["cgroupsPath"], "/berth/pod/ctr");
+        assert_eq!(json["hostname"], "pod");
+    }
+
+    #[test]
+    fn no_command_is_an_error() {
+        let root = rootfs();
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            ..Default::default()
+        };
+        assert!(matches!(generate(&spec, 0), Err(SpecError::NoCommand)));
+    }
+
+    #[test]
+    fn devices_must_be_devices_with_rwm_permissions() {
+        let root = rootfs();
+        let with = |host: &str, permissions: &str| ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            devices: vec![Device {
+                host_path: host.into(),
+                container_path: "/dev/x".into(),
+                permissions: permissions.into(),
+            }],
+            ..Default::default()
+        };
+        let oci = generate(&with("/dev/null", "rw"), 0).unwrap();
+        let json = serde_json::to_value(&oci).unwrap();
+        assert_eq!(json["linux"]["devices"][0]["type"], "c");
+        assert_eq!(json["linux"]["devices"][0]["major"], 1);
+        assert_eq!(json["linux"]["resources"]["devices"][1]["access"], "rw");
+        let err = generate(&with("/etc/hostname", "rw"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a character or block device"), "{err}");
+        let err = generate(&with("/dev/null", "rwx"), 0)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("permissions"), "{err}");
+    }
+
+    #[test]
+    fn privileged_gets_every_capability_and_no_confinement() {
+        let root = rootfs();
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            privileged: true,
+            seccomp: crate::seccomp::SeccompProfile::RuntimeDefault,
+            ..Default::default()
+        };
+        let json = serde_json::to_value(generate(&spec, 0).unwrap()).unwrap();
+        let bounding = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert!(bounding.len() > 30);
+        assert!(json["linux"]["seccomp"].is_null());
+        assert!(
+            json["linux"]["maskedPaths"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+        );
+        assert!(
+            json["linux"]["readonlyPaths"]
+                .as_array()
+                .is_none_or(|a| a.is_empty())
+        );
+        let unprivileged = ContainerSpec {
+            privileged: false,
+            ..spec
+        };
+        let json = serde_json::to_value(generate(&unprivileged, 0).unwrap()).unwrap();
+        let bounding = json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap();
+        assert_eq!(bounding.len(), DEFAULT_CAPABILITIES.len());
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert!(json["linux"]["maskedPaths"].as_array().unwrap().len() > 5);
+    }
+
+    #[test]
+    fn joining_the_pod_uts_namespace_keeps_its_hostname_and_defaults_stay_out() {
+        let root = rootfs();
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            namespaces: Namespaces {
+                uts: Namespace::Path("/x".into()),
+                ..Default::default()
+            },
+            hostname: "pod".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_value(generate(&spec, 0).unwrap()).unwrap();
+        assert!(json.get("hostname").is_none(), "{json}");
+        // Limits are inherited from berthd, not oci-spec's example value.
+        assert!(json["process"].get("rlimits").is_none(), "{json}");
+        // No cgroup asked for: the runtime's default.
+        assert!(json["linux"].get("cgroupsPath").is_none(), "{json}");
+    }
+}

@@ -1,0 +1,309 @@
+//! Resolving a container's user against the image's `/etc/passwd` and
+//! `/etc/group`, never following a symlink out of the rootfs (the kernel
+//! resolves every path as if the rootfs were `/`: `openat2` with
+//! `RESOLVE_IN_ROOT`).
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// What the CRI request asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserRequest {
+    /// CRI `run_as_user`: overrides the image's user.
+    pub run_as_user: Option<u32>,
+    /// CRI `run_as_username`: overrides the image's user.
+    pub run_as_username: Option<String>,
+    /// CRI `run_as_group`: overrides the primary group.
+    pub run_as_group: Option<u32>,
+    /// CRI `supplemental_groups`, added to the image's.
+    pub supplemental_groups: Vec<u32>,
+}
+
+/// The process identity for the OCI spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    /// From `/etc/passwd`, used for `HOME` when the image sets none.
+    pub home: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("user {user:?} not found in the image's /etc/passwd")]
+    UnknownUser { user: String },
+    #[error("group {group:?} not found in the image's /etc/group")]
+    UnknownGroup { group: String },
+    #[error("read {path} in the rootfs {rootfs}: {source}")]
+    Read {
+        path: &'static str,
+        rootfs: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+struct PasswdEntry {
+    name: String,
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+struct GroupEntry {
+    name: String,
+    gid: u32,
+    members: Vec<String>,
+}
+
+/// Resolves the image config's `User` (`user`, `uid`, `user:group` or
+/// `uid:gid`) and the CRI `request` against the rootfs at `rootfs`.
+pub fn resolve(
+    rootfs: &Path,
+    image_user: &str,
+    request: &UserRequest,
+) -> Result<ResolvedUser, UserError> {
+    let passwd = read_in_root(rootfs, "etc/passwd")?;
+    let group = read_in_root(rootfs, "etc/group")?;
+    let users: Vec<PasswdEntry> = passwd.as_deref().map(parse_passwd).unwrap_or_default();
+    let groups: Vec<GroupEntry> = group.as_deref().map(parse_group).unwrap_or_default();
+
+    let (image_user, image_group) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    // CRI fields win over the image's user, as in CRI-O.
+    let user_spec: String = match (&request.run_as_username, request.run_as_user) {
+        (Some(name), _) if !name.is_empty() => name.clone(),
+        (_, Some(uid)) => uid.to_string(),
+        _ if image_user.is_empty() => "0".to_string(),
+        _ => image_user.to_string(),
+    };
+    let entry = match user_spec.parse::<u32>() {
+        Ok(uid) => users.iter().find(|u| u.uid == uid),
+        Err(_) => Some(users.iter().find(|u| u.name == user_spec).ok_or_else(|| {
+            UserError::UnknownUser {
+                user: user_spec.clone(),
+            }
+        })?),
+    };
+    let uid = match entry {
+        Some(e) => e.uid,
+        None => user_spec.parse().expect("checked numeric above"),
+    };
+    let gid = if let Some(gid) = request.run_as_group {
+        gid
+    } else if let Some(group) = image_group.filter(|g| !g.is_empty()) {
+        match group.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                groups
+                    .iter()
+                    .find(|g| g.name == group)
+                    .ok_or_else(|| UserError::UnknownGroup {
+                        group: group.to_string(),
+                    })?
+                    .gid
+            }
+        }
+    } else {
+        entry.map_or(0, |e| e.gid)
+    };
+    let mut additional_gids = Vec::new();
+    if let Some(entry) = entry {
+        for g in &groups {
+            if g.members.contains(&entry.name) && !additional_gids.contains(&g.gid) {
+                additional_gids.push(g.gid);
+            }
+        }
+    }
+    for gid in &request.supplemental_groups {
+        if !additional_gids.contains(gid) {
+            additional_gids.push(*gid);
+        }
+    }
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+        home: entry.map(|e| e.home.clone()),
+    })
+}
+
+/// Reads `path` (relative) with every component resolved inside `rootfs`;
+/// `None` when it does not exist.
+fn read_in_root(rootfs: &Path, path: &'static str) -> Result<Option<String>, UserError> {
+    let err = |source| UserError::Read {
+        path,
+        rootfs: rootfs.to_path_buf(),
+        source,
+    };
+    let root = File::open(rootfs).map_err(err)?;
+    let c_path = std::ffi::CString::new(path).expect("static path without NUL");
+    // The kernel's struct open_how: flags, mode, resolve (libc's is non-exhaustive).
+    let how: [u64; 3] = [
+        (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        0,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    ];
+    // SAFETY: openat2 with a valid dirfd, NUL-terminated path and open_how.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            c_path.as_ptr(),
+            how.as_ptr(),
+            std::mem::size_of_val(&how),
+        )
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::NotFound => Ok(None),
+            _ => Err(err(e)),
+        };
+    }
+    // SAFETY: openat2 returned a fresh descriptor we own.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let mut text = String::new();
+    // /etc/passwd of any sane image is small; a huge one is cut, not read whole.
+    (&mut file)
+        .take(4 << 20)
+        .read_to_string(&mut text)
+        .map_err(err)?;
+    Ok(Some(text))
+}
+
+fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            Some(PasswdEntry {
+                name: f.first()?.to_string(),
+                uid: f.get(2)?.parse().ok()?,
+                gid: f.get(3)?.parse().ok()?,
+                home: f.get(5).unwrap_or(&"").to_string(),
+            })
+        })
+        .collect()
+}
+
+fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            Some(GroupEntry {
+                name: f.first()?.to_string(),
+                gid: f.get(2)?.parse().ok()?,
+                members: f
+                    .get(3)
+                    .map(|m| {
+                        m.split(',')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nalice:x:1000:\nwheel:x:10:alice,bob\nstaff:x:50:\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    fn image(root: &Path, image_user: &str) -> Result<ResolvedUser, UserError> {
+        resolve(root, image_user, &UserRequest::default())
+    }
+
+    #[test]
+    fn names_resolve_through_passwd_and_group() {
+        let root = rootfs();
+        let user = image(root.path(), "alice").unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 1000));
+        assert_eq!(user.additional_gids, vec![10]);
+        assert_eq!(user.home.as_deref(), Some("/home/alice"));
+        let user = image(root.path(), "alice:staff").unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 50));
+        let user = image(root.path(), "").unwrap();
+        assert_eq!((user.uid, user.gid), (0, 0));
+    }
+
+    #[test]
+    fn cri_fields_override_the_image() {
+        let root = rootfs();
+        let request = UserRequest {
+            run_as_user: Some(0),
+            run_as_group: Some(7),
+            supplemental_groups: vec![99, 10],
+            ..Default::default()
+        };
+        let user = resolve(root.path(), "alice", &request).unwrap();
+        assert_eq!((user.uid, user.gid), (0, 7));
+        assert_eq!(user.additional_gids, vec![99, 10]);
+        let request = UserRequest {
+            run_as_username: Some("alice".into()),
+            ..Default::default()
+        };
+        assert_eq!(resolve(root.path(), "alice", &request).unwrap().uid, 1000);
+        // A numeric uid absent from passwd is used as is, with gid 0.
+        let user = image(root.path(), "4242").unwrap();
+        assert_eq!((user.uid, user.gid), (4242, 0));
+    }
+
+    #[test]
+    fn unknown_names_are_errors() {
+        let root = rootfs();
+        assert!(matches!(
+            image(root.path(), "mallory"),
+            Err(UserError::UnknownUser { .. })
+        ));
+        assert!(matches!(
+            image(root.path(), "alice:nogroup"),
+            Err(UserError::UnknownGroup { .. })
+        ));
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_rootfs_never_to_the_host() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), "evil:x:0:0::/:/bin/sh\n").unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("etc")).unwrap();
+        // An absolute link means the rootfs's own path, not the host's.
+        std::os::unix::fs::symlink(
+            outside.path().join("passwd"),
+            root.path().join("etc/passwd"),
+        )
+        .unwrap();
+        assert!(matches!(
+            image(root.path(), "evil"),
+            Err(UserError::UnknownUser { .. })
+        ));
+        std::os::unix::fs::symlink(
+            "../../../../../../etc/shadow-nope",
+            root.path().join("etc/group"),
+        )
+        .unwrap();
+        assert!(image(root.path(), "0:0").is_ok());
+    }
+}
