@@ -7,6 +7,8 @@
 //! temporary dir (shims, runtimes), detaches every mount below that dir, and
 //! prints berthd's log so a failure explains itself.
 
+pub mod stream_client;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
