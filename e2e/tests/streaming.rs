@@ -399,3 +399,146 @@ async fn port_forward_reaches_httpd_in_the_pod_netns() {
         page.extend_from_slice(&data);
     }
 }
+
+/// Processes on the host whose command line contains `marker`.
+fn with_marker(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmd| String::from_utf8_lossy(cmd).contains(marker))
+        .count()
+}
+
+async fn wait_marker(marker: &str, present: bool) {
+    for _ in 0..200 {
+        if (with_marker(marker) > 0) == present {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("process with {marker:?} present: {}", !present);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_disconnects_or_idles_ends_its_process() {
+    if !can_run() {
+        return;
+    }
+    let config = berth_streaming::Config {
+        idle_timeout: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let world = World::with_config(config).await;
+    let c = world.run(&["sleep", "100000"], false, false);
+    let pid = std::process::id();
+
+    // Disconnect mid-stream.
+    let marker = format!("disconnect-marker-{pid}");
+    let url = exec(
+        &world,
+        &c,
+        &["sh", "-c", &format!("sleep 1001; echo {marker}")],
+        false,
+    );
+    let (client, _) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
+    let mut client = client.unwrap();
+    for t in ["error", "stdin", "stdout", "stderr"] {
+        client.open(&[("streamtype", t)]).await;
+    }
+    wait_marker(&marker, true).await;
+    drop(client);
+    wait_marker(&marker, false).await;
+
+    // Idle: the server closes the session after its idle timeout.
+    let marker = format!("idle-marker-{pid}");
+    let url = exec(
+        &world,
+        &c,
+        &["sh", "-c", &format!("sleep 1002; echo {marker}")],
+        false,
+    );
+    let mut ws = websocket(&url, "v5.channel.k8s.io").await;
+    wait_marker(&marker, true).await;
+    while next_message(&mut ws, false).await.is_some() {}
+    wait_marker(&marker, false).await;
+    world.remove(&c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_serves_https_urls() {
+    if !can_run() || !berth_e2e::have_command("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=berth-e2e"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        // webpki refuses a CA certificate as the server's own.
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let config = berth_streaming::Config {
+        tls: Some(berth_streaming::TlsFiles {
+            cert: cert.clone(),
+            key,
+        }),
+        ..Default::default()
+    };
+    let world = World::with_config(config).await;
+    let c = world.run(&["sleep", "100000"], false, false);
+    let url = exec(&world, &c, &["echo", "over-tls"], false);
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for der in rustls::pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+        roots.add(der.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(world.server.local_addr())
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
+    let stream = connector.connect(name, tcp).await.unwrap();
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .replacen("https://", "wss://", 1)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        "v4.channel.k8s.io".parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some((ch, data)) = next_message(&mut ws, false).await {
+        if ch == 1 {
+            out.extend_from_slice(&data);
+        }
+    }
+    assert_eq!(out, b"over-tls\n");
+    world.remove(&c);
+}

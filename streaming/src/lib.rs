@@ -21,4 +21,4 @@ pub use backend::{
     AttachRequest, Backend, BackendError, Container, ExecRequest, PortForwardRequest,
     RuntimeBackend,
 };
-pub use server::{Config, StreamingServer};
+pub use server::{Config, StreamingServer, TlsFiles};

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,15 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long a client has to open its streams after upgrading.
     pub stream_creation_timeout: Duration,
+    /// Serve HTTPS with this certificate and key instead of HTTP.
+    pub tls: Option<TlsFiles>,
+}
+
+/// PEM files: the certificate chain (leaf first) and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -37,6 +47,7 @@ impl Default for Config {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -89,6 +100,7 @@ pub(crate) struct Inner {
 pub struct StreamingServer {
     inner: Arc<Inner>,
     addr: SocketAddr,
+    scheme: &'static str,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -104,6 +116,8 @@ impl StreamingServer {
         config: Config,
         backend: Arc<dyn Backend>,
     ) -> std::io::Result<StreamingServer> {
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let listener = TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
@@ -113,10 +127,11 @@ impl StreamingServer {
                 map: Mutex::new(HashMap::new()),
             },
         });
-        let accept = tokio::spawn(accept_loop(listener, inner.clone()));
+        let accept = tokio::spawn(accept_loop(listener, tls, inner.clone()));
         Ok(StreamingServer {
             inner,
             addr,
+            scheme,
             accept,
         })
     }
@@ -127,7 +142,7 @@ impl StreamingServer {
 
     fn url(&self, kind: &str, target: Target) -> String {
         let token = self.inner.tokens.insert(target);
-        format!("http://{}/{kind}/{token}", self.addr)
+        format!("{}://{}/{kind}/{token}", self.scheme, self.addr)
     }
 
     /// The URL of a new exec session (the CRI `Exec` answer).
@@ -144,24 +159,63 @@ impl StreamingServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+fn tls_acceptor(files: &TlsFiles) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &PathBuf, what: &str, err: &dyn std::fmt::Display| {
+        std::io::Error::other(format!("streaming TLS {what} {}: {err}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|err| bad(&files.cert, "certificate", &err))?;
+    let key =
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|err| bad(&files.key, "key", &err))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|err| bad(&files.cert, "certificate and key", &err))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    inner: Arc<Inner>,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let inner = inner.clone();
-                async move { Ok::<_, Infallible>(route(inner, req)) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades()
-                .await;
+            match tls {
+                None => serve_http(tcp, inner).await,
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(tcp).await {
+                        serve_http(stream, inner).await;
+                    }
+                }
+            }
         });
     }
+}
+
+async fn serve_http<IO>(io: IO, inner: Arc<Inner>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let inner = inner.clone();
+        async move { Ok::<_, Infallible>(route(inner, req)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
 }
 
 type Resp = Response<Full<Bytes>>;

@@ -31,6 +31,10 @@ pub struct World {
 
 impl World {
     pub async fn new() -> World {
+        World::with_config(Config::default()).await
+    }
+
+    pub async fn with_config(config: Config) -> World {
         let paths = Paths::create();
         let layer = paths.dir().join("layer");
         let bin = layer.join("bin");
@@ -54,7 +58,7 @@ impl World {
             root: paths.dir().join("runc"),
             shim: berth_e2e::bin_dir().join("berth-shim"),
         };
-        let server = StreamingServer::start(Config::default(), Arc::new(RuntimeBackend))
+        let server = StreamingServer::start(config, Arc::new(RuntimeBackend))
             .await
             .unwrap();
         World {

@@ -567,3 +567,206 @@ fn handle(
 async fn wait_closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|c| *c).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spdy::frame::{FLAG_FIN, Setting};
+    use tokio::io::DuplexStream;
+
+    /// The client side of a test session, speaking through our own codec.
+    struct Peer {
+        io: DuplexStream,
+        codec: Codec,
+        buf: Vec<u8>,
+    }
+
+    impl Peer {
+        async fn send(&mut self, frame: Frame) {
+            let mut out = Vec::new();
+            self.codec.encode(&frame, &mut out);
+            self.io.write_all(&out).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> Option<Frame> {
+            loop {
+                if let Some((frame, used)) = self.codec.decode(&self.buf).unwrap() {
+                    self.buf.drain(..used);
+                    return Some(frame);
+                }
+                if self.io.read_buf(&mut self.buf).await.ok()? == 0 {
+                    return None;
+                }
+            }
+        }
+
+        async fn syn(&mut self, stream_id: u32, flags: u8) {
+            self.send(Frame::SynStream {
+                stream_id,
+                associated_to: 0,
+                priority: 0,
+                slot: 0,
+                flags,
+                headers: vec![("streamtype".into(), "stdout".into())],
+            })
+            .await;
+        }
+    }
+
+    fn start(idle: Duration) -> (Peer, Session, mpsc::Receiver<Stream>) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (session, incoming) = Session::serve(b, idle);
+        let peer = Peer {
+            io: a,
+            codec: Codec::default(),
+            buf: Vec::new(),
+        };
+        (peer, session, incoming)
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    #[tokio::test]
+    async fn streams_are_replied_to_and_carry_data_both_ways() {
+        let (mut peer, _session, mut incoming) = start(LONG);
+        peer.syn(1, 0).await;
+        let mut stream = incoming.recv().await.unwrap();
+        assert_eq!(stream.header("streamtype"), Some("stdout"));
+        assert!(matches!(
+            peer.recv().await,
+            Some(Frame::SynReply { stream_id: 1, .. })
+        ));
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: FLAG_FIN,
+            data: b"in".to_vec(),
+        })
+        .await;
+        assert_eq!(stream.read().await.as_deref(), Some(&b"in"[..]));
+        assert_eq!(stream.read().await, None);
+        let w = stream.writer();
+        w.write(b"out").await.unwrap();
+        w.close().unwrap();
+        assert_eq!(
+            peer.recv().await,
+            Some(Frame::Data {
+                stream_id: 1,
+                flags: 0,
+                data: b"out".to_vec()
+            })
+        );
+        assert!(peer.recv().await.unwrap().is_fin());
+        peer.send(Frame::Ping { id: 7 }).await;
+        assert_eq!(peer.recv().await, Some(Frame::Ping { id: 7 }));
+    }
+
+    #[tokio::test]
+    async fn send_windows_hold_data_back_once_the_peer_does_flow_control() {
+        let (mut peer, _session, mut incoming) = start(LONG);
+        peer.send(Frame::Settings {
+            flags: 0,
+            entries: vec![Setting {
+                flags: 0,
+                id: settings::INITIAL_WINDOW_SIZE,
+                value: 10,
+            }],
+        })
+        .await;
+        peer.syn(1, 0).await;
+        let stream = incoming.recv().await.unwrap();
+        peer.recv().await; // SYN_REPLY
+        let w = stream.writer();
+        let writing = tokio::spawn(async move { w.write(&[1u8; 25]).await });
+        let mut got = 0;
+        while got < 10 {
+            match peer.recv().await.unwrap() {
+                Frame::Data { data, .. } => got += data.len(),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, 10);
+        assert!(!writing.is_finished());
+        peer.send(Frame::WindowUpdate {
+            stream_id: 1,
+            delta: 15,
+        })
+        .await;
+        while got < 25 {
+            if let Frame::Data { data, .. } = peer.recv().await.unwrap() {
+                got += data.len();
+            }
+        }
+        writing.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn reading_grants_window_credit() {
+        let (mut peer, _session, mut incoming) = start(LONG);
+        peer.syn(1, 0).await;
+        let mut stream = incoming.recv().await.unwrap();
+        peer.recv().await; // SYN_REPLY
+        let half = vec![0u8; (DEFAULT_WINDOW / 2) as usize];
+        peer.send(Frame::Data {
+            stream_id: 1,
+            flags: 0,
+            data: half.clone(),
+        })
+        .await;
+        assert_eq!(stream.read().await.unwrap().len(), half.len());
+        let mut updates = Vec::new();
+        while updates.len() < 2 {
+            if let Some(Frame::WindowUpdate { stream_id, delta }) = peer.recv().await {
+                updates.push((stream_id, delta));
+            }
+        }
+        updates.sort();
+        assert_eq!(updates, [(0, DEFAULT_WINDOW / 2), (1, DEFAULT_WINDOW / 2)]);
+    }
+
+    #[tokio::test]
+    async fn bad_streams_are_reset_and_garbage_ends_the_session() {
+        let (mut peer, session, _incoming) = start(LONG);
+        // Even (server-side) id from the client.
+        peer.syn(2, 0).await;
+        assert!(matches!(
+            peer.recv().await,
+            Some(Frame::RstStream {
+                stream_id: 2,
+                status: rst::PROTOCOL_ERROR
+            })
+        ));
+        peer.send(Frame::Data {
+            stream_id: 9,
+            flags: 0,
+            data: vec![1],
+        })
+        .await;
+        assert!(matches!(
+            peer.recv().await,
+            Some(Frame::RstStream {
+                stream_id: 9,
+                status: rst::INVALID_STREAM
+            })
+        ));
+        peer.io
+            .write_all(&[0x80, 2, 0, 1, 0, 0, 0, 0])
+            .await
+            .unwrap();
+        assert!(matches!(
+            peer.recv().await,
+            Some(Frame::GoAway { status: 1, .. })
+        ));
+        session.closed().await;
+        assert_eq!(peer.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn an_idle_session_closes() {
+        let (mut peer, session, mut incoming) = start(Duration::from_millis(200));
+        peer.syn(1, 0).await;
+        let mut stream = incoming.recv().await.unwrap();
+        session.closed().await;
+        assert_eq!(stream.read().await, None);
+        assert!(stream.writer().write(b"x").await.is_err());
+    }
+}
