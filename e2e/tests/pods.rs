@@ -50,10 +50,15 @@ impl Net {
     /// `index` is unique per test in this file; the pid keeps concurrent
     /// runs of the suite apart.
     fn new(index: u8) -> Net {
-        Self::with_plugins(index, None)
+        Self::build(index, None, false)
     }
 
     fn with_plugins(index: u8, extra: Option<&str>) -> Net {
+        Self::build(index, extra, false)
+    }
+
+    /// With `ipv6`, host-local also hands out an address from a ULA /64.
+    fn build(index: u8, extra: Option<&str>, ipv6: bool) -> Net {
         let pid = std::process::id();
         let dir = tempfile::Builder::new()
             .prefix("berth-e2e-net-")
@@ -70,6 +75,17 @@ impl Net {
         };
         std::fs::create_dir(net.conf_dir()).unwrap();
         let extra = extra.map(|p| format!(",{p}")).unwrap_or_default();
+        let (v6_range, v6_route) = if ipv6 {
+            (
+                format!(
+                    r#", [{{ "subnet": "fd00:be:{:x}:{index}::/64" }}]"#,
+                    pid % 0xffff
+                ),
+                r#", { "dst": "::/0" }"#.to_string(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let conflist = format!(
             r#"{{
   "cniVersion": "1.0.0",
@@ -79,8 +95,8 @@ impl Net {
       "type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": true,
       "ipam": {{
         "type": "host-local", "dataDir": "{data}",
-        "routes": [{{ "dst": "0.0.0.0/0" }}],
-        "ranges": [[{{ "subnet": "{prefix}.0/24" }}]]
+        "routes": [{{ "dst": "0.0.0.0/0" }}{v6_route}],
+        "ranges": [[{{ "subnet": "{prefix}.0/24" }}]{v6_range}]
       }}
     }},
     {{ "type": "portmap", "capabilities": {{ "portMappings": true }} }}{extra}
@@ -338,6 +354,25 @@ async fn two_pods_get_ips_and_reach_each_other() {
     stop_and_remove(&mut client, &a).await;
     stop_and_remove(&mut client, &b).await;
     assert!(net.allocated().is_empty(), "{:?}", net.allocated());
+}
+
+#[tokio::test]
+async fn dual_stack_pod_reports_ipv4_then_ipv6() {
+    if !can_run_network() {
+        return;
+    }
+    let net = Net::build(7, None, true);
+    let berthd = Berthd::start_with(net.options()).await;
+    let mut client = berthd.runtime().await;
+    let id = run(&mut client, pod("dual")).await.unwrap();
+    let (ips, info, _) = inspect(&mut client, &id).await;
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(ips[0].starts_with(&net.prefix), "{ips:?}");
+    assert!(ips[1].starts_with("fd00:be:"), "{ips:?}");
+    let hosts = std::fs::read_to_string(info["files"]["hosts"].as_str().unwrap()).unwrap();
+    assert!(hosts.contains(&format!("{}\tdual", ips[1])), "{hosts}");
+    stop_and_remove(&mut client, &id).await;
+    assert_no_leaks(&berthd, &net, &[id]);
 }
 
 #[tokio::test]
@@ -753,6 +788,104 @@ async fn pods_survive_kill_9_and_restart_and_stay_controllable() {
             .is_ok_and(|c| c.contains("berth-shim"))
     );
     assert_no_leaks(&berthd, &net, &[a, b]);
+}
+
+#[tokio::test]
+async fn pod_half_set_up_when_berthd_died_is_removed_cleanly_after_restart() {
+    if !can_run_network() {
+        return;
+    }
+    // A third plugin that hangs in ADD: berthd is killed while it runs,
+    // after bridge and portmap did their work.
+    let net = Net::with_plugins(8, Some(r#"{ "type": "berth-hang" }"#));
+    let (marker, options) = hanging_plugin(&net, 30);
+    let berthd = Berthd::start_with(options.clone()).await;
+    let mut client = berthd.runtime().await;
+    let pending = tokio::spawn(async move { run(&mut client, pod("half")).await });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while net.ports().trim().is_empty() || !processes_mention(Path::new(&marker)) {
+        assert!(
+            Instant::now() < deadline,
+            "ADD never reached the hanging plugin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, paths) = berthd.stop_with(Signal::SIGKILL).await;
+    let _ = pending.await;
+    berth_e2e::kill_processes_under(Path::new(&marker));
+
+    let berthd = Berthd::start_in(paths, options).await;
+    let mut client = berthd.runtime().await;
+    let listed = client
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32);
+    let err = run(&mut client, pod("half")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    let id = listed[0].id.clone();
+    stop_and_remove(&mut client, &id).await;
+    assert_no_leaks(&berthd, &net, &[id]);
+}
+
+/// Installs `berth-hang`, a plugin whose ADD sleeps with a command line
+/// unique to this run (the returned marker), and berthd options that search
+/// its dir first with `timeout` seconds per plugin.
+fn hanging_plugin(net: &Net, timeout: u64) -> (String, Options) {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = net.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let plugin = bin.join("berth-hang");
+    let marker = format!("600.{}{}", std::process::id(), net.prefix.replace('.', ""));
+    std::fs::write(
+        &plugin,
+        format!("#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then exec sleep {marker}; fi\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let options = Options {
+        config: format!(
+            "[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"{BIN_DIR}\"]\nplugin_timeout = {timeout}\n",
+            net.conf_dir().display(),
+            bin.display()
+        ),
+        ..Options::default()
+    };
+    (marker, options)
+}
+
+#[tokio::test]
+async fn a_plugin_past_its_timeout_fails_the_pod_and_leaks_nothing() {
+    if !can_run_network() {
+        return;
+    }
+    let net = Net::with_plugins(9, Some(r#"{ "type": "berth-hang" }"#));
+    let (marker, options) = hanging_plugin(&net, 1);
+    let berthd = Berthd::start_with(options).await;
+    let mut client = berthd.runtime().await;
+    let err = run(&mut client, pod("slow")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
+    assert!(
+        err.message().contains("berth-hang ADD timed out"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !processes_mention(Path::new(&marker)),
+        "the plugin was not killed"
+    );
+    assert_no_leaks(&berthd, &net, &[]);
+}
+
+fn processes_mention(path: &Path) -> bool {
+    let needle = path.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline"))
+            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+    })
 }
 
 #[tokio::test]
