@@ -455,6 +455,10 @@ async fn host_network_pod_uses_the_host_namespaces() {
     let infra_net = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let host_net = std::fs::read_link("/proc/self/ns/net").unwrap();
     assert_eq!(infra_net, host_net);
+    // It sits in the pod's cgroup under the default parent, in every hierarchy.
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let leaf = format!("/berth/berth-{id}");
+    assert!(cgroups.lines().all(|l| l.ends_with(&leaf)), "{cgroups}");
     let infra_pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
     assert_ne!(
         infra_pid_ns,
@@ -468,6 +472,7 @@ async fn host_network_pod_uses_the_host_namespaces() {
             .trim()
     );
     stop_and_remove(&mut client, &id).await;
+    assert_eq!(infra_cgroups(&id), Vec::<PathBuf>::new());
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists()
             || std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
@@ -490,6 +495,7 @@ fn assert_no_leaks(berthd: &Berthd, net: &Net, ids: &[String]) {
     let rules = String::from_utf8_lossy(&sh(&["iptables-save"]).stdout).into_owned();
     for id in ids {
         assert!(!rules.contains(id.as_str()), "iptables rules for {id} left");
+        assert_eq!(infra_cgroups(id), Vec::<PathBuf>::new());
     }
     let run_root = berthd.paths().run_root();
     assert_eq!(mounts_under(&run_root), Vec::<PathBuf>::new());
@@ -502,6 +508,17 @@ fn assert_no_leaks(berthd: &Berthd, net: &Net, ids: &[String]) {
         !(name == "berth.sock" || name == "berth.sock.lock")
     });
     assert_eq!(files, Vec::<PathBuf>::new(), "files left behind");
+}
+
+/// The infra cgroup dirs of pod `id` (under the default parent) that exist.
+fn infra_cgroups(id: &str) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter(|line| line.contains(" - cgroup ") || line.contains(" - cgroup2 "))
+        .map(|line| PathBuf::from(line.split(' ').nth(4).unwrap()))
+        .map(|mount| mount.join("berth").join(format!("berth-{id}")))
+        .filter(|path| path.exists())
+        .collect()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -27,6 +27,8 @@ pub enum InfraError {
     },
     #[error("cannot start infra process {shim}: {source}")]
     Start { shim: PathBuf, source: nix::Error },
+    #[error("infra process {shim} init exited at once (cannot join the pod's namespaces or exec)")]
+    Exited { shim: PathBuf },
     #[error("infra process {pid} did not exit after SIGKILL")]
     Stuck { pid: i32 },
 }
@@ -118,8 +120,14 @@ pub fn start(shim: &Path, join: &[PathBuf]) -> Result<Infra, InfraError> {
         )
     }
     .map_err(start_err)?;
-    // The start time is readable as soon as the pid exists.
-    let start_time = start_time(pid.as_raw()).unwrap_or_default();
+    // The start time is readable as soon as the pid exists; none means it
+    // already died (setns or exec failed) and is a zombie.
+    let Some(start_time) = start_time(pid.as_raw()) else {
+        let _ = waitpid(pid, None);
+        return Err(InfraError::Exited {
+            shim: shim.to_path_buf(),
+        });
+    };
     Ok(Infra {
         pid: pid.as_raw(),
         start_time,

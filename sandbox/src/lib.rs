@@ -6,6 +6,7 @@
 //! teardown runs every step whatever happened before (a failed set-up, a
 //! crash, a second Stop), so Stop and Remove always converge.
 
+pub mod cgroup;
 pub mod files;
 pub mod infra;
 pub mod ns;
@@ -47,6 +48,8 @@ pub enum Error {
     Infra(#[from] infra::InfraError),
     #[error(transparent)]
     Files(#[from] files::FileError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Network(#[from] berth_cni::Error),
     #[error("{error}; cleaning up pod sandbox {pod} also failed: {}", .failures.join("; "))]
@@ -212,6 +215,10 @@ impl Sandboxes {
     pub async fn run(&self, spec: PodSpec) -> Result<PodId, Error> {
         let runtime_handler = self.resolve_handler(&spec.runtime_handler)?;
         spec.validate()?;
+        // Refuse before creating anything when there is no network to join.
+        if !spec.namespaces.host_network() {
+            self.cni.network()?;
+        }
         let id = PodId::random().map_err(io("cannot generate a pod sandbox ID"))?;
         let name = spec.reserved_name();
         {
@@ -344,6 +351,8 @@ impl Sandboxes {
                 "cannot write the record of pod sandbox {}",
                 pod.id
             )))?;
+            let cgroup = pod.infra_cgroup();
+            blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
             ns::pin(
                 &PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)),
                 &pid_pin,
@@ -396,8 +405,14 @@ impl Sandboxes {
         let layout = &self.options.layout;
         let mut failures = Vec::new();
         if let Some(infra) = pod.infra {
-            match blocking(move || infra::stop(&infra)).await {
-                Ok(Ok(())) => {}
+            let cgroup = pod.infra_cgroup();
+            let stopped = blocking(move || {
+                infra::stop(&infra)?;
+                Ok::<_, infra::InfraError>(cgroup::remove(&cgroup))
+            })
+            .await;
+            match stopped {
+                Ok(Ok(errors)) => failures.extend(errors.iter().map(ToString::to_string)),
                 Ok(Err(err)) => failures.push(err.to_string()),
                 Err(err) => failures.push(err.to_string()),
             }

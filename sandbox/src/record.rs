@@ -108,6 +108,11 @@ pub struct Pod {
 }
 
 impl Pod {
+    /// The infra process's cgroup, relative to each hierarchy's root.
+    pub fn infra_cgroup(&self) -> PathBuf {
+        crate::cgroup::infra_path(&self.cgroup_parent, self.id.as_str())
+    }
+
     /// Ready on record and, when it has one, its infra process still runs.
     pub fn effective_state(&self) -> State {
         match (self.state, &self.infra) {

@@ -72,6 +72,7 @@ fn status(err: Error) -> Status {
         | Error::Namespace(_)
         | Error::Infra(_)
         | Error::Files(_)
+        | Error::Cgroup(_)
         | Error::Network(_)
         | Error::SetupAndTeardown { .. }
         | Error::Teardown { .. } => Status::internal(message),
@@ -272,6 +273,7 @@ impl CriService {
                 "pid": pod.infra.map(|i| i.pid).unwrap_or_default(),
                 "runtimeHandler": pod.runtime_handler,
                 "cgroupParent": pod.cgroup_parent,
+                "infraCgroup": pod.infra.map(|_| pod.infra_cgroup()),
                 "hostname": pod.hostname,
                 "namespaces": pod.namespaces,
                 "files": pod.files,
