@@ -65,8 +65,10 @@ pub fn hosts(host_network: bool, hostname: &str, ips: &[IpAddr]) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// No fsync: these files matter only while the pod's namespaces exist, and
+/// those do not survive the power loss an fsync would guard against.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    crate::record::atomic_write(path, bytes).map_err(|source| FileError::Write {
+    crate::record::write_via_temp(path, bytes, false).map_err(|source| FileError::Write {
         path: path.to_path_buf(),
         source,
     })

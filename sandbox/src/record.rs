@@ -184,9 +184,15 @@ pub fn load_all(layout: &Layout) -> (Vec<Pod>, Vec<String>) {
     (pods, errors)
 }
 
-/// Temp file, fsync, rename, fsync of the dir: a crash leaves the old file
-/// or the new one.
+/// Temp file, fsync, rename: a crash leaves the old file or the new one.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, bytes, true)
+}
+
+/// Temp file and rename, so readers never see half a file. `sync` also
+/// makes the content durable before the rename (records need that; files
+/// that die with the pod at a reboot do not).
+pub fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -195,7 +201,8 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(tmp_name);
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    if sync {
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
 }
