@@ -376,6 +376,52 @@ async fn dual_stack_pod_reports_ipv4_then_ipv6() {
 }
 
 #[tokio::test]
+async fn bandwidth_annotations_shape_the_pod_interface() {
+    if !can_run_network() || !can_run(have_command("tc"), "tc (iproute2)") {
+        return;
+    }
+    let net = Net::with_plugins(
+        11,
+        Some(r#"{ "type": "bandwidth", "capabilities": { "bandwidth": true } }"#),
+    );
+    let berthd = Berthd::start_with(net.options()).await;
+    let mut client = berthd.runtime().await;
+    let mut config = pod("shaped");
+    config.annotations = HashMap::from([
+        ("kubernetes.io/ingress-bandwidth".into(), "1M".into()),
+        ("kubernetes.io/egress-bandwidth".into(), "2M".into()),
+    ]);
+    let id = run(&mut client, config).await.unwrap();
+    // Ingress is shaped by a tbf on the host end of the pod's veth.
+    let ports = net.ports();
+    let veth = ports
+        .split(':')
+        .nth(1)
+        .and_then(|name| name.trim().split('@').next())
+        .unwrap()
+        .to_string();
+    let qdisc = String::from_utf8(sh(&["tc", "qdisc", "show", "dev", &veth]).stdout).unwrap();
+    assert!(
+        qdisc.contains("tbf") && qdisc.contains("rate 1Mbit"),
+        "{qdisc}"
+    );
+    // Egress goes through an ifb device the plugin names bwp<hash>.
+    let plugin_ifbs = || {
+        let out = sh(&["ip", "-o", "link", "show", "type", "ifb"]);
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+            .filter(|n| n.starts_with("bwp"))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(plugin_ifbs().len(), 1, "egress shaping uses an ifb device");
+    stop_and_remove(&mut client, &id).await;
+    assert_no_leaks(&berthd, &net, &[id]);
+    assert_eq!(plugin_ifbs(), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn host_port_mapping_reaches_a_listener_in_the_pod() {
     if !can_run_network() {
         return;
@@ -579,6 +625,21 @@ async fn stop_and_remove_of_fifty_pods_leaks_nothing() {
         infra_pids.push(info["pid"].as_i64().unwrap());
     }
     assert!(infra_pids.iter().all(|&p| p > 0));
+    // 50 IDs over 16 hex digits: some first digit is shared, so that
+    // one-character prefix is ambiguous.
+    let shared = (b'0'..=b'f')
+        .map(char::from)
+        .find(|c| ids.iter().filter(|id| id.starts_with(*c)).count() > 1)
+        .unwrap();
+    let err = client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: shared.to_string(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("ambiguous"), "{}", err.message());
 
     let mut tasks = Vec::new();
     for id in ids.clone() {
