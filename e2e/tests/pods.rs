@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
-    PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest, PortMapping,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
+    NamespaceMode, NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxFilter,
+    PodSandboxMetadata, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest,
+    PortMapping, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StatusRequest,
+    StopPodSandboxRequest, UpdateRuntimeConfigRequest,
 };
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
 use nix::sys::signal::Signal;
@@ -419,6 +420,46 @@ async fn bandwidth_annotations_shape_the_pod_interface() {
     stop_and_remove(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
     assert_eq!(plugin_ifbs(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn pod_cidr_from_update_runtime_config_reaches_host_local() {
+    if !can_run_network() {
+        return;
+    }
+    // A network with no ranges of its own: host-local takes the pod CIDR
+    // the kubelet sends, through the ipRanges capability.
+    let net = Net::new(12);
+    let conflist = format!(
+        r#"{{"cniVersion":"1.0.0","name":"{}","plugins":[{{"type":"bridge","bridge":"{}","isGateway":true,
+            "capabilities":{{"ipRanges":true}},
+            "ipam":{{"type":"host-local","dataDir":"{}"}}}}]}}"#,
+        net.name,
+        net.bridge,
+        net.data_dir().display()
+    );
+    std::fs::write(net.conf_dir().join("10-test.conflist"), conflist).unwrap();
+    let berthd = Berthd::start_with(net.options()).await;
+    let mut client = berthd.runtime().await;
+    client
+        .update_runtime_config(UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig {
+                    pod_cidr: format!("{}.64/26", net.prefix),
+                }),
+            }),
+        })
+        .await
+        .unwrap();
+    let id = run(&mut client, pod("ranged")).await.unwrap();
+    let (ips, _, _) = inspect(&mut client, &id).await;
+    let last: u8 = ips[0].rsplit('.').next().unwrap().parse().unwrap();
+    assert!(
+        ips[0].starts_with(&net.prefix) && (64..128).contains(&last),
+        "{ips:?}"
+    );
+    stop_and_remove(&mut client, &id).await;
+    assert_no_leaks(&berthd, &net, &[id]);
 }
 
 #[tokio::test]
