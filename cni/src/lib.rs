@@ -319,6 +319,12 @@ impl Cni {
         Ok(Some(()))
     }
 
+    /// Whether an ADD was started for the attachment and not yet undone by
+    /// a successful DEL (the cache entry is written before ADD runs).
+    pub fn attached(&self, container_id: &str, ifname: &str) -> bool {
+        self.cache_path(container_id, ifname).exists()
+    }
+
     /// Drops the cache entry of an attachment that will never be DELeted.
     pub fn forget(&self, container_id: &str, ifname: &str) -> Result<(), Error> {
         remove_cache(&self.cache_path(container_id, ifname))

@@ -417,7 +417,12 @@ impl Sandboxes {
                 Err(err) => failures.push(err.to_string()),
             }
         }
-        if pod.namespaces.net.is_some() {
+        // No cache entry: no ADD ever started, or a DEL already succeeded
+        // (unless the record says it is attached: then the cache was lost,
+        // and DEL falls back to the current config).
+        if pod.namespaces.net.is_some()
+            && (self.cni.attached(pod.id.as_str(), POD_IFNAME) || pod.network.is_some())
+        {
             let attachment = self.attachment(pod, None);
             // Whether an ADD ever completed: if not, its plugins reported
             // failure and a DEL refused the same way cannot be retried into
