@@ -168,3 +168,113 @@ pub async fn run(plugin: &Path, config: &[u8], inv: &Invocation<'_>) -> Result<V
         message,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake plugin (fault injection): a shell script in a temp dir.
+    fn plugin(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    fn invocation(dirs: &[PathBuf], timeout: Duration) -> Invocation<'_> {
+        Invocation {
+            command: "ADD",
+            container_id: "c1",
+            netns: Path::new("/run/netns/x"),
+            ifname: "eth0",
+            args: "IgnoreUnknown=1",
+            bin_dirs: dirs,
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn parameters_go_in_the_environment_and_config_on_stdin() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        let p = plugin(
+            dir.path(),
+            "echo-env",
+            r#"read -r conf; printf '{"cmd":"%s","id":"%s","ifname":"%s","conf":%s}' "$CNI_COMMAND" "$CNI_CONTAINERID" "$CNI_IFNAME" "$conf""#,
+        );
+        let out = run(
+            &p,
+            b"{\"a\":1}\n",
+            &invocation(&dirs, Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["cmd"], "ADD");
+        assert_eq!(v["id"], "c1");
+        assert_eq!(v["ifname"], "eth0");
+        assert_eq!(v["conf"]["a"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_plugin_error_keeps_its_code_and_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        let p = plugin(
+            dir.path(),
+            "fails",
+            r#"echo '{"cniVersion":"1.0.0","code":11,"msg":"try again later","details":"pool busy"}'; exit 1"#,
+        );
+        let err = run(&p, b"{}", &invocation(&dirs, Duration::from_secs(10)))
+            .await
+            .unwrap_err();
+        match &err {
+            ExecError::Plugin { code, message, .. } => {
+                assert_eq!(*code, Some(11));
+                assert_eq!(message, "try again later: pool busy");
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = plugin(dir.path(), "crashes", "echo oops >&2; exit 3");
+        let err = run(&p, b"{}", &invocation(&dirs, Duration::from_secs(10)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("crashes ADD failed") && err.contains("oops"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hung_plugin_is_killed_at_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = vec![dir.path().to_path_buf()];
+        let p = plugin(dir.path(), "hangs", "exec sleep 30");
+        let err = run(&p, b"{}", &invocation(&dirs, Duration::from_millis(200)))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hangs ADD timed out"), "{err}");
+    }
+
+    #[test]
+    fn plugins_are_found_in_dir_order() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        plugin(b.path(), "bridge", "true");
+        let dirs = vec![a.path().to_path_buf(), b.path().to_path_buf()];
+        assert_eq!(
+            find_plugin("bridge", &dirs).unwrap(),
+            b.path().join("bridge")
+        );
+        plugin(a.path(), "bridge", "true");
+        assert_eq!(
+            find_plugin("bridge", &dirs).unwrap(),
+            a.path().join("bridge")
+        );
+        let err = find_plugin("nope", &dirs).unwrap_err().to_string();
+        assert!(err.starts_with("CNI plugin \"nope\" not found in"), "{err}");
+    }
+}
