@@ -240,6 +240,12 @@ impl Sandboxes {
         };
         match result {
             Ok(()) => {
+                tracing::info!(
+                    pod = %id,
+                    name = %name,
+                    ips = ?pod.network.as_ref().map(|n| &n.ips),
+                    "pod sandbox ready"
+                );
                 let mut index = self.index.lock().expect("lock poisoned");
                 index
                     .pods
@@ -504,6 +510,7 @@ impl Sandboxes {
         if !failures.is_empty() {
             return Err(Error::Teardown { pod: id, failures });
         }
+        tracing::info!(pod = %id, "pod sandbox removed");
         let mut index = self.index.lock().expect("lock poisoned");
         index.pods.remove(&id);
         let name = pod.spec.reserved_name();

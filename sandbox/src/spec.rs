@@ -110,6 +110,13 @@ impl PodSpec {
                 return Err(invalid(field, "must not be empty"));
             }
         }
+        // sethostname(2) takes at most 64 bytes.
+        if self.hostname.len() > 64 {
+            return Err(invalid(
+                "config.hostname",
+                format!("{:?} is longer than 64 bytes", self.hostname),
+            ));
+        }
         if self.namespaces.network == Mode::Target || self.namespaces.ipc == Mode::Target {
             return Err(invalid(
                 "config.linux.security_context.namespace_options",
@@ -361,6 +368,9 @@ mod tests {
         let mut s = spec();
         s.uid.clear();
         assert_eq!(s.validate().unwrap_err().field, "config.metadata.uid");
+        let mut s = spec();
+        s.hostname = "h".repeat(65);
+        assert_eq!(s.validate().unwrap_err().field, "config.hostname");
         let mut s = spec();
         s.cgroup_parent = "kubepods.slice".into();
         assert_eq!(
