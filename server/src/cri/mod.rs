@@ -3,6 +3,7 @@
 //! wire the generated tonic traits to them.
 
 mod image_service;
+mod pod;
 mod runtime_info;
 mod runtime_service;
 
@@ -14,12 +15,17 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct CriService {
     config: Arc<Config>,
+    pods: Arc<berth_sandbox::Sandboxes>,
 }
 
 impl CriService {
+    /// Loads the pod records and the CNI config, and starts watching the
+    /// CNI conf dir; must run inside the tokio runtime.
     pub fn new(config: Config) -> Self {
+        let pods = Arc::new(pod::open(&config));
         CriService {
             config: Arc::new(config),
+            pods,
         }
     }
 }
