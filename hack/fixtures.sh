@@ -10,6 +10,7 @@
 #
 #   layered      3 gzip layers: a whiteout, an opaque dir, a hardlink, a
 #                symlink, a fifo, an xattr, owners and modes; User 1000:1000
+#   layered-plus the layered image's layers and one more (shared chain IDs)
 #   multiarch    an index of linux/amd64 and linux/arm64 (/platform says which)
 #   zstd         one zstd layer (application/vnd.oci.image.layer.v1.tar+zstd)
 #   evil-dotdot  a layer with an entry ../../../../../../../../tmp/berth-evil-dotdot
@@ -138,11 +139,18 @@ layer "$work/l2.tar" gzip
 mkdir -p "$l3/etc"
 echo layered >"$l3/etc/hostname"
 tar_dir "$l3" "$work/l3.tar"
-# This layer is the same in several fixtures, so pulls of them share it.
-cp "$work/l3.tar" "$work/shared.tar"
 layer "$work/l3.tar" gzip
+cp "$work/layers" "$work/layered.layers"
 image layered amd64 '{"User": "1000:1000", "Entrypoint": ["/bin/sh", "-c"], "StopSignal": "SIGINT",
                       "Labels": {"berth.fixture": "layered"}}' >/dev/null
+
+# layered-plus: layered's three layers and one more, so the two share a chain.
+cp "$work/layered.layers" "$work/layers"
+mkdir -p "$work/plus"
+echo plus >"$work/plus/plus"
+tar_dir "$work/plus" "$work/plus.tar"
+layer "$work/plus.tar" gzip
+image layered-plus amd64 '{}' >/dev/null
 
 # --- multiarch -------------------------------------------------------------
 multi='[]'
@@ -170,7 +178,6 @@ base_rootfs "$z"
 echo zstd >"$z/compression"
 tar_dir "$z" "$work/z.tar"
 layer "$work/z.tar" zstd
-layer "$work/shared.tar" gzip
 image zstd amd64 '{}' >/dev/null
 
 # --- malicious layers ------------------------------------------------------

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 /// Every tag `hack/fixtures.sh` builds (without `--big`).
 pub const FIXTURES: &[&str] = &[
     "layered",
+    "layered-plus",
     "multiarch",
     "zstd",
     "evil-dotdot",

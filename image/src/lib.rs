@@ -1,5 +1,7 @@
 //! Berth's image store: references, registry pulls, the content store, layer
 //! unpacking and overlay snapshots.
-//!
-//! Nothing is implemented yet: berthd answers every `ImageService` RPC with
-//! `UNIMPLEMENTED` until this crate lands.
+
+pub mod digest;
+pub mod reference;
+pub mod registries;
+pub mod unpack;
