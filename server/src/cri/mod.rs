@@ -2,11 +2,14 @@
 //! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
 //! wire the generated tonic traits to them.
 
+mod image;
 mod image_service;
 mod runtime_info;
 mod runtime_service;
 
 use std::sync::Arc;
+
+use berth_image::ImageStore;
 
 use crate::config::Config;
 
@@ -14,15 +17,19 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct CriService {
     config: Arc<Config>,
+    images: Arc<ImageStore>,
 }
 
 impl CriService {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, images: ImageStore) -> Self {
         CriService {
             config: Arc::new(config),
+            images: Arc::new(images),
         }
     }
 }
+
+pub use image::open_store;
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers
