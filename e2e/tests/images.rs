@@ -1,36 +1,549 @@
-//! ImageService against a real registry (Debian's docker-registry on loopback).
+//! ImageService against a real registry (Debian's docker-registry on
+//! loopback) and the real berthd binary.
 
-use berth_e2e::can_run;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use berth_e2e::cri::image_service_client::ImageServiceClient;
+use berth_e2e::cri::{
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
+    ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+};
 use berth_e2e::registry::{self, Registry, Security};
+use berth_e2e::{Berthd, Options, can_run};
+use tonic::Code;
+use tonic::transport::Channel;
 
-#[test]
-fn registry_serves_the_fixtures() {
-    if !can_run(
-        registry::available(),
-        "docker-registry, skopeo, jq, zstd, openssl, htpasswd",
-    ) {
+fn ready() -> bool {
+    can_run(
+        berth_e2e::is_root() && registry::available(),
+        "root (layer owners, devices, trusted xattrs) and docker-registry, skopeo, jq, zstd, openssl, htpasswd",
+    )
+}
+
+fn spec(name: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: name.to_string(),
+        ..Default::default()
+    })
+}
+
+/// berthd with a registries.conf holding `registries` (TOML).
+async fn berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(&conf, registries).unwrap();
+    let berthd = Berthd::start_with(Options {
+        config: format!("[image]\nregistries_config = \"{}\"\n", conf.display()),
+        ..Options::default()
+    })
+    .await;
+    (berthd, dir)
+}
+
+fn insecure(host: &str) -> String {
+    format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
+}
+
+async fn pull(
+    client: &mut ImageServiceClient<Channel>,
+    name: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
+    client
+        .pull_image(PullImageRequest {
+            image: spec(name),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+async fn status(
+    client: &mut ImageServiceClient<Channel>,
+    name: &str,
+    verbose: bool,
+) -> ImageStatusResponse {
+    client
+        .image_status(ImageStatusRequest {
+            image: spec(name),
+            verbose,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn list(client: &mut ImageServiceClient<Channel>) -> Vec<String> {
+    client
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+async fn remove(client: &mut ImageServiceClient<Channel>, name: &str) {
+    client
+        .remove_image(RemoveImageRequest { image: spec(name) })
+        .await
+        .unwrap();
+}
+
+/// The layer dirs (top-most first) from verbose ImageStatus.
+async fn layer_dirs(client: &mut ImageServiceClient<Channel>, name: &str) -> Vec<PathBuf> {
+    let resp = status(client, name, true).await;
+    let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
+    info["layerDirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| PathBuf::from(d.as_str().unwrap()))
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn pull_status_list_remove_and_restart() {
+    if !ready() {
         return;
     }
-    let plain = Registry::start(Security::Plain);
-    let tls = Registry::start(Security::TlsAuth);
-    for (r, extra) in [
-        (&plain, vec![]),
-        (
-            &tls,
-            vec![format!("--creds={}:{}", registry::USER, registry::PASSWORD)],
-        ),
+    let reg = Registry::start_empty(Security::Plain);
+    reg.push("layered", "berth/layered:latest");
+    reg.push("layered", "berth/layered:v2");
+    reg.push("layered-plus", "berth/layered-plus:latest");
+    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+
+    // Absent: an empty answer, not an error.
+    let absent = status(&mut images, &reg.image("layered"), false).await;
+    assert!(absent.image.is_none());
+
+    let image_ref = pull(&mut images, &reg.image("layered"), None)
+        .await
+        .unwrap();
+    let repo = format!("{}/berth/layered", reg.host());
+    assert!(
+        image_ref.starts_with(&format!("{repo}@sha256:")),
+        "{image_ref}"
+    );
+
+    let image = status(&mut images, &reg.image("layered"), false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(image.id.len(), 64, "bare hex ID: {}", image.id);
+    assert_eq!(image.repo_tags, [format!("{repo}:latest")]);
+    assert_eq!(image.repo_digests, std::slice::from_ref(&image_ref));
+    assert_eq!(image.uid.as_ref().map(|u| u.value), Some(1000));
+    assert!(image.size > 1_000_000, "busybox is in it: {}", image.size);
+
+    // The same image under another tag is one image with both names.
+    pull(&mut images, &format!("{repo}:v2"), None)
+        .await
+        .unwrap();
+    for name in [
+        reg.image("layered"),
+        format!("{repo}:v2"),
+        image_ref.clone(),
+        image.id.clone(),
+        format!("sha256:{}", image.id),
+        image.id[..12].to_string(),
     ] {
-        let out = std::process::Command::new("skopeo")
-            .args(["inspect", "--raw", "--tls-verify=false"])
-            .args(extra)
-            .arg(format!("docker://{}", r.image("multiarch")))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let same = status(&mut images, &name, false).await.image.unwrap();
+        assert_eq!(same.id, image.id, "asked as {name}");
+        assert_eq!(
+            same.repo_tags,
+            [format!("{repo}:latest"), format!("{repo}:v2")]
         );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("arm64"));
     }
+    let filtered = images
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec(&format!("{repo}:v2")),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+
+    // Verbose info: the config and platform.
+    let verbose = status(&mut images, &image.id, true).await;
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["imageSpec"]["config"]["User"], "1000:1000");
+    assert_eq!(info["imageSpec"]["config"]["StopSignal"], "SIGINT");
+    assert_eq!(info["platform"]["architecture"], "amd64");
+
+    // What the layers hold on disk.
+    let dirs = layer_dirs(&mut images, &image.id).await;
+    assert_eq!(dirs.len(), 3);
+    let (l2, l1) = (&dirs[1], &dirs[2]);
+    assert!(l1.join("bin/busybox").is_file());
+    let gone = std::fs::symlink_metadata(l2.join("gone")).unwrap();
+    assert!(
+        gone.file_type().is_char_device() && gone.rdev() == 0,
+        "whiteout"
+    );
+    assert!(
+        std::fs::symlink_metadata(l2.join("gone-dir"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let opaque = xattr(&l2.join("opaque"), "trusted.overlay.opaque");
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
+    assert_eq!(entries(&l2.join("opaque")), ["new"]);
+    let hello = std::fs::metadata(l2.join("data/hello")).unwrap();
+    assert_eq!(
+        hello.ino(),
+        std::fs::metadata(l2.join("data/hello-hardlink"))
+            .unwrap()
+            .ino()
+    );
+    assert_eq!(hello.mtime(), 981173106, "2001-02-03T04:05:06Z");
+    assert_eq!(
+        xattr(&l2.join("data/hello"), "user.berth").as_deref(),
+        Some(&b"fixture"[..])
+    );
+    assert_eq!(
+        std::fs::read_link(l2.join("data/hello-symlink")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        std::fs::read_link(l2.join("data/abs-symlink")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    assert!(
+        std::fs::symlink_metadata(l2.join("data/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let home = std::fs::metadata(l2.join("home/user")).unwrap();
+    assert_eq!(
+        (home.uid(), home.gid(), home.mode() & 0o7777),
+        (1000, 1000, 0o700)
+    );
+    assert_eq!(
+        std::fs::metadata(l2.join("home/user/setuid"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    assert!(!l2.join(".wh.gone").exists() && !l2.join("opaque/.wh..wh..opq").exists());
+
+    // layered-plus shares layered's three layers.
+    pull(&mut images, &reg.image("layered-plus"), None)
+        .await
+        .unwrap();
+    let plus_dirs = layer_dirs(&mut images, &reg.image("layered-plus")).await;
+    assert_eq!(plus_dirs.len(), 4);
+    assert_eq!(plus_dirs[1..], dirs[..]);
+
+    let fs = images
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .image_filesystems;
+    assert!(fs[0].used_bytes.as_ref().unwrap().value > 1_000_000);
+    assert!(fs[0].inodes_used.as_ref().unwrap().value > 20);
+
+    // Images survive a restart.
+    let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    let berthd = Berthd::start_in(
+        paths,
+        Options {
+            config: format!(
+                "[image]\nregistries_config = \"{}\"\n",
+                _conf.path().join("registries.conf").display()
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut images = berthd.images().await;
+    assert_eq!(list(&mut images).await.len(), 2);
+
+    // Remove by tag removes every name; shared layers stay for layered-plus.
+    remove(&mut images, &format!("{repo}:v2")).await;
+    assert!(
+        status(&mut images, &reg.image("layered"), false)
+            .await
+            .image
+            .is_none()
+    );
+    assert!(status(&mut images, &image_ref, false).await.image.is_none());
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    // Unknown and concurrent removals succeed; the last one frees the layers.
+    let plus = reg.image("layered-plus");
+    let (mut a, mut b) = (images.clone(), images.clone());
+    let (ra, rb) = tokio::join!(
+        a.remove_image(RemoveImageRequest { image: spec(&plus) }),
+        b.remove_image(RemoveImageRequest { image: spec(&plus) }),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    remove(&mut images, &image.id).await;
+    assert!(list(&mut images).await.is_empty());
+    let layers_dir = dirs[0].parent().unwrap().parent().unwrap();
+    assert_eq!(entries(layers_dir), Vec::<String>::new());
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "--absolute-names", "-n", name])
+        .arg(path)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+#[tokio::test]
+async fn index_platform_and_zstd() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    reg.push("multiarch", "berth/multiarch:latest");
+    reg.push("zstd", "berth/zstd:latest");
+    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+
+    let image_ref = pull(&mut images, &reg.image("multiarch"), None)
+        .await
+        .unwrap();
+    let dirs = layer_dirs(&mut images, &image_ref).await;
+    assert_eq!(
+        std::fs::read_to_string(dirs[0].join("platform")).unwrap(),
+        "amd64\n"
+    );
+    // The repo digest names the index, as the tag resolves to it.
+    let index = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}", reg.image("multiarch")))
+        .output()
+        .unwrap()
+        .stdout;
+    let index_digest = format!("sha256:{}", sha256_hex(&index));
+    assert!(
+        image_ref.ends_with(&index_digest),
+        "{image_ref} vs {index_digest}"
+    );
+    // By digest works too and is the same image.
+    let by_digest = format!("{}/berth/multiarch@{index_digest}", reg.host());
+    pull(&mut images, &by_digest, None).await.unwrap();
+    assert_eq!(list(&mut images).await.len(), 1);
+
+    pull(&mut images, &reg.image("zstd"), None).await.unwrap();
+    let dirs = layer_dirs(&mut images, &reg.image("zstd")).await;
+    assert_eq!(
+        std::fs::read_to_string(dirs[0].join("compression")).unwrap(),
+        "zstd\n"
+    );
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// The store holds nothing: no image, no layer, no work in progress.
+fn assert_store_empty(berthd: &Berthd) {
+    let store = berthd.paths().root().join("images");
+    for sub in ["images", "layers", "tmp"] {
+        assert_eq!(entries(&store.join(sub)), Vec::<String>::new(), "{sub}");
+    }
+}
+
+#[tokio::test]
+async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
+        reg.push(evil, &format!("berth/{evil}:latest"));
+    }
+    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+    let hostname_before = std::fs::read("/etc/hostname").ok();
+    for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
+        let err = pull(&mut images, &reg.image(evil), None).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{evil}: {err:?}");
+        assert!(
+            err.message().contains("outside the layer dir"),
+            "{evil}: {}",
+            err.message()
+        );
+    }
+    assert!(!Path::new("/tmp/berth-evil-dotdot").exists());
+    assert!(!Path::new("/tmp/berth-evil-symlink").exists());
+    assert_eq!(std::fs::read("/etc/hostname").ok(), hostname_before);
+    assert!(list(&mut images).await.is_empty());
+    assert_store_empty(&berthd);
+}
+
+#[tokio::test]
+async fn corrupt_blob_and_wrong_digest_fail_and_leave_nothing() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    reg.push("layered", "berth/layered:latest");
+    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+
+    // A digest the registry does not have.
+    let missing = format!("{}/berth/layered@sha256:{}", reg.host(), "0".repeat(64));
+    let err = pull(&mut images, &missing, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Corrupt the top layer's bytes in the registry's storage.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}", reg.image("layered")))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let layer = manifest["layers"][2]["digest"].as_str().unwrap();
+    let path = reg.blob_path(layer.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let crc = bytes.len() - 8;
+    bytes[crc] ^= 0xff; // the gzip trailer's CRC: every tar entry still unpacks
+    std::fs::write(&path, bytes).unwrap();
+
+    let err = pull(&mut images, &reg.image("layered"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains(layer), "{}", err.message());
+    assert!(list(&mut images).await.is_empty());
+    // Layers that verified are unused without a record: gone after a restart.
+    let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    let berthd = Berthd::start_in(paths, Options::default()).await;
+    assert_store_empty(&berthd);
+}
+
+#[tokio::test]
+async fn auth_blocked_and_mirrors() {
+    if !ready() {
+        return;
+    }
+    let tls = Registry::start_empty(Security::TlsAuth);
+    tls.push("layered", "berth/layered:latest");
+    let plain = Registry::start_empty(Security::Plain);
+    plain.push("multiarch", "berth/multiarch:latest");
+    let registries = format!(
+        "{}\n[[registry]]\nprefix = \"blocked.example/berth\"\nblocked = true\n\n\
+         [[registry]]\nprefix = \"mirrored.example\"\nlocation = \"127.0.0.1:1\"\n\
+         [[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+        insecure(&tls.host()),
+        plain.host()
+    );
+    let (berthd, _conf) = berthd(&registries).await;
+    let mut images = berthd.images().await;
+    let image = tls.image("layered");
+
+    let err = pull(&mut images, &image, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains(&tls.host()), "{}", err.message());
+    let wrong = AuthConfig {
+        username: registry::USER.into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut images, &image, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let right = AuthConfig {
+        username: registry::USER.into(),
+        password: registry::PASSWORD.into(),
+        ..Default::default()
+    };
+    pull(&mut images, &image, Some(right)).await.unwrap();
+    remove(&mut images, &image).await;
+    // The docker `auth` field: base64 of user:password.
+    let encoded = AuthConfig {
+        auth: base64_encode(&format!("{}:{}", registry::USER, registry::PASSWORD)),
+        ..Default::default()
+    };
+    pull(&mut images, &image, Some(encoded)).await.unwrap();
+
+    let err = pull(&mut images, "blocked.example/berth/x:1", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("blocked"), "{}", err.message());
+
+    // The origin (port 1) is unreachable: the mirror serves it.
+    pull(&mut images, "mirrored.example/berth/multiarch", None)
+        .await
+        .unwrap();
+    let got = status(
+        &mut images,
+        "mirrored.example/berth/multiarch:latest",
+        false,
+    )
+    .await;
+    assert!(got.image.is_some());
+}
+
+fn base64_encode(text: &str) -> String {
+    let out = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field() {
+    if !ready() {
+        return;
+    }
+    let berthd = Berthd::start().await;
+    let mut images = berthd.images().await;
+    let err = pull(&mut images, "", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("image.image"));
+    let err = pull(&mut images, "UPPER/Case", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Removing an unknown image succeeds.
+    remove(&mut images, "never/pulled:1").await;
 }

@@ -563,7 +563,7 @@ impl ImageStore {
             tokio::task::spawn_blocking(move || unpack::usage(&diff))
                 .await
                 .expect("usage walk does not panic")
-                .map_err(StoreError::io(&tmp.path().to_path_buf()))?
+                .map_err(StoreError::io(tmp.path()))?
         };
         let record = LayerRecord {
             chain_id: chain.clone(),
@@ -618,12 +618,15 @@ impl ImageStore {
         let mut hasher = Sha256::new();
         let mut stream = resp.bytes_stream();
         let mut failure = None;
+        let mut unpacker_alive = true;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(chunk) => {
                     hasher.update(&chunk);
-                    if tx.send(Ok(chunk)).await.is_err() {
-                        break; // the unpacker failed; its error says why
+                    // If the unpacker failed, keep hashing: a corrupt blob
+                    // is reported as a digest mismatch, not as a bad tar.
+                    if unpacker_alive && tx.send(Ok(chunk)).await.is_err() {
+                        unpacker_alive = false;
                     }
                 }
                 Err(e) => {
@@ -636,7 +639,7 @@ impl ImageStore {
                 }
             }
         }
-        if failure.is_none() && !tx.is_closed() {
+        if failure.is_none() {
             let actual = Digest::from_hasher(hasher);
             if actual != desc.digest {
                 // The unpacker sees an error instead of the end of the stream.
