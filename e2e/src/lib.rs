@@ -21,6 +21,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use berth_proto::cri;
 
+pub mod fault_registry;
 pub mod registry;
 
 /// Whether a test can run here. When it cannot, it says why on stderr and

@@ -9,6 +9,7 @@ use berth_e2e::cri::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
     ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
 };
+use berth_e2e::fault_registry::{self, FaultRegistry};
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run};
 use tonic::Code;
@@ -546,4 +547,126 @@ async fn bad_input_names_the_field() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     // Removing an unknown image succeeds.
     remove(&mut images, "never/pulled:1").await;
+}
+
+/// The digest of layer `n` of fixture `tag`, read from the fixture layout.
+fn fixture_layer(tag: &str, n: usize) -> String {
+    let layout = registry::fixtures();
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let manifest = read(entry["digest"].as_str().unwrap());
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_pull_then_restart_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    fault.stall_once(&fixture_layer("layered", 0));
+    let (berthd, conf) = berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    let name = fault.image("layered");
+    let pulling = {
+        let name = name.clone();
+        tokio::spawn(async move { pull(&mut images, &name, None).await })
+    };
+    let store = berthd.paths().root().join("images");
+    wait_until("two layers done and the third stalled half way", || {
+        fault.stalled()
+            && entries(&store.join("layers")).len() == 2
+            && !entries(&store.join("tmp")).is_empty()
+    })
+    .await;
+    let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+    assert!(pulling.await.unwrap().is_err());
+    assert_eq!(entries(&store.join("images")), Vec::<String>::new());
+
+    let berthd = Berthd::start_in(
+        paths,
+        Options {
+            config: format!(
+                "[image]\nregistries_config = \"{}\"\n",
+                conf.path().join("registries.conf").display()
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_store_empty(&berthd);
+    let mut images = berthd.images().await;
+    pull(&mut images, &name, None).await.unwrap();
+    assert_eq!(list(&mut images).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_pulls_fetch_shared_layers_once() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let (berthd, _conf) = berthd(&insecure(&fault.host())).await;
+    let (mut a, mut b) = (berthd.images().await, berthd.images().await);
+    let (layered, plus) = (fault.image("layered"), fault.image("layered-plus"));
+    let (ra, rb) = tokio::join!(pull(&mut a, &layered, None), pull(&mut b, &plus, None),);
+    ra.unwrap();
+    rb.unwrap();
+    let fetches = fault.fetches();
+    for n in 0..3 {
+        assert_eq!(
+            fetches[&fixture_layer("layered", n)],
+            1,
+            "layer {n}: {fetches:?}"
+        );
+    }
+    assert_eq!(fetches[&fixture_layer("layered-plus", 3)], 1);
+}
+
+#[tokio::test]
+async fn bearer_token_flow_anonymous_and_with_credentials() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
+    let (berthd, _conf) = berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    pull(&mut images, &fault.image("zstd"), None).await.unwrap();
+    assert_eq!(fault.token_requests(), [""], "an anonymous token request");
+    remove(&mut images, &fault.image("zstd")).await;
+    let creds = AuthConfig {
+        username: "u".into(),
+        password: "p".into(),
+        ..Default::default()
+    };
+    pull(&mut images, &fault.image("zstd"), Some(creds))
+        .await
+        .unwrap();
+    // Basic dTpw is base64("u:p"): the credentials go to the token endpoint.
+    assert_eq!(fault.token_requests()[1], "Basic dTpw");
 }
