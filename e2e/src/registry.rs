@@ -27,36 +27,48 @@ pub const PASSWORD: &str = "s3cret-pw";
 /// cached under `<target>/berth-fixtures/<hash of the script>` across runs.
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let script = workspace.join("hack/fixtures.sh");
-        let text = std::fs::read(&script).expect("read hack/fixtures.sh");
-        let key = fnv1a(&text);
-        let target = crate::bin_dir().parent().unwrap().to_path_buf();
-        let dir = target.join("berth-fixtures").join(format!("{key:016x}"));
-        let layout = dir.join("oci");
-        if layout.join("index.json").exists() {
-            return layout;
-        }
-        // Build beside and rename, so parallel test processes never see half a layout.
-        let tmp = target
-            .join("berth-fixtures")
-            .join(format!(".tmp-{}", std::process::id()));
+    DIR.get_or_init(|| build_fixtures(false))
+}
+
+/// [`fixtures`] plus the `big` image for benchmarks (slow to build; cached likewise).
+pub fn big_fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| build_fixtures(true))
+}
+
+fn build_fixtures(big: bool) -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let script = workspace.join("hack/fixtures.sh");
+    let text = std::fs::read(&script).expect("read hack/fixtures.sh");
+    let key = fnv1a(&text);
+    let target = crate::bin_dir().parent().unwrap().to_path_buf();
+    let suffix = if big { "-big" } else { "" };
+    let dir = target
+        .join("berth-fixtures")
+        .join(format!("{key:016x}{suffix}"));
+    let layout = dir.join("oci");
+    if layout.join("index.json").exists() {
+        return layout;
+    }
+    // Build beside and rename, so parallel test processes never see half a layout.
+    let tmp = target
+        .join("berth-fixtures")
+        .join(format!(".tmp-{}{suffix}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg(&tmp)
+        .args(big.then_some("--big"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("run hack/fixtures.sh");
+    assert!(status.success(), "hack/fixtures.sh failed");
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another process won the race; its layout is the same.
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).unwrap();
-        let status = Command::new("bash")
-            .arg(&script)
-            .arg(&tmp)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run hack/fixtures.sh");
-        assert!(status.success(), "hack/fixtures.sh failed");
-        if std::fs::rename(&tmp, &dir).is_err() {
-            // Another process won the race; its layout is the same.
-            let _ = std::fs::remove_dir_all(&tmp);
-        }
-        layout
-    })
+    }
+    layout
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -184,6 +196,11 @@ impl Registry {
 
     /// Pushes fixture `tag` as `<host>/<name>`.
     pub fn push(&self, tag: &str, name: &str) {
+        self.push_from(fixtures(), tag, name);
+    }
+
+    /// Pushes `tag` of the OCI layout `layout` as `<host>/<name>`.
+    pub fn push_from(&self, layout: &Path, tag: &str, name: &str) {
         let mut cmd = Command::new("skopeo");
         cmd.args([
             "copy",
@@ -195,7 +212,7 @@ impl Registry {
         if self.security == Security::TlsAuth {
             cmd.arg(format!("--dest-creds={USER}:{PASSWORD}"));
         }
-        cmd.arg(format!("oci:{}:{tag}", fixtures().display()))
+        cmd.arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{name}", self.host()));
         run(&mut cmd);
     }
@@ -208,6 +225,11 @@ impl Registry {
             .join(&hex[..2])
             .join(hex)
             .join("data")
+    }
+
+    /// The registry's storage dir (to warm the page cache before a benchmark).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
     }
 
     pub fn log(&self) -> String {
