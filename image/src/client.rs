@@ -88,6 +88,8 @@ impl Client {
             reqwest::Client::builder()
                 .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(Duration::from_secs(30))
+                // A registry that stops sending fails the pull instead of hanging it.
+                .read_timeout(Duration::from_secs(120))
                 .danger_accept_invalid_certs(!verify)
                 .build()
                 .expect("TLS backend initialises")

@@ -611,7 +611,7 @@ impl ImageStore {
                 image: image.into(),
                 source,
             })?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(64);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
         let dest = dest.to_path_buf();
         let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, compression, &dest));
 
@@ -625,12 +625,12 @@ impl ImageStore {
                     hasher.update(&chunk);
                     // If the unpacker failed, keep hashing: a corrupt blob
                     // is reported as a digest mismatch, not as a bad tar.
-                    if unpacker_alive && tx.send(Ok(chunk)).await.is_err() {
+                    if unpacker_alive && tx.send(Chunk::Data(chunk)).await.is_err() {
                         unpacker_alive = false;
                     }
                 }
                 Err(e) => {
-                    let _ = tx.send(Err(io::Error::other("download failed"))).await;
+                    let _ = tx.send(Chunk::Failed("download failed")).await;
                     failure = Some(StoreError::Client {
                         image: image.into(),
                         source: session.stream_error(&desc.digest, e),
@@ -643,7 +643,7 @@ impl ImageStore {
             let actual = Digest::from_hasher(hasher);
             if actual != desc.digest {
                 // The unpacker sees an error instead of the end of the stream.
-                let _ = tx.send(Err(io::Error::other("blob digest mismatch"))).await;
+                let _ = tx.send(Chunk::Failed("blob digest mismatch")).await;
                 failure = Some(StoreError::DigestMismatch {
                     image: image.into(),
                     what: format!("layer blob {}", desc.digest),
@@ -651,6 +651,9 @@ impl ImageStore {
                     actual,
                 });
             }
+        }
+        if failure.is_none() {
+            let _ = tx.send(Chunk::End).await;
         }
         drop(tx);
         let unpacked = unpacker.await.expect("unpacker does not panic");
@@ -781,18 +784,34 @@ fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Reads chunks from the downloader as a byte stream.
+/// What the downloader hands the unpacker.
+enum Chunk {
+    Data(Bytes),
+    /// The whole blob was received and its digest verified.
+    End,
+    Failed(&'static str),
+}
+
+/// Reads chunks from the downloader as a byte stream. Only an explicit
+/// [`Chunk::End`] is the end: a downloader that vanished (a cancelled
+/// pull) is an error, so a truncated layer never looks complete.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
     current: Bytes,
+    ended: bool,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(chunk) => self.current = chunk?,
+                Some(Chunk::Data(chunk)) => self.current = chunk,
+                Some(Chunk::End) => self.ended = true,
+                Some(Chunk::Failed(why)) => return Err(io::Error::other(why)),
+                None => return Err(io::Error::other("the download was abandoned")),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -818,13 +837,14 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 fn unpack_stream(
-    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
     compression: Compression,
     dest: &Path,
 ) -> Result<(Digest, u64), UnpackError> {
     let mut raw = ChannelReader {
         rx,
         current: Bytes::new(),
+        ended: false,
     };
     let (diff_id, count) = {
         let decompressed: Box<dyn Read + '_> = match compression {
