@@ -9,7 +9,8 @@
 # entries no image builder would ever emit on purpose):
 #
 #   layered      3 gzip layers: a whiteout, an opaque dir, a hardlink, a
-#                symlink, a fifo, an xattr, owners and modes; User 1000:1000
+#                symlink, a fifo, a device, an xattr, owners and modes;
+#                User 1000:1000 (needs root for the device and owners)
 #   layered-plus the layered image's layers and one more (shared chain IDs)
 #   multiarch    an index of linux/amd64 and linux/arm64 (/platform says which)
 #   zstd         one zstd layer (application/vnd.oci.image.layer.v1.tar+zstd)
@@ -124,6 +125,8 @@ ln "$l2/data/hello" "$l2/data/hello-hardlink"
 ln -s hello "$l2/data/hello-symlink"
 ln -s /bin/busybox "$l2/data/abs-symlink"
 mkfifo "$l2/data/fifo"
+mkdir -p "$l2/dev"
+mknod "$l2/dev/null" c 1 3
 chown -R 1000:1000 "$l2/home/user"
 chmod 0700 "$l2/home/user"
 echo secret >"$l2/home/user/setuid"

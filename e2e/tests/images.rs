@@ -326,7 +326,12 @@ async fn index_platform_and_zstd() {
     let reg = Registry::start_empty(Security::Plain);
     reg.push("multiarch", "berth/multiarch:latest");
     reg.push("zstd", "berth/zstd:latest");
-    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let registries = format!(
+        "unqualified-search-registries = [\"{0}\"]\n{1}",
+        reg.host(),
+        insecure(&reg.host())
+    );
+    let (berthd, _conf) = berthd(&registries).await;
     let mut images = berthd.images().await;
 
     let image_ref = pull(&mut images, &reg.image("multiarch"), None)
@@ -352,9 +357,13 @@ async fn index_platform_and_zstd() {
     // By digest works too and is the same image.
     let by_digest = format!("{}/berth/multiarch@{index_digest}", reg.host());
     pull(&mut images, &by_digest, None).await.unwrap();
+    // Tag and digest: the digest decides.
+    let both = format!("{}/berth/multiarch:latest@{index_digest}", reg.host());
+    pull(&mut images, &both, None).await.unwrap();
     assert_eq!(list(&mut images).await.len(), 1);
 
-    pull(&mut images, &reg.image("zstd"), None).await.unwrap();
+    // A short name is qualified with the unqualified-search registries.
+    pull(&mut images, "berth/zstd", None).await.unwrap();
     let dirs = layer_dirs(&mut images, &reg.image("zstd")).await;
     assert_eq!(
         std::fs::read_to_string(dirs[0].join("compression")).unwrap(),
