@@ -128,6 +128,21 @@ async fn pull_benchmark_vs_containerd() {
         .unwrap();
     let berth = start.elapsed();
     let rss = peak_rss_kib(berthd.pid());
+    // The whole image really is there.
+    let pulled = images
+        .image_status(berth_e2e::cri::ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert!(pulled.size >= 256 << 20, "{}", pulled.size);
     println!("BENCH pull of {image} (8 layers, 256 MiB unpacked, ~130 MiB gzip)");
     println!("BENCH containerd: {:.2} s", containerd.as_secs_f64());
     println!("BENCH berthd:     {:.2} s", berth.as_secs_f64());

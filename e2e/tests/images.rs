@@ -30,7 +30,7 @@ fn spec(name: &str) -> Option<ImageSpec> {
 }
 
 /// berthd with a registries.conf holding `registries` (TOML).
-async fn berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
+async fn start_berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("registries.conf");
     std::fs::write(&conf, registries).unwrap();
@@ -128,7 +128,7 @@ async fn pull_status_list_remove_and_restart() {
     reg.push("layered", "berth/layered:latest");
     reg.push("layered", "berth/layered:v2");
     reg.push("layered-plus", "berth/layered-plus:latest");
-    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
     let mut images = berthd.images().await;
 
     // Absent: an empty answer, not an error.
@@ -331,7 +331,7 @@ async fn index_platform_and_zstd() {
         reg.host(),
         insecure(&reg.host())
     );
-    let (berthd, _conf) = berthd(&registries).await;
+    let (berthd, _conf) = start_berthd(&registries).await;
     let mut images = berthd.images().await;
 
     let image_ref = pull(&mut images, &reg.image("multiarch"), None)
@@ -400,7 +400,7 @@ async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
     for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
         reg.push(evil, &format!("berth/{evil}:latest"));
     }
-    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
     let mut images = berthd.images().await;
     let hostname_before = std::fs::read("/etc/hostname").ok();
     for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
@@ -426,7 +426,7 @@ async fn corrupt_blob_and_wrong_digest_fail_and_leave_nothing() {
     }
     let reg = Registry::start_empty(Security::Plain);
     reg.push("layered", "berth/layered:latest");
-    let (berthd, _conf) = berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
     let mut images = berthd.images().await;
 
     // A digest the registry does not have.
@@ -473,13 +473,17 @@ async fn auth_blocked_and_mirrors() {
     let plain = Registry::start_empty(Security::Plain);
     plain.push("multiarch", "berth/multiarch:latest");
     let registries = format!(
-        "{}\n[[registry]]\nprefix = \"blocked.example/berth\"\nblocked = true\n\n\
+        "{0}\n[[registry]]\nprefix = \"blocked.example/berth\"\nblocked = true\n\n\
          [[registry]]\nprefix = \"mirrored.example\"\nlocation = \"127.0.0.1:1\"\n\
-         [[registry.mirror]]\nlocation = \"{}\"\ninsecure = true\n",
+         [[registry.mirror]]\nlocation = \"{1}\"\ninsecure = true\n\n\
+         [[registry]]\nprefix = \"fallback.example\"\nlocation = \"{1}\"\ninsecure = true\n\
+         [[registry.mirror]]\nlocation = \"127.0.0.1:1\"\n\
+         [[registry.mirror]]\nlocation = \"{2}\"\ninsecure = true\n",
         insecure(&tls.host()),
-        plain.host()
+        plain.host(),
+        tls.host(),
     );
-    let (berthd, _conf) = berthd(&registries).await;
+    let (berthd, _conf) = start_berthd(&registries).await;
     let mut images = berthd.images().await;
     let image = tls.image("layered");
 
@@ -525,6 +529,23 @@ async fn auth_blocked_and_mirrors() {
     )
     .await;
     assert!(got.image.is_some());
+    // Mirrors that are down or refuse us are skipped; the origin serves it.
+    pull(&mut images, "fallback.example/berth/multiarch", None)
+        .await
+        .unwrap();
+
+    // A registry token is sent as is.
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
+    let (berthd, _conf2) = start_berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    let token = AuthConfig {
+        registry_token: fault_registry::TOKEN.into(),
+        ..Default::default()
+    };
+    pull(&mut images, &fault.image("zstd"), Some(token))
+        .await
+        .unwrap();
+    assert!(fault.token_requests().is_empty());
 }
 
 fn base64_encode(text: &str) -> String {
@@ -599,7 +620,7 @@ async fn kill_9_mid_pull_then_restart_leaves_nothing() {
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
     fault.stall_once(&fixture_layer("layered", 0));
-    let (berthd, conf) = berthd(&insecure(&fault.host())).await;
+    let (berthd, conf) = start_berthd(&insecure(&fault.host())).await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
     let pulling = {
@@ -640,7 +661,7 @@ async fn concurrent_pulls_fetch_shared_layers_once() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let (berthd, _conf) = berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
     let (mut a, mut b) = (berthd.images().await, berthd.images().await);
     let (layered, plus) = (fault.image("layered"), fault.image("layered-plus"));
     let (ra, rb) = tokio::join!(pull(&mut a, &layered, None), pull(&mut b, &plus, None),);
@@ -663,7 +684,7 @@ async fn bearer_token_flow_anonymous_and_with_credentials() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
-    let (berthd, _conf) = berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
     let mut images = berthd.images().await;
     pull(&mut images, &fault.image("zstd"), None).await.unwrap();
     assert_eq!(fault.token_requests(), [""], "an anonymous token request");

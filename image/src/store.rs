@@ -308,20 +308,9 @@ impl ImageStore {
                 }
             };
             match self.pull_from(image, &session).await {
-                // Only "the mirror does not have it / cannot be reached" moves on to the next endpoint.
-                Err(StoreError::Client { source, .. })
-                    if matches!(
-                        source,
-                        ClientError::NotFound { .. }
-                            | ClientError::Http { .. }
-                            | ClientError::Status { .. }
-                    ) =>
-                {
-                    last_err = Some(StoreError::Client {
-                        image: shown.clone(),
-                        source,
-                    });
-                }
+                // A mirror that lacks the image, refuses us or is down: try
+                // the next one, then the origin. Bad content stops the pull.
+                Err(err @ StoreError::Client { .. }) => last_err = Some(err),
                 other => return other,
             }
         }
