@@ -369,6 +369,31 @@ async fn index_platform_and_zstd() {
         std::fs::read_to_string(dirs[0].join("compression")).unwrap(),
         "zstd\n"
     );
+
+    // Pulled concurrently under two tags: one image with both names.
+    reg.push("zstd", "berth/zstd:v2");
+    let (v1, v2) = (reg.image("zstd"), format!("{}/berth/zstd:v2", reg.host()));
+    remove(&mut images, &v1).await;
+    let (mut a, mut b) = (images.clone(), images.clone());
+    let (r1, r2) = tokio::join!(pull(&mut a, &v1, None), pull(&mut b, &v2, None));
+    r1.unwrap();
+    r2.unwrap();
+    let zstd = status(&mut images, &v2, false).await.image.unwrap();
+    assert_eq!(zstd.repo_tags.len(), 2, "{:?}", zstd.repo_tags);
+
+    // A tag that now names another image moves to it; the old image keeps its digest.
+    reg.push("zstd", "berth/multiarch:latest");
+    pull(&mut images, &reg.image("multiarch"), None)
+        .await
+        .unwrap();
+    let old = status(&mut images, &image_ref, false).await.image.unwrap();
+    assert!(old.repo_tags.is_empty(), "{:?}", old.repo_tags);
+    let moved = status(&mut images, &reg.image("multiarch"), false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(moved.id, zstd.id);
+    assert_eq!(moved.repo_tags.len(), 3, "{:?}", moved.repo_tags);
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -421,32 +421,20 @@ impl ImageStore {
             }
         }
         let repo_digest = image.with_digest(&top_digest);
-        let record = {
-            let images = self.images.lock().unwrap();
-            let mut record = images
-                .get(&manifest.config.digest)
-                .cloned()
-                .unwrap_or(Image {
-                    id: manifest.config.digest.clone(),
-                    repo_tags: Vec::new(),
-                    repo_digests: Vec::new(),
-                    manifests: Vec::new(),
-                    chain_ids: chain_ids.clone(),
-                    size: layers.iter().map(|l| l.uncompressed).sum(),
-                    config,
-                    pulled_at: now_ns(),
-                });
-            if let Some(tagged) = image.tagged() {
-                push_unique(&mut record.repo_tags, tagged);
-            }
-            push_unique(&mut record.repo_digests, repo_digest.clone());
-            for (digest, _) in &blobs[..blobs.len() - 1] {
-                push_unique(&mut record.manifests, digest.clone());
-            }
-            record
+        let fresh = Image {
+            id: manifest.config.digest.clone(),
+            repo_tags: image.tagged().into_iter().collect(),
+            repo_digests: vec![repo_digest.clone()],
+            manifests: blobs[..blobs.len() - 1]
+                .iter()
+                .map(|(d, _)| d.clone())
+                .collect(),
+            chain_ids: chain_ids.clone(),
+            size: layers.iter().map(|l| l.uncompressed).sum(),
+            config,
+            pulled_at: now_ns(),
         };
-        // A tag names one image: move it off any other image that had it.
-        self.save(&record, image.tagged().as_deref())?;
+        let record = self.record_pull(fresh)?;
         Ok(Pulled {
             image: record,
             image_ref: repo_digest,
@@ -472,27 +460,48 @@ impl ImageStore {
         Ok(())
     }
 
-    fn save(&self, record: &Image, tag: Option<&str>) -> Result<(), StoreError> {
+    /// Records a pulled image, merged with the record it already has (if
+    /// pulled before under other names), in one critical section so
+    /// concurrent pulls of one image keep every name. A tag names one
+    /// image: it moves off any other image that had it.
+    fn record_pull(&self, pulled: Image) -> Result<Image, StoreError> {
         let mut images = self.images.lock().unwrap();
-        if let Some(tag) = tag {
-            let losers: Vec<Image> = images
-                .values()
-                .filter(|i| i.id != record.id && i.repo_tags.iter().any(|t| t == tag))
-                .cloned()
-                .collect();
-            for mut loser in losers {
-                loser.repo_tags.retain(|t| t != tag);
-                let path = self.record_path(&loser.id);
-                let json = serde_json::to_vec_pretty(&loser).expect("image records serialize");
-                write_atomic(&path, &json).map_err(StoreError::io(&path))?;
-                images.insert(loser.id.clone(), loser);
-            }
+        let mut record = images.get(&pulled.id).cloned().unwrap_or_else(|| Image {
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            manifests: Vec::new(),
+            ..pulled.clone()
+        });
+        for tag in &pulled.repo_tags {
+            push_unique(&mut record.repo_tags, tag.clone());
         }
+        for digest in &pulled.repo_digests {
+            push_unique(&mut record.repo_digests, digest.clone());
+        }
+        for manifest in &pulled.manifests {
+            push_unique(&mut record.manifests, manifest.clone());
+        }
+        let losers: Vec<Image> = images
+            .values()
+            .filter(|i| {
+                i.id != record.id && i.repo_tags.iter().any(|t| pulled.repo_tags.contains(t))
+            })
+            .cloned()
+            .collect();
+        for mut loser in losers {
+            loser.repo_tags.retain(|t| !pulled.repo_tags.contains(t));
+            self.write_record(&loser)?;
+            images.insert(loser.id.clone(), loser);
+        }
+        self.write_record(&record)?;
+        images.insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
+    fn write_record(&self, record: &Image) -> Result<(), StoreError> {
         let path = self.record_path(&record.id);
         let json = serde_json::to_vec_pretty(record).expect("image records serialize");
-        write_atomic(&path, &json).map_err(StoreError::io(&path))?;
-        images.insert(record.id.clone(), record.clone());
-        Ok(())
+        write_atomic(&path, &json).map_err(StoreError::io(&path))
     }
 
     async fn ensure_layer(
