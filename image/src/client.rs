@@ -37,9 +37,18 @@ pub enum ClientError {
         what: String,
         source: reqwest::Error,
     },
+    #[error("registry {registry}: {what} is larger than {limit} bytes")]
+    TooLarge {
+        registry: String,
+        what: String,
+        limit: usize,
+    },
     #[error("registry {registry}: bad auth challenge {challenge:?}")]
     Challenge { registry: String, challenge: String },
 }
+
+/// The largest manifest, index or config accepted (as containers/image).
+pub const MAX_DOCUMENT: usize = 4 << 20;
 
 /// Credentials from `PullImageRequest.auth`.
 #[derive(Debug, Clone, Default)]
@@ -320,12 +329,40 @@ impl Session {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let body = resp.bytes().await.map_err(|source| ClientError::Http {
-            registry: self.registry.clone(),
-            what,
-            source,
-        })?;
-        Ok((content_type, body.to_vec()))
+        let body = self.read_capped(resp, &what).await?;
+        Ok((content_type, body))
+    }
+
+    /// Reads a small JSON document (manifest, index, config), refusing one
+    /// larger than [`MAX_DOCUMENT`] so a hostile registry cannot exhaust memory.
+    pub async fn read_capped(
+        &self,
+        mut resp: Response,
+        what: &str,
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut body = Vec::new();
+        loop {
+            match resp.chunk().await {
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_DOCUMENT {
+                        return Err(ClientError::TooLarge {
+                            registry: self.registry.clone(),
+                            what: what.into(),
+                            limit: MAX_DOCUMENT,
+                        });
+                    }
+                }
+                Ok(None) => return Ok(body),
+                Err(source) => {
+                    return Err(ClientError::Http {
+                        registry: self.registry.clone(),
+                        what: what.into(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     /// Starts a blob download; the caller streams and verifies the body.

@@ -367,13 +367,14 @@ impl ImageStore {
                 }
             }
         };
-        let config_bytes = session
+        let config_resp = session
             .blob(&manifest.config.digest)
             .await
-            .map_err(client_err)?
-            .bytes()
+            .map_err(client_err)?;
+        let config_bytes = session
+            .read_capped(config_resp, &format!("config {}", manifest.config.digest))
             .await
-            .map_err(|e| client_err(session.stream_error(&manifest.config.digest, e)))?;
+            .map_err(client_err)?;
         self.verify(&shown, "config", &manifest.config.digest, &config_bytes)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|source| {
             manifest_err(ManifestError::Json {
@@ -617,9 +618,26 @@ impl ImageStore {
         let mut stream = resp.bytes_stream();
         let mut failure = None;
         let mut unpacker_alive = true;
+        let mut received = 0u64;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(chunk) => {
+                    received += chunk.len() as u64;
+                    if received > desc.size {
+                        // More than the manifest promised: stop before it fills the disk.
+                        let _ = tx
+                            .send(Chunk::Failed("blob larger than its descriptor"))
+                            .await;
+                        failure = Some(StoreError::Client {
+                            image: image.into(),
+                            source: ClientError::TooLarge {
+                                registry: session.registry().into(),
+                                what: format!("layer blob {}", desc.digest),
+                                limit: desc.size as usize,
+                            },
+                        });
+                        break;
+                    }
                     hasher.update(&chunk);
                     // If the unpacker failed, keep hashing: a corrupt blob
                     // is reported as a digest mismatch, not as a bad tar.
