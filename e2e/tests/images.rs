@@ -251,6 +251,39 @@ async fn pull_status_list_remove_and_restart() {
     );
     assert!(!l2.join(".wh.gone").exists() && !l2.join("opaque/.wh..wh..opq").exists());
 
+    // Stacked by overlayfs in lower_dirs order, the layers are the image.
+    let rootfs = berthd.paths().dir().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let lower: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={}", lower.join(":")).as_str()),
+    )
+    .unwrap();
+    let seen = (
+        rootfs.join("gone").exists(),
+        rootfs.join("gone-dir").exists(),
+        entries(&rootfs.join("opaque")),
+        entries(&rootfs.join("data")).len(),
+        std::fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        rootfs.join("bin/busybox").is_file(),
+    );
+    nix::mount::umount(&rootfs).unwrap();
+    assert_eq!(
+        seen,
+        (
+            false,
+            false,
+            vec!["new".to_string()],
+            6,
+            "layered\n".to_string(),
+            true
+        )
+    );
+
     // layered-plus shares layered's three layers.
     pull(&mut images, &reg.image("layered-plus"), None)
         .await
