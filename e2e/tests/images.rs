@@ -360,7 +360,7 @@ async fn index_platform_and_zstd() {
     reg.push("multiarch", "berth/multiarch:latest");
     reg.push("zstd", "berth/zstd:latest");
     let registries = format!(
-        "unqualified-search-registries = [\"{0}\"]\n{1}",
+        "unqualified-search-registries = [\"{0}\"]\n{1}\n[aliases]\n\"zz\" = \"{0}/berth/zstd\"\n",
         reg.host(),
         insecure(&reg.host())
     );
@@ -397,6 +397,9 @@ async fn index_platform_and_zstd() {
 
     // A short name is qualified with the unqualified-search registries.
     pull(&mut images, "berth/zstd", None).await.unwrap();
+    // A short-name alias names the same image.
+    let aliased = status(&mut images, "zz:latest", false).await.image.unwrap();
+    assert_eq!(aliased.repo_tags, [reg.image("zstd")]);
     let dirs = layer_dirs(&mut images, &reg.image("zstd")).await;
     assert_eq!(
         std::fs::read_to_string(dirs[0].join("compression")).unwrap(),

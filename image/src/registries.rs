@@ -27,6 +27,16 @@ pub struct RegistriesConfig {
     pub unqualified_search_registries: Vec<String>,
     #[serde(default)]
     pub registry: Vec<Registry>,
+    /// Short-name aliases: `"busybox" = "docker.io/library/busybox"`.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, String>,
+}
+
+fn parse(path: &Path, text: &str) -> Result<RegistriesConfig, RegistriesError> {
+    toml::from_str(text).map_err(|err| RegistriesError::Parse {
+        path: path.display().to_string(),
+        message: err.message().to_string(),
+    })
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -70,35 +80,72 @@ pub enum Source {
 }
 
 impl RegistriesConfig {
-    /// Reads `path`; `None` or a missing default file gives the built-in
-    /// default (short names search docker.io).
-    pub fn load(path: Option<&Path>) -> Result<RegistriesConfig, RegistriesError> {
-        let mut config = match path {
-            None => RegistriesConfig::default(),
-            Some(path) => {
-                let text =
-                    std::fs::read_to_string(path).map_err(|source| RegistriesError::Read {
+    /// Reads `path` and then its drop-ins, `<path>.d/*.conf` in lexical
+    /// order (as containers/image does): a drop-in's search list replaces
+    /// the one before, its `[[registry]]` entries replace those with the same
+    /// prefix, its aliases are added. A missing `path` is an error only when
+    /// `required`; then (or with `None`) the built-in defaults apply.
+    pub fn load(path: Option<&Path>, required: bool) -> Result<RegistriesConfig, RegistriesError> {
+        let mut config = RegistriesConfig::default();
+        if let Some(path) = path {
+            match std::fs::read_to_string(path) {
+                Ok(text) => config.merge(parse(path, &text)?),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {}
+                Err(source) => {
+                    return Err(RegistriesError::Read {
                         path: path.display().to_string(),
                         source,
-                    })?;
-                toml::from_str(&text).map_err(|err| RegistriesError::Parse {
-                    path: path.display().to_string(),
-                    message: err.message().to_string(),
-                })?
+                    });
+                }
             }
-        };
+            let mut dir = path.as_os_str().to_owned();
+            dir.push(".d");
+            let mut drop_ins: Vec<_> = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            drop_ins.sort();
+            for drop_in in drop_ins {
+                let text =
+                    std::fs::read_to_string(&drop_in).map_err(|source| RegistriesError::Read {
+                        path: drop_in.display().to_string(),
+                        source,
+                    })?;
+                config.merge(parse(&drop_in, &text)?);
+            }
+        }
         if config.unqualified_search_registries.is_empty() {
             config.unqualified_search_registries = vec![DOCKER_IO.to_string()];
         }
-        for reg in &mut config.registry {
+        Ok(config)
+    }
+
+    fn merge(&mut self, layer: RegistriesConfig) {
+        if !layer.unqualified_search_registries.is_empty() {
+            self.unqualified_search_registries = layer.unqualified_search_registries;
+        }
+        for mut reg in layer.registry {
             if reg.prefix.is_empty() {
                 reg.prefix = reg.location.clone();
             }
             if reg.location.is_empty() && !reg.prefix.starts_with("*.") {
                 reg.location = reg.prefix.clone();
             }
+            match self.registry.iter_mut().find(|r| r.prefix == reg.prefix) {
+                Some(existing) => *existing = reg,
+                None => self.registry.push(reg),
+            }
         }
-        Ok(config)
+        self.aliases.extend(layer.aliases);
+    }
+
+    /// The fully qualified name a short name is an alias for, if any.
+    pub fn alias(&self, short: &str) -> Option<&str> {
+        self.aliases.get(short).map(String::as_str)
     }
 
     fn matching(&self, name: &str) -> Option<&Registry> {
@@ -174,7 +221,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("registries.conf");
         std::fs::write(&path, text).unwrap();
-        RegistriesConfig::load(Some(&path)).unwrap()
+        RegistriesConfig::load(Some(&path), true).unwrap()
     }
 
     fn image(s: &str) -> ImageRef {
@@ -218,6 +265,30 @@ location = "mirror.local:5000/m"
             panic!()
         };
         assert_eq!(eps[0].host, "example.com");
+    }
+
+    #[test]
+    fn drop_ins_replace_by_prefix_and_add_aliases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registries.conf");
+        std::fs::write(&path, "unqualified-search-registries = [\"a.io\"]\n[[registry]]\nprefix = \"x.io\"\nblocked = true\n").unwrap();
+        std::fs::create_dir(dir.path().join("registries.conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("registries.conf.d/10-x.conf"),
+            "[[registry]]\nprefix = \"x.io\"\ninsecure = true\n[aliases]\n\"app\" = \"x.io/team/app\"\n",
+        )
+        .unwrap();
+        let c = RegistriesConfig::load(Some(&path), true).unwrap();
+        assert_eq!(c.unqualified_search_registries, ["a.io"]);
+        let Source::Endpoints(eps) = c.source(&image("x.io/y")) else {
+            panic!("replaced, not blocked")
+        };
+        assert!(eps[0].insecure);
+        assert_eq!(c.alias("app"), Some("x.io/team/app"));
+        // Optional and missing: the defaults.
+        let none = RegistriesConfig::load(Some(&dir.path().join("missing.conf")), false).unwrap();
+        assert_eq!(none.unqualified_search_registries, ["docker.io"]);
+        assert!(RegistriesConfig::load(Some(&dir.path().join("missing.conf")), true).is_err());
     }
 
     #[test]

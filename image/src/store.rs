@@ -90,8 +90,11 @@ impl StoreError {
 pub struct StoreOptions {
     /// `<root>/images`.
     pub dir: PathBuf,
-    /// A `containers-registries.conf` v2 file; `None` for the defaults.
+    /// A `containers-registries.conf` v2 file (and its `.d` drop-ins);
+    /// `None` for the defaults.
     pub registries_config: Option<PathBuf>,
+    /// Whether a missing `registries_config` is an error.
+    pub registries_config_required: bool,
     /// Layers downloaded and unpacked at once per pull.
     pub pull_parallelism: usize,
 }
@@ -153,7 +156,10 @@ pub struct ImageStore {
 impl ImageStore {
     /// Opens the store, cleaning up what a crash left half done.
     pub fn open(options: StoreOptions) -> Result<ImageStore, StoreError> {
-        let registries = RegistriesConfig::load(options.registries_config.as_deref())?;
+        let registries = RegistriesConfig::load(
+            options.registries_config.as_deref(),
+            options.registries_config_required,
+        )?;
         let dir = &options.dir;
         for sub in ["blobs/sha256", "layers", "images", "tmp"] {
             let path = dir.join(sub);
@@ -258,7 +264,17 @@ impl ImageStore {
 
     /// A reference qualified with its registry, or with each unqualified-search registry.
     fn qualified(&self, name: &str) -> Result<Vec<ImageRef>, ReferenceError> {
-        let parsed = ParsedRef::parse(name)?;
+        let mut parsed = ParsedRef::parse(name)?;
+        if parsed.domain.is_none()
+            && let Some(target) = self.registries.alias(&parsed.path)
+        {
+            let aliased = ParsedRef::parse(target)?;
+            parsed = ParsedRef {
+                domain: aliased.domain,
+                path: aliased.path,
+                ..parsed
+            };
+        }
         Ok(match &parsed.domain {
             Some(domain) => vec![parsed.qualify(domain)],
             None => self

@@ -18,13 +18,11 @@ use crate::config::{Config, DEFAULT_REGISTRIES_CONFIG};
 /// Opens `<root>/images`, cleaning what a crash left half done.
 pub fn open_store(config: &Config) -> Result<ImageStore, StoreError> {
     let registries = &config.image.registries_config;
-    // The default file is optional; a path the operator set must exist.
-    let registries_config = (registries.as_os_str() != DEFAULT_REGISTRIES_CONFIG
-        || registries.exists())
-    .then(|| registries.clone());
     ImageStore::open(StoreOptions {
         dir: config.root.join("images"),
-        registries_config,
+        registries_config: Some(registries.clone()),
+        // The default file is optional; a path the operator set must exist.
+        registries_config_required: registries.as_os_str() != DEFAULT_REGISTRIES_CONFIG,
         pull_parallelism: config.image.pull_parallelism,
     })
 }
