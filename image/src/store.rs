@@ -238,15 +238,8 @@ impl ImageStore {
     /// are qualified as a pull would) or repo digest.
     pub fn get(&self, name: &str) -> Option<Image> {
         let images = self.images.lock().unwrap();
-        let hex = name.strip_prefix("sha256:").unwrap_or(name);
-        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-            let mut found = images.values().filter(|i| i.id.hex().starts_with(hex));
-            if let (Some(one), None) = (found.next(), found.next()) {
-                return Some(one.clone());
-            }
-        }
-        let candidates = self.qualified(name).ok()?;
-        for candidate in candidates {
+        // Names first: a short name such as `cafe` is also a valid ID prefix.
+        for candidate in self.qualified(name).unwrap_or_default() {
             let tagged = candidate.tagged();
             let by_digest = candidate.digest.as_ref().map(|d| candidate.with_digest(d));
             let hit = images.values().find(|i| {
@@ -257,6 +250,13 @@ impl ImageStore {
             });
             if let Some(hit) = hit {
                 return Some(hit.clone());
+            }
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut found = images.values().filter(|i| i.id.hex().starts_with(hex));
+            if let (Some(one), None) = (found.next(), found.next()) {
+                return Some(one.clone());
             }
         }
         None
