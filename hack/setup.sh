@@ -9,7 +9,7 @@ PACKAGES=(
   # run: OCI runtimes, CNI plugins, namespaces and networking
   runc crun containernetworking-plugins iproute2 iptables util-linux
   # test fixtures: a local registry and images built from busybox
-  docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates
+  docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates zstd attr
   # benchmark peers
   containerd conmon
 )

@@ -36,6 +36,8 @@ pub struct Config {
     pub cni: CniConfig,
     /// Pod sandbox settings.
     pub pod: PodConfig,
+    /// Image pulls and the image store.
+    pub image: ImageSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,6 +75,28 @@ impl Default for PodConfig {
         PodConfig {
             shm_size: 64 * 1024 * 1024,
             cgroup_parent: "/berth".into(),
+        }
+    }
+}
+
+pub const DEFAULT_REGISTRIES_CONFIG: &str = "/etc/containers/registries.conf";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageSettings {
+    /// A `containers-registries.conf(5)` v2 file: mirrors, insecure and
+    /// blocked registries, short-name search. A missing file at the default
+    /// path means the built-in defaults (short names search docker.io).
+    pub registries_config: PathBuf,
+    /// Layers one pull downloads and unpacks at once.
+    pub pull_parallelism: usize,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            registries_config: PathBuf::from(DEFAULT_REGISTRIES_CONFIG),
+            pull_parallelism: 4,
         }
     }
 }
@@ -117,6 +141,7 @@ impl Default for Config {
             )]),
             cni: CniConfig::default(),
             pod: PodConfig::default(),
+            image: ImageSettings::default(),
         }
     }
 }
@@ -408,6 +433,24 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                 "expected the name of a [runtimes] entry ({}), got {:?}",
                 known.join(", "),
                 config.default_runtime
+            ),
+        ));
+    }
+    if !(1..=64).contains(&config.image.pull_parallelism) {
+        return Err(invalid(
+            "image.pull_parallelism",
+            format!(
+                "expected a number of layers from 1 to 64, got {}",
+                config.image.pull_parallelism
+            ),
+        ));
+    }
+    if !config.image.registries_config.is_absolute() {
+        return Err(invalid(
+            "image.registries_config",
+            format!(
+                "expected an absolute path, got {:?}",
+                config.image.registries_config.display().to_string()
             ),
         ));
     }
