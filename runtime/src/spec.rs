@@ -245,6 +245,68 @@ pub const ALL_CAPABILITIES: &[&str] = &[
     "CAP_WAKE_ALARM",
 ];
 
+/// Capability names by number (`linux/capability.h`).
+const CAPABILITY_NUMBERS: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The bit of capability `name` (`CAP_*`) in `/proc/<pid>/status` masks.
+pub fn capability_bit(name: &str) -> Option<u32> {
+    CAPABILITY_NUMBERS
+        .iter()
+        .position(|n| *n == name)
+        .map(|i| i as u32)
+}
+
+/// The capabilities this process can hand on (its bounding set): a
+/// container cannot get more, and asking runc for more fails the create
+/// (this VM's root lacks CAP_SYS_RESOURCE, for one).
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
 /// CRI-O's masked paths.
 const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
@@ -378,9 +440,15 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         .find(|d| !d.is_empty())
         .unwrap_or("/");
 
+    let bounding = own_bounding_set();
+    let holdable = |name: &String| match (bounding, capability_bit(name)) {
+        (Some(mask), Some(bit)) => mask & (1 << bit) != 0,
+        _ => true,
+    };
     let to_caps = |names: &[String]| -> Result<Capabilities, SpecError> {
         names
             .iter()
+            .filter(|name| holdable(name))
             .map(|name| {
                 serde_json::from_value(serde_json::json!(name))
                     .map_err(|_| SpecError::Capability(name.clone()))
@@ -389,10 +457,12 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     };
     let (caps, ambient): (Capabilities, Capabilities) = if spec.privileged {
         (
-            ALL_CAPABILITIES
-                .iter()
-                .filter_map(|name| serde_json::from_value(serde_json::json!(name)).ok())
-                .collect(),
+            to_caps(
+                &ALL_CAPABILITIES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )?,
             HashSet::new(),
         )
     } else if let Some(sets) = &spec.capabilities {
