@@ -649,3 +649,147 @@ fn pod_sysctls() {
     let err = with(&[("kernel.panic", "1")]).unwrap_err().to_string();
     assert!(err.contains("kernel.panic"), "{err}");
 }
+
+fn privileged_pod(sandbox: &mut cri::PodSandboxConfig) {
+    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+#[test]
+fn privileged_gets_host_devices_and_writable_sys() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let script = "ls /dev | wc -l; grep -E ' /sys(/fs/cgroup)? ' /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1; \
+                  cat /proc/self/status | grep Seccomp:";
+    let run = |privileged: bool| {
+        let sc = cri::LinuxContainerSecurityContext {
+            privileged,
+            ..Default::default()
+        };
+        let spec = world
+            .convert(script, sc, |_, sandbox, _, _| privileged_pod(sandbox))
+            .unwrap();
+        let (code, text) = world.output(spec);
+        assert_eq!(code, 0, "{text}");
+        text
+    };
+    let host_devices = std::fs::read_dir("/dev").unwrap().count();
+    let text = run(true);
+    let devices: usize = text.lines().next().unwrap().trim().parse().unwrap();
+    assert!(
+        devices > host_devices / 2,
+        "{devices} of {host_devices}: {text}"
+    );
+    assert!(text.contains("/sys rw"), "{text}");
+    assert!(text.contains("/sys/fs/cgroup rw"), "{text}");
+    assert_eq!(status_field(&text, "Seccomp"), "0");
+    let text = run(false);
+    let devices: usize = text.lines().next().unwrap().trim().parse().unwrap();
+    assert!(devices < 20, "{text}");
+    assert!(text.contains("/sys ro"), "{text}");
+    assert_eq!(status_field(&text, "Seccomp"), "2");
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) at the end.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: PathBuf) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn mount_propagation_and_symlinked_host_paths() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    // A private mount of its own, so that only it is made shared.
+    let vol = Tmpfs::mount(world.paths.dir().join("vol"));
+    std::fs::write(vol.0.join("hello"), "hi\n").unwrap();
+    std::os::unix::fs::symlink(&vol.0, world.paths.dir().join("link")).unwrap();
+    let start = |propagation: i32| {
+        let spec = world
+            .convert(
+                "exec sleep 1000",
+                cri::LinuxContainerSecurityContext {
+                    privileged: propagation == 2,
+                    ..Default::default()
+                },
+                |config, sandbox, _, _| {
+                    privileged_pod(sandbox);
+                    config.mounts = vec![cri::Mount {
+                        container_path: "/data".into(),
+                        // The CRI asks for a symlink's target to be mounted.
+                        host_path: world.paths.dir().join("link").to_str().unwrap().into(),
+                        propagation,
+                        ..Default::default()
+                    }];
+                },
+            )
+            .unwrap();
+        world.start(spec).0
+    };
+    let sh = |c: &NewContainer, script: &str| {
+        let out = world
+            .runtime
+            .exec_sync(&c.id, &strings(&["sh", "-c", script]), None)
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let private = start(0);
+    let slave = start(1);
+    let shared = start(2);
+    for c in [&private, &slave, &shared] {
+        assert_eq!(sh(c, "cat /data/hello"), "hi\n");
+    }
+    // The host mounts something under the volume after the containers started.
+    let late = Tmpfs::mount(vol.0.join("late"));
+    std::fs::write(late.0.join("f"), "late\n").unwrap();
+    assert!(sh(&private, "cat /data/late/f").contains("No such file"));
+    assert_eq!(sh(&slave, "cat /data/late/f"), "late\n");
+    assert_eq!(sh(&shared, "cat /data/late/f"), "late\n");
+    // A mount made in the bidirectional container reaches the host.
+    assert_eq!(
+        sh(
+            &shared,
+            "mkdir -p /data/back && mount -t tmpfs t /data/back && echo ok"
+        ),
+        "ok\n"
+    );
+    let back = vol.0.join("back");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mountinfo.contains(&format!(" {} ", back.display())),
+        "{}",
+        back.display()
+    );
+    let _ = nix::mount::umount2(&back, nix::mount::MntFlags::MNT_DETACH);
+    drop(late);
+    for c in [&private, &slave, &shared] {
+        world.remove(c);
+    }
+}
