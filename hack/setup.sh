@@ -9,7 +9,7 @@ PACKAGES=(
   # run: OCI runtimes, CNI plugins, namespaces and networking
   runc crun containernetworking-plugins iproute2 iptables util-linux
   # test fixtures: a local registry and images built from busybox
-  docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates
+  docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates zstd attr
   # benchmark peers
   containerd conmon
 )
@@ -30,6 +30,36 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# A default pod network, so berthd works out of the box: only when the CNI
+# conf dir holds no config at all (an operator's own network is never touched).
+CNI_CONF_DIR=/etc/cni/net.d
+if [[ $(id -u) -eq 0 ]] && ! compgen -G "$CNI_CONF_DIR/*.conf*" >/dev/null \
+  && ! compgen -G "$CNI_CONF_DIR/*.json" >/dev/null; then
+  mkdir -p "$CNI_CONF_DIR"
+  cat >"$CNI_CONF_DIR/10-berth.conflist" <<'CONF'
+{
+  "cniVersion": "1.0.0",
+  "name": "berth",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "berth0",
+      "isGateway": true,
+      "ipMasq": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "routes": [{ "dst": "0.0.0.0/0" }],
+        "ranges": [[{ "subnet": "10.85.0.0/16", "gateway": "10.85.0.1" }]]
+      }
+    },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+CONF
+  echo "hack/setup.sh: installed the default pod network $CNI_CONF_DIR/10-berth.conflist (10.85.0.0/16)" >&2
 fi
 
 # The Rust toolchain cannot come from apt (Debian's is older than edition 2024).

@@ -23,6 +23,9 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use berth_proto::cri;
 
+pub mod fault_registry;
+pub mod registry;
+
 /// Whether a test can run here. When it cannot, it says why on stderr and
 /// returns false so the test returns early; under `CI=true` it panics
 /// instead, so CI never counts a test that did not run as passed.

@@ -6,8 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use berth_e2e::cri::{
-    CgroupDriver, ListImagesRequest, RunPodSandboxRequest, RuntimeConfigRequest, StatusRequest,
-    VersionRequest,
+    CgroupDriver, CheckpointContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
 use berth_e2e::{Berthd, Options, Paths, command};
 use nix::sys::signal::Signal;
@@ -30,7 +29,13 @@ async fn version_names_berth_and_cri_v1() {
 
 #[tokio::test]
 async fn status_reports_runtime_ready_and_network_not_ready() {
-    let berthd = Berthd::start().await;
+    // An empty CNI conf dir: no network config can be loaded.
+    let conf_dir = tempfile::tempdir().unwrap();
+    let berthd = Berthd::start_with(Options {
+        config: format!("[cni]\nconf_dir = \"{}\"\n", conf_dir.path().display()),
+        ..Options::default()
+    })
+    .await;
     let status = berthd
         .runtime()
         .await
@@ -113,20 +118,15 @@ async fn rpcs_not_yet_built_answer_unimplemented_naming_the_rpc() {
     let err = berthd
         .runtime()
         .await
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{}", err.message());
-
-    let err = berthd
-        .images()
-        .await
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("ListImages"), "{}", err.message());
+    assert!(
+        err.message().contains("CheckpointContainer"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -330,7 +330,7 @@ async fn json_logs_trace_each_rpc_with_latency_and_code() {
     let mut client = berthd.runtime().await;
     client.version(VersionRequest::default()).await.unwrap();
     client
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     let (status, paths) = berthd.stop_with(Signal::SIGTERM).await;
@@ -350,7 +350,7 @@ async fn json_logs_trace_each_rpc_with_latency_and_code() {
     let version = rpc("Version");
     assert_eq!(version["code"], "Ok");
     assert!(version["latency_us"].is_u64());
-    let run = rpc("RunPodSandbox");
+    let run = rpc("CheckpointContainer");
     assert_eq!(run["code"], "Unimplemented");
     assert!(run["latency_us"].is_u64());
 }

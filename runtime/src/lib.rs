@@ -8,14 +8,20 @@
 //! - [`oci::OciRuntime`]: `start`, `stop` (stop signal, then SIGKILL),
 //!   `kill`, `state`, `exec_sync`;
 //! - [`shim::control`] (`reopen`, `resize`) and [`shim::ExitRecord::read`];
-//! - [`record::RecordStore`] for the records reloaded after a restart.
+//! - [`record::RecordStore`] for the records reloaded after a restart;
+//! - [`cri_spec::convert`] (CreateContainer's request → [`spec::ContainerSpec`]),
+//!   [`cri_spec::container_user`] (ContainerStatus.user) and
+//!   [`features::probe`] (Status.runtime_handlers features).
 //!
 //! The shim binary is found next to berthd's own executable by default
 //! ([`oci::default_shim_path`]).
 
 pub mod atomic;
+pub mod cri_spec;
+pub mod features;
 pub mod init;
 pub mod lifecycle;
+pub mod mounts;
 pub mod oci;
 pub mod overlay;
 pub mod record;

@@ -39,6 +39,11 @@ pub enum ContainerError {
     #[error("container {id}: {source}")]
     Overlay { id: String, source: OverlayError },
     #[error("container {id}: {source}")]
+    Mounts {
+        id: String,
+        source: crate::mounts::MountError,
+    },
+    #[error("container {id}: {source}")]
     Spec { id: String, source: SpecError },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
@@ -91,6 +96,12 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
     })?;
     let mut container_spec = new.spec.clone();
     container_spec.rootfs = rootfs;
+    crate::mounts::prepare(&mut container_spec.mounts).map_err(|source| {
+        ContainerError::Mounts {
+            id: id.clone(),
+            source,
+        }
+    })?;
     let spec_err = |source| ContainerError::Spec {
         id: id.clone(),
         source,

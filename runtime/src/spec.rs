@@ -72,7 +72,19 @@ pub struct BindMount {
     pub container_path: PathBuf,
     pub host_path: PathBuf,
     pub readonly: bool,
+    /// Read-only at every depth (runc's `rro`, kernel 5.12+); needs `readonly`.
+    pub recursive_readonly: bool,
     pub propagation: Propagation,
+}
+
+/// The capability sets of a container's process, as `CAP_*` names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CapabilitySets {
+    /// Bounding, effective and permitted.
+    pub granted: Vec<String>,
+    /// Ambient (and inheritable, which the kernel requires of ambient ones);
+    /// each is also in `granted`.
+    pub ambient: Vec<String>,
 }
 
 /// A host device made available in the container (CRI `devices`).
@@ -132,8 +144,20 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     pub devices: Vec<Device>,
     pub privileged: bool,
+    /// `None`: CRI-O's default set ([`DEFAULT_CAPABILITIES`]). Ignored when
+    /// privileged (every capability).
+    pub capabilities: Option<CapabilitySets>,
     pub no_new_privs: bool,
     pub seccomp: crate::seccomp::SeccompProfile,
+    /// An AppArmor profile loaded on the host (only where AppArmor is enabled).
+    pub apparmor_profile: Option<String>,
+    /// `None`: CRI-O's defaults; an empty list masks nothing. Ignored when
+    /// privileged (nothing masked or read-only).
+    pub masked_paths: Option<Vec<String>>,
+    pub readonly_paths: Option<Vec<String>>,
+    /// Namespaced sysctls, written by the runtime inside the container's
+    /// (the pod's) namespaces.
+    pub sysctls: BTreeMap<String, String>,
     pub resources: Resources,
     /// The cgroup (cgroupfs driver), e.g. `/berth/<pod>/<container>`.
     pub cgroups_path: PathBuf,
@@ -146,6 +170,10 @@ pub enum SpecError {
     NoCommand,
     #[error("invalid env {0:?}: expected KEY=value")]
     BadEnv(String),
+    #[error("unknown capability {0:?}")]
+    Capability(String),
+    #[error("list the host devices under /dev for a privileged container: {0}")]
+    HostDevices(std::io::Error),
     #[error("device {path}: {reason}")]
     Device { path: PathBuf, reason: String },
     #[error("resolve the user: {0}")]
@@ -173,7 +201,7 @@ pub const DEFAULT_CAPABILITIES: [Capability; 9] = [
 ];
 
 /// Every capability, for privileged containers.
-const ALL_CAPABILITIES: &[&str] = &[
+pub const ALL_CAPABILITIES: &[&str] = &[
     "CAP_AUDIT_CONTROL",
     "CAP_AUDIT_READ",
     "CAP_AUDIT_WRITE",
@@ -216,6 +244,68 @@ const ALL_CAPABILITIES: &[&str] = &[
     "CAP_SYSLOG",
     "CAP_WAKE_ALARM",
 ];
+
+/// Capability names by number (`linux/capability.h`).
+const CAPABILITY_NUMBERS: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The bit of capability `name` (`CAP_*`) in `/proc/<pid>/status` masks.
+pub fn capability_bit(name: &str) -> Option<u32> {
+    CAPABILITY_NUMBERS
+        .iter()
+        .position(|n| *n == name)
+        .map(|i| i as u32)
+}
+
+/// The capabilities this process can hand on (its bounding set): a
+/// container cannot get more, and asking runc for more fails the create
+/// (this VM's root lacks CAP_SYS_RESOURCE, for one).
+fn own_bounding_set() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
 
 /// CRI-O's masked paths.
 const MASKED_PATHS: &[&str] = &[
@@ -350,20 +440,42 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         .find(|d| !d.is_empty())
         .unwrap_or("/");
 
-    let caps: Capabilities = if spec.privileged {
-        ALL_CAPABILITIES
+    let bounding = own_bounding_set();
+    let holdable = |name: &String| match (bounding, capability_bit(name)) {
+        (Some(mask), Some(bit)) => mask & (1 << bit) != 0,
+        _ => true,
+    };
+    let to_caps = |names: &[String]| -> Result<Capabilities, SpecError> {
+        names
             .iter()
-            .filter_map(|name| serde_json::from_value(serde_json::json!(name)).ok())
+            .filter(|name| holdable(name))
+            .map(|name| {
+                serde_json::from_value(serde_json::json!(name))
+                    .map_err(|_| SpecError::Capability(name.clone()))
+            })
             .collect()
+    };
+    let (caps, ambient): (Capabilities, Capabilities) = if spec.privileged {
+        (
+            to_caps(
+                &ALL_CAPABILITIES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+            )?,
+            HashSet::new(),
+        )
+    } else if let Some(sets) = &spec.capabilities {
+        (to_caps(&sets.granted)?, to_caps(&sets.ambient)?)
     } else {
-        DEFAULT_CAPABILITIES.into_iter().collect()
+        (DEFAULT_CAPABILITIES.into_iter().collect(), HashSet::new())
     };
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
         .permitted(caps)
-        .inheritable(HashSet::new())
-        .ambient(HashSet::new())
+        .inheritable(ambient.clone())
+        .ambient(ambient)
         .build()?;
     let mut process = ProcessBuilder::default()
         .terminal(spec.tty)
@@ -382,14 +494,24 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     if let Some(adj) = spec.resources.oom_score_adj {
         process = process.oom_score_adj(clamp_oom_score_adj(adj, own_oom_score_adj));
     }
+    if let Some(profile) = &spec.apparmor_profile {
+        process = process.apparmor_profile(profile.clone());
+    }
     let mut process = process.build()?;
     // The builder starts from oci-spec's example, which caps open files at 1024.
     process.set_rlimits(None);
 
-    let sys_options: &[&str] = if spec.privileged {
-        &["nosuid", "noexec", "nodev", "rw"]
+    // Privileged containers get writable sysfs and cgroupfs, as in CRI-O.
+    let (sys_options, cgroup_options): (&[&str], &[&str]) = if spec.privileged {
+        (
+            &["nosuid", "noexec", "nodev", "rw"],
+            &["nosuid", "noexec", "nodev", "relatime", "rw"],
+        )
     } else {
-        &["nosuid", "noexec", "nodev", "ro"]
+        (
+            &["nosuid", "noexec", "nodev", "ro"],
+            &["nosuid", "noexec", "nodev", "relatime", "ro"],
+        )
     };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
@@ -419,12 +541,7 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
             &["nosuid", "noexec", "nodev"],
         ),
         mount("/sys", "sysfs", "sysfs", sys_options),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", "ro"],
-        ),
+        mount("/sys/fs/cgroup", "cgroup", "cgroup", cgroup_options),
     ];
     match &spec.pod_files.shm {
         Some(shm) => mounts.push(bind(
@@ -472,6 +589,9 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         );
         if m.readonly {
             options.push("ro".into());
+        }
+        if m.recursive_readonly {
+            options.push("rro".into());
         }
         mounts.push(bind(&m.container_path, &m.host_path, options));
     }
@@ -528,7 +648,15 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
             memory = memory.swap(limit);
         }
     }
-    let (linux_devices, mut devices) = devices(&spec.devices)?;
+    let (mut linux_devices, mut devices) = devices(&spec.devices)?;
+    if spec.privileged {
+        // Every host device, as CRI-O; the cgroup rule below allows them all.
+        for d in host_devices().map_err(SpecError::HostDevices)? {
+            if !linux_devices.iter().any(|l| l.path() == d.path()) {
+                linux_devices.push(d);
+            }
+        }
+    }
     // runc adds its default device allow-list after this deny-all.
     devices.insert(
         0,
@@ -561,17 +689,25 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         .resources(resources.build()?)
         .rootfs_propagation(rootfs_propagation);
     // Set both ways: the builder starts from oci-spec's defaults.
-    let (masked, readonly) = if spec.privileged {
-        (&[][..], &[][..])
-    } else {
-        (MASKED_PATHS, READONLY_PATHS)
+    let paths = |given: &Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+        match given {
+            _ if spec.privileged => Vec::new(),
+            Some(given) => given.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        }
     };
     linux = linux
-        .masked_paths(masked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .readonly_paths(readonly.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        .masked_paths(paths(&spec.masked_paths, MASKED_PATHS))
+        .readonly_paths(paths(&spec.readonly_paths, READONLY_PATHS))
+        .sysctl(
+            spec.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
 
     // Privileged containers run unconfined, as in CRI-O.
-    if let Some(filter) = crate::seccomp::filter(spec.seccomp).filter(|_| !spec.privileged) {
+    if let Some(filter) = crate::seccomp::filter(&spec.seccomp).filter(|_| !spec.privileged) {
         linux = linux.seccomp(filter);
     }
     let builder = SpecBuilder::default()
@@ -655,6 +791,57 @@ fn devices(requested: &[Device]) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgr
         );
     }
     Ok((nodes, rules))
+}
+
+/// The host's device nodes under `/dev` (as runc lists them: not in `pts`,
+/// `shm`, `fd`, `mqueue`; not `/dev/console`), for privileged containers.
+fn host_devices() -> std::io::Result<Vec<LinuxDevice>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut found = Vec::new();
+    let mut dirs = vec![PathBuf::from("/dev")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let path = entry.path();
+            let typ = entry.file_type()?;
+            if typ.is_dir() {
+                let name = entry.file_name();
+                if !matches!(
+                    name.to_str(),
+                    Some("pts" | "shm" | "fd" | "mqueue" | ".lxc" | ".lxd-mounts" | ".udev")
+                ) {
+                    dirs.push(path);
+                }
+                continue;
+            }
+            let kind = if typ.is_char_device() {
+                LinuxDeviceType::C
+            } else if typ.is_block_device() {
+                LinuxDeviceType::B
+            } else {
+                continue;
+            };
+            if path == Path::new("/dev/console") {
+                continue;
+            }
+            // A device that vanished meanwhile is not an error.
+            let Ok(meta) = entry.metadata() else { continue };
+            let rdev = meta.rdev();
+            found.push(
+                LinuxDeviceBuilder::default()
+                    .path(path)
+                    .typ(kind)
+                    .major(i64::from(nix::sys::stat::major(rdev) as u32))
+                    .minor(i64::from(nix::sys::stat::minor(rdev) as u32))
+                    .file_mode(meta.mode() & 0o777)
+                    .uid(meta.uid())
+                    .gid(meta.gid())
+                    .build()
+                    .expect("device fields set"),
+            );
+        }
+    }
+    Ok(found)
 }
 
 /// Writes `spec` as `config.json` in `bundle`.

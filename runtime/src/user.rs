@@ -19,6 +19,10 @@ pub struct UserRequest {
     pub run_as_group: Option<u32>,
     /// CRI `supplemental_groups`, added to the image's.
     pub supplemental_groups: Vec<u32>,
+    /// CRI `supplemental_groups_policy` `Strict`: only the primary group and
+    /// `supplemental_groups`, not the user's memberships in the image's
+    /// `/etc/group` (`Merge`, the default).
+    pub strict_supplemental_groups: bool,
 }
 
 /// The process identity for the OCI spec.
@@ -93,9 +97,12 @@ pub fn resolve(
         Some(e) => e.uid,
         None => user_spec.parse().expect("checked numeric above"),
     };
+    // The image's group goes with the image's user only.
+    let image_user_used = request.run_as_user.is_none()
+        && request.run_as_username.as_deref().is_none_or(str::is_empty);
     let gid = if let Some(gid) = request.run_as_group {
         gid
-    } else if let Some(group) = image_group.filter(|g| !g.is_empty()) {
+    } else if let Some(group) = image_group.filter(|g| !g.is_empty() && image_user_used) {
         match group.parse::<u32>() {
             Ok(gid) => gid,
             Err(_) => {
@@ -112,7 +119,7 @@ pub fn resolve(
         entry.map_or(0, |e| e.gid)
     };
     let mut additional_gids = Vec::new();
-    if let Some(entry) = entry {
+    if let Some(entry) = entry.filter(|_| !request.strict_supplemental_groups) {
         for g in &groups {
             if g.members.contains(&entry.name) && !additional_gids.contains(&g.gid) {
                 additional_gids.push(g.gid);
@@ -268,6 +275,26 @@ mod tests {
         // A numeric uid absent from passwd is used as is, with gid 0.
         let user = image(root.path(), "4242").unwrap();
         assert_eq!((user.uid, user.gid), (4242, 0));
+    }
+
+    #[test]
+    fn strict_policy_leaves_out_image_memberships_and_run_as_user_drops_the_image_group() {
+        let root = rootfs();
+        let request = UserRequest {
+            supplemental_groups: vec![99],
+            strict_supplemental_groups: true,
+            ..Default::default()
+        };
+        let user = resolve(root.path(), "alice", &request).unwrap();
+        assert_eq!(user.additional_gids, vec![99]);
+        let request = UserRequest {
+            run_as_user: Some(1000),
+            ..Default::default()
+        };
+        let user = resolve(root.path(), "0:staff", &request).unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 1000));
+        let user = image(root.path(), "1000:10").unwrap();
+        assert_eq!((user.uid, user.gid), (1000, 10));
     }
 
     #[test]

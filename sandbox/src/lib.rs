@@ -1,5 +1,554 @@
 //! Pod sandboxes: pinned network / IPC / UTS namespaces, hostname, hosts,
-//! resolv.conf and shm, the infra process and pod records.
+//! resolv.conf and shm, the infra process, CNI attachment and pod records.
 //!
-//! Nothing is implemented yet: berthd answers the pod RPCs with
-//! `UNIMPLEMENTED` until this crate lands.
+//! A pod's set-up is a list of steps whose every effect sits at a path
+//! derived from its ID, and its record is written before the first step:
+//! teardown runs every step whatever happened before (a failed set-up, a
+//! crash, a second Stop), so Stop and Remove always converge.
+
+pub mod cgroup;
+pub mod files;
+pub mod infra;
+pub mod ns;
+pub mod record;
+pub mod spec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use berth_cni::{Attachment, Cni};
+
+pub use record::{Files, Layout, Namespaces, Network, Pod, PodId, State};
+pub use spec::{Dns, Invalid, Mode, NamespaceModes, PodSpec, PortMapping, Protocol};
+
+/// The interface name of the pod side of the CNI attachment.
+pub const POD_IFNAME: &str = "eth0";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("failed to find runtime handler {handler:?} from runtime list [{}]", .known.join(", "))]
+    UnknownHandler { handler: String, known: Vec<String> },
+    #[error("pod sandbox name {name:?} is reserved for pod sandbox {holder}")]
+    NameReserved { name: String, holder: PodId },
+    #[error("pod sandbox {0:?} not found")]
+    NotFound(String),
+    #[error("pod sandbox ID prefix {prefix:?} is ambiguous: {count} pods match")]
+    Ambiguous { prefix: String, count: usize },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Namespace(#[from] ns::NsError),
+    #[error(transparent)]
+    Infra(#[from] infra::InfraError),
+    #[error(transparent)]
+    Files(#[from] files::FileError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Network(#[from] berth_cni::Error),
+    #[error("{error}; cleaning up pod sandbox {pod} also failed: {}", .failures.join("; "))]
+    SetupAndTeardown {
+        pod: PodId,
+        error: Box<Error>,
+        failures: Vec<String>,
+    },
+    #[error("tearing down pod sandbox {pod} failed: {}", .failures.join("; "))]
+    Teardown { pod: PodId, failures: Vec<String> },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub layout: Layout,
+    /// Size of each pod's /dev/shm tmpfs, in bytes.
+    pub shm_size: u64,
+    /// The `berth-shim` binary, whose `init` mode is the infra process.
+    pub shim: PathBuf,
+    /// Known runtime handler names and the one used when a pod names none.
+    pub runtimes: Vec<String>,
+    pub default_runtime: String,
+    /// The cgroup parent of pods that give none.
+    pub default_cgroup_parent: String,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Pod>>;
+
+#[derive(Default)]
+struct Index {
+    pods: BTreeMap<PodId, Slot>,
+    /// Reserved name → holder, including pods still being set up.
+    names: HashMap<String, PodId>,
+}
+
+/// Every pod berthd knows, each behind its own lock.
+pub struct Sandboxes {
+    options: Options,
+    cni: Arc<Cni>,
+    index: std::sync::Mutex<Index>,
+    pod_cidr: RwLock<Option<String>>,
+}
+
+impl Sandboxes {
+    /// Loads every pod record. Returns the records it could not read, to be
+    /// logged: they are left on disk untouched.
+    pub fn open(options: Options, cni: Arc<Cni>) -> (Sandboxes, Vec<String>) {
+        let (pods, errors) = record::load_all(&options.layout);
+        let mut index = Index::default();
+        for mut pod in pods {
+            // After a reboot the run root is empty: the namespaces are gone.
+            let pins_lost = [
+                &pod.namespaces.net,
+                &pod.namespaces.ipc,
+                &pod.namespaces.uts,
+            ]
+            .into_iter()
+            .flatten()
+            .any(|path| !path.exists());
+            if pod.state == State::Ready && pins_lost {
+                pod.state = State::NotReady;
+                if let Err(err) = record::save(&options.layout, &pod) {
+                    tracing::warn!(pod = %pod.id, "cannot update record: {err}");
+                }
+            }
+            index.names.insert(pod.spec.reserved_name(), pod.id.clone());
+            index
+                .pods
+                .insert(pod.id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+        }
+        let sandboxes = Sandboxes {
+            options,
+            cni,
+            index: std::sync::Mutex::new(index),
+            pod_cidr: RwLock::new(None),
+        };
+        (sandboxes, errors)
+    }
+
+    pub fn cni(&self) -> &Arc<Cni> {
+        &self.cni
+    }
+
+    /// The pod CIDR from `UpdateRuntimeConfig`, given to CNI as `ipRanges`.
+    pub fn set_pod_cidr(&self, cidr: &str) {
+        *self.pod_cidr.write().expect("lock poisoned") =
+            (!cidr.is_empty()).then(|| cidr.to_string());
+    }
+
+    /// The ID a full ID or unique prefix names, if any.
+    fn resolve(&self, id: &str) -> Result<Option<(PodId, Slot)>, Error> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let index = self.index.lock().expect("lock poisoned");
+        let mut matches = index
+            .pods
+            .iter()
+            .filter(|(key, _)| key.as_str().starts_with(id));
+        let Some((first, slot)) = matches.next() else {
+            return Ok(None);
+        };
+        let found = (first.clone(), Arc::clone(slot));
+        let others = matches.count();
+        if others > 0 {
+            return Err(Error::Ambiguous {
+                prefix: id.to_string(),
+                count: others + 1,
+            });
+        }
+        Ok(Some(found))
+    }
+
+    /// A copy of the pod's record; NOT_FOUND for an unknown ID.
+    pub async fn get(&self, id: &str) -> Result<Pod, Error> {
+        let (_, slot) = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let pod = slot.lock().await;
+        Ok(pod.clone())
+    }
+
+    /// Copies of every record.
+    pub async fn list(&self) -> Vec<Pod> {
+        let slots: Vec<Slot> = self
+            .index
+            .lock()
+            .expect("lock poisoned")
+            .pods
+            .values()
+            .cloned()
+            .collect();
+        let mut pods = Vec::with_capacity(slots.len());
+        for slot in slots {
+            pods.push(slot.lock().await.clone());
+        }
+        pods
+    }
+
+    fn resolve_handler(&self, requested: &str) -> Result<String, Error> {
+        let name = if requested.is_empty() {
+            &self.options.default_runtime
+        } else {
+            requested
+        };
+        if self.options.runtimes.iter().any(|r| r == name) {
+            Ok(name.to_string())
+        } else {
+            Err(Error::UnknownHandler {
+                handler: name.to_string(),
+                known: self.options.runtimes.clone(),
+            })
+        }
+    }
+
+    /// RunPodSandbox: checks, reserves the name, sets everything up; on
+    /// failure tears down whatever was made and frees the name.
+    pub async fn run(&self, spec: PodSpec) -> Result<PodId, Error> {
+        let runtime_handler = self.resolve_handler(&spec.runtime_handler)?;
+        spec.validate()?;
+        // Refuse before creating anything when there is no network to join.
+        if !spec.namespaces.host_network() {
+            self.cni.network()?;
+        }
+        let id = PodId::random().map_err(io("cannot generate a pod sandbox ID"))?;
+        let name = spec.reserved_name();
+        {
+            let mut index = self.index.lock().expect("lock poisoned");
+            if let Some(holder) = index.names.get(&name) {
+                return Err(Error::NameReserved {
+                    name,
+                    holder: holder.clone(),
+                });
+            }
+            index.names.insert(name.clone(), id.clone());
+        }
+        let mut pod = self.skeleton(&id, spec, runtime_handler);
+        let result = match record::save(&self.options.layout, &pod)
+            .map_err(io(format!("cannot write the record of pod sandbox {id}")))
+        {
+            Ok(()) => self.set_up(&mut pod).await,
+            Err(err) => Err(err),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(
+                    pod = %id,
+                    name = %name,
+                    ips = ?pod.network.as_ref().map(|n| &n.ips),
+                    "pod sandbox ready"
+                );
+                let mut index = self.index.lock().expect("lock poisoned");
+                index
+                    .pods
+                    .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+                Ok(id)
+            }
+            Err(error) => {
+                tracing::info!(pod = %id, "set-up failed, tearing down: {error}");
+                let failures = self.tear_down(&mut pod, true).await;
+                let mut index = self.index.lock().expect("lock poisoned");
+                if failures.is_empty() {
+                    index.names.remove(&name);
+                    Err(error)
+                } else {
+                    // Keep it visible as NotReady so Remove can finish the job.
+                    index
+                        .pods
+                        .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+                    Err(Error::SetupAndTeardown {
+                        pod: id,
+                        error: Box::new(error),
+                        failures,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The record as it will be once set up, paths and all, but not ready.
+    fn skeleton(&self, id: &PodId, spec: PodSpec, runtime_handler: String) -> Pod {
+        let layout = &self.options.layout;
+        let modes = spec.namespaces;
+        let host_network = modes.host_network();
+        let hostname = if spec.hostname.is_empty() || host_network {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            spec.hostname.clone()
+        };
+        let mut files = layout.files(id);
+        if modes.host_ipc() {
+            files.shm = PathBuf::from("/dev/shm");
+        }
+        // The UTS namespace follows the network one, as the kubelet expects:
+        // a host-network pod has the host's hostname.
+        let namespaces = Namespaces {
+            net: (!host_network).then(|| layout.ns_pin("net", id)),
+            ipc: (!modes.host_ipc()).then(|| layout.ns_pin("ipc", id)),
+            uts: (!host_network).then(|| layout.ns_pin("uts", id)),
+            pid: (modes.pid == Mode::Pod).then(|| layout.ns_pin("pid", id)),
+        };
+        let cgroup_parent = if spec.cgroup_parent.is_empty() {
+            self.options.default_cgroup_parent.clone()
+        } else {
+            spec.cgroup_parent.clone()
+        };
+        Pod {
+            id: id.clone(),
+            created_at: now_nanos(),
+            state: State::NotReady,
+            complete: false,
+            runtime_handler,
+            hostname,
+            cgroup_parent,
+            namespaces,
+            files,
+            infra: None,
+            network: None,
+            spec,
+        }
+    }
+
+    async fn set_up(&self, pod: &mut Pod) -> Result<(), Error> {
+        let layout = &self.options.layout;
+        files::write(
+            &pod.files.hostname,
+            format!("{}\n", pod.hostname).as_bytes(),
+        )?;
+        files::write(
+            &pod.files.resolv_conf,
+            &files::resolv_conf(pod.spec.dns.as_ref()),
+        )?;
+        if !pod.spec.namespaces.host_ipc() {
+            files::mount_shm(&pod.files.shm, self.options.shm_size)?;
+        }
+        let request = ns::Request {
+            net: pod.namespaces.net.clone(),
+            ipc: pod.namespaces.ipc.clone(),
+            uts: pod.namespaces.uts.clone(),
+            hostname: pod.hostname.clone(),
+            sysctls: pod.spec.sysctl_paths()?,
+        };
+        blocking(move || ns::create(request)).await??;
+        if let Some(pid_pin) = pod.namespaces.pid.clone() {
+            let join: Vec<PathBuf> = [
+                &pod.namespaces.net,
+                &pod.namespaces.ipc,
+                &pod.namespaces.uts,
+            ]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+            let shim = self.options.shim.clone();
+            let infra = blocking(move || infra::start(&shim, &join)).await??;
+            pod.infra = Some(infra);
+            record::save(layout, pod).map_err(io(format!(
+                "cannot write the record of pod sandbox {}",
+                pod.id
+            )))?;
+            let cgroup = pod.infra_cgroup();
+            blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
+            ns::pin(
+                &PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)),
+                &pid_pin,
+            )?;
+        }
+        if pod.namespaces.net.is_some() {
+            let cidr = self.pod_cidr.read().expect("lock poisoned").clone();
+            let attachment = self.attachment(pod, cidr.as_deref());
+            let added = self.cni.add(&attachment).await?;
+            pod.network = Some(Network {
+                name: added.network,
+                ips: added.ips,
+            });
+        }
+        let ips = pod
+            .network
+            .as_ref()
+            .map(|n| n.ips.clone())
+            .unwrap_or_default();
+        files::write(
+            &pod.files.hosts,
+            &files::hosts(pod.spec.namespaces.host_network(), &pod.hostname, &ips),
+        )?;
+        pod.state = State::Ready;
+        pod.complete = true;
+        record::save(layout, pod).map_err(io(format!(
+            "cannot write the record of pod sandbox {}",
+            pod.id
+        )))
+    }
+
+    fn attachment(&self, pod: &Pod, pod_cidr: Option<&str>) -> Attachment {
+        Attachment {
+            container_id: pod.id.to_string(),
+            netns: pod.namespaces.net.clone().unwrap_or_default(),
+            ifname: POD_IFNAME.into(),
+            args: vec![
+                ("K8S_POD_NAMESPACE".into(), pod.spec.namespace.clone()),
+                ("K8S_POD_NAME".into(), pod.spec.name.clone()),
+                ("K8S_POD_INFRA_CONTAINER_ID".into(), pod.id.to_string()),
+                ("K8S_POD_UID".into(), pod.spec.uid.clone()),
+            ],
+            capabilities: pod.spec.capabilities(pod_cidr),
+        }
+    }
+
+    /// Runs every teardown step, collecting failures. `unpin` also releases
+    /// the namespaces and removes the pod's files and record (Remove).
+    async fn tear_down(&self, pod: &mut Pod, remove: bool) -> Vec<String> {
+        let layout = &self.options.layout;
+        let mut failures = Vec::new();
+        if let Some(infra) = pod.infra {
+            let cgroup = pod.infra_cgroup();
+            let stopped = blocking(move || {
+                infra::stop(&infra)?;
+                Ok::<_, infra::InfraError>(cgroup::remove(&cgroup))
+            })
+            .await;
+            match stopped {
+                Ok(Ok(errors)) => failures.extend(errors.iter().map(ToString::to_string)),
+                Ok(Err(err)) => failures.push(err.to_string()),
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        // No cache entry: no ADD ever started, or a DEL already succeeded
+        // (unless the record says it is attached: then the cache was lost,
+        // and DEL falls back to the current config).
+        if pod.namespaces.net.is_some()
+            && (self.cni.attached(pod.id.as_str(), POD_IFNAME) || pod.network.is_some())
+        {
+            let attachment = self.attachment(pod, None);
+            // Whether an ADD ever completed: if not, its plugins reported
+            // failure and a DEL refused the same way cannot be retried into
+            // success, so Remove gives up on it rather than never finishing.
+            let added = matches!(self.cni.cached(pod.id.as_str(), POD_IFNAME), Ok(Some(_)))
+                || pod.network.is_some();
+            match self.cni.del(&attachment).await {
+                Ok(()) => pod.network = None,
+                Err(err) if remove && !added => {
+                    tracing::warn!(pod = %pod.id, "ignoring CNI DEL failure of a network that was never added: {err}");
+                    if let Err(err) = self.cni.forget(pod.id.as_str(), POD_IFNAME) {
+                        failures.push(err.to_string());
+                    }
+                }
+                Err(err) => failures.push(err.to_string()),
+            }
+        }
+        if !pod.spec.namespaces.host_ipc()
+            && let Err(err) = files::unmount_shm(&pod.files.shm)
+        {
+            failures.push(err.to_string());
+        }
+        if remove {
+            for pin in [
+                &pod.namespaces.net,
+                &pod.namespaces.ipc,
+                &pod.namespaces.uts,
+                &pod.namespaces.pid,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if let Err(err) = ns::unpin(pin) {
+                    failures.push(err.to_string());
+                }
+            }
+        }
+        pod.state = State::NotReady;
+        if remove && failures.is_empty() {
+            for dir in [layout.run_dir(&pod.id), layout.state_dir(&pod.id)] {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => failures.push(format!("cannot remove {}: {err}", dir.display())),
+                }
+            }
+        } else if let Err(err) = record::save(layout, pod) {
+            failures.push(format!(
+                "cannot write the record of pod sandbox {}: {err}",
+                pod.id
+            ));
+        }
+        failures
+    }
+
+    /// StopPodSandbox: stops the infra process and detaches the network.
+    /// An unknown pod is not an error.
+    pub async fn stop(&self, id: &str) -> Result<(), Error> {
+        let Some((id, slot)) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let mut pod = slot.lock().await;
+        let failures = self.tear_down(&mut pod, false).await;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Teardown { pod: id, failures })
+        }
+    }
+
+    /// RemovePodSandbox: stops, unpins, removes every file and the record,
+    /// and frees the name. An unknown pod is not an error.
+    pub async fn remove(&self, id: &str) -> Result<(), Error> {
+        let Some((id, slot)) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let mut pod = slot.lock().await;
+        let failures = self.tear_down(&mut pod, true).await;
+        if !failures.is_empty() {
+            return Err(Error::Teardown { pod: id, failures });
+        }
+        tracing::info!(pod = %id, "pod sandbox removed");
+        let mut index = self.index.lock().expect("lock poisoned");
+        index.pods.remove(&id);
+        let name = pod.spec.reserved_name();
+        if index.names.get(&name) == Some(&id) {
+            index.names.remove(&name);
+        }
+        Ok(())
+    }
+
+    /// CNI CHECK of the pod's attachment: None when there is nothing to check.
+    pub async fn check_network(&self, pod: &Pod) -> Option<Result<(), String>> {
+        if pod.namespaces.net.is_none() || pod.state != State::Ready {
+            return None;
+        }
+        let attachment = self.attachment(pod, None);
+        match self.cni.check(&attachment).await {
+            Ok(Some(())) => Some(Ok(())),
+            Ok(None) => None,
+            Err(err) => Some(Err(err.to_string())),
+        }
+    }
+}
+
+/// Runs blocking work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Error::Io {
+            what: "a blocking task failed".into(),
+            source: std::io::Error::other(err.to_string()),
+        })
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}

@@ -32,6 +32,73 @@ pub struct Config {
     pub default_runtime: String,
     /// OCI runtime handlers by name (the CRI `runtime_handler`, Kubernetes RuntimeClass).
     pub runtimes: BTreeMap<String, RuntimeHandler>,
+    /// Pod networking.
+    pub cni: CniConfig,
+    /// Pod sandbox settings.
+    pub pod: PodConfig,
+    /// Image pulls and the image store.
+    pub image: ImageSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Where network configs are read from (first valid file in lexical order).
+    pub conf_dir: PathBuf,
+    /// Plugin binaries, searched in this order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Seconds one plugin invocation may take before it is killed.
+    pub plugin_timeout: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodConfig {
+    /// Size of each pod's /dev/shm tmpfs, in bytes.
+    pub shm_size: u64,
+    /// cgroupfs parent of pods whose config names none.
+    pub cgroup_parent: String,
+}
+
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig {
+            shm_size: 64 * 1024 * 1024,
+            cgroup_parent: "/berth".into(),
+        }
+    }
+}
+
+pub const DEFAULT_REGISTRIES_CONFIG: &str = "/etc/containers/registries.conf";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageSettings {
+    /// A `containers-registries.conf(5)` v2 file: mirrors, insecure and
+    /// blocked registries, short-name search. A missing file at the default
+    /// path means the built-in defaults (short names search docker.io).
+    pub registries_config: PathBuf,
+    /// Layers one pull downloads and unpacks at once.
+    pub pull_parallelism: usize,
+}
+
+impl Default for ImageSettings {
+    fn default() -> Self {
+        ImageSettings {
+            registries_config: PathBuf::from(DEFAULT_REGISTRIES_CONFIG),
+            pull_parallelism: 4,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +139,9 @@ impl Default for Config {
                     path: PathBuf::from("runc"),
                 },
             )]),
+            cni: CniConfig::default(),
+            pod: PodConfig::default(),
+            image: ImageSettings::default(),
         }
     }
 }
@@ -298,11 +368,16 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
         origin: loaded.origin(key),
         message,
     };
+    let bin_dirs = config.cni.bin_dirs.iter().map(|dir| ("cni.bin_dirs", dir));
     for (key, path) in [
         ("root", &config.root),
         ("run_root", &config.run_root),
         ("listen", &config.listen),
-    ] {
+        ("cni.conf_dir", &config.cni.conf_dir),
+    ]
+    .into_iter()
+    .chain(bin_dirs)
+    {
         if !path.is_absolute() {
             return Err(invalid(
                 key,
@@ -312,6 +387,34 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                 ),
             ));
         }
+    }
+    if config.cni.bin_dirs.is_empty() {
+        return Err(invalid(
+            "cni.bin_dirs",
+            "expected at least one CNI plugin directory".into(),
+        ));
+    }
+    if config.cni.plugin_timeout == 0 {
+        return Err(invalid(
+            "cni.plugin_timeout",
+            "expected a number of seconds above 0".into(),
+        ));
+    }
+    if config.pod.shm_size < 4096 {
+        return Err(invalid(
+            "pod.shm_size",
+            format!(
+                "expected a size in bytes of at least one page (4096), got {}",
+                config.pod.shm_size
+            ),
+        ));
+    }
+    let parent = &config.pod.cgroup_parent;
+    if !parent.starts_with('/') || parent.ends_with(".slice") {
+        return Err(invalid(
+            "pod.cgroup_parent",
+            format!("expected an absolute cgroupfs path such as /berth, got {parent:?}"),
+        ));
     }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         return Err(invalid(
@@ -330,6 +433,24 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
                 "expected the name of a [runtimes] entry ({}), got {:?}",
                 known.join(", "),
                 config.default_runtime
+            ),
+        ));
+    }
+    if !(1..=64).contains(&config.image.pull_parallelism) {
+        return Err(invalid(
+            "image.pull_parallelism",
+            format!(
+                "expected a number of layers from 1 to 64, got {}",
+                config.image.pull_parallelism
+            ),
+        ));
+    }
+    if !config.image.registries_config.is_absolute() {
+        return Err(invalid(
+            "image.registries_config",
+            format!(
+                "expected an absolute path, got {:?}",
+                config.image.registries_config.display().to_string()
             ),
         ));
     }
@@ -468,6 +589,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("run_root"), "{err}");
+    }
+
+    #[test]
+    fn cni_and_pod_tables_merge_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "[cni]\nconf_dir = \"/srv/cni\"\n[pod]\nshm_size = 1048576\n",
+        )
+        .unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.cni.conf_dir, PathBuf::from("/srv/cni"));
+        assert_eq!(loaded.config.cni.bin_dirs, CniConfig::default().bin_dirs);
+        assert_eq!(loaded.config.pod.shm_size, 1 << 20);
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "[cni]\nbin_dirs = [\"relative\"]\n",
+        )
+        .unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cni.bin_dirs"), "{err}");
     }
 
     #[test]

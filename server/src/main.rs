@@ -114,6 +114,8 @@ enum ServeError {
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Images(#[from] berth_image::StoreError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -148,6 +150,7 @@ async fn run(config: Config) -> Result<(), ServeError> {
             })?;
     }
     let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
+    let images = cri::open_store(&config)?;
     let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
     let _socket_lock = listener::lock(&socket_lock_path, "socket", &config.listen)?;
     let socket = listener::bind(&config.listen)?;
@@ -175,7 +178,7 @@ async fn run(config: Config) -> Result<(), ServeError> {
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI v1"
     );
-    let service = cri::CriService::new(config);
+    let service = cri::CriService::new(config, images);
     if let Err(err) = notify::ready() {
         tracing::warn!("cannot notify systemd of readiness: {err}");
     }

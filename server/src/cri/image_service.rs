@@ -3,13 +3,13 @@ use berth_proto::cri::*;
 
 super::cri_service_impl! {
     impl ImageService {
-        handled {}
-        unimplemented {
-            list_images(ListImagesRequest) -> ListImagesResponse = "ListImages";
-            image_status(ImageStatusRequest) -> ImageStatusResponse = "ImageStatus";
-            pull_image(PullImageRequest) -> PullImageResponse = "PullImage";
-            remove_image(RemoveImageRequest) -> RemoveImageResponse = "RemoveImage";
-            image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse = "ImageFsInfo";
+        handled {
+            list_images(ListImagesRequest) -> ListImagesResponse;
+            image_status(ImageStatusRequest) -> ImageStatusResponse;
+            pull_image(PullImageRequest) -> PullImageResponse;
+            remove_image(RemoveImageRequest) -> RemoveImageResponse;
+            image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse;
         }
+        unimplemented {}
     }
 }

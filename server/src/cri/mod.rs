@@ -2,11 +2,15 @@
 //! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
 //! wire the generated tonic traits to them.
 
+mod image;
 mod image_service;
+mod pod;
 mod runtime_info;
 mod runtime_service;
 
 use std::sync::Arc;
+
+use berth_image::ImageStore;
 
 use crate::config::Config;
 
@@ -14,15 +18,24 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct CriService {
     config: Arc<Config>,
+    pods: Arc<berth_sandbox::Sandboxes>,
+    images: Arc<ImageStore>,
 }
 
 impl CriService {
-    pub fn new(config: Config) -> Self {
+    /// Loads the pod records and the CNI config, and starts watching the
+    /// CNI conf dir; must run inside the tokio runtime.
+    pub fn new(config: Config, images: ImageStore) -> Self {
+        let pods = Arc::new(pod::open(&config));
         CriService {
             config: Arc::new(config),
+            pods,
+            images: Arc::new(images),
         }
     }
 }
+
+pub use image::open_store;
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers

@@ -39,12 +39,21 @@ impl CriService {
                 reason: String::new(),
                 message: String::new(),
             },
-            // No CNI support exists yet, so no network config can be loaded.
-            RuntimeCondition {
-                r#type: NETWORK_READY.into(),
-                status: false,
-                reason: NETWORK_PLUGIN_NOT_READY.into(),
-                message: "Network plugin returns error: no CNI configuration loaded".into(),
+            // Reflects the watched CNI conf dir: true as soon as a valid
+            // config is there.
+            match self.pods.cni().network() {
+                Ok(_) => RuntimeCondition {
+                    r#type: NETWORK_READY.into(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                Err(err) => RuntimeCondition {
+                    r#type: NETWORK_READY.into(),
+                    status: false,
+                    reason: NETWORK_PLUGIN_NOT_READY.into(),
+                    message: format!("Network plugin returns error: {err}"),
+                },
             },
         ];
         let mut info = HashMap::new();

@@ -14,13 +14,14 @@ super::cri_service_impl! {
             version(VersionRequest) -> VersionResponse;
             status(StatusRequest) -> StatusResponse;
             runtime_config(RuntimeConfigRequest) -> RuntimeConfigResponse;
+            run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
+            stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
+            remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
+            pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
+            list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
+            update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
         }
         unimplemented {
-            run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-            stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-            remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-            pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-            list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
             create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
             start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
             stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
@@ -37,7 +38,6 @@ super::cri_service_impl! {
             list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
             pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
             list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
-            update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
             checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
             get_container_events(GetEventsRequest) -> EventStream = "GetContainerEvents";
             list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";

@@ -1,0 +1,763 @@
+//! ImageService against a real registry (Debian's docker-registry on
+//! loopback) and the real berthd binary.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use berth_e2e::cri::image_service_client::ImageServiceClient;
+use berth_e2e::cri::{
+    AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
+    ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+};
+use berth_e2e::fault_registry::{self, FaultRegistry};
+use berth_e2e::registry::{self, Registry, Security};
+use berth_e2e::{Berthd, Options, can_run};
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn ready() -> bool {
+    can_run(
+        berth_e2e::is_root() && registry::available(),
+        "root (layer owners, devices, trusted xattrs) and docker-registry, skopeo, jq, zstd, openssl, htpasswd",
+    )
+}
+
+fn spec(name: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: name.to_string(),
+        ..Default::default()
+    })
+}
+
+/// berthd with a registries.conf holding `registries` (TOML).
+async fn start_berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("registries.conf");
+    std::fs::write(&conf, registries).unwrap();
+    let berthd = Berthd::start_with(Options {
+        config: format!("[image]\nregistries_config = \"{}\"\n", conf.display()),
+        ..Options::default()
+    })
+    .await;
+    (berthd, dir)
+}
+
+fn insecure(host: &str) -> String {
+    format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
+}
+
+async fn pull(
+    client: &mut ImageServiceClient<Channel>,
+    name: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
+    client
+        .pull_image(PullImageRequest {
+            image: spec(name),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+async fn status(
+    client: &mut ImageServiceClient<Channel>,
+    name: &str,
+    verbose: bool,
+) -> ImageStatusResponse {
+    client
+        .image_status(ImageStatusRequest {
+            image: spec(name),
+            verbose,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn list(client: &mut ImageServiceClient<Channel>) -> Vec<String> {
+    client
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+async fn remove(client: &mut ImageServiceClient<Channel>, name: &str) {
+    client
+        .remove_image(RemoveImageRequest { image: spec(name) })
+        .await
+        .unwrap();
+}
+
+/// The layer dirs (top-most first) from verbose ImageStatus.
+async fn layer_dirs(client: &mut ImageServiceClient<Channel>, name: &str) -> Vec<PathBuf> {
+    let resp = status(client, name, true).await;
+    let info: serde_json::Value = serde_json::from_str(&resp.info["info"]).unwrap();
+    info["layerDirs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| PathBuf::from(d.as_str().unwrap()))
+        .collect()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn pull_status_list_remove_and_restart() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    reg.push("layered", "berth/layered:latest");
+    reg.push("layered", "berth/layered:v2");
+    reg.push("layered-plus", "berth/layered-plus:latest");
+    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+
+    // Absent: an empty answer, not an error.
+    let absent = status(&mut images, &reg.image("layered"), false).await;
+    assert!(absent.image.is_none());
+
+    let image_ref = pull(&mut images, &reg.image("layered"), None)
+        .await
+        .unwrap();
+    let repo = format!("{}/berth/layered", reg.host());
+    assert!(
+        image_ref.starts_with(&format!("{repo}@sha256:")),
+        "{image_ref}"
+    );
+
+    let image = status(&mut images, &reg.image("layered"), false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(image.id.len(), 64, "bare hex ID: {}", image.id);
+    assert_eq!(image.repo_tags, [format!("{repo}:latest")]);
+    assert_eq!(image.repo_digests, std::slice::from_ref(&image_ref));
+    assert_eq!(image.uid.as_ref().map(|u| u.value), Some(1000));
+    assert!(image.size > 1_000_000, "busybox is in it: {}", image.size);
+
+    // The same image under another tag is one image with both names.
+    pull(&mut images, &format!("{repo}:v2"), None)
+        .await
+        .unwrap();
+    for name in [
+        reg.image("layered"),
+        format!("{repo}:v2"),
+        image_ref.clone(),
+        image.id.clone(),
+        format!("sha256:{}", image.id),
+        image.id[..12].to_string(),
+    ] {
+        let same = status(&mut images, &name, false).await.image.unwrap();
+        assert_eq!(same.id, image.id, "asked as {name}");
+        assert_eq!(
+            same.repo_tags,
+            [format!("{repo}:latest"), format!("{repo}:v2")]
+        );
+    }
+    let filtered = images
+        .list_images(ListImagesRequest {
+            filter: Some(ImageFilter {
+                image: spec(&format!("{repo}:v2")),
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(filtered.len(), 1);
+
+    // Verbose info: the config and platform.
+    let verbose = status(&mut images, &image.id, true).await;
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert_eq!(info["imageSpec"]["config"]["User"], "1000:1000");
+    assert_eq!(info["imageSpec"]["config"]["StopSignal"], "SIGINT");
+    assert_eq!(info["platform"]["architecture"], "amd64");
+
+    // What the layers hold on disk.
+    let dirs = layer_dirs(&mut images, &image.id).await;
+    assert_eq!(dirs.len(), 3);
+    let (l2, l1) = (&dirs[1], &dirs[2]);
+    assert!(l1.join("bin/busybox").is_file());
+    let gone = std::fs::symlink_metadata(l2.join("gone")).unwrap();
+    assert!(
+        gone.file_type().is_char_device() && gone.rdev() == 0,
+        "whiteout"
+    );
+    assert!(
+        std::fs::symlink_metadata(l2.join("gone-dir"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    let opaque = xattr(&l2.join("opaque"), "trusted.overlay.opaque");
+    assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
+    assert_eq!(entries(&l2.join("opaque")), ["new"]);
+    let hello = std::fs::metadata(l2.join("data/hello")).unwrap();
+    assert_eq!(
+        hello.ino(),
+        std::fs::metadata(l2.join("data/hello-hardlink"))
+            .unwrap()
+            .ino()
+    );
+    assert_eq!(hello.mtime(), 981173106, "2001-02-03T04:05:06Z");
+    assert_eq!(
+        xattr(&l2.join("data/hello"), "user.berth").as_deref(),
+        Some(&b"fixture"[..])
+    );
+    assert_eq!(
+        std::fs::read_link(l2.join("data/hello-symlink")).unwrap(),
+        Path::new("hello")
+    );
+    assert_eq!(
+        std::fs::read_link(l2.join("data/abs-symlink")).unwrap(),
+        Path::new("/bin/busybox")
+    );
+    assert!(
+        std::fs::symlink_metadata(l2.join("data/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let home = std::fs::metadata(l2.join("home/user")).unwrap();
+    assert_eq!(
+        (home.uid(), home.gid(), home.mode() & 0o7777),
+        (1000, 1000, 0o700)
+    );
+    assert_eq!(
+        std::fs::metadata(l2.join("home/user/setuid"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        0o4755
+    );
+    assert!(!l2.join(".wh.gone").exists() && !l2.join("opaque/.wh..wh..opq").exists());
+
+    // Stacked by overlayfs in lower_dirs order, the layers are the image.
+    let rootfs = berthd.paths().dir().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    let lower: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    nix::mount::mount(
+        Some("overlay"),
+        &rootfs,
+        Some("overlay"),
+        nix::mount::MsFlags::MS_RDONLY,
+        Some(format!("lowerdir={}", lower.join(":")).as_str()),
+    )
+    .unwrap();
+    let seen = (
+        rootfs.join("gone").exists(),
+        rootfs.join("gone-dir").exists(),
+        entries(&rootfs.join("opaque")),
+        entries(&rootfs.join("data")).len(),
+        std::fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
+        rootfs.join("bin/busybox").is_file(),
+    );
+    nix::mount::umount(&rootfs).unwrap();
+    assert_eq!(
+        seen,
+        (
+            false,
+            false,
+            vec!["new".to_string()],
+            6,
+            "layered\n".to_string(),
+            true
+        )
+    );
+
+    // layered-plus shares layered's three layers.
+    pull(&mut images, &reg.image("layered-plus"), None)
+        .await
+        .unwrap();
+    let plus_dirs = layer_dirs(&mut images, &reg.image("layered-plus")).await;
+    assert_eq!(plus_dirs.len(), 4);
+    assert_eq!(plus_dirs[1..], dirs[..]);
+
+    let fs = images
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .image_filesystems;
+    assert!(fs[0].used_bytes.as_ref().unwrap().value > 1_000_000);
+    assert!(fs[0].inodes_used.as_ref().unwrap().value > 20);
+
+    // Images survive a restart.
+    let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    let berthd = Berthd::start_in(
+        paths,
+        Options {
+            config: format!(
+                "[image]\nregistries_config = \"{}\"\n",
+                _conf.path().join("registries.conf").display()
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut images = berthd.images().await;
+    assert_eq!(list(&mut images).await.len(), 2);
+
+    // Remove by tag removes every name; shared layers stay for layered-plus.
+    remove(&mut images, &format!("{repo}:v2")).await;
+    assert!(
+        status(&mut images, &reg.image("layered"), false)
+            .await
+            .image
+            .is_none()
+    );
+    assert!(status(&mut images, &image_ref, false).await.image.is_none());
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    // Unknown and concurrent removals succeed; the last one frees the layers.
+    let plus = reg.image("layered-plus");
+    let (mut a, mut b) = (images.clone(), images.clone());
+    let (ra, rb) = tokio::join!(
+        a.remove_image(RemoveImageRequest { image: spec(&plus) }),
+        b.remove_image(RemoveImageRequest { image: spec(&plus) }),
+    );
+    ra.unwrap();
+    rb.unwrap();
+    remove(&mut images, &image.id).await;
+    assert!(list(&mut images).await.is_empty());
+    let layers_dir = dirs[0].parent().unwrap().parent().unwrap();
+    assert_eq!(entries(layers_dir), Vec::<String>::new());
+}
+
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "--absolute-names", "-n", name])
+        .arg(path)
+        .output()
+        .ok()?;
+    out.status.success().then_some(out.stdout)
+}
+
+#[tokio::test]
+async fn index_platform_and_zstd() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    reg.push("multiarch", "berth/multiarch:latest");
+    reg.push("zstd", "berth/zstd:latest");
+    let registries = format!(
+        "unqualified-search-registries = [\"{0}\"]\n{1}\n[aliases]\n\"zz\" = \"{0}/berth/zstd\"\n",
+        reg.host(),
+        insecure(&reg.host())
+    );
+    let (berthd, _conf) = start_berthd(&registries).await;
+    let mut images = berthd.images().await;
+
+    let image_ref = pull(&mut images, &reg.image("multiarch"), None)
+        .await
+        .unwrap();
+    let dirs = layer_dirs(&mut images, &image_ref).await;
+    assert_eq!(
+        std::fs::read_to_string(dirs[0].join("platform")).unwrap(),
+        "amd64\n"
+    );
+    // The repo digest names the index, as the tag resolves to it.
+    let index = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}", reg.image("multiarch")))
+        .output()
+        .unwrap()
+        .stdout;
+    let index_digest = format!("sha256:{}", sha256_hex(&index));
+    assert!(
+        image_ref.ends_with(&index_digest),
+        "{image_ref} vs {index_digest}"
+    );
+    // By digest works too and is the same image.
+    let by_digest = format!("{}/berth/multiarch@{index_digest}", reg.host());
+    pull(&mut images, &by_digest, None).await.unwrap();
+    // Tag and digest: the digest decides.
+    let both = format!("{}/berth/multiarch:latest@{index_digest}", reg.host());
+    pull(&mut images, &both, None).await.unwrap();
+    assert_eq!(list(&mut images).await.len(), 1);
+
+    // A short name is qualified with the unqualified-search registries.
+    pull(&mut images, "berth/zstd", None).await.unwrap();
+    // A short-name alias names the same image.
+    let aliased = status(&mut images, "zz:latest", false).await.image.unwrap();
+    assert_eq!(aliased.repo_tags, [reg.image("zstd")]);
+    let dirs = layer_dirs(&mut images, &reg.image("zstd")).await;
+    assert_eq!(
+        std::fs::read_to_string(dirs[0].join("compression")).unwrap(),
+        "zstd\n"
+    );
+
+    // Pulled concurrently under two tags: one image with both names.
+    reg.push("zstd", "berth/zstd:v2");
+    let (v1, v2) = (reg.image("zstd"), format!("{}/berth/zstd:v2", reg.host()));
+    remove(&mut images, &v1).await;
+    let (mut a, mut b) = (images.clone(), images.clone());
+    let (r1, r2) = tokio::join!(pull(&mut a, &v1, None), pull(&mut b, &v2, None));
+    r1.unwrap();
+    r2.unwrap();
+    let zstd = status(&mut images, &v2, false).await.image.unwrap();
+    assert_eq!(zstd.repo_tags.len(), 2, "{:?}", zstd.repo_tags);
+
+    // A tag that now names another image moves to it; the old image keeps its digest.
+    reg.push("zstd", "berth/multiarch:latest");
+    pull(&mut images, &reg.image("multiarch"), None)
+        .await
+        .unwrap();
+    let old = status(&mut images, &image_ref, false).await.image.unwrap();
+    assert!(old.repo_tags.is_empty(), "{:?}", old.repo_tags);
+    let moved = status(&mut images, &reg.image("multiarch"), false)
+        .await
+        .image
+        .unwrap();
+    assert_eq!(moved.id, zstd.id);
+    assert_eq!(moved.repo_tags.len(), 3, "{:?}", moved.repo_tags);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_string()
+}
+
+/// The store holds nothing: no image, no layer, no work in progress.
+fn assert_store_empty(berthd: &Berthd) {
+    let store = berthd.paths().root().join("images");
+    for sub in ["images", "layers", "tmp"] {
+        assert_eq!(entries(&store.join(sub)), Vec::<String>::new(), "{sub}");
+    }
+}
+
+#[tokio::test]
+async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
+        reg.push(evil, &format!("berth/{evil}:latest"));
+    }
+    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+    let hostname_before = std::fs::read("/etc/hostname").ok();
+    for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
+        let err = pull(&mut images, &reg.image(evil), None).await.unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{evil}: {err:?}");
+        assert!(
+            err.message().contains("outside the layer dir"),
+            "{evil}: {}",
+            err.message()
+        );
+    }
+    assert!(!Path::new("/tmp/berth-evil-dotdot").exists());
+    assert!(!Path::new("/tmp/berth-evil-symlink").exists());
+    assert_eq!(std::fs::read("/etc/hostname").ok(), hostname_before);
+    assert!(list(&mut images).await.is_empty());
+    assert_store_empty(&berthd);
+}
+
+#[tokio::test]
+async fn corrupt_blob_and_wrong_digest_fail_and_leave_nothing() {
+    if !ready() {
+        return;
+    }
+    let reg = Registry::start_empty(Security::Plain);
+    reg.push("layered", "berth/layered:latest");
+    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let mut images = berthd.images().await;
+
+    // A digest the registry does not have.
+    let missing = format!("{}/berth/layered@sha256:{}", reg.host(), "0".repeat(64));
+    let err = pull(&mut images, &missing, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+
+    // Corrupt the top layer's bytes in the registry's storage.
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::process::Command::new("skopeo")
+            .args(["inspect", "--raw", "--tls-verify=false"])
+            .arg(format!("docker://{}", reg.image("layered")))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let layer = manifest["layers"][2]["digest"].as_str().unwrap();
+    let path = reg.blob_path(layer.strip_prefix("sha256:").unwrap());
+    let mut bytes = std::fs::read(&path).unwrap();
+    let crc = bytes.len() - 8;
+    bytes[crc] ^= 0xff; // the gzip trailer's CRC: every tar entry still unpacks
+    std::fs::write(&path, bytes).unwrap();
+
+    let err = pull(&mut images, &reg.image("layered"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains(layer), "{}", err.message());
+    assert!(list(&mut images).await.is_empty());
+    // Layers that verified are unused without a record: gone after a restart.
+    let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGTERM).await;
+    let berthd = Berthd::start_in(paths, Options::default()).await;
+    assert_store_empty(&berthd);
+}
+
+#[tokio::test]
+async fn auth_blocked_and_mirrors() {
+    if !ready() {
+        return;
+    }
+    let tls = Registry::start_empty(Security::TlsAuth);
+    tls.push("layered", "berth/layered:latest");
+    let plain = Registry::start_empty(Security::Plain);
+    plain.push("multiarch", "berth/multiarch:latest");
+    let registries = format!(
+        "{0}\n[[registry]]\nprefix = \"blocked.example/berth\"\nblocked = true\n\n\
+         [[registry]]\nprefix = \"mirrored.example\"\nlocation = \"127.0.0.1:1\"\n\
+         [[registry.mirror]]\nlocation = \"{1}\"\ninsecure = true\n\n\
+         [[registry]]\nprefix = \"fallback.example\"\nlocation = \"{1}\"\ninsecure = true\n\
+         [[registry.mirror]]\nlocation = \"127.0.0.1:1\"\n\
+         [[registry.mirror]]\nlocation = \"{2}\"\ninsecure = true\n",
+        insecure(&tls.host()),
+        plain.host(),
+        tls.host(),
+    );
+    let (berthd, _conf) = start_berthd(&registries).await;
+    let mut images = berthd.images().await;
+    let image = tls.image("layered");
+
+    let err = pull(&mut images, &image, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(err.message().contains(&tls.host()), "{}", err.message());
+    let wrong = AuthConfig {
+        username: registry::USER.into(),
+        password: "wrong".into(),
+        ..Default::default()
+    };
+    let err = pull(&mut images, &image, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+
+    let right = AuthConfig {
+        username: registry::USER.into(),
+        password: registry::PASSWORD.into(),
+        ..Default::default()
+    };
+    pull(&mut images, &image, Some(right)).await.unwrap();
+    remove(&mut images, &image).await;
+    // The docker `auth` field: base64 of user:password.
+    let encoded = AuthConfig {
+        auth: base64_encode(&format!("{}:{}", registry::USER, registry::PASSWORD)),
+        ..Default::default()
+    };
+    pull(&mut images, &image, Some(encoded)).await.unwrap();
+
+    let err = pull(&mut images, "blocked.example/berth/x:1", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("blocked"), "{}", err.message());
+
+    // The origin (port 1) is unreachable: the mirror serves it.
+    pull(&mut images, "mirrored.example/berth/multiarch", None)
+        .await
+        .unwrap();
+    let got = status(
+        &mut images,
+        "mirrored.example/berth/multiarch:latest",
+        false,
+    )
+    .await;
+    assert!(got.image.is_some());
+    // Mirrors that are down or refuse us are skipped; the origin serves it.
+    pull(&mut images, "fallback.example/berth/multiarch", None)
+        .await
+        .unwrap();
+
+    // A registry token is sent as is.
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
+    let (berthd, _conf2) = start_berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    let token = AuthConfig {
+        registry_token: fault_registry::TOKEN.into(),
+        ..Default::default()
+    };
+    pull(&mut images, &fault.image("zstd"), Some(token))
+        .await
+        .unwrap();
+    assert!(fault.token_requests().is_empty());
+}
+
+fn base64_encode(text: &str) -> String {
+    let out = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field() {
+    if !ready() {
+        return;
+    }
+    let berthd = Berthd::start().await;
+    let mut images = berthd.images().await;
+    let err = pull(&mut images, "", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("image.image"));
+    let err = pull(&mut images, "UPPER/Case", None).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Removing an unknown image succeeds.
+    remove(&mut images, "never/pulled:1").await;
+}
+
+/// The digest of layer `n` of fixture `tag`, read from the fixture layout.
+fn fixture_layer(tag: &str, n: usize) -> String {
+    let layout = registry::fixtures();
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let manifest = read(entry["digest"].as_str().unwrap());
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn kill_9_mid_pull_then_restart_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    fault.stall_once(&fixture_layer("layered", 0));
+    let (berthd, conf) = start_berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    let name = fault.image("layered");
+    let pulling = {
+        let name = name.clone();
+        tokio::spawn(async move { pull(&mut images, &name, None).await })
+    };
+    let store = berthd.paths().root().join("images");
+    wait_until("two layers done and the third stalled half way", || {
+        fault.stalled()
+            && entries(&store.join("layers")).len() == 2
+            && !entries(&store.join("tmp")).is_empty()
+    })
+    .await;
+    let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+    assert!(pulling.await.unwrap().is_err());
+    assert_eq!(entries(&store.join("images")), Vec::<String>::new());
+
+    let berthd = Berthd::start_in(
+        paths,
+        Options {
+            config: format!(
+                "[image]\nregistries_config = \"{}\"\n",
+                conf.path().join("registries.conf").display()
+            ),
+            ..Options::default()
+        },
+    )
+    .await;
+    assert_store_empty(&berthd);
+    let mut images = berthd.images().await;
+    pull(&mut images, &name, None).await.unwrap();
+    assert_eq!(list(&mut images).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_pulls_fetch_shared_layers_once() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (mut a, mut b) = (berthd.images().await, berthd.images().await);
+    let (layered, plus) = (fault.image("layered"), fault.image("layered-plus"));
+    let (ra, rb) = tokio::join!(pull(&mut a, &layered, None), pull(&mut b, &plus, None),);
+    ra.unwrap();
+    rb.unwrap();
+    let fetches = fault.fetches();
+    for n in 0..3 {
+        assert_eq!(
+            fetches[&fixture_layer("layered", n)],
+            1,
+            "layer {n}: {fetches:?}"
+        );
+    }
+    assert_eq!(fetches[&fixture_layer("layered-plus", 3)], 1);
+}
+
+#[tokio::test]
+async fn bearer_token_flow_anonymous_and_with_credentials() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
+    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    pull(&mut images, &fault.image("zstd"), None).await.unwrap();
+    assert_eq!(fault.token_requests(), [""], "an anonymous token request");
+    remove(&mut images, &fault.image("zstd")).await;
+    let creds = AuthConfig {
+        username: "u".into(),
+        password: "p".into(),
+        ..Default::default()
+    };
+    pull(&mut images, &fault.image("zstd"), Some(creds))
+        .await
+        .unwrap();
+    // Basic dTpw is base64("u:p"): the credentials go to the token endpoint.
+    assert_eq!(fault.token_requests()[1], "Basic dTpw");
+}

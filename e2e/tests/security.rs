@@ -1,0 +1,795 @@
+//! The security context against real runc: CRI requests converted by
+//! `cri_spec::convert` (what berthd's CreateContainer calls), run through
+//! berth-shim, and checked from inside the container.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_e2e::Paths;
+use berth_proto::cri;
+use berth_runtime::cri_spec::{self, CriSpecError, Options, PodFacts};
+use berth_runtime::lifecycle::{self, NewContainer};
+use berth_runtime::oci::{OciRuntime, wait_exit};
+use berth_runtime::spec::{ContainerSpec, ImageConfig, Namespace, PodFiles};
+
+fn can_run() -> bool {
+    berth_e2e::can_run(
+        berth_e2e::is_root()
+            && berth_e2e::have_command("runc")
+            && Path::new("/bin/busybox").exists(),
+        "needs root, runc and busybox-static",
+    )
+}
+
+struct World {
+    paths: Paths,
+    runtime: OciRuntime,
+    layer: PathBuf,
+}
+
+impl World {
+    fn new() -> World {
+        let paths = Paths::create();
+        // Non-root container users must reach the layer.
+        std::fs::set_permissions(
+            paths.dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let layer = paths.dir().join("layer");
+        let bin = layer.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(layer.join("etc")).unwrap();
+        std::fs::create_dir_all(layer.join("tmp")).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        let list = std::process::Command::new("/bin/busybox")
+            .arg("--list")
+            .output()
+            .unwrap();
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+            }
+        }
+        // A setuid-root busybox (see no_new_privs_stops_setuid).
+        std::fs::copy("/bin/busybox", bin.join("busybox-suid")).unwrap();
+        std::fs::set_permissions(
+            bin.join("busybox-suid"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+        )
+        .unwrap();
+        std::fs::write(
+            layer.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\ntester:x:1234:1234:tester:/home/tester:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            layer.join("etc/group"),
+            "root:x:0:\ntester:x:1234:\nextra:x:5000:tester\nother:x:6000:\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(paths.dir().join("logs")).unwrap();
+        let runtime = OciRuntime {
+            path: "runc".into(),
+            root: paths.dir().join("runc"),
+            shim: berth_e2e::bin_dir().join("berth-shim"),
+        };
+        World {
+            paths,
+            runtime,
+            layer,
+        }
+    }
+
+    fn pod() -> PodFacts {
+        PodFacts {
+            network: Namespace::New,
+            ipc: Namespace::New,
+            uts: Namespace::New,
+            pid: Some(Namespace::New),
+            cgroup_parent: PathBuf::new(),
+            files: PodFiles::default(),
+        }
+    }
+
+    /// Converts `sc` for a container running `script` in `sh -c`.
+    fn convert(
+        &self,
+        script: &str,
+        sc: cri::LinuxContainerSecurityContext,
+        edit: impl FnOnce(
+            &mut cri::ContainerConfig,
+            &mut cri::PodSandboxConfig,
+            &mut PodFacts,
+            &mut Options,
+        ),
+    ) -> Result<ContainerSpec, CriSpecError> {
+        let mut config = cri::ContainerConfig {
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(sc),
+                resources: None,
+            }),
+            ..Default::default()
+        };
+        let mut sandbox = cri::PodSandboxConfig {
+            hostname: "sectest".into(),
+            ..Default::default()
+        };
+        let mut pod = World::pod();
+        let mut options = Options::new("unused");
+        options.features = berth_runtime::features::probe(Path::new("runc"));
+        edit(&mut config, &mut sandbox, &mut pod, &mut options);
+        cri_spec::convert(&config, &sandbox, &ImageConfig::default(), &pod, &options)
+            .map(|c| c.spec)
+    }
+
+    fn new_container(&self, mut spec: ContainerSpec) -> NewContainer {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let id = format!(
+            "{:016x}{:016x}{:032x}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            Instant::now().elapsed().as_nanos()
+        );
+        spec.cgroups_path = format!("/berth-e2e/{id}").into();
+        NewContainer {
+            run_dir: self.paths.dir().join("run").join(&id),
+            state_dir: self.paths.dir().join("state").join(&id),
+            layers: vec![self.layer.clone()],
+            log_path: self.paths.dir().join("logs").join(format!("{id}.log")),
+            stdin_once: false,
+            own_oom_score_adj: berth_runtime::spec::own_oom_score_adj(),
+            id,
+            spec,
+        }
+    }
+
+    fn start(&self, spec: ContainerSpec) -> (NewContainer, i32) {
+        let c = self.new_container(spec);
+        let created =
+            lifecycle::create(&self.runtime, &c).unwrap_or_else(|e| panic!("create: {e}"));
+        self.runtime.start(&c.id).unwrap();
+        (c, created.pid)
+    }
+
+    /// Runs to the end; the exit code and stdout+stderr text.
+    fn output(&self, spec: ContainerSpec) -> (i32, String) {
+        let (c, _) = self.start(spec);
+        let exit = wait_exit(&c.run_dir, Duration::from_secs(60))
+            .unwrap()
+            .expect("container exits");
+        let text = std::fs::read_to_string(&c.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .collect();
+        self.remove(&c);
+        (exit.exit_code, lines.join("\n"))
+    }
+
+    fn remove(&self, c: &NewContainer) {
+        lifecycle::remove(&self.runtime, &c.id, &c.run_dir, &c.state_dir).unwrap();
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let Ok(out) = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&self.runtime.root)
+            .args(["list", "-q"])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = self.runtime.delete(id, true);
+        }
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn status_field(text: &str, field: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {text}"))
+        .trim()
+        .to_string()
+}
+
+fn mask(names: &[&str]) -> u64 {
+    names
+        .iter()
+        .map(|n| 1u64 << berth_runtime::spec::capability_bit(n).unwrap())
+        .fold(0, |a, b| a | b)
+}
+
+fn own_bounding() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    u64::from_str_radix(&status_field(&status, "CapBnd"), 16).unwrap()
+}
+
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_KILL",
+];
+
+#[test]
+fn capability_sets_in_proc_status() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let caps_sc =
+        |add: &[&str], drop: &[&str], ambient: &[&str]| cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability {
+                add_capabilities: strings(add),
+                drop_capabilities: strings(drop),
+                add_ambient_capabilities: strings(ambient),
+            }),
+            ..Default::default()
+        };
+    let script = "grep ^Cap /proc/self/status";
+    let read = |mut sc: cri::LinuxContainerSecurityContext, privileged: bool| {
+        sc.privileged = privileged;
+        let spec = world
+            .convert(script, sc, |_, sandbox, _, _| {
+                if privileged {
+                    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+                        security_context: Some(cri::LinuxSandboxSecurityContext {
+                            privileged: true,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    });
+                }
+            })
+            .unwrap();
+        let (code, text) = world.output(spec);
+        assert_eq!(code, 0, "{text}");
+        let hex = |f| u64::from_str_radix(&status_field(&text, f), 16).unwrap();
+        (hex("CapEff"), hex("CapBnd"), hex("CapAmb"))
+    };
+    let all = own_bounding();
+    let default = mask(DEFAULT_CAPS);
+    assert_eq!(read(Default::default(), false), (default, default, 0));
+    let added = (default | mask(&["CAP_NET_ADMIN"])) & !mask(&["CAP_CHOWN"]);
+    assert_eq!(
+        read(caps_sc(&["NET_ADMIN"], &["chown"], &[]), false),
+        (added, added, 0)
+    );
+    let only = mask(&["CAP_NET_RAW"]);
+    assert_eq!(
+        read(caps_sc(&["CAP_NET_RAW"], &["ALL"], &[]), false),
+        (only, only, 0)
+    );
+    let nearly = all & !mask(&["CAP_SYS_ADMIN"]);
+    assert_eq!(
+        read(caps_sc(&["ALL"], &["SYS_ADMIN"], &[]), false),
+        (nearly, nearly, 0)
+    );
+    assert_eq!(read(Default::default(), true), (all, all, 0));
+    // Privileged: every capability whatever the request drops.
+    assert_eq!(read(caps_sc(&[], &["ALL"], &[]), true), (all, all, 0));
+    // A non-root user keeps an ambient capability across exec.
+    let mut sc = caps_sc(&[], &["ALL"], &["NET_BIND_SERVICE"]);
+    sc.run_as_user = Some(cri::Int64Value { value: 1234 });
+    let bind = mask(&["CAP_NET_BIND_SERVICE"]);
+    assert_eq!(read(sc, false), (bind, bind, bind));
+}
+
+#[test]
+fn seccomp_profiles() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let profile = |t: i32, r: &str| cri::LinuxContainerSecurityContext {
+        seccomp: Some(cri::SecurityProfile {
+            profile_type: t,
+            localhost_ref: r.into(),
+        }),
+        ..Default::default()
+    };
+    // New user namespaces need no capability: only the profile stops them.
+    let unshare = "unshare -U true && echo unshared";
+    let (code, text) = world.output(
+        world
+            .convert(unshare, profile(0, ""), |_, _, _, _| {})
+            .unwrap(),
+    );
+    assert_ne!(code, 0);
+    assert!(text.contains("Operation not permitted"), "{text}");
+    // No profile asked for: the default (RuntimeDefault) applies.
+    let (code, _) = world.output(
+        world
+            .convert(unshare, Default::default(), |_, _, _, _| {})
+            .unwrap(),
+    );
+    assert_ne!(code, 0);
+    let (code, text) = world.output(
+        world
+            .convert(unshare, profile(1, ""), |_, _, _, _| {})
+            .unwrap(),
+    );
+    assert_eq!((code, text.as_str()), (0, "unshared"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no-mkdir.json");
+    std::fs::write(
+        &path,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}"#,
+    )
+    .unwrap();
+    let (code, text) = world.output(
+        world
+            .convert(
+                "mkdir /tmp/d",
+                profile(2, path.to_str().unwrap()),
+                |_, _, _, _| {},
+            )
+            .unwrap(),
+    );
+    assert_ne!(code, 0);
+    assert!(text.contains("Operation not permitted"), "{text}");
+    let missing = dir.path().join("missing.json");
+    let err = world
+        .convert(
+            "true",
+            profile(2, missing.to_str().unwrap()),
+            |_, _, _, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+}
+
+#[test]
+fn no_new_privs_stops_setuid() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    // busybox drops a setuid privilege unless its config keeps it for the
+    // applet; the config is mounted for this test only (with it, busybox's
+    // `id` crashes for non-root users).
+    let conf = world.paths.dir().join("busybox.conf");
+    std::fs::write(&conf, "[SUID]\nhead = ssx root.root\n").unwrap();
+    let script = "cat /proc/self/status | grep -e NoNewPrivs -e ^Uid; \
+                  busybox-suid head -n 20 /proc/self/status | grep ^Uid | sed s/^/suid-/; true";
+    let run = |nnp: bool| {
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1234 }),
+            no_new_privs: nnp,
+            ..Default::default()
+        };
+        let spec = world
+            .convert(script, sc, |config, _, _, _| {
+                config.mounts = vec![cri::Mount {
+                    container_path: "/etc/busybox.conf".into(),
+                    host_path: conf.to_str().unwrap().into(),
+                    readonly: true,
+                    ..Default::default()
+                }];
+            })
+            .unwrap();
+        let (code, text) = world.output(spec);
+        assert_eq!(code, 0, "{text}");
+        text
+    };
+    // Uid: real, effective, saved, filesystem.
+    let text = run(true);
+    assert_eq!(status_field(&text, "NoNewPrivs"), "1");
+    assert_eq!(status_field(&text, "Uid"), "1234\t1234\t1234\t1234");
+    assert!(!text.contains("suid-"), "{text}");
+    // The same binary does raise privileges without it: the check above means something.
+    let text = run(false);
+    assert_eq!(status_field(&text, "NoNewPrivs"), "0");
+    assert_eq!(status_field(&text, "suid-Uid"), "1234\t0\t0\t0", "{text}");
+}
+
+#[test]
+fn masked_paths_and_unmasking() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let script =
+        "wc -c < /proc/timer_list; echo 1 > /proc/sys/kernel/shm_rmid_forced && echo wrote";
+    let run = |masked: &[&str], readonly: &[&str]| {
+        let sc = cri::LinuxContainerSecurityContext {
+            masked_paths: strings(masked),
+            readonly_paths: strings(readonly),
+            ..Default::default()
+        };
+        world
+            .output(world.convert(script, sc, |_, _, _, _| {}).unwrap())
+            .1
+    };
+    let size = |text: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no size in {text}"))
+    };
+    let text = run(&["/proc/timer_list", "/proc/kcore"], &["/proc/sys"]);
+    assert_eq!(size(&text), 0, "{text}");
+    assert!(text.contains("Read-only file system"), "{text}");
+    let text = run(&[], &[]);
+    assert!(size(&text) > 0, "{text}");
+    assert!(!text.contains("Read-only file system"), "{text}");
+}
+
+#[test]
+fn users_groups_and_policies() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let script = "echo $(id -u) $(id -g) $(id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' ')";
+    let run = |image_user: &str, sc: cri::LinuxContainerSecurityContext| {
+        let mut spec = world.convert(script, sc, |_, _, _, _| {}).unwrap();
+        spec.image.user = image_user.into();
+        let (code, text) = world.output(spec);
+        assert_eq!(code, 0, "{text}");
+        text.trim().to_string()
+    };
+    let sc = |user: Option<i64>, name: &str, group: Option<i64>, supp: &[i64], strict: bool| {
+        cri::LinuxContainerSecurityContext {
+            run_as_user: user.map(|value| cri::Int64Value { value }),
+            run_as_username: name.into(),
+            run_as_group: group.map(|value| cri::Int64Value { value }),
+            supplemental_groups: supp.to_vec(),
+            supplemental_groups_policy: i32::from(strict),
+            ..Default::default()
+        }
+    };
+    let none = || sc(None, "", None, &[], false);
+    assert_eq!(run("", none()), "0 0 0");
+    assert_eq!(run("tester", none()), "1234 1234 1234 5000");
+    assert_eq!(run("1234", none()), "1234 1234 1234 5000");
+    assert_eq!(run("1234:6000", none()), "1234 6000 5000 6000");
+    assert_eq!(run("tester:other", none()), "1234 6000 5000 6000");
+    assert_eq!(
+        run("", sc(None, "tester", None, &[], false)),
+        "1234 1234 1234 5000"
+    );
+    // CRI fields win over the image, the image's group with its user.
+    assert_eq!(
+        run("0:6000", sc(Some(1234), "", None, &[], false)),
+        "1234 1234 1234 5000"
+    );
+    assert_eq!(
+        run("", sc(Some(1234), "", Some(42), &[77], false)),
+        "1234 42 42 77 5000"
+    );
+    assert_eq!(
+        run("", sc(Some(1234), "", Some(42), &[77], true)),
+        "1234 42 42 77"
+    );
+    assert_eq!(
+        run("tester", sc(None, "", None, &[], true)),
+        "1234 1234 1234"
+    );
+    // A uid the image does not know: gid 0.
+    assert_eq!(run("", sc(Some(4321), "", None, &[], false)), "4321 0 0");
+
+    // ContainerStatus.user comes from the created spec.
+    let mut spec = world
+        .convert(
+            "true",
+            sc(Some(1234), "", None, &[77], false),
+            |_, _, _, _| {},
+        )
+        .unwrap();
+    spec.image.user = String::new();
+    let c = world.new_container(spec);
+    let created = lifecycle::create(&world.runtime, &c).unwrap();
+    let user = cri_spec::container_user(&created.spec)
+        .unwrap()
+        .linux
+        .unwrap();
+    assert_eq!((user.uid, user.gid), (1234, 1234));
+    assert_eq!(user.supplemental_groups, [5000, 77]);
+    world.remove(&c);
+}
+
+#[test]
+fn recursive_read_only_mounts() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let features = berth_runtime::features::probe(Path::new("runc"));
+    let host = world.paths.dir().join("vol");
+    let sub = host.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(sub.clone());
+    let script =
+        "touch /data/top && echo top-written; touch /data/sub/deep && echo deep-written; true";
+    let run = |rro: bool| {
+        world.convert(script, Default::default(), |config, _, _, _| {
+            config.mounts = vec![cri::Mount {
+                container_path: "/data".into(),
+                host_path: host.to_str().unwrap().into(),
+                readonly: true,
+                recursive_read_only: rro,
+                ..Default::default()
+            }];
+        })
+    };
+    // Plain read-only: the nested mount stays writable.
+    let (_, text) = world.output(run(false).unwrap());
+    assert!(
+        !text.contains("top-written") && text.contains("deep-written"),
+        "{text}"
+    );
+    if !features.recursive_read_only_mounts {
+        let err = run(true).unwrap_err().to_string();
+        assert!(err.contains("recursive_read_only"), "{err}");
+        return;
+    }
+    let (_, text) = world.output(run(true).unwrap());
+    assert!(!text.contains("written"), "{text}");
+    assert_eq!(text.matches("Read-only file system").count(), 2, "{text}");
+}
+
+#[test]
+fn pid_namespace_modes() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let ns = |pid: i32, target: &str| cri::LinuxContainerSecurityContext {
+        namespace_options: Some(cri::NamespaceOption {
+            pid,
+            target_id: target.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ps = "ps -o args | grep -v -e '^ps' -e grep -e '^PID' -e '^COMMAND'";
+    // A container with the pod's (here another container's) namespace sees its processes.
+    let (peer, peer_pid) = world.start(
+        world
+            .convert("exec sleep 1000", ns(1, ""), |_, _, _, _| {})
+            .unwrap(),
+    );
+    let peer_ns = PathBuf::from(format!("/proc/{peer_pid}/ns/pid"));
+    let (_, text) = world.output(world.convert(ps, ns(1, ""), |_, _, _, _| {}).unwrap());
+    assert!(
+        !text.contains("sleep 1000"),
+        "CONTAINER sees only itself: {text}"
+    );
+    let pod_ns = peer_ns.clone();
+    let (_, text) = world.output(
+        world
+            .convert(ps, ns(0, ""), |_, _, pod, _| {
+                pod.pid = Some(Namespace::Path(pod_ns))
+            })
+            .unwrap(),
+    );
+    assert!(text.contains("sleep 1000"), "POD sees the pod's: {text}");
+    let (_, text) = world.output(
+        world
+            .convert(ps, ns(3, &peer.id), |_, _, _, options| {
+                options.target_pid_namespace = Some(peer_ns)
+            })
+            .unwrap(),
+    );
+    assert!(
+        text.contains("sleep 1000"),
+        "TARGET sees the target's: {text}"
+    );
+    let (_, text) = world.output(
+        world
+            .convert("cat /proc/1/comm", ns(2, ""), |_, _, _, _| {})
+            .unwrap(),
+    );
+    assert!(!text.contains("sh"), "NODE sees the host's init: {text}");
+    world.remove(&peer);
+}
+
+#[test]
+fn pod_sysctls() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let with = |sysctls: &[(&str, &str)]| {
+        world.convert(
+            "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced",
+            Default::default(),
+            |_, sandbox, _, _| {
+                sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+                    sysctls: sysctls
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect::<HashMap<_, _>>(),
+                    ..Default::default()
+                });
+            },
+        )
+    };
+    let (code, text) = world.output(
+        with(&[
+            ("net.ipv4.ip_unprivileged_port_start", "555"),
+            ("kernel/shm_rmid_forced", "1"),
+        ])
+        .unwrap(),
+    );
+    assert_eq!((code, text.as_str()), (0, "555\n1"));
+    let err = with(&[("kernel.panic", "1")]).unwrap_err().to_string();
+    assert!(err.contains("kernel.panic"), "{err}");
+}
+
+fn privileged_pod(sandbox: &mut cri::PodSandboxConfig) {
+    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+}
+
+#[test]
+fn privileged_gets_host_devices_and_writable_sys() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let script = "ls /dev | wc -l; grep -E ' /sys(/fs/cgroup)? ' /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1; \
+                  cat /proc/self/status | grep Seccomp:";
+    let run = |privileged: bool| {
+        let sc = cri::LinuxContainerSecurityContext {
+            privileged,
+            ..Default::default()
+        };
+        let spec = world
+            .convert(script, sc, |_, sandbox, _, _| privileged_pod(sandbox))
+            .unwrap();
+        let (code, text) = world.output(spec);
+        assert_eq!(code, 0, "{text}");
+        text
+    };
+    let host_devices = std::fs::read_dir("/dev").unwrap().count();
+    let text = run(true);
+    let devices: usize = text.lines().next().unwrap().trim().parse().unwrap();
+    assert!(
+        devices > host_devices / 2,
+        "{devices} of {host_devices}: {text}"
+    );
+    assert!(text.contains("/sys rw"), "{text}");
+    assert!(text.contains("/sys/fs/cgroup rw"), "{text}");
+    assert_eq!(status_field(&text, "Seccomp"), "0");
+    let text = run(false);
+    let devices: usize = text.lines().next().unwrap().trim().parse().unwrap();
+    assert!(devices < 20, "{text}");
+    assert!(text.contains("/sys ro"), "{text}");
+    assert_eq!(status_field(&text, "Seccomp"), "2");
+}
+
+/// A tmpfs mounted for one test, unmounted (lazily) at the end.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(path: PathBuf) -> Tmpfs {
+        std::fs::create_dir_all(&path).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            &path,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        Tmpfs(path)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn mount_propagation_and_symlinked_host_paths() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    // A private mount of its own, so that only it is made shared.
+    let vol = Tmpfs::mount(world.paths.dir().join("vol"));
+    std::fs::write(vol.0.join("hello"), "hi\n").unwrap();
+    std::os::unix::fs::symlink(&vol.0, world.paths.dir().join("link")).unwrap();
+    let start = |propagation: i32| {
+        let spec = world
+            .convert(
+                "exec sleep 1000",
+                cri::LinuxContainerSecurityContext {
+                    privileged: propagation == 2,
+                    ..Default::default()
+                },
+                |config, sandbox, _, _| {
+                    privileged_pod(sandbox);
+                    config.mounts = vec![cri::Mount {
+                        container_path: "/data".into(),
+                        // The CRI asks for a symlink's target to be mounted.
+                        host_path: world.paths.dir().join("link").to_str().unwrap().into(),
+                        propagation,
+                        ..Default::default()
+                    }];
+                },
+            )
+            .unwrap();
+        world.start(spec).0
+    };
+    let sh = |c: &NewContainer, script: &str| {
+        let out = world
+            .runtime
+            .exec_sync(&c.id, &strings(&["sh", "-c", script]), None)
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    let private = start(0);
+    let slave = start(1);
+    let shared = start(2);
+    for c in [&private, &slave, &shared] {
+        assert_eq!(sh(c, "cat /data/hello"), "hi\n");
+    }
+    // The host mounts something under the volume after the containers started.
+    let late = Tmpfs::mount(vol.0.join("late"));
+    std::fs::write(late.0.join("f"), "late\n").unwrap();
+    assert!(sh(&private, "cat /data/late/f").contains("No such file"));
+    assert_eq!(sh(&slave, "cat /data/late/f"), "late\n");
+    assert_eq!(sh(&shared, "cat /data/late/f"), "late\n");
+    // A mount made in the bidirectional container reaches the host.
+    assert_eq!(
+        sh(
+            &shared,
+            "mkdir -p /data/back && mount -t tmpfs t /data/back && echo ok"
+        ),
+        "ok\n"
+    );
+    let back = vol.0.join("back");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mountinfo.contains(&format!(" {} ", back.display())),
+        "{}",
+        back.display()
+    );
+    let _ = nix::mount::umount2(&back, nix::mount::MntFlags::MNT_DETACH);
+    drop(late);
+    for c in [&private, &slave, &shared] {
+        world.remove(c);
+    }
+}

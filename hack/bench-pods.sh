@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# RunPodSandbox latency: berthd vs containerd on this machine, same run, same
+# CNI plugins (bridge + host-local + portmap from /usr/lib/cni), each on its
+# own bridge and subnet and its own throw-away state.
+#
+# usage: sudo hack/bench-pods.sh [COUNT]   (default 30)
+# containerd runs its sandboxes from a pause image; this script builds one
+# from busybox-static with umoci and imports it, so no registry is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+COUNT=${1:-30}
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "hack/bench-pods.sh: needs root (namespaces, mounts, iptables)" >&2
+  exit 1
+fi
+bash hack/setup.sh
+cargo build --release --locked -q -p berthd -p berth-runtime --bins
+cargo build --release --locked -q -p berth-e2e --example pod_bench
+BENCH=target/release/examples/pod_bench
+
+WORK=$(mktemp -d /tmp/berth-bench-XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  ip link del bbench0 2>/dev/null || true
+  ip link del cbench0 2>/dev/null || true
+  grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# conflist NAME BRIDGE SUBNET DIR
+conflist() {
+  mkdir -p "$4"
+  cat >"$4/10-bench.conflist" <<EOF
+{
+  "cniVersion": "1.0.0",
+  "name": "$1",
+  "plugins": [
+    { "type": "bridge", "bridge": "$2", "isGateway": true, "ipMasq": true,
+      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
+                "routes": [{ "dst": "0.0.0.0/0" }],
+                "ranges": [[{ "subnet": "$3" }]] } },
+    { "type": "portmap", "capabilities": { "portMappings": true } }
+  ]
+}
+EOF
+}
+
+wait_socket() {
+  for _ in $(seq 200); do [[ -S $1 ]] && return 0; sleep 0.05; done
+  echo "hack/bench-pods.sh: $1 did not appear" >&2
+  exit 1
+}
+
+# --- berthd
+conflist berth-bench bbench0 10.239.0.0/24 "$WORK/berth/net.d"
+cat >"$WORK/berth/berth.toml" <<EOF
+[cni]
+conf_dir = "$WORK/berth/net.d"
+bin_dirs = ["/usr/lib/cni"]
+EOF
+target/release/berthd --config "$WORK/berth/berth.toml" --config-dir "$WORK/berth/berth.d" \
+  --root "$WORK/berth/root" --run-root "$WORK/berth/run" --listen "$WORK/berth/berth.sock" \
+  --log-level warn >"$WORK/berth/log" 2>&1 &
+PIDS+=($!)
+wait_socket "$WORK/berth/berth.sock"
+berth_line=$("$BENCH" "$WORK/berth/berth.sock" "$COUNT" berthd)
+echo "$berth_line"
+
+# --- containerd, with a pause image built from busybox-static
+OCI="$WORK/pause-oci"
+umoci init --layout "$OCI"
+umoci new --image "$OCI:bench"
+umoci unpack --image "$OCI:bench" "$WORK/pause-bundle" >/dev/null
+install -D /bin/busybox "$WORK/pause-bundle/rootfs/bin/busybox"
+umoci repack --image "$OCI:bench" "$WORK/pause-bundle"
+umoci config --image "$OCI:bench" --config.entrypoint /bin/busybox \
+  --config.cmd sleep --config.cmd 2147483647
+tar -C "$OCI" -cf "$WORK/pause.tar" .
+
+conflist containerd-bench cbench0 10.239.1.0/24 "$WORK/containerd/net.d"
+cat >"$WORK/containerd/config.toml" <<EOF
+version = 2
+root = "$WORK/containerd/root"
+state = "$WORK/containerd/state"
+[grpc]
+  address = "$WORK/containerd/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "berth.local/pause:bench"
+  # This VM lacks CAP_SYS_RESOURCE: the sandbox oom_score_adj must not go
+  # below containerd's own, or runc fails.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "$WORK/containerd/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+EOF
+containerd --config "$WORK/containerd/config.toml" --log-level warn >"$WORK/containerd/log" 2>&1 &
+PIDS+=($!)
+wait_socket "$WORK/containerd/containerd.sock"
+ctr --address "$WORK/containerd/containerd.sock" -n k8s.io images import \
+  --base-name berth.local/pause "$WORK/pause.tar" >/dev/null
+containerd_line=$("$BENCH" "$WORK/containerd/containerd.sock" "$COUNT" containerd)
+echo "$containerd_line"
+
+p50() { sed -E 's/.*p50_ms=([0-9.]+).*/\1/' <<<"$1"; }
+awk -v b="$(p50 "$berth_line")" -v c="$(p50 "$containerd_line")" \
+  'BEGIN { printf "RunPodSandbox p50: berthd %.2f ms, containerd %.2f ms, containerd/berthd = %.1fx\n", b, c, c / b }'

@@ -1,0 +1,903 @@
+//! The image store under `<root>/images`:
+//!
+//! ```text
+//! blobs/sha256/<hex>          manifests, indexes and configs, verified
+//! layers/<chain hex>/diff/    a layer unpacked once, shared by every image with that chain
+//! layers/<chain hex>/layer.json
+//! images/<config hex>.json    one record per image (ID = config digest)
+//! tmp/                        work in progress; emptied at start-up
+//! ```
+//!
+//! A layer becomes visible only by renaming its finished dir from `tmp/`
+//! into `layers/`, and an image only by writing its record atomically after
+//! all its layers are in place; start-up removes `tmp/` leftovers and layers
+//! no record uses, so a kill -9 mid-pull leaves nothing behind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::client::{Client, ClientError, Credentials, Session};
+use crate::digest::{ChainId, Digest};
+use crate::fsutil::{remove_all, write_atomic};
+use crate::manifest::{Compression, Descriptor, ImageConfig, Manifest, ManifestError, Platform};
+use crate::reference::{ImageRef, ParsedRef, ReferenceError};
+use crate::registries::{RegistriesConfig, RegistriesError, Source};
+use crate::unpack::{self, UnpackError, Usage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    #[error(transparent)]
+    Registries(#[from] RegistriesError),
+    #[error("pulling {image}: registry {prefix:?} is blocked by the registries config")]
+    Blocked { image: String, prefix: String },
+    #[error("pulling {image}: {source}")]
+    Client {
+        image: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("pulling {image}: {source}")]
+    Manifest {
+        image: String,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("pulling {image}: {what} has digest {actual}, expected {expected}")]
+    DigestMismatch {
+        image: String,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("pulling {image}: config {config} lists {diff_ids} diff IDs for {layers} layers")]
+    LayerCount {
+        image: String,
+        config: Digest,
+        diff_ids: usize,
+        layers: usize,
+    },
+    #[error("pulling {image}: layer {layer}: {source}")]
+    Unpack {
+        image: String,
+        layer: Digest,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("image store {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl StoreError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// How the store pulls.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `<root>/images`.
+    pub dir: PathBuf,
+    /// A `containers-registries.conf` v2 file (and its `.d` drop-ins);
+    /// `None` for the defaults.
+    pub registries_config: Option<PathBuf>,
+    /// Whether a missing `registries_config` is an error.
+    pub registries_config_required: bool,
+    /// Layers downloaded and unpacked at once per pull.
+    pub pull_parallelism: usize,
+}
+
+/// One image: its ID is its config digest; every name it was pulled under is kept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Image {
+    pub id: Digest,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// The manifest (and index, if any) blobs this image keeps.
+    pub manifests: Vec<Digest>,
+    /// Bottom layer first.
+    pub chain_ids: Vec<ChainId>,
+    /// Sum of the layers' uncompressed sizes.
+    pub size: u64,
+    pub config: ImageConfig,
+    /// Nanoseconds since the epoch of the first pull.
+    pub pulled_at: i64,
+}
+
+impl Image {
+    /// The bare 64-hex ID, as CRI-O reports it.
+    pub fn id_hex(&self) -> String {
+        self.id.hex()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LayerRecord {
+    chain_id: ChainId,
+    diff_id: Digest,
+    blob: Digest,
+    uncompressed: u64,
+    bytes: u64,
+    inodes: u64,
+}
+
+/// The result of a pull.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub image: Image,
+    /// `repository@<manifest digest>`: what CRI-O answers PullImage with.
+    pub image_ref: String,
+}
+
+pub struct ImageStore {
+    options: StoreOptions,
+    registries: RegistriesConfig,
+    client: Client,
+    images: Mutex<BTreeMap<Digest, Image>>,
+    /// Pulls hold it shared, removals exclusive, so a removal never
+    /// collects a layer a pull in flight is about to use.
+    gc: tokio::sync::RwLock<()>,
+    /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
+    layer_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl ImageStore {
+    /// Opens the store, cleaning up what a crash left half done.
+    pub fn open(options: StoreOptions) -> Result<ImageStore, StoreError> {
+        let registries = RegistriesConfig::load(
+            options.registries_config.as_deref(),
+            options.registries_config_required,
+        )?;
+        let dir = &options.dir;
+        for sub in ["blobs/sha256", "layers", "images", "tmp"] {
+            let path = dir.join(sub);
+            std::fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
+        }
+        let tmp = dir.join("tmp");
+        for entry in std::fs::read_dir(&tmp).map_err(StoreError::io(&tmp))? {
+            let path = entry.map_err(StoreError::io(&tmp))?.path();
+            remove_all(&path).map_err(StoreError::io(&path))?;
+        }
+        let mut images = BTreeMap::new();
+        let records = dir.join("images");
+        for entry in std::fs::read_dir(&records).map_err(StoreError::io(&records))? {
+            let path = entry.map_err(StoreError::io(&records))?.path();
+            let is_record = path.extension().is_some_and(|e| e == "json")
+                && !path.file_name().unwrap().to_string_lossy().starts_with('.');
+            if !is_record {
+                remove_all(&path).map_err(StoreError::io(&path))?;
+                continue;
+            }
+            let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
+            let image: Image = serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            })?;
+            images.insert(image.id.clone(), image);
+        }
+        let store = ImageStore {
+            options,
+            registries,
+            client: Client::new(),
+            images: Mutex::new(images),
+            gc: tokio::sync::RwLock::new(()),
+            layer_locks: Mutex::new(HashMap::new()),
+        };
+        store.collect_garbage()?;
+        Ok(store)
+    }
+
+    fn layer_dir(&self, chain: &ChainId) -> PathBuf {
+        self.options.dir.join("layers").join(chain.0.hex())
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.options.dir.join("blobs/sha256").join(digest.hex())
+    }
+
+    fn record_path(&self, id: &Digest) -> PathBuf {
+        self.options
+            .dir
+            .join("images")
+            .join(format!("{}.json", id.hex()))
+    }
+
+    /// The dir with a layer's files, for an overlay `lowerdir`.
+    pub fn layer_diff_dir(&self, chain: &ChainId) -> PathBuf {
+        self.layer_dir(chain).join("diff")
+    }
+
+    /// An image's layer dirs, top-most first: the order overlayfs wants
+    /// in `lowerdir=`.
+    pub fn lower_dirs(&self, image: &Image) -> Vec<PathBuf> {
+        image
+            .chain_ids
+            .iter()
+            .rev()
+            .map(|c| self.layer_diff_dir(c))
+            .collect()
+    }
+
+    pub fn list(&self) -> Vec<Image> {
+        self.images.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Finds an image by ID, unique ID prefix, `sha256:` ID, tag (short names
+    /// are qualified as a pull would) or repo digest.
+    pub fn get(&self, name: &str) -> Option<Image> {
+        let images = self.images.lock().unwrap();
+        // Names first: a short name such as `cafe` is also a valid ID prefix.
+        for candidate in self.qualified(name).unwrap_or_default() {
+            let tagged = candidate.tagged();
+            let by_digest = candidate.digest.as_ref().map(|d| candidate.with_digest(d));
+            let hit = images.values().find(|i| {
+                by_digest.as_ref().map_or_else(
+                    || tagged.as_ref().is_some_and(|t| i.repo_tags.contains(t)),
+                    |d| i.repo_digests.contains(d),
+                )
+            });
+            if let Some(hit) = hit {
+                return Some(hit.clone());
+            }
+        }
+        let hex = name.strip_prefix("sha256:").unwrap_or(name);
+        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let mut found = images.values().filter(|i| i.id.hex().starts_with(hex));
+            if let (Some(one), None) = (found.next(), found.next()) {
+                return Some(one.clone());
+            }
+        }
+        None
+    }
+
+    /// A reference qualified with its registry, or with each unqualified-search registry.
+    fn qualified(&self, name: &str) -> Result<Vec<ImageRef>, ReferenceError> {
+        let mut parsed = ParsedRef::parse(name)?;
+        if parsed.domain.is_none()
+            && let Some(target) = self.registries.alias(&parsed.path)
+        {
+            let aliased = ParsedRef::parse(target)?;
+            parsed = ParsedRef {
+                domain: aliased.domain,
+                path: aliased.path,
+                ..parsed
+            };
+        }
+        Ok(match &parsed.domain {
+            Some(domain) => vec![parsed.qualify(domain)],
+            None => self
+                .registries
+                .unqualified_search_registries
+                .iter()
+                .map(|r| parsed.qualify(r))
+                .collect(),
+        })
+    }
+
+    /// Pulls `name` with `creds`, records it and returns it.
+    pub async fn pull(&self, name: &str, creds: &Credentials) -> Result<Pulled, StoreError> {
+        let candidates = self.qualified(name)?;
+        let _shared = self.gc.read().await;
+        let mut last_err = None;
+        for image in &candidates {
+            match self.pull_one(image, creds).await {
+                Ok(pulled) => return Ok(pulled),
+                Err(err) => last_err = Some(err),
+            }
+        }
+        Err(last_err.expect("at least one candidate registry"))
+    }
+
+    async fn pull_one(&self, image: &ImageRef, creds: &Credentials) -> Result<Pulled, StoreError> {
+        let shown = image.to_string();
+        let endpoints = match self.registries.source(image) {
+            Source::Blocked(prefix) => {
+                return Err(StoreError::Blocked {
+                    image: shown,
+                    prefix,
+                });
+            }
+            Source::Endpoints(endpoints) => endpoints,
+        };
+        let mut last_err = None;
+        for endpoint in &endpoints {
+            let session = match self.client.session(endpoint, creds).await {
+                Ok(session) => session,
+                Err(source) => {
+                    last_err = Some(StoreError::Client {
+                        image: shown.clone(),
+                        source,
+                    });
+                    continue;
+                }
+            };
+            match self.pull_from(image, &session).await {
+                // A mirror that lacks the image, refuses us or is down: try
+                // the next one, then the origin. Bad content stops the pull.
+                Err(err @ StoreError::Client { .. }) => last_err = Some(err),
+                other => return other,
+            }
+        }
+        Err(last_err.expect("at least one endpoint"))
+    }
+
+    async fn pull_from(&self, image: &ImageRef, session: &Session) -> Result<Pulled, StoreError> {
+        let shown = image.to_string();
+        let client_err = |source| StoreError::Client {
+            image: shown.clone(),
+            source,
+        };
+        let manifest_err = |source| StoreError::Manifest {
+            image: shown.clone(),
+            source,
+        };
+        let reference = match (&image.digest, &image.tag) {
+            (Some(d), _) => d.to_string(),
+            (None, Some(t)) => t.clone(),
+            (None, None) => "latest".to_string(),
+        };
+        let (content_type, body) = session.manifest(&reference).await.map_err(client_err)?;
+        let top_digest = Digest::of(&body);
+        if let Some(want) = &image.digest
+            && *want != top_digest
+        {
+            return Err(StoreError::DigestMismatch {
+                image: shown,
+                what: format!("manifest {reference}"),
+                expected: want.clone(),
+                actual: top_digest,
+            });
+        }
+        let mut blobs = vec![(top_digest.clone(), body.clone())];
+        let manifest = match Manifest::parse(&shown, &content_type, &body).map_err(manifest_err)? {
+            Manifest::Image(m) => m,
+            Manifest::Index(list) => {
+                let chosen = crate::manifest::select(&shown, &list, &Platform::host())
+                    .map_err(manifest_err)?;
+                let (ct, body) = session
+                    .manifest(&chosen.digest.to_string())
+                    .await
+                    .map_err(client_err)?;
+                self.verify(&shown, "platform manifest", &chosen.digest, &body)?;
+                blobs.push((chosen.digest.clone(), body.clone()));
+                match Manifest::parse(&shown, &ct, &body).map_err(manifest_err)? {
+                    Manifest::Image(m) => m,
+                    Manifest::Index(_) => {
+                        return Err(manifest_err(ManifestError::MediaType {
+                            reference: chosen.digest.to_string(),
+                            media_type: "a nested image index".into(),
+                        }));
+                    }
+                }
+            }
+        };
+        let config_resp = session
+            .blob(&manifest.config.digest)
+            .await
+            .map_err(client_err)?;
+        let config_bytes = session
+            .read_capped(config_resp, &format!("config {}", manifest.config.digest))
+            .await
+            .map_err(client_err)?;
+        self.verify(&shown, "config", &manifest.config.digest, &config_bytes)?;
+        let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|source| {
+            manifest_err(ManifestError::Json {
+                reference: manifest.config.digest.to_string(),
+                source,
+            })
+        })?;
+        let diff_ids = &config.rootfs.diff_ids;
+        if diff_ids.len() != manifest.layers.len() {
+            return Err(StoreError::LayerCount {
+                image: shown,
+                config: manifest.config.digest.clone(),
+                diff_ids: diff_ids.len(),
+                layers: manifest.layers.len(),
+            });
+        }
+        let chain_ids = ChainId::chain(diff_ids);
+
+        // Layers in parallel, bounded; the first failure cancels the rest.
+        let limit = Arc::new(tokio::sync::Semaphore::new(
+            self.options.pull_parallelism.max(1),
+        ));
+        let jobs =
+            manifest
+                .layers
+                .iter()
+                .zip(diff_ids)
+                .zip(&chain_ids)
+                .map(|((desc, diff_id), chain)| {
+                    let limit = limit.clone();
+                    let shown = shown.clone();
+                    async move {
+                        let _permit = limit.acquire().await.expect("semaphore never closed");
+                        self.ensure_layer(&shown, session, desc, diff_id, chain)
+                            .await
+                    }
+                });
+        let layers = futures_util::future::try_join_all(jobs).await?;
+
+        blobs.push((manifest.config.digest.clone(), config_bytes.to_vec()));
+        for (digest, bytes) in &blobs {
+            let path = self.blob_path(digest);
+            if !path.exists() {
+                write_atomic(&path, bytes).map_err(StoreError::io(&path))?;
+            }
+        }
+        let repo_digest = image.with_digest(&top_digest);
+        let fresh = Image {
+            id: manifest.config.digest.clone(),
+            repo_tags: image.tagged().into_iter().collect(),
+            repo_digests: vec![repo_digest.clone()],
+            manifests: blobs[..blobs.len() - 1]
+                .iter()
+                .map(|(d, _)| d.clone())
+                .collect(),
+            chain_ids: chain_ids.clone(),
+            size: layers.iter().map(|l| l.uncompressed).sum(),
+            config,
+            pulled_at: now_ns(),
+        };
+        let record = self.record_pull(fresh)?;
+        Ok(Pulled {
+            image: record,
+            image_ref: repo_digest,
+        })
+    }
+
+    fn verify(
+        &self,
+        image: &str,
+        what: &str,
+        want: &Digest,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let actual = Digest::of(bytes);
+        if actual != *want {
+            return Err(StoreError::DigestMismatch {
+                image: image.into(),
+                what: what.into(),
+                expected: want.clone(),
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a pulled image, merged with the record it already has (if
+    /// pulled before under other names), in one critical section so
+    /// concurrent pulls of one image keep every name. A tag names one
+    /// image: it moves off any other image that had it.
+    fn record_pull(&self, pulled: Image) -> Result<Image, StoreError> {
+        let mut images = self.images.lock().unwrap();
+        let mut record = images.get(&pulled.id).cloned().unwrap_or_else(|| Image {
+            repo_tags: Vec::new(),
+            repo_digests: Vec::new(),
+            manifests: Vec::new(),
+            ..pulled.clone()
+        });
+        for tag in &pulled.repo_tags {
+            push_unique(&mut record.repo_tags, tag.clone());
+        }
+        for digest in &pulled.repo_digests {
+            push_unique(&mut record.repo_digests, digest.clone());
+        }
+        for manifest in &pulled.manifests {
+            push_unique(&mut record.manifests, manifest.clone());
+        }
+        let losers: Vec<Image> = images
+            .values()
+            .filter(|i| {
+                i.id != record.id && i.repo_tags.iter().any(|t| pulled.repo_tags.contains(t))
+            })
+            .cloned()
+            .collect();
+        for mut loser in losers {
+            loser.repo_tags.retain(|t| !pulled.repo_tags.contains(t));
+            self.write_record(&loser)?;
+            images.insert(loser.id.clone(), loser);
+        }
+        self.write_record(&record)?;
+        images.insert(record.id.clone(), record.clone());
+        Ok(record)
+    }
+
+    fn write_record(&self, record: &Image) -> Result<(), StoreError> {
+        let path = self.record_path(&record.id);
+        let json = serde_json::to_vec_pretty(record).expect("image records serialize");
+        write_atomic(&path, &json).map_err(StoreError::io(&path))
+    }
+
+    async fn ensure_layer(
+        &self,
+        image: &str,
+        session: &Session,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        chain: &ChainId,
+    ) -> Result<LayerRecord, StoreError> {
+        let lock = self
+            .layer_locks
+            .lock()
+            .unwrap()
+            .entry(chain.clone())
+            .or_default()
+            .clone();
+        let _held = lock.lock().await;
+        let result = self
+            .fetch_layer_once(image, session, desc, diff_id, chain)
+            .await;
+        drop(_held);
+        // Forget the lock once nobody else waits on it.
+        let mut locks = self.layer_locks.lock().unwrap();
+        if Arc::strong_count(&lock) == 2 {
+            locks.remove(chain);
+        }
+        result
+    }
+
+    async fn fetch_layer_once(
+        &self,
+        image: &str,
+        session: &Session,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        chain: &ChainId,
+    ) -> Result<LayerRecord, StoreError> {
+        let dir = self.layer_dir(chain);
+        let meta_path = dir.join("layer.json");
+        if let Ok(bytes) = std::fs::read(&meta_path)
+            && let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes)
+        {
+            return Ok(record);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{}-", chain.0.hex()))
+            .tempdir_in(self.options.dir.join("tmp"))
+            .map_err(StoreError::io(&self.options.dir))?;
+        let diff = tmp.path().join("diff");
+        std::fs::create_dir(&diff).map_err(StoreError::io(&diff))?;
+        let uncompressed = self
+            .stream_layer(image, session, desc, diff_id, &diff)
+            .await?;
+        let usage = {
+            let diff = diff.clone();
+            tokio::task::spawn_blocking(move || unpack::usage(&diff))
+                .await
+                .expect("usage walk does not panic")
+                .map_err(StoreError::io(tmp.path()))?
+        };
+        let record = LayerRecord {
+            chain_id: chain.clone(),
+            diff_id: diff_id.clone(),
+            blob: desc.digest.clone(),
+            uncompressed,
+            bytes: usage.bytes,
+            inodes: usage.inodes,
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("layer records serialize");
+        let tmp_meta = tmp.path().join("layer.json");
+        write_atomic(&tmp_meta, &json).map_err(StoreError::io(&tmp_meta))?;
+        // A half-removed layer of a failed earlier attempt cannot be here:
+        // layers without layer.json are only ever in tmp/.
+        let tmp = tmp.keep();
+        std::fs::rename(&tmp, &dir).map_err(|source| {
+            let _ = std::fs::remove_dir_all(&tmp);
+            StoreError::Io {
+                path: dir.clone(),
+                source,
+            }
+        })?;
+        Ok(record)
+    }
+
+    /// Downloads, verifies and unpacks one layer blob into `dest`; the
+    /// download streams straight into the decompressor and the tar reader.
+    /// Returns the uncompressed size.
+    async fn stream_layer(
+        &self,
+        image: &str,
+        session: &Session,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        dest: &Path,
+    ) -> Result<u64, StoreError> {
+        let compression = Compression::of(desc).map_err(|source| StoreError::Manifest {
+            image: image.into(),
+            source,
+        })?;
+        let resp = session
+            .blob(&desc.digest)
+            .await
+            .map_err(|source| StoreError::Client {
+                image: image.into(),
+                source,
+            })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
+        let dest = dest.to_path_buf();
+        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, compression, &dest));
+
+        let mut hasher = Sha256::new();
+        let mut stream = resp.bytes_stream();
+        let mut failure = None;
+        let mut unpacker_alive = true;
+        let mut received = 0u64;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    received += chunk.len() as u64;
+                    if received > desc.size {
+                        // More than the manifest promised: stop before it fills the disk.
+                        let _ = tx
+                            .send(Chunk::Failed("blob larger than its descriptor"))
+                            .await;
+                        failure = Some(StoreError::Client {
+                            image: image.into(),
+                            source: ClientError::TooLarge {
+                                registry: session.registry().into(),
+                                what: format!("layer blob {}", desc.digest),
+                                limit: desc.size as usize,
+                            },
+                        });
+                        break;
+                    }
+                    hasher.update(&chunk);
+                    // If the unpacker failed, keep hashing: a corrupt blob
+                    // is reported as a digest mismatch, not as a bad tar.
+                    if unpacker_alive && tx.send(Chunk::Data(chunk)).await.is_err() {
+                        unpacker_alive = false;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Chunk::Failed("download failed")).await;
+                    failure = Some(StoreError::Client {
+                        image: image.into(),
+                        source: session.stream_error(&desc.digest, e),
+                    });
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            let actual = Digest::from_hasher(hasher);
+            if actual != desc.digest {
+                // The unpacker sees an error instead of the end of the stream.
+                let _ = tx.send(Chunk::Failed("blob digest mismatch")).await;
+                failure = Some(StoreError::DigestMismatch {
+                    image: image.into(),
+                    what: format!("layer blob {}", desc.digest),
+                    expected: desc.digest.clone(),
+                    actual,
+                });
+            }
+        }
+        if failure.is_none() {
+            let _ = tx.send(Chunk::End).await;
+        }
+        drop(tx);
+        let unpacked = unpacker.await.expect("unpacker does not panic");
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        let (actual_diff_id, size) = unpacked.map_err(|source| StoreError::Unpack {
+            image: image.into(),
+            layer: desc.digest.clone(),
+            source,
+        })?;
+        if actual_diff_id != *diff_id {
+            return Err(StoreError::DigestMismatch {
+                image: image.into(),
+                what: format!("uncompressed layer {}", desc.digest),
+                expected: diff_id.clone(),
+                actual: actual_diff_id,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Removes the image `name` names (with all its names) and every layer
+    /// and blob no other image uses. An unknown name is not an error.
+    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+        let _exclusive = self.gc.write().await;
+        let Some(image) = self.get(name) else {
+            return Ok(());
+        };
+        let path = self.record_path(&image.id);
+        remove_all(&path).map_err(StoreError::io(&path))?;
+        self.images.lock().unwrap().remove(&image.id);
+        self.collect_garbage()
+    }
+
+    /// Removes layers and blobs no image record uses. Runs every step and
+    /// reports the first failure.
+    fn collect_garbage(&self) -> Result<(), StoreError> {
+        let (chains, blobs): (HashSet<String>, HashSet<String>) = {
+            let images = self.images.lock().unwrap();
+            (
+                images
+                    .values()
+                    .flat_map(|i| i.chain_ids.iter().map(|c| c.0.hex()))
+                    .collect(),
+                images
+                    .values()
+                    .flat_map(|i| i.manifests.iter().chain([&i.id]).map(Digest::hex))
+                    .collect(),
+            )
+        };
+        let mut first_err = None;
+        for (sub, keep) in [("layers", &chains), ("blobs/sha256", &blobs)] {
+            let dir = self.options.dir.join(sub);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    first_err.get_or_insert(StoreError::Io {
+                        path: dir,
+                        source: e,
+                    });
+                    continue;
+                }
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if keep.contains(&name) {
+                    continue;
+                }
+                // Rename first so a crash mid-delete never leaves a half layer under layers/.
+                let doomed = self.options.dir.join("tmp").join(format!("gc-{name}"));
+                let result =
+                    std::fs::rename(entry.path(), &doomed).and_then(|()| remove_all(&doomed));
+                if let Err(e) = result {
+                    first_err.get_or_insert(StoreError::Io {
+                        path: entry.path(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Bytes and inodes the store uses on disk.
+    pub fn usage(&self) -> Usage {
+        let mut usage = Usage::default();
+        let layers = self.options.dir.join("layers");
+        for entry in std::fs::read_dir(&layers).into_iter().flatten().flatten() {
+            if let Ok(bytes) = std::fs::read(entry.path().join("layer.json"))
+                && let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes)
+            {
+                usage.bytes += record.bytes;
+                usage.inodes += record.inodes;
+            }
+        }
+        for sub in ["blobs/sha256", "images"] {
+            for entry in std::fs::read_dir(self.options.dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(meta) = entry.metadata() {
+                    use std::os::unix::fs::MetadataExt;
+                    usage.bytes += meta.blocks() * 512;
+                    usage.inodes += 1;
+                }
+            }
+        }
+        usage
+    }
+
+    /// The store's directory (`<root>/images`), reported as the image filesystem.
+    pub fn dir(&self) -> &Path {
+        &self.options.dir
+    }
+}
+
+fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if !list.contains(&item) {
+        list.push(item);
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// What the downloader hands the unpacker.
+enum Chunk {
+    Data(Bytes),
+    /// The whole blob was received and its digest verified.
+    End,
+    Failed(&'static str),
+}
+
+/// Reads chunks from the downloader as a byte stream. Only an explicit
+/// [`Chunk::End`] is the end: a downloader that vanished (a cancelled
+/// pull) is an error, so a truncated layer never looks complete.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    current: Bytes,
+    ended: bool,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Chunk::Data(chunk)) => self.current = chunk,
+                Some(Chunk::End) => self.ended = true,
+                Some(Chunk::Failed(why)) => return Err(io::Error::other(why)),
+                None => return Err(io::Error::other("the download was abandoned")),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Hashes and counts what passes through: the diff ID of the tar stream.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn unpack_stream(
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    compression: Compression,
+    dest: &Path,
+) -> Result<(Digest, u64), UnpackError> {
+    let mut raw = ChannelReader {
+        rx,
+        current: Bytes::new(),
+        ended: false,
+    };
+    let (diff_id, count) = {
+        let decompressed: Box<dyn Read + '_> = match compression {
+            Compression::None => Box::new(&mut raw),
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut raw)),
+            Compression::Zstd => {
+                Box::new(zstd::stream::read::Decoder::new(&mut raw).map_err(UnpackError::Read)?)
+            }
+        };
+        let mut tar = Hashing {
+            inner: decompressed,
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        unpack::unpack(&mut tar, dest)?;
+        // Trailing zero blocks after the end-of-archive marker count in the diff ID.
+        io::copy(&mut tar, &mut io::sink()).map_err(UnpackError::Read)?;
+        (Digest::from_hasher(tar.hasher), tar.count)
+    };
+    // Read the raw stream to its end: the end only comes once the
+    // downloader has checked the blob digest.
+    io::copy(&mut raw, &mut io::sink()).map_err(UnpackError::Read)?;
+    Ok((diff_id, count))
+}

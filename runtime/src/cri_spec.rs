@@ -1,0 +1,1125 @@
+//! CRI `CreateContainer` input → [`ContainerSpec`]: validation and the
+//! security context as CRI-O applies it. Pure: nothing here touches the
+//! host except reading a `Localhost` seccomp profile.
+
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+use berth_proto::cri;
+
+use crate::features::HandlerFeatures;
+use crate::seccomp::{self, SeccompProfile};
+use crate::spec::{
+    ALL_CAPABILITIES, BindMount, CapabilitySets, ContainerSpec, DEFAULT_CAPABILITIES, Device,
+    ImageConfig, Namespace, Namespaces, PodFiles, Propagation, Resources,
+};
+use crate::user::UserRequest;
+
+/// What the pod sandbox already set up, for its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodFacts {
+    /// The pod's network, IPC and UTS namespaces (`Path` of a pinned one,
+    /// or `Host`); every container joins them.
+    pub network: Namespace,
+    pub ipc: Namespace,
+    pub uts: Namespace,
+    /// The pod's shared PID namespace: `Path` (pod PID mode `POD`), `Host`
+    /// (`NODE`), or `None` when its containers each get their own.
+    pub pid: Option<Namespace>,
+    /// The pod's cgroup; a container's is `<cgroup_parent>/<container id>`.
+    /// Empty: the runtime's default.
+    pub cgroup_parent: PathBuf,
+    pub files: PodFiles,
+}
+
+/// The caller's settings and facts beyond the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub container_id: String,
+    /// The default capability set (config; CRI-O's by default), names with
+    /// or without `CAP_`.
+    pub default_capabilities: Vec<String>,
+    /// The seccomp profile when the request names none (config).
+    pub default_seccomp: DefaultSeccomp,
+    /// [`crate::features::apparmor_enabled`].
+    pub apparmor_enabled: bool,
+    /// [`crate::features::probe`] of the container's runtime handler.
+    pub features: HandlerFeatures,
+    /// For PID namespace mode `TARGET`: the target container's PID namespace
+    /// (`/proc/<pid>/ns/pid`), looked up by the caller from `target_id`.
+    pub target_pid_namespace: Option<PathBuf>,
+}
+
+impl Options {
+    /// CRI-O's defaults for `container_id`.
+    pub fn new(container_id: &str) -> Options {
+        Options {
+            container_id: container_id.to_string(),
+            default_capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
+            default_seccomp: DefaultSeccomp::RuntimeDefault,
+            apparmor_enabled: false,
+            features: HandlerFeatures::default(),
+            target_pid_namespace: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DefaultSeccomp {
+    /// CRI-O's `seccomp_use_default_when_empty = true`.
+    #[default]
+    RuntimeDefault,
+    Unconfined,
+}
+
+/// The converted request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriContainer {
+    /// `rootfs` is left empty: [`crate::lifecycle::create`] sets it.
+    pub spec: ContainerSpec,
+    /// `log_directory` of the pod joined with the container's `log_path`;
+    /// `None` when the request has no `log_path`.
+    pub log_path: Option<PathBuf>,
+    pub stdin_once: bool,
+}
+
+/// Errors name the CRI field at fault (the server maps them to
+/// `INVALID_ARGUMENT`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CriSpecError {
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error("{field}: not supported on this host: {reason}")]
+    Unsupported { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CriSpecError {
+    CriSpecError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> CriSpecError {
+    CriSpecError::Unsupported {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+const SC: &str = "linux.security_context";
+
+/// Converts a CreateContainer request (its `config` and `sandbox_config`)
+/// with the image's config and the pod's facts.
+pub fn convert(
+    config: &cri::ContainerConfig,
+    sandbox: &cri::PodSandboxConfig,
+    image: &ImageConfig,
+    pod: &PodFacts,
+    options: &Options,
+) -> Result<CriContainer, CriSpecError> {
+    let default_sc = cri::LinuxContainerSecurityContext::default();
+    let linux = config.linux.as_ref();
+    let sc = linux
+        .and_then(|l| l.security_context.as_ref())
+        .unwrap_or(&default_sc);
+    let pod_linux = sandbox.linux.as_ref();
+    let pod_sc = pod_linux.and_then(|l| l.security_context.as_ref());
+
+    if sc.privileged && !pod_sc.is_some_and(|s| s.privileged) {
+        return Err(invalid(
+            format!("{SC}.privileged"),
+            "a privileged container needs a privileged pod sandbox",
+        ));
+    }
+    let capabilities = capability_sets(&options.default_capabilities, sc.capabilities.as_ref())?;
+    let effective_caps: Vec<String> = if sc.privileged {
+        ALL_CAPABILITIES.iter().map(|s| s.to_string()).collect()
+    } else {
+        capabilities.granted.clone()
+    };
+    let seccomp = if sc.privileged {
+        // Privileged containers run unconfined (CRI-O): nothing to read.
+        SeccompProfile::Unconfined
+    } else {
+        seccomp_profile(sc, options.default_seccomp, &effective_caps)?
+    };
+    let apparmor_profile = apparmor_profile(sc, options.apparmor_enabled)?;
+    let user = user_request(sc)?;
+    let namespaces = namespaces(sc, sandbox, pod, options)?;
+    let sysctls = sysctls(pod_linux.map(|l| &l.sysctls), &pod.network, &pod.ipc)?;
+    let mounts = mounts(&config.mounts, options.features)?;
+    let devices = config
+        .devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            for (name, path) in [
+                ("container_path", &d.container_path),
+                ("host_path", &d.host_path),
+            ] {
+                if !path.starts_with('/') {
+                    return Err(invalid(
+                        format!("devices[{i}].{name}"),
+                        format!("{path:?} is not an absolute path"),
+                    ));
+                }
+            }
+            Ok(Device {
+                host_path: d.host_path.clone().into(),
+                container_path: d.container_path.clone().into(),
+                permissions: if d.permissions.is_empty() {
+                    "rwm".into()
+                } else {
+                    d.permissions.clone()
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = config
+        .envs
+        .iter()
+        .enumerate()
+        .map(|(i, kv)| {
+            if kv.key.is_empty() || kv.key.contains('=') {
+                Err(invalid(
+                    format!("envs[{i}].key"),
+                    format!("{:?} is not a variable name", kv.key),
+                ))
+            } else {
+                Ok((kv.key.clone(), kv.value.clone()))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let resources = resources(linux.and_then(|l| l.resources.as_ref()))?;
+    let log_path = log_path(&sandbox.log_directory, &config.log_path)?;
+    let cgroups_path = if pod.cgroup_parent.as_os_str().is_empty() {
+        PathBuf::new()
+    } else {
+        pod.cgroup_parent.join(&options.container_id)
+    };
+
+    Ok(CriContainer {
+        spec: ContainerSpec {
+            rootfs: PathBuf::new(),
+            readonly_rootfs: sc.readonly_rootfs,
+            image: image.clone(),
+            command: config.command.clone(),
+            args: config.args.clone(),
+            env,
+            working_dir: config.working_dir.clone(),
+            user,
+            tty: config.tty,
+            stdin: config.stdin,
+            hostname: sandbox.hostname.clone(),
+            namespaces,
+            pod_files: pod.files.clone(),
+            mounts,
+            devices,
+            privileged: sc.privileged,
+            capabilities: Some(capabilities),
+            no_new_privs: sc.no_new_privs,
+            seccomp,
+            apparmor_profile,
+            // As given: the kubelet sends its default lists, and empty ones
+            // for an unmasked /proc.
+            masked_paths: Some(sc.masked_paths.clone()),
+            readonly_paths: Some(sc.readonly_paths.clone()),
+            sysctls,
+            resources,
+            cgroups_path,
+            annotations: config
+                .annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        },
+        log_path,
+        stdin_once: config.stdin_once,
+    })
+}
+
+/// `CAP_` + upper case, as CRI-O normalises names.
+fn normalize_capability(name: &str) -> String {
+    let upper = name.to_ascii_uppercase();
+    if upper.starts_with("CAP_") {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    }
+}
+
+/// The capability sets for `caps` over `defaults`, as CRI-O: `ALL` in
+/// `add_capabilities` grants every capability, `ALL` in `drop_capabilities`
+/// starts from none (the defaults too) so that only the named adds remain;
+/// otherwise the defaults plus the adds, minus the drops.
+pub fn capability_sets(
+    defaults: &[String],
+    caps: Option<&cri::Capability>,
+) -> Result<CapabilitySets, CriSpecError> {
+    let known = |field: &str, name: &str| -> Result<String, CriSpecError> {
+        let cap = normalize_capability(name);
+        if ALL_CAPABILITIES.contains(&cap.as_str()) {
+            Ok(cap)
+        } else {
+            Err(invalid(
+                format!("{SC}.capabilities.{field}"),
+                format!("unknown capability {name:?}"),
+            ))
+        }
+    };
+    let is_all = |name: &String| name.eq_ignore_ascii_case("ALL");
+    let mut granted: Vec<String> = Vec::new();
+    let grant = |set: &mut Vec<String>, cap: String| {
+        if !set.contains(&cap) {
+            set.push(cap);
+        }
+    };
+    let empty = cri::Capability::default();
+    let caps = caps.unwrap_or(&empty);
+    let (add_all, drop_all) = (
+        caps.add_capabilities.iter().any(is_all),
+        caps.drop_capabilities.iter().any(is_all),
+    );
+    if !add_all && !drop_all {
+        for name in defaults {
+            grant(&mut granted, known("default", name)?);
+        }
+    }
+    if add_all {
+        for cap in ALL_CAPABILITIES {
+            grant(&mut granted, cap.to_string());
+        }
+    }
+    if drop_all {
+        granted.clear();
+    }
+    for name in caps.add_capabilities.iter().filter(|n| !is_all(n)) {
+        grant(&mut granted, known("add_capabilities", name)?);
+    }
+    for name in caps.drop_capabilities.iter().filter(|n| !is_all(n)) {
+        let cap = known("drop_capabilities", name)?;
+        granted.retain(|c| *c != cap);
+    }
+    let mut ambient = Vec::new();
+    for name in &caps.add_ambient_capabilities {
+        let cap = known("add_ambient_capabilities", name)?;
+        // The kernel keeps an ambient capability only if it is permitted.
+        grant(&mut granted, cap.clone());
+        grant(&mut ambient, cap);
+    }
+    Ok(CapabilitySets { granted, ambient })
+}
+
+fn seccomp_profile(
+    sc: &cri::LinuxContainerSecurityContext,
+    default: DefaultSeccomp,
+    capabilities: &[String],
+) -> Result<SeccompProfile, CriSpecError> {
+    let localhost = |field: &str, path: &str| -> Result<SeccompProfile, CriSpecError> {
+        if !path.starts_with('/') {
+            return Err(invalid(
+                field,
+                format!("localhost profile {path:?} is not an absolute path"),
+            ));
+        }
+        seccomp::load_localhost(Path::new(path), capabilities)
+            .map(|filter| SeccompProfile::Localhost(Box::new(filter)))
+            .map_err(|e| invalid(field, e.to_string()))
+    };
+    if let Some(profile) = &sc.seccomp {
+        let field = format!("{SC}.seccomp");
+        return match cri::security_profile::ProfileType::try_from(profile.profile_type) {
+            Ok(cri::security_profile::ProfileType::RuntimeDefault) => {
+                Ok(SeccompProfile::RuntimeDefault)
+            }
+            Ok(cri::security_profile::ProfileType::Unconfined) => Ok(SeccompProfile::Unconfined),
+            Ok(cri::security_profile::ProfileType::Localhost) => {
+                localhost(&format!("{field}.localhost_ref"), &profile.localhost_ref)
+            }
+            Err(_) => Err(invalid(
+                format!("{field}.profile_type"),
+                format!("unknown profile type {}", profile.profile_type),
+            )),
+        };
+    }
+    #[allow(deprecated)]
+    let path = sc.seccomp_profile_path.as_str();
+    let field = format!("{SC}.seccomp_profile_path");
+    match path {
+        "" => Ok(match default {
+            DefaultSeccomp::RuntimeDefault => SeccompProfile::RuntimeDefault,
+            DefaultSeccomp::Unconfined => SeccompProfile::Unconfined,
+        }),
+        "runtime/default" | "docker/default" => Ok(SeccompProfile::RuntimeDefault),
+        "unconfined" => Ok(SeccompProfile::Unconfined),
+        _ => match path.strip_prefix("localhost/") {
+            Some(file) => localhost(&field, file),
+            None => Err(invalid(field, format!("unknown profile {path:?}"))),
+        },
+    }
+}
+
+fn apparmor_profile(
+    sc: &cri::LinuxContainerSecurityContext,
+    enabled: bool,
+) -> Result<Option<String>, CriSpecError> {
+    use cri::security_profile::ProfileType;
+    #[allow(deprecated)]
+    let (field, kind, name) = match &sc.apparmor {
+        Some(p) => (
+            format!("{SC}.apparmor"),
+            ProfileType::try_from(p.profile_type).map_err(|_| {
+                invalid(
+                    format!("{SC}.apparmor.profile_type"),
+                    format!("unknown profile type {}", p.profile_type),
+                )
+            })?,
+            p.localhost_ref.clone(),
+        ),
+        None => match sc.apparmor_profile.as_str() {
+            "" | "runtime/default" => (String::new(), ProfileType::RuntimeDefault, String::new()),
+            "unconfined" => (String::new(), ProfileType::Unconfined, String::new()),
+            other => match other.strip_prefix("localhost/") {
+                Some(name) => (
+                    format!("{SC}.apparmor_profile"),
+                    ProfileType::Localhost,
+                    name.to_string(),
+                ),
+                None => {
+                    return Err(invalid(
+                        format!("{SC}.apparmor_profile"),
+                        format!("unknown profile {other:?}"),
+                    ));
+                }
+            },
+        },
+    };
+    match kind {
+        ProfileType::Unconfined => Ok(None),
+        // Without AppArmor the runtime's default confinement is none.
+        ProfileType::RuntimeDefault if !enabled => Ok(None),
+        ProfileType::RuntimeDefault => Err(unsupported(
+            field,
+            "berth ships no default AppArmor profile to load",
+        )),
+        ProfileType::Localhost if !enabled => Err(unsupported(
+            field,
+            format!(
+                "AppArmor profile {name:?} needs AppArmor, which this host does not have enabled"
+            ),
+        )),
+        ProfileType::Localhost => {
+            let name = name.strip_prefix("localhost/").unwrap_or(&name);
+            if name.is_empty() {
+                return Err(invalid(field, "a Localhost profile needs a name"));
+            }
+            Ok(Some(name.to_string()))
+        }
+    }
+}
+
+fn id(field: &str, value: i64) -> Result<u32, CriSpecError> {
+    u32::try_from(value).map_err(|_| invalid(field, format!("{value} is not a valid id")))
+}
+
+fn user_request(sc: &cri::LinuxContainerSecurityContext) -> Result<UserRequest, CriSpecError> {
+    let run_as_user = sc
+        .run_as_user
+        .as_ref()
+        .map(|v| id(&format!("{SC}.run_as_user"), v.value))
+        .transpose()?;
+    let run_as_group = sc
+        .run_as_group
+        .as_ref()
+        .map(|v| id(&format!("{SC}.run_as_group"), v.value))
+        .transpose()?;
+    if run_as_group.is_some() && run_as_user.is_none() && sc.run_as_username.is_empty() {
+        return Err(invalid(
+            format!("{SC}.run_as_group"),
+            "set without run_as_user or run_as_username",
+        ));
+    }
+    let supplemental_groups = sc
+        .supplemental_groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| id(&format!("{SC}.supplemental_groups[{i}]"), *g))
+        .collect::<Result<Vec<_>, _>>()?;
+    let strict = match cri::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy) {
+        Ok(cri::SupplementalGroupsPolicy::Merge) => false,
+        Ok(cri::SupplementalGroupsPolicy::Strict) => true,
+        Err(_) => {
+            return Err(invalid(
+                format!("{SC}.supplemental_groups_policy"),
+                format!("unknown policy {}", sc.supplemental_groups_policy),
+            ));
+        }
+    };
+    Ok(UserRequest {
+        run_as_user,
+        run_as_username: Some(sc.run_as_username.clone()).filter(|n| !n.is_empty()),
+        run_as_group,
+        supplemental_groups,
+        strict_supplemental_groups: strict,
+    })
+}
+
+fn namespaces(
+    sc: &cri::LinuxContainerSecurityContext,
+    sandbox: &cri::PodSandboxConfig,
+    pod: &PodFacts,
+    options: &Options,
+) -> Result<Namespaces, CriSpecError> {
+    use cri::NamespaceMode;
+    let default_ns = cri::NamespaceOption::default();
+    let ns = sc.namespace_options.as_ref().unwrap_or(&default_ns);
+    let field = format!("{SC}.namespace_options");
+    let pod_ns = sandbox
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref());
+    for (field, userns) in [
+        (
+            format!("{field}.userns_options"),
+            ns.userns_options.as_ref(),
+        ),
+        (
+            "linux.security_context.namespace_options.userns_options (of the pod)".to_string(),
+            pod_ns.and_then(|n| n.userns_options.as_ref()),
+        ),
+    ] {
+        let Some(userns) = userns else { continue };
+        match NamespaceMode::try_from(userns.mode) {
+            Ok(NamespaceMode::Node) => {}
+            Ok(mode) if !options.features.user_namespaces => {
+                return Err(unsupported(
+                    format!("{field}.mode"),
+                    format!(
+                        "user namespace mode {} needs id-mapped mounts, which the runtime cannot make",
+                        mode.as_str_name()
+                    ),
+                ));
+            }
+            Ok(mode) => {
+                return Err(unsupported(
+                    format!("{field}.mode"),
+                    format!("user namespace mode {}", mode.as_str_name()),
+                ));
+            }
+            Err(_) => {
+                return Err(invalid(
+                    format!("{field}.mode"),
+                    format!("unknown mode {}", userns.mode),
+                ));
+            }
+        }
+    }
+    let pid = match NamespaceMode::try_from(ns.pid) {
+        Ok(NamespaceMode::Container) => Namespace::New,
+        Ok(NamespaceMode::Node) => Namespace::Host,
+        Ok(NamespaceMode::Pod) => pod.pid.clone().ok_or_else(|| {
+            invalid(
+                format!("{field}.pid"),
+                "POD, but the pod sandbox has no shared PID namespace",
+            )
+        })?,
+        Ok(NamespaceMode::Target) => {
+            if ns.target_id.is_empty() {
+                return Err(invalid(
+                    format!("{field}.target_id"),
+                    "required with PID namespace mode TARGET",
+                ));
+            }
+            Namespace::Path(options.target_pid_namespace.clone().ok_or_else(|| {
+                invalid(
+                    format!("{field}.target_id"),
+                    format!(
+                        "no running container {:?} to share a PID namespace with",
+                        ns.target_id
+                    ),
+                )
+            })?)
+        }
+        Err(_) => {
+            return Err(invalid(
+                format!("{field}.pid"),
+                format!("unknown mode {}", ns.pid),
+            ));
+        }
+    };
+    Ok(Namespaces {
+        // A container lives in its pod's network, IPC and UTS namespaces
+        // whatever it asks, as in CRI-O.
+        network: pod.network.clone(),
+        ipc: pod.ipc.clone(),
+        uts: pod.uts.clone(),
+        pid,
+    })
+}
+
+/// Validates a pod's sysctls: only namespaced ones, and only for namespaces
+/// the pod does not share with the host. Names with `/` separators are
+/// turned into the dotted form (as the kubelet does).
+pub fn sysctls(
+    requested: Option<&std::collections::HashMap<String, String>>,
+    network: &Namespace,
+    ipc: &Namespace,
+) -> Result<BTreeMap<String, String>, CriSpecError> {
+    let mut out = BTreeMap::new();
+    for (name, value) in requested.into_iter().flatten() {
+        let field = format!("linux.sysctls[{name:?}]");
+        let name = if name.contains('/') {
+            name.chars()
+                .map(|c| match c {
+                    '/' => '.',
+                    '.' => '/',
+                    c => c,
+                })
+                .collect()
+        } else {
+            name.clone()
+        };
+        let ipc_sysctl = name.starts_with("kernel.shm")
+            || name.starts_with("kernel.msg")
+            || name == "kernel.sem"
+            || name.starts_with("fs.mqueue.");
+        if name.starts_with("net.") {
+            if *network == Namespace::Host {
+                return Err(invalid(
+                    field,
+                    "a network sysctl cannot be set for a pod in the host's network namespace",
+                ));
+            }
+        } else if ipc_sysctl {
+            if *ipc == Namespace::Host {
+                return Err(invalid(
+                    field,
+                    "an IPC sysctl cannot be set for a pod in the host's IPC namespace",
+                ));
+            }
+        } else {
+            return Err(invalid(field, "not a namespaced sysctl"));
+        }
+        out.insert(name, value.clone());
+    }
+    Ok(out)
+}
+
+fn mounts(
+    requested: &[cri::Mount],
+    features: HandlerFeatures,
+) -> Result<Vec<BindMount>, CriSpecError> {
+    let mut out = Vec::new();
+    for (i, m) in requested.iter().enumerate() {
+        let field = |name: &str| format!("mounts[{i}].{name}");
+        for (name, path) in [
+            ("container_path", &m.container_path),
+            ("host_path", &m.host_path),
+        ] {
+            if !path.starts_with('/') {
+                return Err(invalid(
+                    field(name),
+                    format!("{path:?} is not an absolute path"),
+                ));
+            }
+        }
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            return Err(unsupported(
+                field("image"),
+                "image volumes are not supported",
+            ));
+        }
+        if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
+            return Err(unsupported(
+                field("uid_mappings"),
+                "id-mapped mounts need a runtime that can make them",
+            ));
+        }
+        let propagation = match cri::MountPropagation::try_from(m.propagation) {
+            Ok(cri::MountPropagation::PropagationPrivate) => Propagation::Private,
+            Ok(cri::MountPropagation::PropagationHostToContainer) => Propagation::HostToContainer,
+            Ok(cri::MountPropagation::PropagationBidirectional) => Propagation::Bidirectional,
+            Err(_) => {
+                return Err(invalid(
+                    field("propagation"),
+                    format!("unknown propagation {}", m.propagation),
+                ));
+            }
+        };
+        if m.recursive_read_only {
+            if !m.readonly {
+                return Err(invalid(
+                    field("recursive_read_only"),
+                    "needs readonly to be set too",
+                ));
+            }
+            if propagation != Propagation::Private {
+                return Err(invalid(
+                    field("recursive_read_only"),
+                    "needs private propagation",
+                ));
+            }
+            if !features.recursive_read_only_mounts {
+                return Err(unsupported(
+                    field("recursive_read_only"),
+                    "recursive read-only mounts need kernel 5.12+ and a runtime with the rro mount option",
+                ));
+            }
+        }
+        // selinux_relabel: this runtime applies no SELinux labels, so there
+        // is nothing to relabel.
+        out.push(BindMount {
+            container_path: m.container_path.clone().into(),
+            host_path: m.host_path.clone().into(),
+            readonly: m.readonly,
+            recursive_readonly: m.recursive_read_only,
+            propagation,
+        });
+    }
+    Ok(out)
+}
+
+fn resources(r: Option<&cri::LinuxContainerResources>) -> Result<Resources, CriSpecError> {
+    let Some(r) = r else {
+        return Ok(Resources::default());
+    };
+    let field = |name: &str| format!("linux.resources.{name}");
+    if !r.unified.is_empty() {
+        return Err(unsupported(
+            field("unified"),
+            "cgroup v2 unified settings are not supported",
+        ));
+    }
+    if r.memory_swap_limit_in_bytes != 0 && r.memory_swap_limit_in_bytes != r.memory_limit_in_bytes
+    {
+        return Err(unsupported(
+            field("memory_swap_limit_in_bytes"),
+            "swap for containers is not supported",
+        ));
+    }
+    let positive = |v: i64| (v > 0).then_some(v);
+    Ok(Resources {
+        cpu_shares: positive(r.cpu_shares).map(|v| v as u64),
+        cpu_quota: positive(r.cpu_quota),
+        cpu_period: positive(r.cpu_period).map(|v| v as u64),
+        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
+        memory_limit: positive(r.memory_limit_in_bytes),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
+        pids_limit: None,
+        oom_score_adj: Some(r.oom_score_adj.clamp(-1000, 1000) as i32),
+    })
+}
+
+fn log_path(directory: &str, path: &str) -> Result<Option<PathBuf>, CriSpecError> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let relative = Path::new(path);
+    if relative
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(invalid(
+            "log_path",
+            format!("{path:?} leaves the pod's log directory"),
+        ));
+    }
+    if directory.is_empty() {
+        return Ok(Some(relative.to_path_buf()));
+    }
+    Ok(Some(
+        Path::new(directory).join(relative.strip_prefix("/").unwrap_or(relative)),
+    ))
+}
+
+/// The identity a created container runs as, for `ContainerStatus.user`.
+pub fn container_user(spec: &oci_spec::runtime::Spec) -> Option<cri::ContainerUser> {
+    let user = spec.process().as_ref()?.user();
+    Some(cri::ContainerUser {
+        linux: Some(cri::LinuxContainerUser {
+            uid: i64::from(user.uid()),
+            gid: i64::from(user.gid()),
+            supplemental_groups: user
+                .additional_gids()
+                .iter()
+                .flatten()
+                .map(|g| i64::from(*g))
+                .collect(),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> PodFacts {
+        PodFacts {
+            network: Namespace::Path("/run/netns/p".into()),
+            ipc: Namespace::Path("/run/ipcns/p".into()),
+            uts: Namespace::Path("/run/utsns/p".into()),
+            pid: Some(Namespace::Path("/proc/1/ns/pid".into())),
+            cgroup_parent: "/berth/pod".into(),
+            files: PodFiles::default(),
+        }
+    }
+
+    fn with_sc(sc: cri::LinuxContainerSecurityContext) -> cri::ContainerConfig {
+        cri::ContainerConfig {
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: Some(sc),
+                resources: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn sandbox() -> cri::PodSandboxConfig {
+        cri::PodSandboxConfig {
+            hostname: "h".into(),
+            log_directory: "/var/log/pods/x".into(),
+            ..Default::default()
+        }
+    }
+
+    fn run(config: &cri::ContainerConfig) -> Result<CriContainer, CriSpecError> {
+        convert(
+            config,
+            &sandbox(),
+            &ImageConfig::default(),
+            &pod(),
+            &Options::new("c1"),
+        )
+    }
+
+    fn err(config: &cri::ContainerConfig) -> String {
+        run(config).unwrap_err().to_string()
+    }
+
+    fn caps(add: &[&str], drop: &[&str], ambient: &[&str]) -> Result<CapabilitySets, CriSpecError> {
+        let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        capability_sets(
+            &Options::new("x").default_capabilities,
+            Some(&cri::Capability {
+                add_capabilities: s(add),
+                drop_capabilities: s(drop),
+                add_ambient_capabilities: s(ambient),
+            }),
+        )
+    }
+
+    #[test]
+    fn capabilities_follow_crio() {
+        let default = caps(&[], &[], &[]).unwrap();
+        assert_eq!(default.granted.len(), 9);
+        assert!(default.granted.contains(&"CAP_CHOWN".to_string()));
+        let c = caps(&["net_admin"], &["CHOWN", "CAP_KILL"], &[]).unwrap();
+        assert!(c.granted.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!c.granted.contains(&"CAP_CHOWN".to_string()));
+        assert_eq!(c.granted.len(), 8);
+        let c = caps(&["NET_RAW"], &["all"], &[]).unwrap();
+        assert_eq!(c.granted, ["CAP_NET_RAW"]);
+        let c = caps(&["ALL"], &["CAP_CHOWN"], &[]).unwrap();
+        assert_eq!(c.granted.len(), ALL_CAPABILITIES.len() - 1);
+        let c = caps(&[], &["ALL"], &["NET_BIND_SERVICE"]).unwrap();
+        assert_eq!(c.granted, ["CAP_NET_BIND_SERVICE"]);
+        assert_eq!(c.ambient, ["CAP_NET_BIND_SERVICE"]);
+        let e = caps(&["CAP_NOPE"], &[], &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("capabilities.add_capabilities") && e.contains("CAP_NOPE"),
+            "{e}"
+        );
+        let e = caps(&[], &["nope"], &[]).unwrap_err().to_string();
+        assert!(e.contains("drop_capabilities"), "{e}");
+    }
+
+    #[test]
+    fn seccomp_profiles_and_their_defaults() {
+        let profile = |sc| run(&with_sc(sc)).map(|c| c.spec.seccomp);
+        assert_eq!(
+            profile(Default::default()),
+            Ok(SeccompProfile::RuntimeDefault)
+        );
+        let mut options = Options::new("c");
+        options.default_seccomp = DefaultSeccomp::Unconfined;
+        let c = convert(
+            &with_sc(Default::default()),
+            &sandbox(),
+            &ImageConfig::default(),
+            &pod(),
+            &options,
+        )
+        .unwrap();
+        assert_eq!(c.spec.seccomp, SeccompProfile::Unconfined);
+        #[allow(deprecated)]
+        let deprecated = |path: &str| cri::LinuxContainerSecurityContext {
+            seccomp_profile_path: path.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            profile(deprecated("unconfined")),
+            Ok(SeccompProfile::Unconfined)
+        );
+        assert_eq!(
+            profile(deprecated("runtime/default")),
+            Ok(SeccompProfile::RuntimeDefault)
+        );
+        let e = err(&with_sc(deprecated("localhost//no/such.json")));
+        assert!(
+            e.contains("seccomp_profile_path") && e.contains("/no/such.json"),
+            "{e}"
+        );
+        let typed = |t: i32, r: &str| cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: t,
+                localhost_ref: r.into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(profile(typed(1, "")), Ok(SeccompProfile::Unconfined));
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.json");
+        std::fs::write(&bad, "{not json").unwrap();
+        let e = err(&with_sc(typed(2, bad.to_str().unwrap())));
+        assert!(
+            e.contains("seccomp.localhost_ref") && e.contains("bad.json"),
+            "{e}"
+        );
+        let good = dir.path().join("good.json");
+        std::fs::write(&good, r#"{"defaultAction":"SCMP_ACT_ALLOW"}"#).unwrap();
+        assert!(matches!(
+            profile(typed(2, good.to_str().unwrap())),
+            Ok(SeccompProfile::Localhost(_))
+        ));
+        assert!(err(&with_sc(typed(7, ""))).contains("seccomp.profile_type"));
+    }
+
+    #[test]
+    fn apparmor_without_apparmor() {
+        let typed = |t: i32| cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: t,
+                localhost_ref: "my-profile".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(run(&with_sc(typed(1))).unwrap().spec.apparmor_profile, None);
+        assert_eq!(run(&with_sc(typed(0))).unwrap().spec.apparmor_profile, None);
+        let e = run(&with_sc(typed(2))).unwrap_err();
+        assert!(matches!(e, CriSpecError::Unsupported { .. }));
+        assert!(
+            e.to_string().contains("linux.security_context.apparmor")
+                && e.to_string().contains("my-profile")
+        );
+    }
+
+    #[test]
+    fn users_groups_and_privilege() {
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 2000 }),
+            supplemental_groups: vec![3000],
+            supplemental_groups_policy: 1,
+            ..Default::default()
+        };
+        let user = run(&with_sc(sc)).unwrap().spec.user;
+        assert_eq!(
+            user,
+            UserRequest {
+                run_as_user: Some(1000),
+                run_as_username: None,
+                run_as_group: Some(2000),
+                supplemental_groups: vec![3000],
+                strict_supplemental_groups: true,
+            }
+        );
+        let e = err(&with_sc(cri::LinuxContainerSecurityContext {
+            run_as_group: Some(cri::Int64Value { value: 1 }),
+            ..Default::default()
+        }));
+        assert!(e.contains("run_as_group"), "{e}");
+        let e = err(&with_sc(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: -1 }),
+            ..Default::default()
+        }));
+        assert!(e.contains("run_as_user"), "{e}");
+        let e = err(&with_sc(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }));
+        assert!(e.contains("privileged"), "{e}");
+    }
+
+    #[test]
+    fn pid_and_user_namespaces() {
+        let ns = |pid: i32, target: &str, userns: Option<i32>| {
+            with_sc(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    pid,
+                    target_id: target.into(),
+                    userns_options: userns.map(|mode| cri::UserNamespace {
+                        mode,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+        };
+        let pid = |c: &cri::ContainerConfig| run(c).map(|c| c.spec.namespaces.pid);
+        assert_eq!(
+            pid(&ns(0, "", None)),
+            Ok(Namespace::Path("/proc/1/ns/pid".into()))
+        );
+        assert_eq!(pid(&ns(1, "", None)), Ok(Namespace::New));
+        assert_eq!(pid(&ns(2, "", Some(2))), Ok(Namespace::Host));
+        assert!(err(&ns(3, "", None)).contains("target_id"));
+        assert!(err(&ns(3, "abc", None)).contains("\"abc\""));
+        let mut options = Options::new("c");
+        options.target_pid_namespace = Some("/proc/42/ns/pid".into());
+        let c = convert(
+            &ns(3, "abc", None),
+            &sandbox(),
+            &ImageConfig::default(),
+            &pod(),
+            &options,
+        )
+        .unwrap();
+        assert_eq!(
+            c.spec.namespaces.pid,
+            Namespace::Path("/proc/42/ns/pid".into())
+        );
+        let e = run(&ns(1, "", Some(0))).unwrap_err();
+        assert!(matches!(e, CriSpecError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("userns_options.mode"), "{e}");
+        let mut no_pid = pod();
+        no_pid.pid = None;
+        let e = convert(
+            &ns(0, "", None),
+            &sandbox(),
+            &ImageConfig::default(),
+            &no_pid,
+            &Options::new("c"),
+        );
+        assert!(e.unwrap_err().to_string().contains("namespace_options.pid"));
+    }
+
+    #[test]
+    fn only_namespaced_sysctls() {
+        let net = Namespace::Path("/n".into());
+        let one = |name: &str, network: &Namespace, ipc: &Namespace| {
+            let map = [(name.to_string(), "1".to_string())].into_iter().collect();
+            sysctls(Some(&map), network, ipc)
+        };
+        assert!(one("net.ipv4.ip_forward", &net, &net).is_ok());
+        assert_eq!(
+            one("net/ipv4/conf/eth0.1/forwarding", &net, &net)
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap(),
+            "net.ipv4.conf.eth0/1.forwarding"
+        );
+        assert!(one("kernel.shm_rmid_forced", &net, &net).is_ok());
+        assert!(one("fs.mqueue.msg_max", &net, &net).is_ok());
+        let e = one("kernel.panic", &net, &net).unwrap_err().to_string();
+        assert!(
+            e.contains("kernel.panic") && e.contains("not a namespaced"),
+            "{e}"
+        );
+        assert!(one("net.ipv4.ip_forward", &Namespace::Host, &net).is_err());
+        assert!(one("kernel.msgmax", &net, &Namespace::Host).is_err());
+    }
+
+    #[test]
+    fn mounts_are_validated() {
+        let mount = |m: cri::Mount| cri::ContainerConfig {
+            mounts: vec![m],
+            ..Default::default()
+        };
+        let base = cri::Mount {
+            container_path: "/data".into(),
+            host_path: "/srv".into(),
+            readonly: true,
+            recursive_read_only: true,
+            ..Default::default()
+        };
+        let e = run(&mount(base.clone())).unwrap_err();
+        assert!(matches!(e, CriSpecError::Unsupported { .. }), "{e}");
+        assert!(e.to_string().contains("mounts[0].recursive_read_only"));
+        let mut options = Options::new("c");
+        options.features.recursive_read_only_mounts = true;
+        let c = convert(
+            &mount(base.clone()),
+            &sandbox(),
+            &ImageConfig::default(),
+            &pod(),
+            &options,
+        )
+        .unwrap();
+        assert!(c.spec.mounts[0].recursive_readonly);
+        let e = convert(
+            &mount(cri::Mount {
+                readonly: false,
+                ..base.clone()
+            }),
+            &sandbox(),
+            &ImageConfig::default(),
+            &pod(),
+            &options,
+        );
+        assert!(e.unwrap_err().to_string().contains("readonly"));
+        let e = err(&mount(cri::Mount {
+            host_path: "srv".into(),
+            ..base.clone()
+        }));
+        assert!(e.contains("mounts[0].host_path"), "{e}");
+        let e = err(&mount(cri::Mount {
+            recursive_read_only: false,
+            propagation: 2,
+            uid_mappings: vec![cri::IdMapping::default()],
+            ..base
+        }));
+        assert!(e.contains("mounts[0].uid_mappings"), "{e}");
+    }
+
+    #[test]
+    fn the_rest_of_the_request_carries_over() {
+        let config = cri::ContainerConfig {
+            command: vec!["/bin/sh".into()],
+            envs: vec![cri::KeyValue {
+                key: "A".into(),
+                value: "b".into(),
+            }],
+            log_path: "c/0.log".into(),
+            stdin_once: true,
+            ..with_sc(cri::LinuxContainerSecurityContext {
+                masked_paths: vec![],
+                readonly_paths: vec!["/proc/sys".into()],
+                no_new_privs: true,
+                ..Default::default()
+            })
+        };
+        let c = run(&config).unwrap();
+        assert_eq!(c.log_path, Some("/var/log/pods/x/c/0.log".into()));
+        assert!(c.stdin_once);
+        assert_eq!(c.spec.env, [("A".to_string(), "b".to_string())]);
+        assert_eq!(c.spec.masked_paths, Some(vec![]));
+        assert_eq!(c.spec.readonly_paths, Some(vec!["/proc/sys".to_string()]));
+        assert_eq!(c.spec.cgroups_path, PathBuf::from("/berth/pod/c1"));
+        assert_eq!(c.spec.hostname, "h");
+        assert!(c.spec.no_new_privs);
+        let e = err(&cri::ContainerConfig {
+            log_path: "../escape.log".into(),
+            ..Default::default()
+        });
+        assert!(e.starts_with("log_path"), "{e}");
+    }
+}

@@ -1,0 +1,173 @@
+//! Host-side preparation of a container's bind mounts, as CRI-O does at
+//! create time: a missing host path becomes a directory, a symlink is
+//! followed (the CRI asks for the link's target to be mounted), and the
+//! host mount holding a path with propagation is made shared if it is not.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+
+use crate::spec::{BindMount, Propagation};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("mount host path {path}: {source}")]
+    HostPath {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("read /proc/self/mountinfo: {0}")]
+    MountInfo(std::io::Error),
+    #[error("no mount holds {0}")]
+    NoMount(PathBuf),
+    #[error("make {mount_point} (holding {path}) a shared mount for its propagation: {source}")]
+    MakeShared {
+        path: PathBuf,
+        mount_point: PathBuf,
+        source: nix::Error,
+    },
+}
+
+/// Resolves and prepares `mounts` in place.
+pub fn prepare(mounts: &mut [BindMount]) -> Result<(), MountError> {
+    for m in mounts.iter_mut() {
+        let err = |source| MountError::HostPath {
+            path: m.host_path.clone(),
+            source,
+        };
+        match std::fs::metadata(&m.host_path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&m.host_path).map_err(err)?;
+            }
+            Err(e) => return Err(err(e)),
+            Ok(_) => {}
+        }
+        m.host_path = std::fs::canonicalize(&m.host_path).map_err(err)?;
+        if m.propagation == Propagation::Private {
+            continue;
+        }
+        let info =
+            std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
+        let (mount_point, shared, slave) = holding_mount(&info, &m.host_path)
+            .ok_or_else(|| MountError::NoMount(m.host_path.clone()))?;
+        // rshared needs a shared host mount; rslave a shared or slave one.
+        let ok = shared || (slave && m.propagation == Propagation::HostToContainer);
+        if !ok {
+            nix::mount::mount(
+                None::<&str>,
+                &mount_point,
+                None::<&str>,
+                MsFlags::MS_SHARED,
+                None::<&str>,
+            )
+            .map_err(|source| MountError::MakeShared {
+                path: m.host_path.clone(),
+                mount_point: mount_point.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The mount point holding `path` (the deepest one, the last mounted if
+/// stacked) and whether it is shared and whether it is a slave.
+fn holding_mount(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool, bool)> {
+    let mut best: Option<(PathBuf, bool, bool)> = None;
+    for line in mountinfo.lines() {
+        let (fields, _) = line.split_once(" - ")?;
+        let fields: Vec<&str> = fields.split(' ').collect();
+        let mount_point = PathBuf::from(unescape(fields.get(4)?));
+        if !path.starts_with(&mount_point) {
+            continue;
+        }
+        let optional = fields.get(6..).unwrap_or_default();
+        let shared = optional.iter().any(|o| o.starts_with("shared:"));
+        let slave = optional.iter().any(|o| o.starts_with("master:"));
+        if best
+            .as_ref()
+            .is_none_or(|(b, _, _)| mount_point.components().count() >= b.components().count())
+        {
+            best = Some((mount_point, shared, slave));
+        }
+    }
+    best
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INFO: &str = "\
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 27 0:40 / /mnt/a\\040b rw shared:5 - tmpfs tmpfs rw
+41 27 0:41 / /var/lib/x rw master:3 - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn the_deepest_mount_holds_a_path() {
+        assert_eq!(
+            holding_mount(INFO, Path::new("/mnt/a b/c")),
+            Some(("/mnt/a b".into(), true, false))
+        );
+        assert_eq!(
+            holding_mount(INFO, Path::new("/var/lib/x/y")),
+            Some(("/var/lib/x".into(), false, true))
+        );
+        assert_eq!(
+            holding_mount(INFO, Path::new("/var/lib/xy")),
+            Some(("/".into(), false, false))
+        );
+    }
+
+    #[test]
+    fn host_paths_are_created_and_symlinks_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        let mut mounts = vec![
+            BindMount {
+                container_path: "/a".into(),
+                host_path: dir.path().join("link"),
+                readonly: false,
+                recursive_readonly: false,
+                propagation: Propagation::Private,
+            },
+            BindMount {
+                container_path: "/b".into(),
+                host_path: dir.path().join("new/dir"),
+                readonly: false,
+                recursive_readonly: false,
+                propagation: Propagation::Private,
+            },
+        ];
+        prepare(&mut mounts).unwrap();
+        assert_eq!(mounts[0].host_path, real.canonicalize().unwrap());
+        assert!(dir.path().join("new/dir").is_dir());
+    }
+}

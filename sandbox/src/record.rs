@@ -1,0 +1,208 @@
+//! The pod record: everything berthd must know to report and tear down a
+//! pod after a restart, written atomically.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::infra::Infra;
+use crate::spec::PodSpec;
+
+/// A pod sandbox ID: 64 lowercase hex characters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PodId(String);
+
+impl PodId {
+    pub fn random() -> std::io::Result<PodId> {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(PodId(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PodId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(PodId(s))
+        } else {
+            Err(format!("{s:?} is not a 64-character hex pod ID"))
+        }
+    }
+}
+
+impl From<PodId> for String {
+    fn from(id: PodId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for PodId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Ready,
+    NotReady,
+}
+
+/// Pinned namespace paths; None where the pod uses the host's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Namespaces {
+    pub net: Option<PathBuf>,
+    pub ipc: Option<PathBuf>,
+    pub uts: Option<PathBuf>,
+    /// Only for a pod with PID mode POD: the infra process's namespace.
+    pub pid: Option<PathBuf>,
+}
+
+/// The files containers of the pod bind-mount.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Files {
+    pub hostname: PathBuf,
+    pub hosts: PathBuf,
+    pub resolv_conf: PathBuf,
+    /// A tmpfs under the run root, or the host's /dev/shm with host IPC.
+    pub shm: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    pub id: PodId,
+    pub spec: PodSpec,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    pub state: State,
+    /// False until RunPodSandbox finished: such a pod is NotReady and only
+    /// good for Stop and Remove.
+    pub complete: bool,
+    /// The resolved handler name (never empty).
+    pub runtime_handler: String,
+    pub hostname: String,
+    pub cgroup_parent: String,
+    pub namespaces: Namespaces,
+    pub files: Files,
+    pub infra: Option<Infra>,
+    pub network: Option<Network>,
+}
+
+impl Pod {
+    /// The infra process's cgroup, relative to each hierarchy's root.
+    pub fn infra_cgroup(&self) -> PathBuf {
+        crate::cgroup::infra_path(&self.cgroup_parent, self.id.as_str())
+    }
+
+    /// Ready on record and, when it has one, its infra process still runs.
+    pub fn effective_state(&self) -> State {
+        match (self.state, &self.infra) {
+            (State::Ready, Some(infra)) if !infra.alive() => State::NotReady,
+            (state, _) => state,
+        }
+    }
+}
+
+/// Where one pod's things live.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+    pub run_root: PathBuf,
+}
+
+impl Layout {
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+    pub fn state_dir(&self, id: &PodId) -> PathBuf {
+        self.pods_dir().join(id.as_str())
+    }
+    pub fn record(&self, id: &PodId) -> PathBuf {
+        self.state_dir(id).join("pod.json")
+    }
+    pub fn run_dir(&self, id: &PodId) -> PathBuf {
+        self.run_root.join("pods").join(id.as_str())
+    }
+    pub fn ns_pin(&self, kind: &str, id: &PodId) -> PathBuf {
+        self.run_root.join("ns").join(kind).join(id.as_str())
+    }
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.root.join("cni").join("results")
+    }
+    pub fn files(&self, id: &PodId) -> Files {
+        let dir = self.state_dir(id);
+        Files {
+            hostname: dir.join("hostname"),
+            hosts: dir.join("hosts"),
+            resolv_conf: dir.join("resolv.conf"),
+            shm: self.run_dir(id).join("shm"),
+        }
+    }
+}
+
+pub fn save(layout: &Layout, pod: &Pod) -> std::io::Result<()> {
+    let bytes = serde_json::to_vec_pretty(pod).expect("records serialize");
+    atomic_write(&layout.record(&pod.id), &bytes)
+}
+
+/// Every record under `<root>/pods`; unreadable ones are reported, not fatal.
+pub fn load_all(layout: &Layout) -> (Vec<Pod>, Vec<String>) {
+    let mut pods = Vec::new();
+    let mut errors = Vec::new();
+    let Ok(entries) = std::fs::read_dir(layout.pods_dir()) else {
+        return (pods, errors);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path().join("pod.json");
+        match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice::<Pod>(&bytes).map_err(|e| e.to_string()))
+        {
+            Ok(pod) => pods.push(pod),
+            Err(err) => errors.push(format!("{}: {err}", path.display())),
+        }
+    }
+    (pods, errors)
+}
+
+/// Temp file, fsync, rename: a crash leaves the old file or the new one.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_via_temp(path, bytes, true)
+}
+
+/// Temp file and rename, so readers never see half a file. `sync` also
+/// makes the content durable before the rename (records need that; files
+/// that die with the pod at a reboot do not).
+pub fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    if sync {
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,217 @@
+//! The image RPCs: PullImage, ListImages, ImageStatus, RemoveImage,
+//! ImageFsInfo, mapped onto `berth_image::ImageStore` as CRI-O answers them.
+
+use std::collections::HashMap;
+
+use berth_image::{ClientError, Credentials, ImageStore, StoreError, StoreOptions};
+use berth_proto::cri::{
+    AuthConfig, FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest,
+    ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
+    ListImagesRequest, ListImagesResponse, PullImageRequest, PullImageResponse, RemoveImageRequest,
+    RemoveImageResponse, UInt64Value,
+};
+use tonic::Status;
+
+use super::CriService;
+use crate::config::{Config, DEFAULT_REGISTRIES_CONFIG};
+
+/// Opens `<root>/images`, cleaning what a crash left half done.
+pub fn open_store(config: &Config) -> Result<ImageStore, StoreError> {
+    let registries = &config.image.registries_config;
+    ImageStore::open(StoreOptions {
+        dir: config.root.join("images"),
+        registries_config: Some(registries.clone()),
+        // The default file is optional; a path the operator set must exist.
+        registries_config_required: registries.as_os_str() != DEFAULT_REGISTRIES_CONFIG,
+        pull_parallelism: config.image.pull_parallelism,
+    })
+}
+
+fn status(err: StoreError) -> Status {
+    let message = err.to_string();
+    match &err {
+        StoreError::Reference(_) => Status::invalid_argument(message),
+        StoreError::Blocked { .. } => Status::permission_denied(message),
+        StoreError::Client { source, .. } => match source {
+            ClientError::Unauthorized { .. } => Status::unauthenticated(message),
+            ClientError::NotFound { .. } => Status::not_found(message),
+            _ => Status::unavailable(message),
+        },
+        StoreError::Manifest { .. } => Status::failed_precondition(message),
+        StoreError::DigestMismatch { .. } | StoreError::LayerCount { .. } => {
+            Status::data_loss(message)
+        }
+        StoreError::Unpack { .. } => Status::failed_precondition(message),
+        StoreError::Registries(_) | StoreError::Io { .. } => Status::internal(message),
+    }
+}
+
+/// The image name of an ImageSpec, or INVALID_ARGUMENT naming the field.
+fn image_name(spec: Option<&ImageSpec>) -> Result<&str, Status> {
+    match spec.map(|s| s.image.as_str()) {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => Err(Status::invalid_argument("image.image must name an image")),
+    }
+}
+
+fn credentials(auth: Option<&AuthConfig>) -> Result<Credentials, Status> {
+    let Some(auth) = auth else {
+        return Ok(Credentials::default());
+    };
+    let mut creds = Credentials {
+        username: auth.username.clone(),
+        password: auth.password.clone(),
+        identity_token: auth.identity_token.clone(),
+        registry_token: auth.registry_token.clone(),
+    };
+    if !auth.auth.is_empty() {
+        let decoded = Credentials::from_auth_field(&auth.auth).ok_or_else(|| {
+            Status::invalid_argument("auth.auth must be base64 of \"username:password\"")
+        })?;
+        creds.username = decoded.username;
+        creds.password = decoded.password;
+    }
+    Ok(creds)
+}
+
+/// `uid` for a numeric config `User`, `username` otherwise (group dropped),
+/// neither when it is empty: what CRI-O reports.
+fn user(config_user: &str) -> (Option<Int64Value>, String) {
+    let user = config_user.split(':').next().unwrap_or("");
+    if user.is_empty() {
+        return (None, String::new());
+    }
+    match user.parse::<i64>() {
+        Ok(value) => (Some(Int64Value { value }), String::new()),
+        Err(_) => (None, user.to_string()),
+    }
+}
+
+fn to_cri(image: &berth_image::Image) -> Image {
+    let (uid, username) = user(&image.config.config.user);
+    Image {
+        id: image.id_hex(),
+        repo_tags: image.repo_tags.clone(),
+        repo_digests: image.repo_digests.clone(),
+        size: image.size,
+        uid,
+        username,
+        spec: Some(ImageSpec {
+            image: image.id_hex(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl CriService {
+    pub(super) async fn pull_image(
+        &self,
+        req: PullImageRequest,
+    ) -> Result<PullImageResponse, Status> {
+        let name = image_name(req.image.as_ref())?;
+        let creds = credentials(req.auth.as_ref())?;
+        let pulled = self.images.pull(name, &creds).await.map_err(status)?;
+        tracing::info!(image = name, id = %pulled.image.id_hex(), "pulled image");
+        Ok(PullImageResponse {
+            image_ref: pulled.image_ref,
+        })
+    }
+
+    pub(super) async fn list_images(
+        &self,
+        req: ListImagesRequest,
+    ) -> Result<ListImagesResponse, Status> {
+        let wanted = req
+            .filter
+            .and_then(|f| f.image)
+            .map(|spec| spec.image)
+            .filter(|name| !name.is_empty());
+        let images = match wanted {
+            Some(name) => self.images.get(&name).iter().map(to_cri).collect(),
+            None => self.images.list().iter().map(to_cri).collect(),
+        };
+        Ok(ListImagesResponse { images })
+    }
+
+    pub(super) async fn image_status(
+        &self,
+        req: ImageStatusRequest,
+    ) -> Result<ImageStatusResponse, Status> {
+        let name = image_name(req.image.as_ref())?;
+        // An absent image is an empty answer, not an error: the kubelet asks
+        // before every pull.
+        let Some(image) = self.images.get(name) else {
+            return Ok(ImageStatusResponse::default());
+        };
+        let mut info = HashMap::new();
+        if req.verbose {
+            let verbose = serde_json::json!({
+                "imageSpec": image.config,
+                "chainIDs": image.chain_ids,
+                "manifests": image.manifests,
+                "platform": {
+                    "os": image.config.os,
+                    "architecture": image.config.architecture,
+                    "variant": image.config.variant,
+                },
+                "layerDirs": self.images.lower_dirs(&image),
+            });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        Ok(ImageStatusResponse {
+            image: Some(to_cri(&image)),
+            info,
+        })
+    }
+
+    pub(super) async fn remove_image(
+        &self,
+        req: RemoveImageRequest,
+    ) -> Result<RemoveImageResponse, Status> {
+        let name = image_name(req.image.as_ref())?;
+        self.images.remove(name).await.map_err(status)?;
+        Ok(RemoveImageResponse {})
+    }
+
+    pub(super) async fn image_fs_info(
+        &self,
+        _req: ImageFsInfoRequest,
+    ) -> Result<ImageFsInfoResponse, Status> {
+        let images = self.images.clone();
+        let usage = tokio::task::spawn_blocking(move || images.usage())
+            .await
+            .map_err(|e| Status::internal(format!("measuring the image store: {e}")))?;
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i64);
+        Ok(ImageFsInfoResponse {
+            image_filesystems: vec![FilesystemUsage {
+                timestamp,
+                fs_id: Some(FilesystemIdentifier {
+                    mountpoint: self.images.dir().display().to_string(),
+                }),
+                used_bytes: Some(UInt64Value { value: usage.bytes }),
+                inodes_used: Some(UInt64Value {
+                    value: usage.inodes,
+                }),
+            }],
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_as_cri_o_reports_it() {
+        assert_eq!(user(""), (None, String::new()));
+        assert_eq!(
+            user("1000:1000"),
+            (Some(Int64Value { value: 1000 }), String::new())
+        );
+        assert_eq!(user("nobody:nogroup"), (None, "nobody".to_string()));
+    }
+}
