@@ -326,7 +326,8 @@ async fn port_forward_reaches_httpd_in_the_pod_netns() {
     let ns = Netns::with_httpd(&www, 8080);
     let req = PortForwardRequest {
         pod_id: "pod".into(),
-        netns: ns.path(),
+        netns: Some(ns.path()),
+        ports: Vec::new(),
     };
 
     // SPDY: two concurrent connections on one session.
@@ -433,11 +434,12 @@ async fn a_client_that_disconnects_or_idles_ends_its_process() {
     let pid = std::process::id();
 
     // Disconnect mid-stream.
-    let marker = format!("disconnect-marker-{pid}");
+    // The sleep carries the marker too: it must die with its shell.
+    let marker = format!("11{pid}");
     let url = exec(
         &world,
         &c,
-        &["sh", "-c", &format!("sleep 1001; echo {marker}")],
+        &["sh", "-c", &format!("sleep {marker}; echo done")],
         false,
     );
     let (client, _) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
@@ -449,12 +451,47 @@ async fn a_client_that_disconnects_or_idles_ends_its_process() {
     drop(client);
     wait_marker(&marker, false).await;
 
-    // Idle: the server closes the session after its idle timeout.
-    let marker = format!("idle-marker-{pid}");
+    // Disconnect before the process may have started: once runc is gone
+    // (the server then removes its pid dir), nothing of it may be left.
+    let marker = format!("33{pid}");
     let url = exec(
         &world,
         &c,
-        &["sh", "-c", &format!("sleep 1002; echo {marker}")],
+        &["sh", "-c", &format!("sleep {marker}; echo done")],
+        false,
+    );
+    let (client, _) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
+    let mut client = client.unwrap();
+    for t in ["error", "stdin", "stdout", "stderr"] {
+        client.open(&[("streamtype", t)]).await;
+    }
+    drop(client);
+    let exec_dirs = || {
+        std::fs::read_dir(&world.runtime.root)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("stream-exec-"))
+            .count()
+    };
+    for _ in 0..400 {
+        if exec_dirs() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(exec_dirs(), 0, "runc exec still running");
+    assert_eq!(
+        with_marker(&marker),
+        0,
+        "the exec'd process outlived its session"
+    );
+
+    // Idle: the server closes the session after its idle timeout.
+    let marker = format!("22{pid}");
+    let url = exec(
+        &world,
+        &c,
+        &["sh", "-c", &format!("sleep {marker}; echo done")],
         false,
     );
     let mut ws = websocket(&url, "v5.channel.k8s.io").await;

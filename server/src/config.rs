@@ -38,6 +38,8 @@ pub struct Config {
     pub pod: PodConfig,
     /// Image pulls and the image store.
     pub image: ImageSettings,
+    /// The HTTP server behind the Exec, Attach and PortForward URLs.
+    pub streaming: StreamingSettings,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +104,37 @@ impl Default for ImageSettings {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingSettings {
+    /// The IP address to listen on; loopback by default, since the kubelet
+    /// on the same node is the only client that needs it.
+    pub address: std::net::IpAddr,
+    /// The TCP port; 0 lets the kernel pick a free one (the URLs carry it,
+    /// so nothing needs to know it in advance).
+    pub port: u16,
+    /// PEM certificate chain and key: both set serves HTTPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds without traffic after which a session is closed (and its
+    /// exec killed); the kubelet's default is 4 hours.
+    pub idle_timeout: u64,
+}
+
+impl Default for StreamingSettings {
+    fn default() -> Self {
+        StreamingSettings {
+            address: std::net::Ipv4Addr::LOCALHOST.into(),
+            port: 0,
+            tls_cert: None,
+            tls_key: None,
+            idle_timeout: 4 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeHandler {
     /// The OCI runtime binary: an absolute path, or a name looked up in `PATH`.
@@ -142,6 +175,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             pod: PodConfig::default(),
             image: ImageSettings::default(),
+            streaming: StreamingSettings::default(),
         }
     }
 }
@@ -454,6 +488,40 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
+    let streaming = &config.streaming;
+    match (&streaming.tls_cert, &streaming.tls_key) {
+        (Some(_), None) | (None, Some(_)) => {
+            let missing = if streaming.tls_cert.is_none() {
+                "streaming.tls_cert"
+            } else {
+                "streaming.tls_key"
+            };
+            return Err(invalid(
+                missing,
+                "expected streaming.tls_cert and streaming.tls_key to be set together".into(),
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            for (k, path) in [("streaming.tls_cert", cert), ("streaming.tls_key", key)] {
+                if !path.is_absolute() {
+                    return Err(invalid(
+                        k,
+                        format!(
+                            "expected an absolute path, got {:?}",
+                            path.display().to_string()
+                        ),
+                    ));
+                }
+            }
+        }
+        (None, None) => {}
+    }
+    if streaming.idle_timeout == 0 {
+        return Err(invalid(
+            "streaming.idle_timeout",
+            "expected a number of seconds above 0".into(),
+        ));
+    }
     for (name, handler) in &config.runtimes {
         let valid_name = !name.is_empty()
             && name
@@ -612,6 +680,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cni.bin_dirs"), "{err}");
+    }
+
+    #[test]
+    fn streaming_table_merges_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        std::fs::write(&file, "[streaming]\nport = 10010\n").unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.streaming.port, 10010);
+        assert_eq!(
+            loaded.config.streaming.address,
+            std::net::IpAddr::from([127, 0, 0, 1])
+        );
+        assert_eq!(loaded.config.streaming.idle_timeout, 4 * 3600);
+
+        let err_for = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            load(&sources(dir.path()), &Overrides::default())
+                .unwrap_err()
+                .to_string()
+        };
+        let err = err_for("[streaming]\naddress = \"localhost\"\n");
+        assert!(err.contains("streaming.address"), "{err}");
+        let err = err_for("[streaming]\nport = 70000\n");
+        assert!(err.contains("streaming.port"), "{err}");
+        let err = err_for("[streaming]\ntls_cert = \"/etc/berth/tls.crt\"\n");
+        assert!(err.contains("streaming.tls_key"), "{err}");
+        assert!(err.contains("together"), "{err}");
+        let err = err_for("[streaming]\ntls_cert = \"tls.crt\"\ntls_key = \"/k\"\n");
+        assert!(err.contains("streaming.tls_cert"), "{err}");
+        assert!(err.contains("absolute"), "{err}");
+        let err = err_for("[streaming]\nidle_timeout = 0\n");
+        assert!(err.contains("streaming.idle_timeout"), "{err}");
+
+        std::fs::write(
+            &file,
+            "[streaming]\naddress = \"::1\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"\n",
+        )
+        .unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        let text = toml::to_string_pretty(&loaded.config).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, loaded.config);
     }
 
     #[test]

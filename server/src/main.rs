@@ -116,6 +116,11 @@ enum ServeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Images(#[from] berth_image::StoreError),
+    #[error("cannot start the streaming server on {addr}: {source}")]
+    Streaming {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -151,6 +156,13 @@ async fn run(config: Config) -> Result<(), ServeError> {
     }
     let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
     let images = cri::open_store(&config)?;
+    // Before the CRI socket exists: a bad address or TLS file stops start-up.
+    let streaming = cri::start_server(&config.streaming)
+        .await
+        .map_err(|source| ServeError::Streaming {
+            addr: (config.streaming.address, config.streaming.port).into(),
+            source,
+        })?;
     let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
     let _socket_lock = listener::lock(&socket_lock_path, "socket", &config.listen)?;
     let socket = listener::bind(&config.listen)?;
@@ -175,10 +187,11 @@ async fn run(config: Config) -> Result<(), ServeError> {
         socket = %listen.display(),
         root = %config.root.display(),
         run_root = %config.run_root.display(),
+        streaming = %streaming.base_url(),
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI v1"
     );
-    let service = cri::CriService::new(config, images);
+    let service = cri::CriService::new(config, images, streaming);
     if let Err(err) = notify::ready() {
         tracing::warn!("cannot notify systemd of readiness: {err}");
     }

@@ -55,8 +55,13 @@ pub struct AttachRequest {
 #[derive(Debug, Clone)]
 pub struct PortForwardRequest {
     pub pod_id: String,
-    /// The pod's pinned network namespace.
-    pub netns: PathBuf,
+    /// The pod's pinned network namespace; `None` for a pod on the host's
+    /// network, reached from berthd's own namespace.
+    pub netns: Option<PathBuf>,
+    /// The ports of the CRI request. WebSocket clients get these channels
+    /// (as the kubelet's server does); when empty, the URL's `port` query
+    /// parameters name them. SPDY clients name a port per stream.
+    pub ports: Vec<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +143,7 @@ impl Backend for RuntimeBackend {
             let spawned = std::thread::Builder::new()
                 .name("berth-portfwd".into())
                 .spawn(move || {
-                    let _ = tx.send(connect_in_netns(&netns, port));
+                    let _ = tx.send(connect_in_netns(netns.as_deref(), port));
                 });
             let result = match spawned {
                 Err(err) => Err(err),
@@ -160,9 +165,14 @@ impl Backend for RuntimeBackend {
     }
 }
 
-fn connect_in_netns(netns: &std::path::Path, port: u16) -> std::io::Result<std::net::TcpStream> {
-    let ns = std::fs::File::open(netns)?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+fn connect_in_netns(
+    netns: Option<&std::path::Path>,
+    port: u16,
+) -> std::io::Result<std::net::TcpStream> {
+    if let Some(netns) = netns {
+        let ns = std::fs::File::open(netns)?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+    }
     std::net::TcpStream::connect(("127.0.0.1", port))
 }
 
@@ -246,7 +256,6 @@ fn exec(req: ExecRequest) -> std::io::Result<Process> {
     // The parent's copies of the slave are gone with `cmd`: the master then
     // reads EOF (EIO) once runc exits.
     drop(cmd);
-    let runc_pid = child.id();
     let mut process = Process {
         stdin: None,
         stdout: None,
@@ -273,32 +282,120 @@ fn exec(req: ExecRequest) -> std::io::Result<Process> {
         process.stdout = child.stdout.take().map(|s| Box::new(s) as Reader);
         process.stderr = child.stderr.take().map(|s| Box::new(s) as Reader);
     }
-    let kill_pid_file = pid_file.clone();
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
     process.kill = Box::new(move || {
-        // Killing runc alone would leave the process running in the
-        // container: kill the process; runc then exits with it.
-        if let Some(pid) = std::fs::read_to_string(&kill_pid_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-        if let Some(pid) = runc_pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        let _ = kill_tx.send(());
     });
     process.exit = Box::pin(async move {
-        let status = child.wait().await;
+        let status = tokio::select! {
+            status = child.wait() => status,
+            Ok(()) = kill_rx => kill_exec(&pid_file, &mut child).await,
+        };
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Some(exit_code(status?)))
     });
     Ok(process)
+}
+
+/// How long runc may take to name the exec'd process, and then to exit
+/// after it was killed.
+const KILL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Ends a `runc exec` whose client went away. Killing runc alone would
+/// leave the process running in the container, and runc names it (in the
+/// pid file) only once it started: so wait for the name, kill the process
+/// and everything it started (runc waits for the last holder of its
+/// output pipes), and runc exits with them. A runc that never names one
+/// is stuck in set-up and is killed itself.
+async fn kill_exec(
+    pid_file: &std::path::Path,
+    runc: &mut tokio::process::Child,
+) -> std::io::Result<std::process::ExitStatus> {
+    let deadline = tokio::time::Instant::now() + KILL_GRACE;
+    while tokio::time::Instant::now() < deadline {
+        // runc writes the file by rename: it is whole or absent.
+        let pid = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = tokio::task::spawn_blocking(move || kill_tree(pid)).await;
+            break;
+        }
+        let poll = std::time::Duration::from_millis(10);
+        if let Ok(status) = tokio::time::timeout(poll, runc.wait()).await {
+            return status;
+        }
+    }
+    match tokio::time::timeout(KILL_GRACE, runc.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            runc.start_kill()?;
+            runc.wait().await
+        }
+    }
+}
+
+/// SIGKILLs `root` and its descendants. They are stopped first, scan after
+/// scan, until no new one appears: a stopped process cannot fork, so none
+/// escapes to the container's init.
+fn kill_tree(root: i32) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut stopped = std::collections::BTreeSet::new();
+    loop {
+        let tree = descendants(root);
+        let new: Vec<i32> = tree.difference(&stopped).copied().collect();
+        if new.is_empty() {
+            break;
+        }
+        for pid in new {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGSTOP);
+            stopped.insert(pid);
+        }
+    }
+    for pid in stopped {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// `root` (if alive) and every process below it, from /proc.
+fn descendants(root: i32) -> std::collections::BTreeSet<i32> {
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = Default::default();
+    let mut alive = false;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parens.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid == root {
+            alive = true;
+        }
+        if let Some(ppid) = ppid {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut tree = std::collections::BTreeSet::new();
+    if !alive {
+        return tree;
+    }
+    let mut todo = vec![root];
+    while let Some(pid) = todo.pop() {
+        if tree.insert(pid) {
+            todo.extend(children.get(&pid).into_iter().flatten().copied());
+        }
+    }
+    tree
 }
 
 fn set_winsize(fd: &OwnedFd, size: TermSize) -> std::io::Result<()> {

@@ -140,9 +140,14 @@ impl StreamingServer {
         self.addr
     }
 
+    /// Where the server answers, e.g. `http://127.0.0.1:41234/`.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}/", self.scheme, self.addr)
+    }
+
     fn url(&self, kind: &str, target: Target) -> String {
         let token = self.inner.tokens.insert(target);
-        format!("{}://{}/{kind}/{token}", self.scheme, self.addr)
+        format!("{}{kind}/{token}", self.base_url())
     }
 
     /// The URL of a new exec session (the CRI `Exec` answer).

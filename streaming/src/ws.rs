@@ -2,8 +2,9 @@
 //! byte then data (base64 protocols: the channel as an ASCII digit, then
 //! base64 text). Exec/attach channels are stdin 0, stdout 1, stderr 2,
 //! error 3, resize 4; v5 adds `[255, channel]` to close a channel.
-//! Port-forward has a data (2i) and an error (2i+1) channel per `port`
-//! query parameter, each opened with the port (u16, little-endian).
+//! Port-forward has a data (2i) and an error (2i+1) channel per port of
+//! the CRI request (or, when it named none, per `port` query parameter),
+//! each opened with the port (u16, little-endian).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,11 +147,15 @@ pub(crate) async fn serve<IO>(
 
     match target {
         Target::PortForward(req) => {
-            let ports: Vec<u16> = query
-                .split('&')
-                .filter_map(|kv| kv.strip_prefix("port="))
-                .filter_map(|p| p.parse().ok())
-                .collect();
+            let ports: Vec<u16> = if req.ports.is_empty() {
+                query
+                    .split('&')
+                    .filter_map(|kv| kv.strip_prefix("port="))
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            } else {
+                req.ports.clone()
+            };
             port_forward(inner, req, ports, framing, out.clone(), incoming, gone).await;
         }
         Target::Exec(req) => {
@@ -262,7 +267,7 @@ async fn port_forward(
 ) {
     if ports.is_empty() {
         let _ = out
-            .send(framing.encode(1, b"port-forward needs at least one port query parameter"))
+            .send(framing.encode(1, b"port-forward needs at least one port (in the CRI request or a port query parameter)"))
             .await;
         return;
     }

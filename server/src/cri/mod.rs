@@ -7,6 +7,7 @@ mod image_service;
 mod pod;
 mod runtime_info;
 mod runtime_service;
+mod stream;
 
 use std::sync::Arc;
 
@@ -20,22 +21,30 @@ pub struct CriService {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::Sandboxes>,
     images: Arc<ImageStore>,
+    /// Serves the Exec, Attach and PortForward URLs.
+    streaming: Arc<berth_streaming::StreamingServer>,
 }
 
 impl CriService {
     /// Loads the pod records and the CNI config, and starts watching the
     /// CNI conf dir; must run inside the tokio runtime.
-    pub fn new(config: Config, images: ImageStore) -> Self {
+    pub fn new(
+        config: Config,
+        images: ImageStore,
+        streaming: berth_streaming::StreamingServer,
+    ) -> Self {
         let pods = Arc::new(pod::open(&config));
         CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
+            streaming: Arc::new(streaming),
         }
     }
 }
 
 pub use image::open_store;
+pub use stream::start_server;
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers

@@ -59,7 +59,7 @@ pub(super) fn open(config: &Config) -> Sandboxes {
     pods
 }
 
-fn status(err: Error) -> Status {
+pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
     match err {
         Error::Invalid(_) | Error::UnknownHandler { .. } | Error::Ambiguous { .. } => {

@@ -20,6 +20,7 @@ super::cri_service_impl! {
             pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
             list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
             update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
+            port_forward(PortForwardRequest) -> PortForwardResponse;
         }
         unimplemented {
             create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
@@ -33,7 +34,6 @@ super::cri_service_impl! {
             exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
             exec(ExecRequest) -> ExecResponse = "Exec";
             attach(AttachRequest) -> AttachResponse = "Attach";
-            port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
             container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
             list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
             pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
