@@ -1,7 +1,8 @@
 //! The streaming RPCs through the real berthd: PortForward resolves a pod
 //! and returns a URL on berthd's streaming server, which then reaches a
-//! listener inside the pod's pinned network namespace over SPDY/3.1 and
-//! WebSocket. Exec and Attach stay UNIMPLEMENTED until containers exist.
+//! listener inside the pod's pinned network namespace (or, for a
+//! host-network pod, berthd's own) over SPDY/3.1 and WebSocket. Exec and
+//! Attach stay UNIMPLEMENTED until containers exist.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ fn loopback_network(dir: &Path) -> Options {
     }
 }
 
-fn pod(name: &str) -> PodSandboxConfig {
+fn pod(name: &str, network: NamespaceMode) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -53,7 +54,7 @@ fn pod(name: &str) -> PodSandboxConfig {
         linux: Some(LinuxPodSandboxConfig {
             security_context: Some(LinuxSandboxSecurityContext {
                 namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
+                    network: network as i32,
                     pid: NamespaceMode::Container as i32,
                     ipc: NamespaceMode::Pod as i32,
                     ..NamespaceOption::default()
@@ -80,15 +81,17 @@ async fn port_forward(
         .map(|r| r.into_inner().url)
 }
 
-/// An echo server on 127.0.0.1 inside the network namespace `netns`, for
-/// `connections` connections; returns its port.
-fn echo_in(netns: &Path, connections: usize) -> u16 {
+/// An echo server on 127.0.0.1 inside the network namespace `netns` (the
+/// test's own with `None`), for `connections` connections; returns its port.
+fn echo_in(netns: Option<&Path>, connections: usize) -> u16 {
     let (tx, rx) = std::sync::mpsc::channel();
-    let netns = netns.to_path_buf();
+    let netns = netns.map(Path::to_path_buf);
     // setns moves only this thread; the socket stays in the pod's namespace.
     std::thread::spawn(move || {
-        let ns = std::fs::File::open(&netns).unwrap();
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        if let Some(netns) = netns {
+            let ns = std::fs::File::open(&netns).unwrap();
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        }
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         tx.send(listener.local_addr().unwrap().port()).unwrap();
         for conn in listener.incoming().take(connections) {
@@ -149,7 +152,7 @@ async fn port_forward_through_berthd_over_spdy_and_websocket() {
 
     let id = client
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod("forwarded")),
+            config: Some(pod("forwarded", NamespaceMode::Pod)),
             runtime_handler: String::new(),
         })
         .await
@@ -157,7 +160,7 @@ async fn port_forward_through_berthd_over_spdy_and_websocket() {
         .into_inner()
         .pod_sandbox_id;
     let netns = pinned_netns(&mut client, &id).await;
-    let port = echo_in(&netns, 2);
+    let port = echo_in(Some(&netns), 2);
     let err = port_forward(&mut client, &id, &[port.into(), 0])
         .await
         .unwrap_err();
@@ -217,6 +220,48 @@ async fn port_forward_through_berthd_over_spdy_and_websocket() {
     assert_eq!(opened, [0, 1]);
     drop(ws);
     assert_eq!(http_status(&url).await, 404);
+
+    // A host-network pod is reached in berthd's own namespace.
+    let host_pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod("forwarded-host", NamespaceMode::Node)),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let host_port = echo_in(None, 1);
+    let url = port_forward(&mut client, &host_pod, &[host_port.into()])
+        .await
+        .unwrap();
+    let (spdy, head) = SpdyClient::connect(&url, "portforward.k8s.io").await;
+    let mut spdy = spdy.unwrap_or_else(|| panic!("no upgrade: {head}"));
+    let host_port_text = host_port.to_string();
+    let headers = |kind| {
+        [
+            ("streamtype", kind),
+            ("port", &*host_port_text),
+            ("requestid", "0"),
+        ]
+    };
+    spdy.open(&headers("error")).await;
+    let data = spdy.open(&headers("data")).await;
+    spdy.data(data, b"hello on the host", false).await;
+    spdy.read_until(data, "hello on the host").await;
+    drop(spdy);
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: host_pod.clone(),
+        })
+        .await
+        .unwrap();
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: host_pod,
+        })
+        .await
+        .unwrap();
 
     client
         .stop_pod_sandbox(StopPodSandboxRequest {
