@@ -84,12 +84,22 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
     std::fs::create_dir_all(&new.run_dir).map_err(dir_err(&new.run_dir))?;
     std::fs::create_dir_all(&new.state_dir).map_err(dir_err(&new.state_dir))?;
     let rootfs = rootfs_of(&new.run_dir);
-    overlay::mount(
-        &new.layers,
-        &new.state_dir.join("upper"),
-        &new.state_dir.join("work"),
-        &rootfs,
-    )
+    let (upper, work) = (new.state_dir.join("upper"), new.state_dir.join("work"));
+    match &new.spec.user_namespace {
+        None => overlay::mount(&new.layers, &upper, &work, &rootfs),
+        Some(user) => match user.host_root() {
+            Some(root) => overlay::mount_idmapped(
+                &new.layers,
+                &upper,
+                &work,
+                &rootfs,
+                &new.run_dir.join("lower"),
+                &user.path,
+                root,
+            ),
+            None => Err(OverlayError::Unmapped),
+        },
+    }
     .map_err(|source| ContainerError::Overlay {
         id: id.clone(),
         source,

@@ -8,6 +8,7 @@ mod pod;
 mod runtime_info;
 mod runtime_service;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_image::ImageStore;
@@ -20,6 +21,8 @@ pub struct CriService {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::Sandboxes>,
     images: Arc<ImageStore>,
+    /// Each runtime handler's features, probed once at start-up.
+    features: Arc<BTreeMap<String, berth_runtime::features::HandlerFeatures>>,
 }
 
 impl CriService {
@@ -27,10 +30,16 @@ impl CriService {
     /// CNI conf dir; must run inside the tokio runtime.
     pub fn new(config: Config, images: ImageStore) -> Self {
         let pods = Arc::new(pod::open(&config));
+        let features = config
+            .runtimes
+            .iter()
+            .map(|(name, runtime)| (name.clone(), berth_runtime::features::probe(&runtime.path)))
+            .collect();
         CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
+            features: Arc::new(features),
         }
     }
 }

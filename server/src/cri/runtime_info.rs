@@ -87,15 +87,23 @@ impl CriService {
     }
 
     /// The default handler (empty name, as the CRI defines) and every named
-    /// one. No feature is claimed until it is implemented and probed.
+    /// one, with the features probed on this host at start-up.
     fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
-        let features = Some(RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
-            user_namespaces: false,
-        });
-        std::iter::once(String::new())
-            .chain(self.config.runtimes.keys().cloned())
-            .map(|name| RuntimeHandler { name, features })
+        let features = |name: &str| {
+            let probed = self.features.get(name).copied().unwrap_or_default();
+            Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: probed.recursive_read_only_mounts,
+                user_namespaces: probed.user_namespaces,
+            })
+        };
+        std::iter::once((String::new(), features(&self.config.default_runtime)))
+            .chain(
+                self.config
+                    .runtimes
+                    .keys()
+                    .map(|name| (name.clone(), features(name))),
+            )
+            .map(|(name, features)| RuntimeHandler { name, features })
             .collect()
     }
 }
