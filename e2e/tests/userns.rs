@@ -108,6 +108,17 @@ fn pod_userns() -> CriUserNamespace {
 }
 
 fn pod(name: &str, network: NamespaceMode, user: Option<CriUserNamespace>) -> PodSandboxConfig {
+    let sysctls = if network == NamespaceMode::Pod {
+        [
+            ("kernel.shm_rmid_forced", "1"),
+            ("net.ipv4.ip_unprivileged_port_start", "80"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    } else {
+        Default::default()
+    };
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -127,6 +138,7 @@ fn pod(name: &str, network: NamespaceMode, user: Option<CriUserNamespace>) -> Po
                 }),
                 ..LinuxSandboxSecurityContext::default()
             }),
+            sysctls,
             ..LinuxPodSandboxConfig::default()
         }),
         ..PodSandboxConfig::default()
@@ -224,7 +236,9 @@ impl Containers {
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(layer.join("etc")).unwrap();
         std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for applet in ["sh", "cat", "id", "touch", "ls", "readlink", "echo"] {
+        for applet in [
+            "sh", "cat", "id", "touch", "ls", "readlink", "echo", "mkdir",
+        ] {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
@@ -249,9 +263,11 @@ impl Containers {
         script: &str,
         pod: &PodFacts,
         user: Option<&CriUserNamespace>,
+        mounts: Vec<cri::Mount>,
     ) -> (i32, String, NewContainer) {
         let config = cri::ContainerConfig {
             command: vec!["sh".into(), "-c".into(), script.into()],
+            mounts,
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
                     namespace_options: Some(cri::NamespaceOption {
@@ -376,10 +392,22 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
 
     let containers = Containers::new();
     let facts = facts(&info, Some(&user));
+    // A host directory as a volume: id-mapped, its files keep their host
+    // owners (host root is the pod's root).
+    let volume = containers.paths.dir().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("host-file"), "from the host\n").unwrap();
+    let mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: volume.to_str().unwrap().into(),
+        ..Default::default()
+    }];
     let script = "cat /proc/self/uid_map /proc/self/gid_map; id; \
                   touch /created && echo x >> /etc/group && cat /etc/passwd; \
-                  ls -ln /etc/passwd; readlink /proc/self/ns/user";
-    let (code, text, first) = containers.run(script, &facts, Some(&user));
+                  ls -ln /etc/passwd; readlink /proc/self/ns/user; \
+                  cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start; \
+                  ls -ln /data/host-file; cat /data/host-file; mkdir /data/made";
+    let (code, text, first) = containers.run(script, &facts, Some(&user), mounts);
     assert_eq!(code, 0, "{text}");
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(words(lines[0]), ["0", "100000", "65536"], "{text}");
@@ -389,6 +417,12 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
     // Image files are the pod root's inside.
     assert_eq!(words(lines[4])[2..4], ["0", "0"], "{text}");
     assert_eq!(lines[5], ns_id(&pin), "{text}");
+    // The pod's sysctls were set in its namespaces, from inside.
+    assert_eq!(lines[6..8], ["1", "80"], "{text}");
+    assert_eq!(words(lines[8])[2..4], ["0", "0"], "{text}");
+    assert_eq!(lines[9], "from the host", "{text}");
+    let made = std::fs::metadata(volume.join("made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (0, 0));
     // What it wrote lands in the upper dir under the mapped host ids; the
     // image's own layer is untouched.
     let upper = first.state_dir.join("upper");
@@ -403,7 +437,8 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
         0
     );
     // A second container of the pod shares the namespace.
-    let (code, text, second) = containers.run("readlink /proc/self/ns/user", &facts, None);
+    let (code, text, second) =
+        containers.run("readlink /proc/self/ns/user", &facts, None, Vec::new());
     assert_eq!((code, text.as_str()), (0, ns_id(&pin).as_str()));
     containers.remove(&first);
     containers.remove(&second);
@@ -524,6 +559,24 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
         .items;
     assert!(listed.is_empty(), "{listed:?}");
 
+    // A failure once the namespaces exist (a sysctl value the kernel
+    // refuses) takes them all down again.
+    let mut config = pod("bad-sysctl", NamespaceMode::Pod, Some(pod_userns()));
+    config.linux.as_mut().unwrap().sysctls.insert(
+        "net.ipv4.ip_unprivileged_port_start".into(),
+        "not-a-number".into(),
+    );
+    let err = run(&mut client, config).await.unwrap_err();
+    assert!(
+        err.message().contains("ip_unprivileged_port_start"),
+        "{err:?}"
+    );
+    assert_eq!(mounts_under(&run_root), Vec::<PathBuf>::new());
+    assert!(
+        std::fs::read_dir(berthd.paths().root().join("pods"))
+            .map_or(true, |mut d| d.next().is_none())
+    );
+
     // NODE (explicit) is the host's user namespace, as no option at all.
     let node = userns(NamespaceMode::Node, vec![], vec![]);
     let id = run(
@@ -551,6 +604,7 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
         "cat /proc/self/uid_map; touch /created",
         &facts(&info, None),
         Some(&node),
+        Vec::new(),
     );
     assert_eq!(code, 0, "{text}");
     assert_eq!(words(&text), ["0", "0", "4294967295"]);

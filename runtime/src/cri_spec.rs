@@ -154,11 +154,17 @@ pub fn convert(
     let user_namespace = user_namespace(sc, pod, options)?;
     let sysctls = sysctls(pod_linux.map(|l| &l.sysctls), &pod.network, &pod.ipc)?;
     let mounts = mounts(&config.mounts, options.features)?;
-    if pod.user.is_some() && !mounts.is_empty() {
+    // Host paths enter a user-namespaced pod as id-mapped copies
+    // (`mounts::idmap`), which cannot take part in the host's propagation.
+    if pod.user.is_some()
+        && let Some(i) = mounts
+            .iter()
+            .position(|m| m.propagation != Propagation::Private)
+    {
         return Err(unsupported(
-            "mounts[0]",
-            "a container in a pod with its own user namespace cannot mount host paths yet \
-             (they would need id-mapped bind mounts)",
+            format!("mounts[{i}].propagation"),
+            "a pod with its own user namespace gets id-mapped copies of host paths, \
+             which do not propagate mounts",
         ));
     }
     let devices = config
@@ -1054,16 +1060,18 @@ mod tests {
                 "{e}"
             );
         }
-        let mounted = cri::ContainerConfig {
+        let mounted = |propagation| cri::ContainerConfig {
             mounts: vec![cri::Mount {
                 container_path: "/data".into(),
                 host_path: "/srv".into(),
+                propagation,
                 ..Default::default()
             }],
             ..ns(1, "", Some(0))
         };
-        let e = convert_in(&mounted, &options).unwrap_err();
-        assert!(e.to_string().starts_with("mounts[0]"), "{e}");
+        assert!(convert_in(&mounted(0), &options).is_ok());
+        let e = convert_in(&mounted(1), &options).unwrap_err();
+        assert!(e.to_string().starts_with("mounts[0].propagation"), "{e}");
         let mut no_pid = pod();
         no_pid.pid = None;
         let e = convert(

@@ -54,9 +54,15 @@ const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
-/// Attaches at `target` (an existing dir) a bind mount of `source` whose
-/// ids are mapped through the user namespace `userns`.
-pub fn bind_idmapped(source: &Path, target: &Path, userns: &Path) -> Result<(), OverlayError> {
+/// Attaches at `target` (an existing dir, or file for a file) a bind mount
+/// of `source` (with its submounts when `recursive`) whose ids are mapped
+/// through the user namespace `userns`.
+pub fn bind_idmapped(
+    source: &Path,
+    target: &Path,
+    userns: &Path,
+    recursive: bool,
+) -> Result<(), OverlayError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
     let fail = |step: &'static str, path: &Path| {
@@ -69,13 +75,14 @@ pub fn bind_idmapped(source: &Path, target: &Path, userns: &Path) -> Result<(), 
     };
     let userns_file = std::fs::File::open(userns).map_err(fail("open user namespace", userns))?;
     let (source_c, target_c) = (cstr(source)?, cstr(target)?);
+    let at_recursive = if recursive { libc::AT_RECURSIVE } else { 0 };
     // SAFETY: open_tree(2) with a valid path; the fd is owned right away.
     let tree = unsafe {
         libc::syscall(
             libc::SYS_open_tree,
             libc::AT_FDCWD,
             source_c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | at_recursive as libc::c_uint,
         )
     };
     if tree < 0 {
@@ -95,7 +102,7 @@ pub fn bind_idmapped(source: &Path, target: &Path, userns: &Path) -> Result<(), 
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
-            libc::AT_EMPTY_PATH,
+            libc::AT_EMPTY_PATH | at_recursive,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
@@ -153,7 +160,7 @@ pub fn mount_idmapped(
                 path: dir.clone(),
                 source,
             })?;
-            bind_idmapped(lower, &dir, userns)?;
+            bind_idmapped(lower, &dir, userns, false)?;
             mapped.push(dir);
         }
         mount(&mapped, upper, work, target)
@@ -215,6 +222,54 @@ pub fn mount(
         target: target.to_path_buf(),
         source,
     })
+}
+
+/// Unmounts every mount at or below `dir`, deepest first (the rootfs, and
+/// id-mapped mounts a crash left staged): a dir still holding a mount must
+/// never be removed recursively, as that would delete through the mount.
+pub fn unmount_all_under(dir: &Path) -> Result<(), OverlayError> {
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| OverlayError::Create {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(unescape)
+        .filter(|path| path.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    mounts.dedup();
+    for target in mounts {
+        unmount(&target)?;
+    }
+    Ok(())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], code) {
+            (b'\\', Some(code)) => {
+                out.push(code);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 /// Unmounts `target`; nothing mounted there (or no `target`) is success.
