@@ -156,7 +156,8 @@ fn create_in_this_thread(request: &Request) -> Result<(), NsError> {
     Ok(())
 }
 
-/// What the helper reports when a step fails: the step and errno.
+/// The helper's report (8 bytes): the failed step (0: none), the index of
+/// the failed sysctl (u16 at 2..4) and errno (i32 at 4..8).
 const STEP_ROOT: u8 = 1;
 const STEP_HOSTNAME: u8 = 2;
 const STEP_LOOPBACK: u8 = 3;
@@ -213,10 +214,11 @@ fn create_in_user_namespace(request: &Request, user: &UserRequest) -> Result<(),
     let child = Box::new(|| -> isize {
         // SAFETY: only async-signal-safe calls on data prepared above.
         unsafe {
-            let report = |step: u8, index: u8| -> isize {
+            let report = |step: u8, index: usize| -> isize {
                 let errno = *libc::__errno_location();
-                let mut msg = [step, index, 0, 0, 0, 0];
-                msg[2..].copy_from_slice(&errno.to_ne_bytes());
+                let mut msg = [step, 0, 0, 0, 0, 0, 0, 0];
+                msg[2..4].copy_from_slice(&(index as u16).to_ne_bytes());
+                msg[4..].copy_from_slice(&errno.to_ne_bytes());
                 libc::write(report_w_raw, msg.as_ptr().cast(), msg.len());
                 libc::_exit(1)
             };
@@ -240,15 +242,15 @@ fn create_in_user_namespace(request: &Request, user: &UserRequest) -> Result<(),
             for (i, (path, value)) in sysctls.iter().enumerate() {
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
                 if fd < 0 {
-                    return report(STEP_SYSCTL, i as u8);
+                    return report(STEP_SYSCTL, i);
                 }
                 let written = libc::write(fd, value.as_ptr().cast(), value.len());
                 if written != value.len() as isize {
-                    return report(STEP_SYSCTL, i as u8);
+                    return report(STEP_SYSCTL, i);
                 }
                 libc::close(fd);
             }
-            let done = [0u8; 6];
+            let done = [0u8; 8];
             libc::write(report_w_raw, done.as_ptr().cast(), done.len());
             // Hold the namespaces until berthd has pinned them and kills us.
             loop {
@@ -287,7 +289,7 @@ fn drive_helper(
     std::fs::File::from(go)
         .write_all(&[1])
         .map_err(NsError::Helper)?;
-    let mut msg = [0u8; 6];
+    let mut msg = [0u8; 8];
     std::fs::File::from(report)
         .read_exact(&mut msg)
         .map_err(|err| {
@@ -295,8 +297,9 @@ fn drive_helper(
                 "it exited without reporting: {err}"
             )))
         })?;
+    let index = usize::from(u16::from_ne_bytes([msg[2], msg[3]]));
     let errno =
-        std::io::Error::from_raw_os_error(i32::from_ne_bytes([msg[2], msg[3], msg[4], msg[5]]));
+        std::io::Error::from_raw_os_error(i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]));
     match msg[0] {
         0 => {}
         STEP_ROOT => return Err(NsError::BecomeRoot(errno)),
@@ -308,11 +311,7 @@ fn drive_helper(
         }
         STEP_LOOPBACK => return Err(NsError::Loopback(errno)),
         _ => {
-            let (key, value) = request
-                .sysctls
-                .get(usize::from(msg[1]))
-                .cloned()
-                .unwrap_or_default();
+            let (key, value) = request.sysctls.get(index).cloned().unwrap_or_default();
             return Err(NsError::Sysctl {
                 key: key.replace('/', "."),
                 value,
