@@ -330,6 +330,24 @@ fn ns_id(file: &Path) -> String {
     format!("user:[{}]", std::fs::metadata(file).unwrap().ino())
 }
 
+/// The inode of the user namespace owning the namespace at `file`.
+fn owner(file: &Path) -> u64 {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const NS_GET_USERNS: u64 = 0xb701;
+    let ns = std::fs::File::open(file).unwrap();
+    // SAFETY: NS_GET_USERNS on an nsfs fd returns a new fd, owned at once.
+    let fd = unsafe { nix::libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    assert!(
+        fd >= 0,
+        "NS_GET_USERNS {}: {}",
+        file.display(),
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a fresh fd nobody else owns.
+    let owner = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    owner.metadata().unwrap().ino()
+}
+
 fn words(text: &str) -> Vec<&str> {
     text.split_whitespace().collect()
 }
@@ -374,6 +392,15 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
     assert_eq!(reported, user);
     let pin = path(&info["namespaces"]["user"]).unwrap();
     assert_eq!(pin, berthd.paths().run_root().join("ns/user").join(&id));
+    // The user namespace owns every other namespace of the pod.
+    for kind in ["net", "ipc", "uts", "pid"] {
+        let pinned = path(&info["namespaces"][kind]).unwrap();
+        assert_eq!(
+            owner(&pinned),
+            std::fs::metadata(&pin).unwrap().ino(),
+            "{kind}"
+        );
+    }
     // The infra process (PID 1 of the pod) is inside the pod's namespace,
     // as its root.
     let infra = info["pid"].as_i64().unwrap();

@@ -210,10 +210,17 @@ fn create_in_user_namespace(request: &Request, user: &UserRequest) -> Result<(),
     let (go_r, go_w) = pipe()?;
     let (report_r, report_w) = pipe()?;
     let (go_r_raw, report_w_raw) = (go_r.as_raw_fd(), report_w.as_raw_fd());
+    let parent = std::process::id() as libc::pid_t;
     let mut stack = vec![0u8; 64 * 1024];
     let child = Box::new(|| -> isize {
         // SAFETY: only async-signal-safe calls on data prepared above.
         unsafe {
+            // Never outlive berthd (killed mid-way): nothing else would
+            // end the pause below.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 || libc::getppid() != parent
+            {
+                libc::_exit(1);
+            }
             let report = |step: u8, index: usize| -> isize {
                 let errno = *libc::__errno_location();
                 let mut msg = [step, 0, 0, 0, 0, 0, 0, 0];
