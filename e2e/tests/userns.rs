@@ -497,10 +497,31 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
         return;
     }
     let paths = open_paths();
-    let options = network(paths.dir());
+    let mut options = network(paths.dir());
+    // crun before 1.9 cannot report its features: no user namespaces.
+    let crun = Path::new("/usr/bin/crun");
+    let crun_lacks_userns = crun.exists() && !berth_runtime::features::probe(crun).user_namespaces;
+    if crun_lacks_userns {
+        options.config += "[runtimes.crun]\npath = \"/usr/bin/crun\"\n";
+    }
     let berthd = Berthd::start_in(paths, options).await;
     let mut client = berthd.runtime().await;
     let field = "config.linux.security_context.namespace_options.userns_options";
+    if crun_lacks_userns {
+        let err = client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod("crun", NamespaceMode::Pod, Some(pod_userns()))),
+                runtime_handler: "crun".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+        assert!(
+            err.message().starts_with(&format!("{field}.mode:"))
+                && err.message().contains("not supported on this host"),
+            "{err:?}"
+        );
+    }
     let map = |h, c, l| vec![mapping(h, c, l)];
     let pod_mode = NamespaceMode::Pod;
     let cases = [
