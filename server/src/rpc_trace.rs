@@ -1,5 +1,5 @@
 //! A tower layer that gives every gRPC call a `tracing` span and logs its
-//! latency and result code when it completes.
+//! latency and result code when it completes, and counts it in the metrics.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -60,20 +60,28 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                let latency_us = started.elapsed().as_micros() as u64;
+                let latency = started.elapsed();
+                let latency_us = latency.as_micros() as u64;
                 match &result {
                     Ok(response) => {
                         // Unary success carries grpc-status in the trailers;
                         // an error is a trailers-only response with it here.
-                        match tonic::Status::from_header_map(response.headers()) {
-                            Some(status) if status.code() != tonic::Code::Ok => tracing::info!(
-                                latency_us,
-                                code = ?status.code(),
-                                error = status.message(),
-                                "rpc failed"
-                            ),
-                            _ => tracing::debug!(latency_us, code = ?tonic::Code::Ok, "rpc done"),
-                        }
+                        let code = match tonic::Status::from_header_map(response.headers()) {
+                            Some(status) if status.code() != tonic::Code::Ok => {
+                                tracing::info!(
+                                    latency_us,
+                                    code = ?status.code(),
+                                    error = status.message(),
+                                    "rpc failed"
+                                );
+                                status.code()
+                            }
+                            _ => {
+                                tracing::debug!(latency_us, code = ?tonic::Code::Ok, "rpc done");
+                                tonic::Code::Ok
+                            }
+                        };
+                        crate::metrics::global().rpc_done(&rpc, code, latency);
                     }
                     Err(err) => tracing::warn!(latency_us, error = %err, "rpc transport error"),
                 }
