@@ -936,3 +936,53 @@ fn unpack_stream(
     io::copy(&mut raw, &mut io::sink()).map_err(UnpackError::Read)?;
     Ok((diff_id, count))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked(prefix: &str) -> String {
+        format!("[[registry]]\nprefix = \"{prefix}\"\nblocked = true\n")
+    }
+
+    async fn refused(store: &ImageStore, name: &str) -> bool {
+        matches!(
+            store.pull(name, &Credentials::default()).await,
+            Err(StoreError::Blocked { .. })
+        )
+    }
+
+    #[tokio::test]
+    async fn reload_applies_a_new_registries_config_and_keeps_the_old_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(&conf, blocked("a.example")).unwrap();
+        let store = ImageStore::open(StoreOptions {
+            dir: dir.path().join("images"),
+            registries_config: Some(conf.clone()),
+            registries_config_required: true,
+            pull_parallelism: 4,
+        })
+        .unwrap();
+        assert!(refused(&store, "a.example/x:1").await);
+
+        std::fs::write(&conf, blocked("b.example")).unwrap();
+        assert!(store.reload(Some(&conf), true, 2).unwrap());
+        assert!(!store.reload(Some(&conf), true, 2).unwrap(), "same content");
+        assert!(refused(&store, "b.example/x:1").await);
+        // Unblocked now (checked on the config: a pull would go to the network).
+        assert!(
+            store
+                .registries()
+                .registry
+                .iter()
+                .all(|r| r.prefix != "a.example")
+        );
+
+        std::fs::write(&conf, "[[registry]\nbroken").unwrap();
+        let err = store.reload(Some(&conf), true, 8).unwrap_err().to_string();
+        assert!(err.contains(&conf.display().to_string()), "{err}");
+        assert!(refused(&store, "b.example/x:1").await);
+        assert_eq!(store.pull_parallelism.load(Ordering::Relaxed), 2);
+    }
+}
