@@ -512,3 +512,22 @@ async fn sighup_applies_live_settings_and_keeps_the_old_on_a_bad_file() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_taken_metrics_address_stops_start_up_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let paths = berth_e2e::Paths::create();
+    let options = Options {
+        config: format!("[metrics]\nenabled = true\naddress = \"{address}\"\n"),
+        ..Options::default()
+    };
+    let out = berth_e2e::command(&paths, &options).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen for metrics on {address}")),
+        "{stderr}"
+    );
+    assert!(!paths.socket().exists(), "no socket is left behind");
+}

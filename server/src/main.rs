@@ -150,6 +150,8 @@ async fn run(
     log: logging::LevelHandle,
 ) -> Result<(), ServeError> {
     use std::os::unix::fs::DirBuilderExt;
+    // First: SIGHUP's default action would end the process.
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     for dir in [&config.root, &config.run_root] {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -164,11 +166,12 @@ async fn run(
     let images = cri::open_store(&config)?;
     let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
     let _socket_lock = listener::lock(&socket_lock_path, "socket", &config.listen)?;
-    let socket = listener::bind(&config.listen)?;
+    // Before the socket, so a taken metrics port leaves no socket behind.
     let metrics_listener = match config.metrics.enabled {
         true => Some(metrics::bind(config.metrics.address).await?),
         false => None,
     };
+    let socket = listener::bind(&config.listen)?;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
@@ -201,7 +204,6 @@ async fn run(
         }
         tokio::spawn(metrics::serve(listener));
     }
-    let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     let reloader = reload::Reloader {
         sources,
         overrides,
