@@ -122,23 +122,19 @@ fn runtime_changes(old: &Config, new: &Config) -> Vec<String> {
     changes
 }
 
-/// Keys whose new value only a restart would apply.
-fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut keys = Vec::new();
-    let mut check = |key, differs: bool| {
-        if differs {
-            keys.push(key);
-        }
-    };
-    check("root", old.root != new.root);
-    check("run_root", old.run_root != new.run_root);
-    check("listen", old.listen != new.listen);
-    check("log_format", old.log_format != new.log_format);
-    check("cgroup_driver", old.cgroup_driver != new.cgroup_driver);
-    check("cni", old.cni != new.cni);
-    check("pod", old.pod != new.pod);
-    check("metrics", old.metrics != new.metrics);
-    keys
+/// Top-level keys a reload applies; every other one needs a restart.
+const LIVE_KEYS: [&str; 4] = ["log_level", "image", "runtimes", "default_runtime"];
+
+/// Top-level keys (sections included) whose new value only a restart would
+/// apply. Compared generically, so a section added later is covered too.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let table = |config: &Config| toml::Table::try_from(config).expect("configs serialize");
+    let (old, new) = (table(old), table(new));
+    old.keys()
+        .chain(new.keys().filter(|key| !old.contains_key(*key)))
+        .filter(|key| !LIVE_KEYS.contains(&key.as_str()) && old.get(*key) != new.get(*key))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -170,6 +166,6 @@ mod tests {
                 "default_runtime \"runc\" -> \"crun\"",
             ]
         );
-        assert_eq!(needs_restart(&old, &new), ["root", "pod"]);
+        assert_eq!(needs_restart(&old, &new), ["pod", "root"]);
     }
 }
