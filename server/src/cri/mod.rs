@@ -4,6 +4,7 @@
 
 mod image;
 mod image_service;
+mod metrics;
 mod pod;
 mod runtime_info;
 mod runtime_service;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use berth_image::ImageStore;
 
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// State shared by every RPC handler.
 #[derive(Clone)]
@@ -20,22 +22,34 @@ pub struct CriService {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::Sandboxes>,
     images: Arc<ImageStore>,
+    /// What a SIGHUP reload changes live: runtime handlers, effective config.
+    live: Arc<LiveConfig>,
 }
 
 impl CriService {
     /// Loads the pod records and the CNI config, and starts watching the
     /// CNI conf dir; must run inside the tokio runtime.
     pub fn new(config: Config, images: ImageStore) -> Self {
-        let pods = Arc::new(pod::open(&config));
+        let live = LiveConfig::new(config.clone());
+        let pods = Arc::new(pod::open(&config, live.clone()));
         CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
+            live,
         }
+    }
+
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
     }
 }
 
-pub use image::open_store;
+pub use image::{open_store, reload_store};
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers

@@ -22,12 +22,13 @@ use tonic::Status;
 
 use super::CriService;
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// How often the CNI conf dir is re-read.
 const CNI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Loads the CNI config and every pod record; starts the conf dir watch.
-pub(super) fn open(config: &Config) -> Sandboxes {
+pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
     let layout = Layout {
         root: config.root.clone(),
         run_root: config.run_root.clone(),
@@ -48,8 +49,7 @@ pub(super) fn open(config: &Config) -> Sandboxes {
         layout,
         shm_size: config.pod.shm_size,
         shim,
-        runtimes: config.runtimes.keys().cloned().collect(),
-        default_runtime: config.default_runtime.clone(),
+        runtimes,
         default_cgroup_parent: config.pod.cgroup_parent.clone(),
     };
     let (pods, errors) = Sandboxes::open(options, Arc::clone(&cni));

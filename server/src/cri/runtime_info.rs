@@ -58,9 +58,7 @@ impl CriService {
         ];
         let mut info = HashMap::new();
         if request.verbose {
-            let config = serde_json::to_string(&*self.config)
-                .map_err(|err| Status::internal(format!("cannot encode the config: {err}")))?;
-            info.insert("config".to_string(), config);
+            info = self.verbose_info()?;
         }
         Ok(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
@@ -86,15 +84,56 @@ impl CriService {
         })
     }
 
+    /// `Status` verbose `info`, each value JSON: `config` (in effect,
+    /// reloads included), `cniconfig` (the network in use, or why none is),
+    /// `runtimeHandlers` (name, binary, which is the default).
+    fn verbose_info(&self) -> Result<HashMap<String, String>, Status> {
+        let config = self.live.get();
+        let cni = match self.pods.cni().network() {
+            Ok(list) => serde_json::json!({
+                "name": list.name,
+                "file": list.source,
+                "cniVersion": list.cni_version,
+                "plugins": list.plugins.iter().map(|p| p.get("type")).collect::<Vec<_>>(),
+            }),
+            Err(err) => serde_json::json!({
+                "confDir": config.cni.conf_dir,
+                "error": err.to_string(),
+            }),
+        };
+        let handlers: Vec<_> = config
+            .runtimes
+            .iter()
+            .map(|(name, handler)| {
+                serde_json::json!({
+                    "name": name,
+                    "path": handler.path,
+                    "default": *name == config.default_runtime,
+                })
+            })
+            .collect();
+        let encoded = serde_json::to_string(&*config)
+            .map_err(|err| Status::internal(format!("cannot encode the config: {err}")))?;
+        Ok(HashMap::from([
+            ("config".to_string(), encoded),
+            ("cniconfig".to_string(), cni.to_string()),
+            (
+                "runtimeHandlers".to_string(),
+                serde_json::Value::from(handlers).to_string(),
+            ),
+        ]))
+    }
+
     /// The default handler (empty name, as the CRI defines) and every named
-    /// one. No feature is claimed until it is implemented and probed.
+    /// one, as configured now. No feature is claimed until it is implemented
+    /// and probed.
     fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
         let features = Some(RuntimeHandlerFeatures {
             recursive_read_only_mounts: false,
             user_namespaces: false,
         });
         std::iter::once(String::new())
-            .chain(self.config.runtimes.keys().cloned())
+            .chain(self.live.get().runtimes.keys().cloned())
             .map(|name| RuntimeHandler { name, features })
             .collect()
     }
