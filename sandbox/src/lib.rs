@@ -77,10 +77,18 @@ pub struct Options {
     /// The `berth-shim` binary, whose `init` mode is the infra process.
     pub shim: PathBuf,
     /// Known runtime handler names and the one used when a pod names none.
-    pub runtimes: Vec<String>,
-    pub default_runtime: String,
+    pub runtimes: Arc<dyn RuntimeHandlers>,
     /// The cgroup parent of pods that give none.
     pub default_cgroup_parent: String,
+}
+
+/// The runtime handlers a pod may name, asked at every RunPodSandbox so a
+/// config reload applies to the next pod.
+pub trait RuntimeHandlers: Send + Sync + std::fmt::Debug {
+    /// Every known handler name.
+    fn names(&self) -> Vec<String>;
+    /// The handler of pods that name none.
+    fn default_name(&self) -> String;
 }
 
 type Slot = Arc<tokio::sync::Mutex<Pod>>;
@@ -199,16 +207,17 @@ impl Sandboxes {
 
     fn resolve_handler(&self, requested: &str) -> Result<String, Error> {
         let name = if requested.is_empty() {
-            &self.options.default_runtime
+            self.options.runtimes.default_name()
         } else {
-            requested
+            requested.to_string()
         };
-        if self.options.runtimes.iter().any(|r| r == name) {
-            Ok(name.to_string())
+        let known = self.options.runtimes.names();
+        if known.contains(&name) {
+            Ok(name)
         } else {
             Err(Error::UnknownHandler {
-                handler: name.to_string(),
-                known: self.options.runtimes.clone(),
+                handler: name,
+                known,
             })
         }
     }

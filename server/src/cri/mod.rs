@@ -4,16 +4,17 @@
 
 mod image;
 mod image_service;
+mod metrics;
 mod pod;
 mod runtime_info;
 mod runtime_service;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use berth_image::ImageStore;
 
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// State shared by every RPC handler.
 #[derive(Clone)]
@@ -21,30 +22,41 @@ pub struct CriService {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::Sandboxes>,
     images: Arc<ImageStore>,
-    /// Each runtime handler's features, probed once at start-up.
-    features: Arc<BTreeMap<String, berth_runtime::features::HandlerFeatures>>,
+    /// What a SIGHUP reload changes live: runtime handlers, effective config.
+    live: Arc<LiveConfig>,
+    /// The features of each runtime handler's binary, probed once.
+    features: Arc<runtime_info::FeatureCache>,
 }
 
 impl CriService {
     /// Loads the pod records and the CNI config, and starts watching the
     /// CNI conf dir; must run inside the tokio runtime.
     pub fn new(config: Config, images: ImageStore) -> Self {
-        let pods = Arc::new(pod::open(&config));
-        let features = config
-            .runtimes
-            .iter()
-            .map(|(name, runtime)| (name.clone(), berth_runtime::features::probe(&runtime.path)))
-            .collect();
+        let live = LiveConfig::new(config.clone());
+        let pods = Arc::new(pod::open(&config, live.clone()));
+        let features = Arc::new(runtime_info::FeatureCache::default());
+        for runtime in config.runtimes.values() {
+            features.probe(&runtime.path);
+        }
         CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
-            features: Arc::new(features),
+            live,
+            features,
         }
+    }
+
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
     }
 }
 
-pub use image::open_store;
+pub use image::{open_store, reload_store};
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers

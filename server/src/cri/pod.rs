@@ -22,12 +22,13 @@ use tonic::Status;
 
 use super::CriService;
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// How often the CNI conf dir is re-read.
 const CNI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Loads the CNI config and every pod record; starts the conf dir watch.
-pub(super) fn open(config: &Config) -> Sandboxes {
+pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
     let layout = Layout {
         root: config.root.clone(),
         run_root: config.run_root.clone(),
@@ -48,8 +49,7 @@ pub(super) fn open(config: &Config) -> Sandboxes {
         layout,
         shm_size: config.pod.shm_size,
         shim,
-        runtimes: config.runtimes.keys().cloned().collect(),
-        default_runtime: config.default_runtime.clone(),
+        runtimes,
         default_cgroup_parent: config.pod.cgroup_parent.clone(),
     };
     let (pods, errors) = Sandboxes::open(options, Arc::clone(&cni));
@@ -261,16 +261,17 @@ impl CriService {
             .ok_or_else(|| Status::invalid_argument("config: must be set"))?;
         let spec = spec(config, request.runtime_handler)?;
         if spec.user_namespace.is_pod() {
+            let config = self.live.get();
             let handler = if spec.runtime_handler.is_empty() {
-                &self.config.default_runtime
+                &config.default_runtime
             } else {
                 &spec.runtime_handler
             };
             // An unknown handler is the sandbox's to report.
-            if self
-                .features
+            if config
+                .runtimes
                 .get(handler)
-                .is_some_and(|f| !f.user_namespaces)
+                .is_some_and(|h| !self.features.probe(&h.path).user_namespaces)
             {
                 return Err(Status::invalid_argument(format!(
                     "config.linux.security_context.namespace_options.userns_options.mode: \
