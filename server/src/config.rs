@@ -40,6 +40,28 @@ pub struct Config {
     pub image: ImageSettings,
     /// The HTTP server behind the Exec, Attach and PortForward URLs.
     pub streaming: StreamingSettings,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// Off by default and on loopback, as CRI-O's `enable_metrics` /
+/// `metrics_host` / `metrics_port`: the page names pods and images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `http://<address>/metrics`.
+    pub enabled: bool,
+    /// A loopback `IP:port`.
+    pub address: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +198,7 @@ impl Default for Config {
             pod: PodConfig::default(),
             image: ImageSettings::default(),
             streaming: StreamingSettings::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -522,6 +545,15 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             "expected a number of seconds above 0".into(),
         ));
     }
+    if !config.metrics.address.ip().is_loopback() {
+        return Err(invalid(
+            "metrics.address",
+            format!(
+                "expected a loopback address such as 127.0.0.1:9090, got {}",
+                config.metrics.address
+            ),
+        ));
+    }
     for (name, handler) in &config.runtimes {
         let valid_name = !name.is_empty()
             && name
@@ -723,6 +755,24 @@ mod tests {
         let text = toml::to_string_pretty(&loaded.config).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, loaded.config);
+    }
+
+    #[test]
+    fn metrics_are_off_on_loopback_by_default_and_stay_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert!(!loaded.config.metrics.enabled);
+        assert_eq!(loaded.config.metrics.address.to_string(), "127.0.0.1:9090");
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "[metrics]\nenabled = true\naddress = \"0.0.0.0:9090\"\n",
+        )
+        .unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.address"), "{err}");
+        assert!(err.contains("loopback"), "{err}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod image;
 mod image_service;
+mod metrics;
 mod pod;
 mod runtime_info;
 mod runtime_service;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use berth_image::ImageStore;
 
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// State shared by every RPC handler.
 #[derive(Clone)]
@@ -23,6 +25,10 @@ pub struct CriService {
     images: Arc<ImageStore>,
     /// Serves the Exec, Attach and PortForward URLs.
     streaming: Arc<berth_streaming::StreamingServer>,
+    /// What a SIGHUP reload changes live: runtime handlers, effective config.
+    live: Arc<LiveConfig>,
+    /// The features of each runtime handler's binary, probed once.
+    features: Arc<runtime_info::FeatureCache>,
 }
 
 impl CriService {
@@ -33,17 +39,32 @@ impl CriService {
         images: ImageStore,
         streaming: berth_streaming::StreamingServer,
     ) -> Self {
-        let pods = Arc::new(pod::open(&config));
+        let live = LiveConfig::new(config.clone());
+        let pods = Arc::new(pod::open(&config, live.clone()));
+        let features = Arc::new(runtime_info::FeatureCache::default());
+        for runtime in config.runtimes.values() {
+            features.probe(&runtime.path);
+        }
         CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
             streaming: Arc::new(streaming),
+            live,
+            features,
         }
+    }
+
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
     }
 }
 
-pub use image::open_store;
+pub use image::{open_store, reload_store};
 pub use stream::start_server;
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
