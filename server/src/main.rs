@@ -116,6 +116,8 @@ enum ServeError {
     Signals(std::io::Error),
     #[error(transparent)]
     Images(#[from] berth_image::StoreError),
+    #[error(transparent)]
+    Containers(#[from] berth_runtime::record::StoreError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -151,6 +153,7 @@ async fn run(config: Config) -> Result<(), ServeError> {
     }
     let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
     let images = cri::open_store(&config)?;
+    let containers = cri::open_containers(&config)?;
     let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
     let _socket_lock = listener::lock(&socket_lock_path, "socket", &config.listen)?;
     let socket = listener::bind(&config.listen)?;
@@ -178,7 +181,7 @@ async fn run(config: Config) -> Result<(), ServeError> {
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI v1"
     );
-    let service = cri::CriService::new(config, images);
+    let service = cri::CriService::new(config, images, containers);
     if let Err(err) = notify::ready() {
         tracing::warn!("cannot notify systemd of readiness: {err}");
     }

@@ -2,6 +2,7 @@
 //! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
 //! wire the generated tonic traits to them.
 
+mod container;
 mod image;
 mod image_service;
 mod pod;
@@ -20,22 +21,30 @@ pub struct CriService {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::Sandboxes>,
     images: Arc<ImageStore>,
+    containers: Arc<berth_runtime::containers::Containers>,
+    handlers: Arc<container::Handlers>,
 }
 
 impl CriService {
     /// Loads the pod records and the CNI config, and starts watching the
     /// CNI conf dir; must run inside the tokio runtime.
-    pub fn new(config: Config, images: ImageStore) -> Self {
+    pub fn new(config: Config, images: ImageStore, containers: Containers) -> Self {
         let pods = Arc::new(pod::open(&config));
         CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
+            containers: Arc::new(containers.0),
+            handlers: Arc::new(containers.1),
         }
     }
 }
 
+pub use container::open as open_containers;
 pub use image::open_store;
+
+/// What [`open_containers`] loads.
+pub type Containers = (berth_runtime::containers::Containers, container::Handlers);
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers
