@@ -176,7 +176,7 @@ impl World {
         pod: &str,
         config: ContainerConfig,
     ) -> Result<String, tonic::Status> {
-        let sandbox = self.pod_config(&pod_name_of(&config, pod));
+        let sandbox = self.pod_config(&pod_name_of(&config));
         self.client
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.into(),
@@ -333,7 +333,7 @@ impl Drop for World {
 }
 
 /// Containers here are named `<pod>-<rest>`: the pod's name.
-fn pod_name_of(config: &ContainerConfig, _pod: &str) -> String {
+fn pod_name_of(config: &ContainerConfig) -> String {
     let name = &config.metadata.as_ref().unwrap().name;
     name.split('-').next().unwrap().to_string()
 }
