@@ -35,6 +35,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+export POD_BENCH_LOGS=$WORK/logs
 
 # --- the image both pull, from a local registry
 bash hack/fixtures.sh "$WORK/fixtures" >/dev/null

@@ -43,7 +43,11 @@ fn pod_config(name: &str) -> PodSandboxConfig {
             attempt: 0,
         }),
         hostname: name.into(),
-        log_directory: format!("/tmp/berth-bench-logs/{name}"),
+        // The script points this into its throw-away dir.
+        log_directory: format!(
+            "{}/{name}",
+            std::env::var("POD_BENCH_LOGS").unwrap_or_else(|_| "/tmp/berth-bench-logs".into())
+        ),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: String::new(),
             security_context: Some(LinuxSandboxSecurityContext {

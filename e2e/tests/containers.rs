@@ -822,7 +822,7 @@ async fn list_stays_answering_during_a_slow_stop() {
         client
             .stop_container(StopContainerRequest {
                 container_id: stopping,
-                timeout: 5,
+                timeout: 8,
             })
             .await
             .unwrap();
