@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, then runs every check CI runs: formatting, clippy
-# with warnings denied, and the whole test suite (unit and end-to-end).
+# with warnings denied, the whole test suite (unit and end-to-end) and a
+# short fuzzing run of every parser of untrusted input.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +17,5 @@ echo "== cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test" >&2
 cargo test --locked --workspace
+echo "== fuzz (briefly; hack/fuzz.sh runs it longer)" >&2
+bash hack/fuzz.sh "${FUZZ_SECONDS:-10}"

@@ -63,6 +63,18 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        // Test executables live in <target>/<profile>/deps; the binaries are
+        // built with the same profile so a `--release` run tests release ones.
+        let exe = std::env::current_exe().expect("test executable path");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("<target>/<profile>")
+            .to_path_buf();
+        let profile = match dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") | None => "dev".to_string(),
+            Some(name) => name.to_string(),
+        };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
@@ -72,6 +84,8 @@ pub fn bin_dir() -> &'static Path {
             .args([
                 "build",
                 "--quiet",
+                "--profile",
+                &profile,
                 "-p",
                 "berthd",
                 "-p",
@@ -81,12 +95,7 @@ pub fn bin_dir() -> &'static Path {
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building berthd and berth-shim failed");
-        // Test executables live in <target>/<profile>/deps.
-        let exe = std::env::current_exe().expect("test executable path");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("<target>/<profile>")
-            .to_path_buf()
+        dir
     })
 }
 

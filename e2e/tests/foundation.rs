@@ -94,6 +94,24 @@ async fn verbose_status_returns_the_effective_config_as_json() {
         .map(|h| h.name.as_str())
         .collect();
     assert_eq!(handlers, ["", "crun", "runc"]);
+    // Each handler's features as probed on this host; the default is runc.
+    for (handler, binary) in [("", "runc"), ("crun", "/usr/bin/crun"), ("runc", "runc")] {
+        let probed = berth_runtime::features::probe(std::path::Path::new(binary));
+        let reported = status
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name == handler)
+            .and_then(|h| h.features)
+            .unwrap();
+        assert_eq!(
+            (
+                reported.user_namespaces,
+                reported.recursive_read_only_mounts
+            ),
+            (probed.user_namespaces, probed.recursive_read_only_mounts),
+            "{handler:?}"
+        );
+    }
 }
 
 #[tokio::test]

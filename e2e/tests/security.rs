@@ -89,6 +89,7 @@ impl World {
             ipc: Namespace::New,
             uts: Namespace::New,
             pid: Some(Namespace::New),
+            user: None,
             cgroup_parent: PathBuf::new(),
             files: PodFiles::default(),
         }

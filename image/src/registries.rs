@@ -19,7 +19,7 @@ pub enum RegistriesError {
     Parse { path: String, message: String },
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct RegistriesConfig {
     /// Registries that qualify a short name, tried in order.
@@ -39,7 +39,7 @@ fn parse(path: &Path, text: &str) -> Result<RegistriesConfig, RegistriesError> {
     })
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Registry {
     #[serde(default)]
     pub prefix: String,
@@ -53,7 +53,7 @@ pub struct Registry {
     pub mirror: Vec<Mirror>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Mirror {
     pub location: String,
     #[serde(default)]

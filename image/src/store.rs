@@ -16,7 +16,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -139,11 +140,16 @@ pub struct Pulled {
     pub image: Image,
     /// `repository@<manifest digest>`: what CRI-O answers PullImage with.
     pub image_ref: String,
+    /// Bytes this pull fetched from the registry: manifests, config and the
+    /// layer blobs the store did not have yet.
+    pub downloaded: u64,
 }
 
 pub struct ImageStore {
     options: StoreOptions,
-    registries: RegistriesConfig,
+    /// Replaced whole by [`ImageStore::reload`]; a pull keeps the one it started with.
+    registries: RwLock<Arc<RegistriesConfig>>,
+    pull_parallelism: AtomicUsize,
     client: Client,
     images: Mutex<BTreeMap<Digest, Image>>,
     /// Pulls hold it shared, removals exclusive, so a removal never
@@ -188,8 +194,9 @@ impl ImageStore {
             images.insert(image.id.clone(), image);
         }
         let store = ImageStore {
+            pull_parallelism: AtomicUsize::new(options.pull_parallelism),
             options,
-            registries,
+            registries: RwLock::new(Arc::new(registries)),
             client: Client::new(),
             images: Mutex::new(images),
             gc: tokio::sync::RwLock::new(()),
@@ -197,6 +204,28 @@ impl ImageStore {
         };
         store.collect_garbage()?;
         Ok(store)
+    }
+
+    /// Re-reads the registries config and sets the pull parallelism for
+    /// pulls that start from now on. A config that does not load changes
+    /// nothing. Returns whether the registries config differs.
+    pub fn reload(
+        &self,
+        registries_config: Option<&Path>,
+        required: bool,
+        pull_parallelism: usize,
+    ) -> Result<bool, StoreError> {
+        let registries = RegistriesConfig::load(registries_config, required)?;
+        self.pull_parallelism
+            .store(pull_parallelism, Ordering::Relaxed);
+        let mut current = self.registries.write().expect("lock poisoned");
+        let changed = **current != registries;
+        *current = Arc::new(registries);
+        Ok(changed)
+    }
+
+    fn registries(&self) -> Arc<RegistriesConfig> {
+        self.registries.read().expect("lock poisoned").clone()
     }
 
     fn layer_dir(&self, chain: &ChainId) -> PathBuf {
@@ -266,7 +295,7 @@ impl ImageStore {
     fn qualified(&self, name: &str) -> Result<Vec<ImageRef>, ReferenceError> {
         let mut parsed = ParsedRef::parse(name)?;
         if parsed.domain.is_none()
-            && let Some(target) = self.registries.alias(&parsed.path)
+            && let Some(target) = self.registries().alias(&parsed.path)
         {
             let aliased = ParsedRef::parse(target)?;
             parsed = ParsedRef {
@@ -278,7 +307,7 @@ impl ImageStore {
         Ok(match &parsed.domain {
             Some(domain) => vec![parsed.qualify(domain)],
             None => self
-                .registries
+                .registries()
                 .unqualified_search_registries
                 .iter()
                 .map(|r| parsed.qualify(r))
@@ -302,7 +331,7 @@ impl ImageStore {
 
     async fn pull_one(&self, image: &ImageRef, creds: &Credentials) -> Result<Pulled, StoreError> {
         let shown = image.to_string();
-        let endpoints = match self.registries.source(image) {
+        let endpoints = match self.registries().source(image) {
             Source::Blocked(prefix) => {
                 return Err(StoreError::Blocked {
                     image: shown,
@@ -411,7 +440,7 @@ impl ImageStore {
 
         // Layers in parallel, bounded; the first failure cancels the rest.
         let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.options.pull_parallelism.max(1),
+            self.pull_parallelism.load(Ordering::Relaxed).max(1),
         ));
         let jobs =
             manifest
@@ -447,14 +476,17 @@ impl ImageStore {
                 .map(|(d, _)| d.clone())
                 .collect(),
             chain_ids: chain_ids.clone(),
-            size: layers.iter().map(|l| l.uncompressed).sum(),
+            size: layers.iter().map(|(l, _)| l.uncompressed).sum(),
             config,
             pulled_at: now_ns(),
         };
+        let downloaded = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
+            + layers.iter().map(|(_, fetched)| fetched).sum::<u64>();
         let record = self.record_pull(fresh)?;
         Ok(Pulled {
             image: record,
             image_ref: repo_digest,
+            downloaded,
         })
     }
 
@@ -528,7 +560,7 @@ impl ImageStore {
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &ChainId,
-    ) -> Result<LayerRecord, StoreError> {
+    ) -> Result<(LayerRecord, u64), StoreError> {
         let lock = self
             .layer_locks
             .lock()
@@ -549,6 +581,8 @@ impl ImageStore {
         result
     }
 
+    /// The layer's record, and the blob bytes downloaded for it (0 when the
+    /// store already had it).
     async fn fetch_layer_once(
         &self,
         image: &str,
@@ -556,13 +590,13 @@ impl ImageStore {
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &ChainId,
-    ) -> Result<LayerRecord, StoreError> {
+    ) -> Result<(LayerRecord, u64), StoreError> {
         let dir = self.layer_dir(chain);
         let meta_path = dir.join("layer.json");
         if let Ok(bytes) = std::fs::read(&meta_path)
             && let Ok(record) = serde_json::from_slice::<LayerRecord>(&bytes)
         {
-            return Ok(record);
+            return Ok((record, 0));
         }
         let tmp = tempfile::Builder::new()
             .prefix(&format!("{}-", chain.0.hex()))
@@ -601,7 +635,8 @@ impl ImageStore {
                 source,
             }
         })?;
-        Ok(record)
+        // The digest was verified, so exactly the descriptor's size came in.
+        Ok((record, desc.size))
     }
 
     /// Downloads, verifies and unpacks one layer blob into `dest`; the
@@ -900,4 +935,54 @@ fn unpack_stream(
     // downloader has checked the blob digest.
     io::copy(&mut raw, &mut io::sink()).map_err(UnpackError::Read)?;
     Ok((diff_id, count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked(prefix: &str) -> String {
+        format!("[[registry]]\nprefix = \"{prefix}\"\nblocked = true\n")
+    }
+
+    async fn refused(store: &ImageStore, name: &str) -> bool {
+        matches!(
+            store.pull(name, &Credentials::default()).await,
+            Err(StoreError::Blocked { .. })
+        )
+    }
+
+    #[tokio::test]
+    async fn reload_applies_a_new_registries_config_and_keeps_the_old_on_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(&conf, blocked("a.example")).unwrap();
+        let store = ImageStore::open(StoreOptions {
+            dir: dir.path().join("images"),
+            registries_config: Some(conf.clone()),
+            registries_config_required: true,
+            pull_parallelism: 4,
+        })
+        .unwrap();
+        assert!(refused(&store, "a.example/x:1").await);
+
+        std::fs::write(&conf, blocked("b.example")).unwrap();
+        assert!(store.reload(Some(&conf), true, 2).unwrap());
+        assert!(!store.reload(Some(&conf), true, 2).unwrap(), "same content");
+        assert!(refused(&store, "b.example/x:1").await);
+        // Unblocked now (checked on the config: a pull would go to the network).
+        assert!(
+            store
+                .registries()
+                .registry
+                .iter()
+                .all(|r| r.prefix != "a.example")
+        );
+
+        std::fs::write(&conf, "[[registry]\nbroken").unwrap();
+        let err = store.reload(Some(&conf), true, 8).unwrap_err().to_string();
+        assert!(err.contains(&conf.display().to_string()), "{err}");
+        assert!(refused(&store, "b.example/x:1").await);
+        assert_eq!(store.pull_parallelism.load(Ordering::Relaxed), 2);
+    }
 }

@@ -21,14 +21,17 @@ use crate::record::{ContainerRecord, ContainerState, RecordStore, StoreError};
 use crate::shim::ExitRecord;
 use crate::spec::ContainerSpec;
 
-#[derive(Debug, Clone)]
+/// A runtime handler by name, as configured now (handlers can change while
+/// berthd runs: a config reload).
+pub type Runtimes = Arc<dyn Fn(&str) -> Option<OciRuntime> + Send + Sync>;
+
+#[derive(Clone)]
 pub struct Options {
     /// Persistent: `records/<id>.json` and `state/<id>` (overlay upper/work).
     pub state_dir: PathBuf,
     /// Volatile: `<id>` run dirs (bundle, shim sockets, exit file).
     pub run_dir: PathBuf,
-    /// Runtime handlers by name.
-    pub runtimes: BTreeMap<String, OciRuntime>,
+    pub runtimes: Runtimes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,11 +172,11 @@ impl Containers {
         ))
     }
 
-    pub fn runtime(&self, handler: &str) -> Option<&OciRuntime> {
-        self.options.runtimes.get(handler)
+    pub fn runtime(&self, handler: &str) -> Option<OciRuntime> {
+        (self.options.runtimes)(handler)
     }
 
-    fn runtime_of(&self, record: &ContainerRecord) -> Result<&OciRuntime, Error> {
+    fn runtime_of(&self, record: &ContainerRecord) -> Result<OciRuntime, Error> {
         self.runtime(&record.runtime_handler)
             .ok_or_else(|| Error::UnknownHandler {
                 id: record.id.clone(),
@@ -279,7 +282,7 @@ impl Containers {
         own_oom_score_adj: i32,
     ) -> Result<ContainerRecord, Error> {
         let result = (|| {
-            let runtime = self.runtime_of(&record)?.clone();
+            let runtime = self.runtime_of(&record)?;
             record.run_dir = self.run_dir_of(&record.id);
             record.state_dir = self.state_dir_of(&record.id);
             record.rootfs = lifecycle::rootfs_of(&record.run_dir);
@@ -397,7 +400,7 @@ impl Containers {
         }
         let record = lock(&slot.record).clone();
         let runtime = self.runtime_of(&record)?;
-        lifecycle::remove(runtime, &record.id, &record.run_dir, &record.state_dir)?;
+        lifecycle::remove(&runtime, &record.id, &record.run_dir, &record.state_dir)?;
         self.records.remove(&record.id)?;
         slot.removed.store(true, Ordering::SeqCst);
         let mut index = lock(&self.index);
@@ -447,7 +450,7 @@ impl Containers {
             });
         }
         Ok(Running {
-            runtime: self.runtime_of(&record)?.clone(),
+            runtime: self.runtime_of(&record)?,
             id: record.id,
             pod_id: record.pod_id,
             run_dir: record.run_dir,
@@ -517,14 +520,16 @@ mod tests {
         Options {
             state_dir: dir.join("state"),
             run_dir: dir.join("run"),
-            runtimes: BTreeMap::from([(
-                "runc".to_string(),
-                OciRuntime {
-                    path: "runc".into(),
-                    root: dir.join("runc"),
-                    shim: "berth-shim".into(),
-                },
-            )]),
+            runtimes: Arc::new({
+                let root = dir.join("runc");
+                move |name: &str| {
+                    (name == "runc").then(|| OciRuntime {
+                        path: "runc".into(),
+                        root: root.clone(),
+                        shim: "berth-shim".into(),
+                    })
+                }
+            }),
         }
     }
 

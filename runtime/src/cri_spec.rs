@@ -11,7 +11,7 @@ use crate::features::HandlerFeatures;
 use crate::seccomp::{self, SeccompProfile};
 use crate::spec::{
     ALL_CAPABILITIES, BindMount, CapabilitySets, ContainerSpec, DEFAULT_CAPABILITIES, Device,
-    ImageConfig, Namespace, Namespaces, PodFiles, Propagation, Resources,
+    ImageConfig, Namespace, Namespaces, PodFiles, Propagation, Resources, UserNamespace,
 };
 use crate::user::UserRequest;
 
@@ -26,6 +26,10 @@ pub struct PodFacts {
     /// The pod's shared PID namespace: `Path` (pod PID mode `POD`), `Host`
     /// (`NODE`), or `None` when its containers each get their own.
     pub pid: Option<Namespace>,
+    /// The pod's own user namespace (user namespace mode `POD`), which all
+    /// its containers join; `None`: the host's. From the pod record:
+    /// `Pod::user_namespace()` gives the pinned path and the mappings.
+    pub user: Option<UserNamespace>,
     /// The pod's cgroup; a container's is `<cgroup_parent>/<container id>`.
     /// Empty: the runtime's default.
     pub cgroup_parent: PathBuf,
@@ -146,9 +150,23 @@ pub fn convert(
     };
     let apparmor_profile = apparmor_profile(sc, options.apparmor_enabled)?;
     let user = user_request(sc)?;
-    let namespaces = namespaces(sc, sandbox, pod, options)?;
+    let namespaces = namespaces(sc, pod, options)?;
+    let user_namespace = user_namespace(sc, pod, options)?;
     let sysctls = sysctls(pod_linux.map(|l| &l.sysctls), &pod.network, &pod.ipc)?;
     let mounts = mounts(&config.mounts, options.features)?;
+    // Host paths enter a user-namespaced pod as id-mapped copies
+    // (`mounts::idmap`), which cannot take part in the host's propagation.
+    if pod.user.is_some()
+        && let Some(i) = mounts
+            .iter()
+            .position(|m| m.propagation != Propagation::Private)
+    {
+        return Err(unsupported(
+            format!("mounts[{i}].propagation"),
+            "a pod with its own user namespace gets id-mapped copies of host paths, \
+             which do not propagate mounts",
+        ));
+    }
     let devices = config
         .devices
         .iter()
@@ -213,6 +231,7 @@ pub fn convert(
             stdin: config.stdin,
             hostname: sandbox.hostname.clone(),
             namespaces,
+            user_namespace,
             pod_files: pod.files.clone(),
             mounts,
             devices,
@@ -465,50 +484,44 @@ fn user_request(sc: &cri::LinuxContainerSecurityContext) -> Result<UserRequest, 
     })
 }
 
-fn namespaces(
+/// The container joins its pod's user namespace, whatever it is; its own
+/// `userns_options` (the kubelet repeats the pod's) must agree.
+fn user_namespace(
     sc: &cri::LinuxContainerSecurityContext,
-    sandbox: &cri::PodSandboxConfig,
     pod: &PodFacts,
     options: &Options,
-) -> Result<Namespaces, CriSpecError> {
+) -> Result<Option<UserNamespace>, CriSpecError> {
     use cri::NamespaceMode;
-    let default_ns = cri::NamespaceOption::default();
-    let ns = sc.namespace_options.as_ref().unwrap_or(&default_ns);
-    let field = format!("{SC}.namespace_options");
-    let pod_ns = sandbox
-        .linux
+    let field = format!("{SC}.namespace_options.userns_options");
+    if let Some(userns) = sc
+        .namespace_options
         .as_ref()
-        .and_then(|l| l.security_context.as_ref())
-        .and_then(|s| s.namespace_options.as_ref());
-    for (field, userns) in [
-        (
-            format!("{field}.userns_options"),
-            ns.userns_options.as_ref(),
-        ),
-        (
-            "linux.security_context.namespace_options.userns_options (of the pod)".to_string(),
-            pod_ns.and_then(|n| n.userns_options.as_ref()),
-        ),
-    ] {
-        let Some(userns) = userns else { continue };
-        match NamespaceMode::try_from(userns.mode) {
-            Ok(NamespaceMode::Node) => {}
-            Ok(mode) if !options.features.user_namespaces => {
-                return Err(unsupported(
+        .and_then(|n| n.userns_options.as_ref())
+    {
+        match (NamespaceMode::try_from(userns.mode), &pod.user) {
+            (Ok(NamespaceMode::Pod), Some(_)) | (Ok(NamespaceMode::Node), None) => {}
+            (Ok(NamespaceMode::Pod), None) => {
+                return Err(invalid(
+                    format!("{field}.mode"),
+                    "POD, but the pod sandbox has no user namespace of its own",
+                ));
+            }
+            (Ok(NamespaceMode::Node), Some(_)) => {
+                return Err(invalid(
+                    format!("{field}.mode"),
+                    "NODE, but the pod sandbox has its own user namespace, which its containers share",
+                ));
+            }
+            (Ok(mode), _) => {
+                return Err(invalid(
                     format!("{field}.mode"),
                     format!(
-                        "user namespace mode {} needs id-mapped mounts, which the runtime cannot make",
+                        "user namespace mode {} is not supported (only POD and NODE)",
                         mode.as_str_name()
                     ),
                 ));
             }
-            Ok(mode) => {
-                return Err(unsupported(
-                    format!("{field}.mode"),
-                    format!("user namespace mode {}", mode.as_str_name()),
-                ));
-            }
-            Err(_) => {
+            (Err(_), _) => {
                 return Err(invalid(
                     format!("{field}.mode"),
                     format!("unknown mode {}", userns.mode),
@@ -516,6 +529,24 @@ fn namespaces(
             }
         }
     }
+    if pod.user.is_some() && !options.features.user_namespaces {
+        return Err(unsupported(
+            field,
+            "the runtime handler cannot run containers in a user namespace on this host",
+        ));
+    }
+    Ok(pod.user.clone())
+}
+
+fn namespaces(
+    sc: &cri::LinuxContainerSecurityContext,
+    pod: &PodFacts,
+    options: &Options,
+) -> Result<Namespaces, CriSpecError> {
+    use cri::NamespaceMode;
+    let default_ns = cri::NamespaceOption::default();
+    let ns = sc.namespace_options.as_ref().unwrap_or(&default_ns);
+    let field = format!("{SC}.namespace_options");
     let pid = match NamespaceMode::try_from(ns.pid) {
         Ok(NamespaceMode::Container) => Namespace::New,
         Ok(NamespaceMode::Node) => Namespace::Host,
@@ -766,6 +797,7 @@ mod tests {
             ipc: Namespace::Path("/run/ipcns/p".into()),
             uts: Namespace::Path("/run/utsns/p".into()),
             pid: Some(Namespace::Path("/proc/1/ns/pid".into())),
+            user: None,
             cgroup_parent: "/berth/pod".into(),
             files: PodFiles::default(),
         }
@@ -997,8 +1029,49 @@ mod tests {
             Namespace::Path("/proc/42/ns/pid".into())
         );
         let e = run(&ns(1, "", Some(0))).unwrap_err();
-        assert!(matches!(e, CriSpecError::Unsupported { .. }), "{e}");
+        assert!(matches!(e, CriSpecError::Invalid { .. }), "{e}");
         assert!(e.to_string().contains("userns_options.mode"), "{e}");
+        // A pod with its own user namespace: every container joins it.
+        let mut userns_pod = pod();
+        userns_pod.user = Some(UserNamespace {
+            path: "/run/berth/ns/user/p".into(),
+            uid_mappings: vec![crate::spec::IdMap {
+                host_id: 100000,
+                container_id: 0,
+                size: 65536,
+            }],
+            gid_mappings: Vec::new(),
+        });
+        let mut options = Options::new("c");
+        let convert_in = |c: &cri::ContainerConfig, options: &Options| {
+            convert(c, &sandbox(), &ImageConfig::default(), &userns_pod, options)
+        };
+        let e = convert_in(&ns(1, "", Some(0)), &options).unwrap_err();
+        assert!(matches!(e, CriSpecError::Unsupported { .. }), "{e}");
+        options.features.user_namespaces = true;
+        for config in [ns(1, "", Some(0)), ns(1, "", None)] {
+            let c = convert_in(&config, &options).unwrap();
+            assert_eq!(c.spec.user_namespace, userns_pod.user);
+        }
+        for (mode, words) in [(2, "NODE, but"), (3, "TARGET is not supported")] {
+            let e = convert_in(&ns(1, "", Some(mode)), &options).unwrap_err();
+            assert!(
+                e.to_string().contains("userns_options.mode") && e.to_string().contains(words),
+                "{e}"
+            );
+        }
+        let mounted = |propagation| cri::ContainerConfig {
+            mounts: vec![cri::Mount {
+                container_path: "/data".into(),
+                host_path: "/srv".into(),
+                propagation,
+                ..Default::default()
+            }],
+            ..ns(1, "", Some(0))
+        };
+        assert!(convert_in(&mounted(0), &options).is_ok());
+        let e = convert_in(&mounted(1), &options).unwrap_err();
+        assert!(e.to_string().starts_with("mounts[0].propagation"), "{e}");
         let mut no_pid = pod();
         no_pid.pid = None;
         let e = convert(

@@ -9,10 +9,11 @@ pub struct HandlerFeatures {
     /// Recursive read-only mounts: the kernel has `mount_setattr` (5.12+)
     /// and the runtime lists the `rro` mount option in `<runtime> features`.
     pub recursive_read_only_mounts: bool,
-    /// Pods in their own user namespace. Always false: the rootfs and
-    /// volumes would need id-mapped mounts, which runc 1.1 cannot make
-    /// (its `features` has no `mountExtensions.idmap`), and berth does not
-    /// chown images per pod instead.
+    /// Pods in their own user namespace: the runtime joins user namespaces
+    /// (`user` in its `features`), the kernel lets them be made
+    /// (`user.max_user_namespaces` > 0) and has id-mapped mounts usable as
+    /// overlayfs layers (5.19+), which berth makes itself for the rootfs
+    /// (see [`crate::overlay::mount_idmapped`]) since runc 1.1 cannot.
     pub user_namespaces: bool,
 }
 
@@ -32,8 +33,23 @@ pub fn probe(runtime: &Path) -> HandlerFeatures {
     };
     HandlerFeatures {
         recursive_read_only_mounts: kernel_at_least(5, 12) && lists_rro(&features),
-        user_namespaces: false,
+        user_namespaces: kernel_at_least(5, 19)
+            && user_namespaces_allowed()
+            && lists_user_namespace(&features),
     }
+}
+
+fn user_namespaces_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/user/max_user_namespaces")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .is_some_and(|max| max > 0)
+}
+
+fn lists_user_namespace(features: &serde_json::Value) -> bool {
+    features["linux"]["namespaces"]
+        .as_array()
+        .is_some_and(|kinds| kinds.iter().any(|k| k == "user"))
 }
 
 fn lists_rro(features: &serde_json::Value) -> bool {
@@ -80,5 +96,16 @@ mod tests {
         assert!(!lists_rro(&serde_json::json!({"mountOptions": ["ro"]})));
         assert!(!lists_rro(&serde_json::Value::Null));
         assert!(!probe(Path::new("/no/such/runtime")).recursive_read_only_mounts);
+    }
+
+    #[test]
+    fn user_namespaces_need_the_runtime_to_list_them() {
+        assert!(lists_user_namespace(
+            &serde_json::json!({"linux": {"namespaces": ["pid", "user"]}})
+        ));
+        assert!(!lists_user_namespace(
+            &serde_json::json!({"linux": {"namespaces": ["pid"]}})
+        ));
+        assert!(!probe(Path::new("/no/such/runtime")).user_namespaces);
     }
 }

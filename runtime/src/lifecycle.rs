@@ -84,24 +84,38 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
     std::fs::create_dir_all(&new.run_dir).map_err(dir_err(&new.run_dir))?;
     std::fs::create_dir_all(&new.state_dir).map_err(dir_err(&new.state_dir))?;
     let rootfs = rootfs_of(&new.run_dir);
-    overlay::mount(
-        &new.layers,
-        &new.state_dir.join("upper"),
-        &new.state_dir.join("work"),
-        &rootfs,
-    )
+    let (upper, work) = (new.state_dir.join("upper"), new.state_dir.join("work"));
+    match &new.spec.user_namespace {
+        None => overlay::mount(&new.layers, &upper, &work, &rootfs),
+        Some(user) => match user.host_root() {
+            Some(root) => overlay::mount_idmapped(
+                &new.layers,
+                &upper,
+                &work,
+                &rootfs,
+                &new.run_dir.join("lower"),
+                &user.path,
+                root,
+            ),
+            None => Err(OverlayError::Unmapped),
+        },
+    }
     .map_err(|source| ContainerError::Overlay {
         id: id.clone(),
         source,
     })?;
     let mut container_spec = new.spec.clone();
     container_spec.rootfs = rootfs;
-    crate::mounts::prepare(&mut container_spec.mounts).map_err(|source| {
-        ContainerError::Mounts {
-            id: id.clone(),
-            source,
-        }
-    })?;
+    let mounts_err = |source| ContainerError::Mounts {
+        id: id.clone(),
+        source,
+    };
+    crate::mounts::prepare(&mut container_spec.mounts).map_err(mounts_err)?;
+    let staged = new.run_dir.join("volumes");
+    if let Some(user) = &container_spec.user_namespace {
+        crate::mounts::idmap(&mut container_spec.mounts, &staged, &user.path)
+            .map_err(mounts_err)?;
+    }
     let spec_err = |source| ContainerError::Spec {
         id: id.clone(),
         source,
@@ -115,6 +129,11 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         stdin: new.spec.stdin,
         stdin_once: new.stdin_once,
         tty: new.spec.tty,
+    })?;
+    // The container holds its own copies of the staged volumes now.
+    overlay::unmount_all_under(&staged).map_err(|source| ContainerError::Overlay {
+        id: id.clone(),
+        source,
     })?;
     Ok(Created { pid, spec: oci })
 }
@@ -148,10 +167,14 @@ pub fn remove(
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    if let Err(err) = overlay::unmount(&rootfs_of(run_dir)) {
-        failures.push(err.to_string());
+    // The rootfs and anything a crash left staged: run_dir is only removed
+    // once nothing is mounted below it.
+    let mut dirs = vec![state_dir];
+    match overlay::unmount_all_under(run_dir) {
+        Ok(()) => dirs.push(run_dir),
+        Err(err) => failures.push(err.to_string()),
     }
-    for dir in [run_dir, state_dir] {
+    for dir in dirs {
         match std::fs::remove_dir_all(dir) {
             Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
                 failures.push(format!("remove {}: {err}", dir.display()));

@@ -20,12 +20,47 @@ pub enum MountError {
     MountInfo(std::io::Error),
     #[error("no mount holds {0}")]
     NoMount(PathBuf),
+    #[error("mount host path {path} in the pod's user namespace: {source}")]
+    Idmap {
+        path: PathBuf,
+        source: crate::overlay::OverlayError,
+    },
     #[error("make {mount_point} (holding {path}) a shared mount for its propagation: {source}")]
     MakeShared {
         path: PathBuf,
         mount_point: PathBuf,
         source: nix::Error,
     },
+}
+
+/// For a container in a pod's user namespace: stages under `dir` an
+/// id-mapped copy of each (prepared) host path, with its submounts, and
+/// points the mount at it, so files keep their host owners inside the pod
+/// (host uid 0 is the pod's root). runc binds the staged copy, which the
+/// caller detaches once the container is created. Propagation needs the
+/// host's own mount and is refused before this (`cri_spec`).
+pub fn idmap(mounts: &mut [BindMount], dir: &Path, userns: &Path) -> Result<(), MountError> {
+    for (i, m) in mounts.iter_mut().enumerate() {
+        let err = |source| MountError::HostPath {
+            path: m.host_path.clone(),
+            source,
+        };
+        let staged = dir.join(i.to_string());
+        std::fs::create_dir_all(dir).map_err(err)?;
+        if std::fs::metadata(&m.host_path).map_err(err)?.is_dir() {
+            std::fs::create_dir(&staged).map_err(err)?;
+        } else {
+            std::fs::File::create(&staged).map_err(err)?;
+        }
+        crate::overlay::bind_idmapped(&m.host_path, &staged, userns, true).map_err(|source| {
+            MountError::Idmap {
+                path: m.host_path.clone(),
+                source,
+            }
+        })?;
+        m.host_path = staged;
+    }
+    Ok(())
 }
 
 /// Resolves and prepares `mounts` in place.

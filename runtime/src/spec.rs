@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
     LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxHugepageLimitBuilder, LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceBuilder,
-    LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount, MountBuilder,
-    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    LinuxHugepageLimitBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 
 use crate::user::{self, UserError, UserRequest};
@@ -53,6 +53,34 @@ impl Default for Namespaces {
             uts: Namespace::New,
             pid: Namespace::New,
         }
+    }
+}
+
+/// One line of a uid or gid map: `size` ids from `container_id` in the
+/// container are `host_id` and up on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMap {
+    pub host_id: u32,
+    pub container_id: u32,
+    pub size: u32,
+}
+
+/// The pod's user namespace, which every container of the pod joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNamespace {
+    /// The pinned namespace.
+    pub path: PathBuf,
+    /// Its mappings, repeated in the OCI spec (runc 1.1 requires them
+    /// alongside the path).
+    pub uid_mappings: Vec<IdMap>,
+    pub gid_mappings: Vec<IdMap>,
+}
+
+impl UserNamespace {
+    /// The host uid and gid of the namespace's root, if it has one.
+    pub fn host_root(&self) -> Option<(u32, u32)> {
+        let root = |maps: &[IdMap]| maps.iter().find(|m| m.container_id == 0).map(|m| m.host_id);
+        Some((root(&self.uid_mappings)?, root(&self.gid_mappings)?))
     }
 }
 
@@ -140,6 +168,9 @@ pub struct ContainerSpec {
     /// Set when the container has its own UTS namespace.
     pub hostname: String,
     pub namespaces: Namespaces,
+    /// The pod's user namespace; `None`: the host's. With one, the rootfs
+    /// is mounted id-mapped ([`crate::lifecycle::create`]).
+    pub user_namespace: Option<UserNamespace>,
     pub pod_files: PodFiles,
     pub mounts: Vec<BindMount>,
     pub devices: Vec<Device>,
@@ -612,7 +643,13 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     };
 
     let ns = &spec.namespaces;
+    let user_ns = match &spec.user_namespace {
+        Some(user) => Namespace::Path(user.path.clone()),
+        None => Namespace::Host,
+    };
     let namespaces: Vec<LinuxNamespace> = [
+        // First: it owns the others.
+        namespace(LinuxNamespaceType::User, &user_ns),
         namespace(LinuxNamespaceType::Mount, &Namespace::New),
         namespace(LinuxNamespaceType::Network, &ns.network),
         namespace(LinuxNamespaceType::Ipc, &ns.ipc),
@@ -688,6 +725,22 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         .namespaces(namespaces)
         .resources(resources.build()?)
         .rootfs_propagation(rootfs_propagation);
+    if let Some(user) = &spec.user_namespace {
+        let maps = |maps: &[IdMap]| {
+            maps.iter()
+                .map(|m| {
+                    LinuxIdMappingBuilder::default()
+                        .host_id(m.host_id)
+                        .container_id(m.container_id)
+                        .size(m.size)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        linux = linux
+            .uid_mappings(maps(&user.uid_mappings)?)
+            .gid_mappings(maps(&user.gid_mappings)?);
+    }
     // Set both ways: the builder starts from oci-spec's defaults.
     let paths = |given: &Option<Vec<String>>, default: &[&str]| -> Vec<String> {
         match given {
@@ -1069,5 +1122,62 @@ mod tests {
         assert!(json["process"].get("rlimits").is_none(), "{json}");
         // No cgroup asked for: the runtime's default.
         assert!(json["linux"].get("cgroupsPath").is_none(), "{json}");
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_with_its_mappings() {
+        let root = rootfs();
+        let map = IdMap {
+            host_id: 100000,
+            container_id: 0,
+            size: 65536,
+        };
+        let spec = ContainerSpec {
+            rootfs: root.path().to_path_buf(),
+            image: image(&["/bin/sh"], &[]),
+            user_namespace: Some(UserNamespace {
+                path: "/run/berth/ns/user/p".into(),
+                uid_mappings: vec![map],
+                gid_mappings: vec![IdMap {
+                    host_id: 200000,
+                    ..map
+                }],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            spec.user_namespace.as_ref().unwrap().host_root(),
+            Some((100000, 200000))
+        );
+        let json = serde_json::to_value(generate(&spec, 0).unwrap()).unwrap();
+        let linux = &json["linux"];
+        assert_eq!(
+            linux["namespaces"][0],
+            serde_json::json!({"type": "user", "path": "/run/berth/ns/user/p"})
+        );
+        assert_eq!(
+            linux["uidMappings"],
+            serde_json::json!([{"hostID": 100000, "containerID": 0, "size": 65536}])
+        );
+        assert_eq!(linux["gidMappings"][0]["hostID"], 200000);
+        let json = serde_json::to_value(
+            generate(
+                &ContainerSpec {
+                    user_namespace: None,
+                    ..spec
+                },
+                0,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(json["linux"].get("uidMappings").is_none(), "{json}");
+        assert!(
+            !json["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "user")
+        );
     }
 }

@@ -1,9 +1,15 @@
 //! The infra process of a pod that shares one PID namespace:
 //! `berth-shim init`, PID 1 of a new PID namespace that has joined the pod's
 //! network, IPC and UTS namespaces.
+//!
+//! In a pod with its own user namespace the PID namespace must belong to
+//! that user namespace (its containers, which run inside it, could not join
+//! it otherwise): a first child joins the user namespace, becomes its root
+//! and joins the others, then clones PID 1 with `CLONE_NEWPID |
+//! CLONE_PARENT` (so berthd stays its parent), reports its pid and exits.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,15 +66,17 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// Starts `shim init` joined to each namespace in `join` and in a new PID
-/// namespace.
-pub fn start(shim: &Path, join: &[PathBuf]) -> Result<Infra, InfraError> {
-    let fds: Vec<OwnedFd> = join
-        .iter()
+/// namespace. `user`, when given, is joined first and owns that PID
+/// namespace (see the module doc).
+pub fn start(shim: &Path, user: Option<&Path>, join: &[PathBuf]) -> Result<Infra, InfraError> {
+    let fds: Vec<OwnedFd> = user
+        .into_iter()
+        .chain(join.iter().map(PathBuf::as_path))
         .map(|path| {
             std::fs::File::open(path)
                 .map(OwnedFd::from)
                 .map_err(|source| InfraError::OpenNs {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     source,
                 })
         })
@@ -92,13 +100,57 @@ pub fn start(shim: &Path, join: &[PathBuf]) -> Result<Infra, InfraError> {
     let argv = [arg0.as_ptr(), arg1.as_ptr(), std::ptr::null()];
     let raw_fds: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let null_fd = devnull.as_raw_fd();
+    let in_userns = user.is_some();
+    // The first child reports PID 1's pid here when it cloned it itself.
+    let mut report = [0; 2];
+    // SAFETY: pipe2 fills two fds that are owned right away.
+    if unsafe { libc::pipe2(report.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(start_err(nix::Error::last()));
+    }
+    // SAFETY: fresh fds nobody else owns.
+    let (report_r, report_w) = unsafe {
+        (
+            OwnedFd::from_raw_fd(report[0]),
+            OwnedFd::from_raw_fd(report[1]),
+        )
+    };
+    let report_w_raw = report_w.as_raw_fd();
     let mut stack = vec![0u8; 64 * 1024];
     let child = Box::new(|| -> isize {
         // SAFETY: only async-signal-safe calls on data prepared above.
         unsafe {
-            for &fd in &raw_fds {
+            for (i, &fd) in raw_fds.iter().enumerate() {
                 if libc::setns(fd, 0) != 0 {
                     libc::_exit(126);
+                }
+                // Root of the pod's user namespace before joining the
+                // namespaces it owns.
+                if in_userns
+                    && i == 0
+                    && (libc::setresgid(0, 0, 0) != 0
+                        || libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setresuid(0, 0, 0) != 0)
+                {
+                    libc::_exit(126);
+                }
+            }
+            if in_userns {
+                // fork(2)-like: a null stack runs the child on a copy of ours.
+                let pid = libc::syscall(
+                    libc::SYS_clone,
+                    libc::CLONE_NEWPID | libc::CLONE_PARENT | libc::SIGCHLD,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                );
+                if pid < 0 {
+                    libc::_exit(125);
+                }
+                if pid > 0 {
+                    let pid = pid as i32;
+                    libc::write(report_w_raw, (&pid as *const i32).cast(), 4);
+                    libc::_exit(0);
                 }
             }
             libc::setsid();
@@ -109,17 +161,30 @@ pub fn start(shim: &Path, join: &[PathBuf]) -> Result<Infra, InfraError> {
             libc::_exit(127)
         }
     });
+    let flags = if in_userns {
+        CloneFlags::empty()
+    } else {
+        CloneFlags::CLONE_NEWPID
+    };
     // SAFETY: the callback only makes raw syscalls on pre-built data (see
     // above) and never returns into Rust code of the parent.
-    let pid = unsafe {
-        nix::sched::clone(
-            child,
-            &mut stack,
-            CloneFlags::CLONE_NEWPID,
-            Some(libc::SIGCHLD),
-        )
-    }
-    .map_err(start_err)?;
+    let first = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(start_err)?;
+    drop(report_w);
+    let pid = if in_userns {
+        let _ = waitpid(first, None);
+        let mut bytes = [0u8; 4];
+        match std::io::Read::read_exact(&mut std::fs::File::from(report_r), &mut bytes) {
+            Ok(()) => Pid::from_raw(i32::from_ne_bytes(bytes)),
+            Err(_) => {
+                return Err(InfraError::Exited {
+                    shim: shim.to_path_buf(),
+                });
+            }
+        }
+    } else {
+        first
+    };
     // The start time is readable as soon as the pid exists; none means it
     // already died (setns or exec failed) and is a zombie.
     let Some(start_time) = start_time(pid.as_raw()) else {

@@ -20,7 +20,9 @@ use std::sync::{Arc, RwLock};
 use berth_cni::{Attachment, Cni};
 
 pub use record::{Files, Layout, Namespaces, Network, Pod, PodId, State};
-pub use spec::{Dns, Invalid, Mode, NamespaceModes, PodSpec, PortMapping, Protocol};
+pub use spec::{
+    Dns, IdMapping, Invalid, Mode, NamespaceModes, PodSpec, PortMapping, Protocol, UserNamespace,
+};
 
 /// The interface name of the pod side of the CNI attachment.
 pub const POD_IFNAME: &str = "eth0";
@@ -75,10 +77,18 @@ pub struct Options {
     /// The `berth-shim` binary, whose `init` mode is the infra process.
     pub shim: PathBuf,
     /// Known runtime handler names and the one used when a pod names none.
-    pub runtimes: Vec<String>,
-    pub default_runtime: String,
+    pub runtimes: Arc<dyn RuntimeHandlers>,
     /// The cgroup parent of pods that give none.
     pub default_cgroup_parent: String,
+}
+
+/// The runtime handlers a pod may name, asked at every RunPodSandbox so a
+/// config reload applies to the next pod.
+pub trait RuntimeHandlers: Send + Sync + std::fmt::Debug {
+    /// Every known handler name.
+    fn names(&self) -> Vec<String>;
+    /// The handler of pods that name none.
+    fn default_name(&self) -> String;
 }
 
 type Slot = Arc<tokio::sync::Mutex<Pod>>;
@@ -110,6 +120,7 @@ impl Sandboxes {
                 &pod.namespaces.net,
                 &pod.namespaces.ipc,
                 &pod.namespaces.uts,
+                &pod.namespaces.user,
             ]
             .into_iter()
             .flatten()
@@ -196,16 +207,17 @@ impl Sandboxes {
 
     fn resolve_handler(&self, requested: &str) -> Result<String, Error> {
         let name = if requested.is_empty() {
-            &self.options.default_runtime
+            self.options.runtimes.default_name()
         } else {
-            requested
+            requested.to_string()
         };
-        if self.options.runtimes.iter().any(|r| r == name) {
-            Ok(name.to_string())
+        let known = self.options.runtimes.names();
+        if known.contains(&name) {
+            Ok(name)
         } else {
             Err(Error::UnknownHandler {
-                handler: name.to_string(),
-                known: self.options.runtimes.clone(),
+                handler: name,
+                known,
             })
         }
     }
@@ -297,6 +309,10 @@ impl Sandboxes {
             ipc: (!modes.host_ipc()).then(|| layout.ns_pin("ipc", id)),
             uts: (!host_network).then(|| layout.ns_pin("uts", id)),
             pid: (modes.pid == Mode::Pod).then(|| layout.ns_pin("pid", id)),
+            user: spec
+                .user_namespace
+                .is_pod()
+                .then(|| layout.ns_pin("user", id)),
         };
         let cgroup_parent = if spec.cgroup_parent.is_empty() {
             self.options.default_cgroup_parent.clone()
@@ -332,12 +348,24 @@ impl Sandboxes {
         if !pod.spec.namespaces.host_ipc() {
             files::mount_shm(&pod.files.shm, self.options.shm_size)?;
         }
+        // The pod's files belong to its root, as on a host-namespace pod.
+        if let Some((uid, gid)) = pod.spec.user_namespace.host_root() {
+            for path in [&pod.files.hostname, &pod.files.resolv_conf, &pod.files.shm] {
+                std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                    .map_err(io(format!("cannot chown {}", path.display())))?;
+            }
+        }
         let request = ns::Request {
             net: pod.namespaces.net.clone(),
             ipc: pod.namespaces.ipc.clone(),
             uts: pod.namespaces.uts.clone(),
             hostname: pod.hostname.clone(),
             sysctls: pod.spec.sysctl_paths()?,
+            user: pod.namespaces.user.clone().map(|pin| ns::UserRequest {
+                pin,
+                uids: pod.spec.user_namespace.uids.clone(),
+                gids: pod.spec.user_namespace.gids.clone(),
+            }),
         };
         blocking(move || ns::create(request)).await??;
         if let Some(pid_pin) = pod.namespaces.pid.clone() {
@@ -351,7 +379,8 @@ impl Sandboxes {
             .cloned()
             .collect();
             let shim = self.options.shim.clone();
-            let infra = blocking(move || infra::start(&shim, &join)).await??;
+            let user = pod.namespaces.user.clone();
+            let infra = blocking(move || infra::start(&shim, user.as_deref(), &join)).await??;
             pod.infra = Some(infra);
             record::save(layout, pod).map_err(io(format!(
                 "cannot write the record of pod sandbox {}",
@@ -382,6 +411,10 @@ impl Sandboxes {
             &pod.files.hosts,
             &files::hosts(pod.spec.namespaces.host_network(), &pod.hostname, &ips),
         )?;
+        if let Some((uid, gid)) = pod.spec.user_namespace.host_root() {
+            std::os::unix::fs::chown(&pod.files.hosts, Some(uid), Some(gid))
+                .map_err(io(format!("cannot chown {}", pod.files.hosts.display())))?;
+        }
         pod.state = State::Ready;
         pod.complete = true;
         record::save(layout, pod).map_err(io(format!(
@@ -452,15 +485,7 @@ impl Sandboxes {
             failures.push(err.to_string());
         }
         if remove {
-            for pin in [
-                &pod.namespaces.net,
-                &pod.namespaces.ipc,
-                &pod.namespaces.uts,
-                &pod.namespaces.pid,
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for pin in pod.namespaces.pins() {
                 if let Err(err) = ns::unpin(pin) {
                     failures.push(err.to_string());
                 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::infra::Infra;
-use crate::spec::PodSpec;
+use crate::spec::{IdMapping, PodSpec};
 
 /// A pod sandbox ID: 64 lowercase hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -69,6 +69,18 @@ pub struct Namespaces {
     pub uts: Option<PathBuf>,
     /// Only for a pod with PID mode POD: the infra process's namespace.
     pub pid: Option<PathBuf>,
+    /// Only for a pod with user namespace mode POD; it owns the others.
+    #[serde(default)]
+    pub user: Option<PathBuf>,
+}
+
+impl Namespaces {
+    /// Every pinned path, the user namespace last (it owns the others).
+    pub fn pins(&self) -> impl Iterator<Item = &PathBuf> {
+        [&self.net, &self.ipc, &self.uts, &self.pid, &self.user]
+            .into_iter()
+            .flatten()
+    }
 }
 
 /// The files containers of the pod bind-mount.
@@ -111,6 +123,14 @@ impl Pod {
     /// The infra process's cgroup, relative to each hierarchy's root.
     pub fn infra_cgroup(&self) -> PathBuf {
         crate::cgroup::infra_path(&self.cgroup_parent, self.id.as_str())
+    }
+
+    /// The pod's own user namespace, for its containers: the pinned path
+    /// and the uid and gid mappings. None when the pod uses the host's.
+    pub fn user_namespace(&self) -> Option<(&Path, &[IdMapping], &[IdMapping])> {
+        let path = self.namespaces.user.as_deref()?;
+        let userns = &self.spec.user_namespace;
+        Some((path, &userns.uids, &userns.gids))
     }
 
     /// Ready on record and, when it has one, its infra process still runs.

@@ -23,6 +23,137 @@ pub struct PodSpec {
     pub namespaces: NamespaceModes,
     /// As the request named it; empty means the default handler.
     pub runtime_handler: String,
+    /// `namespace_options.userns_options`; absent in records from before it.
+    #[serde(default)]
+    pub user_namespace: UserNamespace,
+}
+
+/// One line of a `uid_map`/`gid_map`: `length` ids from `container_id` in
+/// the pod map onto `host_id` and up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub host_id: u32,
+    pub container_id: u32,
+    pub length: u32,
+}
+
+/// The pod's user namespace: mode `Node` (the host's, the default) or
+/// `Pod` (one namespace for the pod and all its containers, with these
+/// mappings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserNamespace {
+    pub mode: Mode,
+    pub uids: Vec<IdMapping>,
+    pub gids: Vec<IdMapping>,
+}
+
+impl Default for UserNamespace {
+    fn default() -> Self {
+        UserNamespace {
+            mode: Mode::Node,
+            uids: Vec::new(),
+            gids: Vec::new(),
+        }
+    }
+}
+
+impl UserNamespace {
+    /// Whether the pod gets its own user namespace.
+    pub fn is_pod(&self) -> bool {
+        self.mode == Mode::Pod
+    }
+
+    /// The host uid and gid the pod's root maps to (the mappings are
+    /// validated: container id 0 is mapped in both).
+    pub fn host_root(&self) -> Option<(u32, u32)> {
+        let root =
+            |maps: &[IdMapping]| maps.iter().find(|m| m.container_id == 0).map(|m| m.host_id);
+        self.is_pod()
+            .then(|| Some((root(&self.uids)?, root(&self.gids)?)))
+            .flatten()
+    }
+
+    /// Checks the mode and mappings as the kernel and the kubelet's
+    /// contract require: mode `POD` or `NODE`; for `POD`, non-empty maps of
+    /// at most 340 lines (the kernel's limit), no zero lengths, no range
+    /// past 2^32, no overlap on either side, the pod's root mapped, and the
+    /// host's root never mapped into the pod; for `NODE`, no mappings.
+    fn validate(&self, field: &str) -> Result<(), Invalid> {
+        match self.mode {
+            Mode::Node => {
+                for (name, maps) in [("uids", &self.uids), ("gids", &self.gids)] {
+                    if !maps.is_empty() {
+                        return Err(invalid(
+                            format!("{field}.{name}"),
+                            "mappings are only allowed with mode POD",
+                        ));
+                    }
+                }
+                return Ok(());
+            }
+            Mode::Pod => {}
+            Mode::Container | Mode::Target => {
+                return Err(invalid(
+                    format!("{field}.mode"),
+                    format!(
+                        "user namespace mode {} is not supported (only POD and NODE)",
+                        self.mode.cri_name()
+                    ),
+                ));
+            }
+        }
+        for (name, maps) in [("uids", &self.uids), ("gids", &self.gids)] {
+            let field = format!("{field}.{name}");
+            if maps.is_empty() {
+                return Err(invalid(field, "must not be empty with mode POD"));
+            }
+            if maps.len() > 340 {
+                return Err(invalid(
+                    field,
+                    format!("{} mappings, over the kernel's limit of 340", maps.len()),
+                ));
+            }
+            let end = |start: u32, m: &IdMapping| u64::from(start) + u64::from(m.length);
+            for (i, m) in maps.iter().enumerate() {
+                let at = format!("{field}[{i}]");
+                if m.length == 0 {
+                    return Err(invalid(format!("{at}.length"), "must be greater than 0"));
+                }
+                if end(m.host_id, m) > 1 << 32 || end(m.container_id, m) > 1 << 32 {
+                    return Err(invalid(at, "the range goes past the last 32-bit id"));
+                }
+                if m.host_id == 0 {
+                    return Err(invalid(
+                        format!("{at}.host_id"),
+                        "maps the host's root into the pod",
+                    ));
+                }
+                for (j, other) in maps.iter().enumerate().take(i) {
+                    let overlap =
+                        |a: u32, b: u32| u64::from(a) < end(b, other) && u64::from(b) < end(a, m);
+                    if overlap(m.container_id, other.container_id) {
+                        return Err(invalid(
+                            at,
+                            format!("container ids overlap those of {field}[{j}]"),
+                        ));
+                    }
+                    if overlap(m.host_id, other.host_id) {
+                        return Err(invalid(
+                            at,
+                            format!("host ids overlap those of {field}[{j}]"),
+                        ));
+                    }
+                }
+            }
+            if !maps.iter().any(|m| m.container_id == 0) {
+                return Err(invalid(
+                    field,
+                    "does not map the pod's root (container id 0)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -64,6 +195,18 @@ pub struct NamespaceModes {
     pub network: Mode,
     pub pid: Mode,
     pub ipc: Mode,
+}
+
+impl Mode {
+    /// The CRI enum's name.
+    pub fn cri_name(self) -> &'static str {
+        match self {
+            Mode::Pod => "POD",
+            Mode::Container => "CONTAINER",
+            Mode::Node => "NODE",
+            Mode::Target => "TARGET",
+        }
+    }
 }
 
 impl NamespaceModes {
@@ -160,6 +303,25 @@ impl PodSpec {
                         mapping.host_port, mapping.container_port
                     ),
                 ));
+            }
+        }
+        let userns = "config.linux.security_context.namespace_options.userns_options";
+        self.user_namespace.validate(userns)?;
+        // The kubelet's own rule: a user-namespaced pod shares no namespace
+        // with the host (and its network, IPC and PID ones must be owned by
+        // its user namespace for its containers to mount sysfs, mqueue, proc).
+        if self.user_namespace.is_pod() {
+            for (name, mode) in [
+                ("network", self.namespaces.network),
+                ("ipc", self.namespaces.ipc),
+                ("pid", self.namespaces.pid),
+            ] {
+                if mode == Mode::Node {
+                    return Err(invalid(
+                        format!("config.linux.security_context.namespace_options.{name}"),
+                        "NODE cannot be combined with user namespace mode POD",
+                    ));
+                }
             }
         }
         self.sysctl_paths()?;
@@ -326,6 +488,77 @@ mod tests {
             namespace: "n".into(),
             ..PodSpec::default()
         }
+    }
+
+    fn map(host_id: u32, container_id: u32, length: u32) -> IdMapping {
+        IdMapping {
+            host_id,
+            container_id,
+            length,
+        }
+    }
+
+    #[test]
+    fn user_namespace_mappings_are_checked() {
+        let field = |s: &PodSpec| s.validate().unwrap_err().field;
+        let userns = "config.linux.security_context.namespace_options.userns_options";
+        let mut s = spec();
+        s.user_namespace = UserNamespace {
+            mode: Mode::Pod,
+            uids: vec![map(100000, 0, 65536)],
+            gids: vec![map(100000, 0, 65536)],
+        };
+        s.validate().unwrap();
+        assert_eq!(s.user_namespace.host_root(), Some((100000, 100000)));
+        let mut bad = s.clone();
+        bad.user_namespace.gids.clear();
+        assert_eq!(field(&bad), format!("{userns}.gids"));
+        let mut bad = s.clone();
+        bad.user_namespace.uids[0].length = 0;
+        assert_eq!(field(&bad), format!("{userns}.uids[0].length"));
+        let mut bad = s.clone();
+        bad.user_namespace.uids = vec![map(100000, 1, 10)];
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .message
+                .contains("container id 0")
+        );
+        let mut bad = s.clone();
+        bad.user_namespace.uids.push(map(300000, 65535, 2));
+        let err = bad.validate().unwrap_err();
+        assert_eq!(err.field, format!("{userns}.uids[1]"));
+        assert!(err.message.contains("container ids overlap"), "{err}");
+        let mut bad = s.clone();
+        bad.user_namespace.gids.push(map(165535, 70000, 1));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .message
+                .contains("host ids overlap")
+        );
+        let mut bad = s.clone();
+        bad.user_namespace.uids = vec![map(0, 0, 65536)];
+        assert_eq!(field(&bad), format!("{userns}.uids[0].host_id"));
+        let mut bad = s.clone();
+        bad.user_namespace.uids = vec![map(u32::MAX, 0, 2)];
+        assert_eq!(field(&bad), format!("{userns}.uids[0]"));
+        for mode in [Mode::Target, Mode::Container] {
+            let mut bad = s.clone();
+            bad.user_namespace.mode = mode;
+            assert_eq!(field(&bad), format!("{userns}.mode"));
+        }
+        let mut bad = s.clone();
+        bad.user_namespace.mode = Mode::Node;
+        assert_eq!(field(&bad), format!("{userns}.uids"));
+        let mut bad = s.clone();
+        bad.namespaces.network = Mode::Node;
+        assert_eq!(
+            field(&bad),
+            "config.linux.security_context.namespace_options.network"
+        );
+        assert_eq!(spec().user_namespace.host_root(), None);
+        spec().validate().unwrap();
     }
 
     #[test]

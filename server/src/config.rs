@@ -38,6 +38,28 @@ pub struct Config {
     pub pod: PodConfig,
     /// Image pulls and the image store.
     pub image: ImageSettings,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+}
+
+/// Off by default and on loopback, as CRI-O's `enable_metrics` /
+/// `metrics_host` / `metrics_port`: the page names pods and images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Serve `http://<address>/metrics`.
+    pub enabled: bool,
+    /// A loopback `IP:port`.
+    pub address: std::net::SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: false,
+            address: std::net::SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +164,7 @@ impl Default for Config {
             cni: CniConfig::default(),
             pod: PodConfig::default(),
             image: ImageSettings::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -454,6 +477,15 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if !config.metrics.address.ip().is_loopback() {
+        return Err(invalid(
+            "metrics.address",
+            format!(
+                "expected a loopback address such as 127.0.0.1:9090, got {}",
+                config.metrics.address
+            ),
+        ));
+    }
     for (name, handler) in &config.runtimes {
         let valid_name = !name.is_empty()
             && name
@@ -612,6 +644,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("cni.bin_dirs"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_off_on_loopback_by_default_and_stay_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert!(!loaded.config.metrics.enabled);
+        assert_eq!(loaded.config.metrics.address.to_string(), "127.0.0.1:9090");
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "[metrics]\nenabled = true\naddress = \"0.0.0.0:9090\"\n",
+        )
+        .unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("metrics.address"), "{err}");
+        assert!(err.contains("loopback"), "{err}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Log output: human text or one JSON object per line, filtered by the
-//! configured level.
+//! configured level, which a config reload can change.
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Registry, reload};
 
 use crate::config::LogFormat;
 
@@ -19,17 +21,30 @@ const OWN_CRATES: [&str; 5] = [
 
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-pub fn init(level: &str, format: LogFormat) {
+/// Changes the level of the installed subscriber.
+#[derive(Clone)]
+pub struct LevelHandle(reload::Handle<EnvFilter, Registry>);
+
+impl LevelHandle {
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        let filter = EnvFilter::try_new(directives(level)).map_err(|err| err.to_string())?;
+        self.0.reload(filter).map_err(|err| err.to_string())
+    }
+}
+
+pub fn init(level: &str, format: LogFormat) -> LevelHandle {
     // The config was validated, so the filter parses.
     let filter = EnvFilter::try_new(directives(level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let (filter, handle) = reload::Layer::new(filter);
+    let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
+    let subscriber = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => subscriber.with(output).init(),
+        LogFormat::Json => subscriber.with(output.json().flatten_event(true)).init(),
     }
+    LevelHandle(handle)
 }
 
 /// Expands a bare level to per-crate directives; anything else is taken as

@@ -3,8 +3,11 @@
 mod config;
 mod cri;
 mod listener;
+mod live;
 mod logging;
+mod metrics;
 mod notify;
+mod reload;
 mod rpc_trace;
 
 use std::path::PathBuf;
@@ -79,6 +82,8 @@ fn main() -> ExitCode {
         log_format: cli.log_format,
         default_runtime: cli.default_runtime,
     };
+    // Kept for SIGHUP, which reloads from the same files and flags.
+    let reload_from = (sources.clone(), overrides.clone());
     let config = match config::load(&sources, &overrides) {
         Ok(loaded) => loaded.config,
         Err(err) => {
@@ -97,7 +102,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        None => serve(config),
+        None => serve(config, reload_from),
     }
 }
 
@@ -118,17 +123,19 @@ enum ServeError {
     Images(#[from] berth_image::StoreError),
     #[error(transparent)]
     Containers(#[from] berth_runtime::record::StoreError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
 
-fn serve(config: Config) -> ExitCode {
-    logging::init(&config.log_level, config.log_format);
+fn serve(config: Config, reload_from: (Sources, Overrides)) -> ExitCode {
+    let log = logging::init(&config.log_level, config.log_format);
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)
-        .and_then(|runtime| runtime.block_on(run(config)));
+        .and_then(|runtime| runtime.block_on(run(config, reload_from, log)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -139,8 +146,14 @@ fn serve(config: Config) -> ExitCode {
     }
 }
 
-async fn run(config: Config) -> Result<(), ServeError> {
+async fn run(
+    config: Config,
+    (sources, overrides): (Sources, Overrides),
+    log: logging::LevelHandle,
+) -> Result<(), ServeError> {
     use std::os::unix::fs::DirBuilderExt;
+    // First: SIGHUP's default action would end the process.
+    let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     for dir in [&config.root, &config.run_root] {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -153,9 +166,13 @@ async fn run(config: Config) -> Result<(), ServeError> {
     }
     let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
     let images = cri::open_store(&config)?;
-    let containers = cri::open_containers(&config)?;
     let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
     let _socket_lock = listener::lock(&socket_lock_path, "socket", &config.listen)?;
+    // Before the socket, so a taken metrics port leaves no socket behind.
+    let metrics_listener = match config.metrics.enabled {
+        true => Some(metrics::bind(config.metrics.address).await?),
+        false => None,
+    };
     let socket = listener::bind(&config.listen)?;
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
@@ -181,7 +198,27 @@ async fn run(config: Config) -> Result<(), ServeError> {
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI v1"
     );
-    let service = cri::CriService::new(config, images, containers);
+    let service = cri::CriService::new(config, images)?;
+    service.register_metrics(metrics::global());
+    if let Some(listener) = metrics_listener {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "serving metrics at http://{address}/metrics");
+        }
+        tokio::spawn(metrics::serve(listener));
+    }
+    let reloader = reload::Reloader {
+        sources,
+        overrides,
+        live: service.live().clone(),
+        images: service.images().clone(),
+        log,
+    };
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            tracing::info!("SIGHUP received; reloading the config");
+            reloader.reload();
+        }
+    });
     if let Err(err) = notify::ready() {
         tracing::warn!("cannot notify systemd of readiness: {err}");
     }

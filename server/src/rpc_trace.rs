@@ -1,5 +1,5 @@
 //! A tower layer that gives every gRPC call a `tracing` span and logs its
-//! latency and result code when it completes.
+//! latency and result code when it completes, and counts it in the metrics.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -51,6 +51,13 @@ where
             .next()
             .unwrap_or_default()
             .to_owned();
+        // Only the CRI's own services get a label of their own: a client
+        // cannot grow the metrics without bound by calling made-up paths.
+        let counted = if request.uri().path().starts_with("/runtime.v1.") {
+            rpc.clone()
+        } else {
+            "other".to_owned()
+        };
         let span = tracing::info_span!("rpc", rpc = %rpc);
         let started = Instant::now();
         let future = {
@@ -60,20 +67,28 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                let latency_us = started.elapsed().as_micros() as u64;
+                let latency = started.elapsed();
+                let latency_us = latency.as_micros() as u64;
                 match &result {
                     Ok(response) => {
                         // Unary success carries grpc-status in the trailers;
                         // an error is a trailers-only response with it here.
-                        match tonic::Status::from_header_map(response.headers()) {
-                            Some(status) if status.code() != tonic::Code::Ok => tracing::info!(
-                                latency_us,
-                                code = ?status.code(),
-                                error = status.message(),
-                                "rpc failed"
-                            ),
-                            _ => tracing::debug!(latency_us, code = ?tonic::Code::Ok, "rpc done"),
-                        }
+                        let code = match tonic::Status::from_header_map(response.headers()) {
+                            Some(status) if status.code() != tonic::Code::Ok => {
+                                tracing::info!(
+                                    latency_us,
+                                    code = ?status.code(),
+                                    error = status.message(),
+                                    "rpc failed"
+                                );
+                                status.code()
+                            }
+                            _ => {
+                                tracing::debug!(latency_us, code = ?tonic::Code::Ok, "rpc done");
+                                tonic::Code::Ok
+                            }
+                        };
+                        crate::metrics::global().rpc_done(&counted, code, latency);
                     }
                     Err(err) => tracing::warn!(latency_us, error = %err, "rpc transport error"),
                 }

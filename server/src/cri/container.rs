@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::cri::{
@@ -17,40 +18,28 @@ use berth_proto::cri::{
 };
 use berth_runtime::containers::{self, Containers, Error};
 use berth_runtime::cri_spec::{self, CriSpecError, PodFacts};
-use berth_runtime::features::{self, HandlerFeatures};
 use berth_runtime::oci::OciRuntime;
 use berth_runtime::record::{self, ContainerRecord, ContainerState as State, StoreError};
-use berth_runtime::spec::{ImageConfig, Namespace, PodFiles};
+use berth_runtime::spec::{IdMap, ImageConfig, Namespace, PodFiles, UserNamespace};
 use tonic::Status;
 
 use super::CriService;
 use crate::config::Config;
+use crate::live::LiveConfig;
 
-/// Runtime handlers' features, probed once at start-up.
-pub struct Handlers {
-    features: HashMap<String, HandlerFeatures>,
-    apparmor: bool,
-}
-
-/// Opens the container records (`<root>/containers`) and probes each
-/// runtime handler's features.
-pub fn open(config: &Config) -> Result<(Containers, Handlers), StoreError> {
+/// Opens the container records (`<root>/containers`); runtime handlers are
+/// looked up in the live config, so a reload's new handlers apply.
+pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreError> {
     // berth-shim ships next to berthd.
     let shim = berth_runtime::oci::default_shim_path().unwrap_or_else(|_| "berth-shim".into());
-    let runtimes = config
-        .runtimes
-        .iter()
-        .map(|(name, handler)| {
-            (
-                name.clone(),
-                OciRuntime {
-                    path: handler.path.clone(),
-                    root: config.run_root.join("runtimes").join(name),
-                    shim: shim.clone(),
-                },
-            )
+    let run_root = config.run_root.clone();
+    let runtimes: containers::Runtimes = Arc::new(move |name: &str| {
+        live.get().runtimes.get(name).map(|handler| OciRuntime {
+            path: handler.path.clone(),
+            root: run_root.join("runtimes").join(name),
+            shim: shim.clone(),
         })
-        .collect();
+    });
     let (containers, errors) = Containers::open(containers::Options {
         state_dir: config.root.join("containers"),
         run_dir: config.run_root.join("containers"),
@@ -59,16 +48,7 @@ pub fn open(config: &Config) -> Result<(Containers, Handlers), StoreError> {
     for error in errors {
         tracing::warn!("skipping unreadable container record: {error}");
     }
-    let features = config
-        .runtimes
-        .iter()
-        .map(|(name, handler)| (name.clone(), features::probe(&handler.path)))
-        .collect();
-    let handlers = Handlers {
-        features,
-        apparmor: features::apparmor_enabled(),
-    };
-    Ok((containers, handlers))
+    Ok(containers)
 }
 
 fn status(err: Error) -> Status {
@@ -156,6 +136,22 @@ fn image_config(image: &berth_image::Image) -> ImageConfig {
 }
 
 fn pod_facts(pod: &berth_sandbox::Pod) -> PodFacts {
+    let id_maps = |maps: &[berth_sandbox::IdMapping]| {
+        maps.iter()
+            .map(|m| IdMap {
+                host_id: m.host_id,
+                container_id: m.container_id,
+                size: m.length,
+            })
+            .collect()
+    };
+    let user = pod
+        .user_namespace()
+        .map(|(path, uids, gids)| UserNamespace {
+            path: path.to_path_buf(),
+            uid_mappings: id_maps(uids),
+            gid_mappings: id_maps(gids),
+        });
     let joined = |pin: &Option<PathBuf>| match pin {
         Some(path) => Namespace::Path(path.clone()),
         None => Namespace::Host,
@@ -170,6 +166,7 @@ fn pod_facts(pod: &berth_sandbox::Pod) -> PodFacts {
         ipc: joined(&pod.namespaces.ipc),
         uts: joined(&pod.namespaces.uts),
         pid,
+        user,
         cgroup_parent: PathBuf::from(&pod.cgroup_parent),
         files: PodFiles {
             hostname: Some(pod.files.hostname.clone()),
@@ -322,13 +319,10 @@ impl CriService {
             sandbox.hostname = pod.hostname.clone();
         }
         let mut options = cri_spec::Options::new(id);
-        options.features = self
-            .handlers
-            .features
-            .get(&pod.runtime_handler)
-            .copied()
-            .unwrap_or_default();
-        options.apparmor_enabled = self.handlers.apparmor;
+        if let Some(handler) = self.live.get().runtimes.get(&pod.runtime_handler) {
+            options.features = self.features.probe(&handler.path);
+        }
+        options.apparmor_enabled = berth_runtime::features::apparmor_enabled();
         let pid_options = config
             .linux
             .as_ref()

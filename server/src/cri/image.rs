@@ -14,6 +14,7 @@ use tonic::Status;
 
 use super::CriService;
 use crate::config::{Config, DEFAULT_REGISTRIES_CONFIG};
+use crate::metrics;
 
 /// Opens `<root>/images`, cleaning what a crash left half done.
 pub fn open_store(config: &Config) -> Result<ImageStore, StoreError> {
@@ -21,10 +22,25 @@ pub fn open_store(config: &Config) -> Result<ImageStore, StoreError> {
     ImageStore::open(StoreOptions {
         dir: config.root.join("images"),
         registries_config: Some(registries.clone()),
-        // The default file is optional; a path the operator set must exist.
-        registries_config_required: registries.as_os_str() != DEFAULT_REGISTRIES_CONFIG,
+        registries_config_required: registries_required(config),
         pull_parallelism: config.image.pull_parallelism,
     })
+}
+
+/// The default file is optional; a path the operator set must exist.
+fn registries_required(config: &Config) -> bool {
+    config.image.registries_config.as_os_str() != DEFAULT_REGISTRIES_CONFIG
+}
+
+/// Applies `config`'s registries config and pull parallelism to the store
+/// for the pulls that start from now on; on error the store keeps the old.
+/// Returns whether the registries config's content changed.
+pub fn reload_store(images: &ImageStore, config: &Config) -> Result<bool, StoreError> {
+    images.reload(
+        Some(&config.image.registries_config),
+        registries_required(config),
+        config.image.pull_parallelism,
+    )
 }
 
 fn status(err: StoreError) -> Status {
@@ -111,8 +127,17 @@ impl CriService {
     ) -> Result<PullImageResponse, Status> {
         let name = image_name(req.image.as_ref())?;
         let creds = credentials(req.auth.as_ref())?;
-        let pulled = self.images.pull(name, &creds).await.map_err(status)?;
-        tracing::info!(image = name, id = %pulled.image.id_hex(), "pulled image");
+        let started = std::time::Instant::now();
+        let pulled = match self.images.pull(name, &creds).await {
+            Ok(pulled) => pulled,
+            Err(err) => {
+                let err = status(err);
+                metrics::global().pull_failed(err.code());
+                return Err(err);
+            }
+        };
+        metrics::global().pull_succeeded(pulled.downloaded, started.elapsed());
+        tracing::info!(image = name, id = %pulled.image.id_hex(), downloaded = pulled.downloaded, "pulled image");
         Ok(PullImageResponse {
             image_ref: pulled.image_ref,
         })

@@ -5,6 +5,7 @@
 mod container;
 mod image;
 mod image_service;
+mod metrics;
 mod pod;
 mod runtime_info;
 mod runtime_service;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use berth_image::ImageStore;
 
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// State shared by every RPC handler.
 #[derive(Clone)]
@@ -21,30 +23,48 @@ pub struct CriService {
     config: Arc<Config>,
     pods: Arc<berth_sandbox::Sandboxes>,
     images: Arc<ImageStore>,
+    /// What a SIGHUP reload changes live: runtime handlers, effective config.
+    live: Arc<LiveConfig>,
+    /// The features of each runtime handler's binary, probed once.
+    features: Arc<runtime_info::FeatureCache>,
     containers: Arc<berth_runtime::containers::Containers>,
-    handlers: Arc<container::Handlers>,
 }
 
 impl CriService {
     /// Loads the pod records and the CNI config, and starts watching the
-    /// CNI conf dir; must run inside the tokio runtime.
-    pub fn new(config: Config, images: ImageStore, containers: Containers) -> Self {
-        let pods = Arc::new(pod::open(&config));
-        CriService {
+    /// CNI conf dir, and the container records; must run inside the tokio
+    /// runtime.
+    pub fn new(
+        config: Config,
+        images: ImageStore,
+    ) -> Result<Self, berth_runtime::record::StoreError> {
+        let live = LiveConfig::new(config.clone());
+        let pods = Arc::new(pod::open(&config, live.clone()));
+        let features = Arc::new(runtime_info::FeatureCache::default());
+        for runtime in config.runtimes.values() {
+            features.probe(&runtime.path);
+        }
+        let containers = Arc::new(container::open(&config, live.clone())?);
+        Ok(CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
-            containers: Arc::new(containers.0),
-            handlers: Arc::new(containers.1),
-        }
+            live,
+            features,
+            containers,
+        })
+    }
+
+    pub fn live(&self) -> &Arc<LiveConfig> {
+        &self.live
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
     }
 }
 
-pub use container::open as open_containers;
-pub use image::open_store;
-
-/// What [`open_containers`] loads.
-pub type Containers = (berth_runtime::containers::Containers, container::Handlers);
+pub use image::{open_store, reload_store};
 
 /// Emits a tonic service trait impl in which each listed RPC either forwards
 /// its request message to the handler method of the same name, or answers

@@ -15,19 +15,20 @@ use berth_proto::cri::{
     UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
 };
 use berth_sandbox::{
-    Dns, Error, Layout, Mode, NamespaceModes, Options, Pod, PodSpec, PortMapping, Protocol,
-    Sandboxes, State,
+    Dns, Error, IdMapping, Layout, Mode, NamespaceModes, Options, Pod, PodSpec, PortMapping,
+    Protocol, Sandboxes, State, UserNamespace,
 };
 use tonic::Status;
 
 use super::CriService;
 use crate::config::Config;
+use crate::live::LiveConfig;
 
 /// How often the CNI conf dir is re-read.
 const CNI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Loads the CNI config and every pod record; starts the conf dir watch.
-pub(super) fn open(config: &Config) -> Sandboxes {
+pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
     let layout = Layout {
         root: config.root.clone(),
         run_root: config.run_root.clone(),
@@ -48,8 +49,7 @@ pub(super) fn open(config: &Config) -> Sandboxes {
         layout,
         shm_size: config.pod.shm_size,
         shim,
-        runtimes: config.runtimes.keys().cloned().collect(),
-        default_runtime: config.default_runtime.clone(),
+        runtimes,
         default_cgroup_parent: config.pod.cgroup_parent.clone(),
     };
     let (pods, errors) = Sandboxes::open(options, Arc::clone(&cni));
@@ -143,8 +143,32 @@ fn spec(config: PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, St
             pid: mode(options.pid),
             ipc: mode(options.ipc),
         },
+        user_namespace: options
+            .userns_options
+            .map(|u| UserNamespace {
+                mode: mode(u.mode),
+                uids: u.uids.into_iter().map(id_mapping).collect(),
+                gids: u.gids.into_iter().map(id_mapping).collect(),
+            })
+            .unwrap_or_default(),
         runtime_handler,
     })
+}
+
+fn id_mapping(m: berth_proto::cri::IdMapping) -> IdMapping {
+    IdMapping {
+        host_id: m.host_id,
+        container_id: m.container_id,
+        length: m.length,
+    }
+}
+
+fn cri_id_mapping(m: &IdMapping) -> berth_proto::cri::IdMapping {
+    berth_proto::cri::IdMapping {
+        host_id: m.host_id,
+        container_id: m.container_id,
+        length: m.length,
+    }
 }
 
 fn state_value(pod: &Pod) -> i32 {
@@ -194,7 +218,23 @@ fn pod_status(pod: &Pod) -> PodSandboxStatus {
                     pid: mode_value(modes.pid),
                     ipc: mode_value(modes.ipc),
                     target_id: String::new(),
-                    userns_options: None,
+                    userns_options: Some(berth_proto::cri::UserNamespace {
+                        mode: mode_value(pod.spec.user_namespace.mode),
+                        uids: pod
+                            .spec
+                            .user_namespace
+                            .uids
+                            .iter()
+                            .map(cri_id_mapping)
+                            .collect(),
+                        gids: pod
+                            .spec
+                            .user_namespace
+                            .gids
+                            .iter()
+                            .map(cri_id_mapping)
+                            .collect(),
+                    }),
                 }),
             }),
         }),
@@ -220,6 +260,26 @@ impl CriService {
             .config
             .ok_or_else(|| Status::invalid_argument("config: must be set"))?;
         let spec = spec(config, request.runtime_handler)?;
+        if spec.user_namespace.is_pod() {
+            let config = self.live.get();
+            let handler = if spec.runtime_handler.is_empty() {
+                &config.default_runtime
+            } else {
+                &spec.runtime_handler
+            };
+            // An unknown handler is the sandbox's to report.
+            if config
+                .runtimes
+                .get(handler)
+                .is_some_and(|h| !self.features.probe(&h.path).user_namespaces)
+            {
+                return Err(Status::invalid_argument(format!(
+                    "config.linux.security_context.namespace_options.userns_options.mode: \
+                     not supported on this host: runtime handler {handler:?} cannot run \
+                     pods in their own user namespace"
+                )));
+            }
+        }
         let id = self.pods.run(spec).await.map_err(status)?;
         Ok(RunPodSandboxResponse {
             pod_sandbox_id: id.to_string(),

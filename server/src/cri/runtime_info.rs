@@ -9,6 +9,8 @@ use berth_proto::cri::{
 };
 use tonic::Status;
 
+use berth_runtime::features::HandlerFeatures;
+
 use super::CriService;
 use crate::config;
 
@@ -58,9 +60,7 @@ impl CriService {
         ];
         let mut info = HashMap::new();
         if request.verbose {
-            let config = serde_json::to_string(&*self.config)
-                .map_err(|err| Status::internal(format!("cannot encode the config: {err}")))?;
-            info.insert("config".to_string(), config);
+            info = self.verbose_info()?;
         }
         Ok(StatusResponse {
             status: Some(RuntimeStatus { conditions }),
@@ -86,16 +86,85 @@ impl CriService {
         })
     }
 
+    /// `Status` verbose `info`, each value JSON: `config` (in effect,
+    /// reloads included), `cniconfig` (the network in use, or why none is),
+    /// `runtimeHandlers` (name, binary, which is the default).
+    fn verbose_info(&self) -> Result<HashMap<String, String>, Status> {
+        let config = self.live.get();
+        let cni = match self.pods.cni().network() {
+            Ok(list) => serde_json::json!({
+                "name": list.name,
+                "file": list.source,
+                "cniVersion": list.cni_version,
+                "plugins": list.plugins.iter().map(|p| p.get("type")).collect::<Vec<_>>(),
+            }),
+            Err(err) => serde_json::json!({
+                "confDir": config.cni.conf_dir,
+                "error": err.to_string(),
+            }),
+        };
+        let handlers: Vec<_> = config
+            .runtimes
+            .iter()
+            .map(|(name, handler)| {
+                serde_json::json!({
+                    "name": name,
+                    "path": handler.path,
+                    "default": *name == config.default_runtime,
+                })
+            })
+            .collect();
+        let encoded = serde_json::to_string(&*config)
+            .map_err(|err| Status::internal(format!("cannot encode the config: {err}")))?;
+        Ok(HashMap::from([
+            ("config".to_string(), encoded),
+            ("cniconfig".to_string(), cni.to_string()),
+            (
+                "runtimeHandlers".to_string(),
+                serde_json::Value::from(handlers).to_string(),
+            ),
+        ]))
+    }
+
     /// The default handler (empty name, as the CRI defines) and every named
-    /// one. No feature is claimed until it is implemented and probed.
+    /// one, with the features its binary has on this host.
     fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
-        let features = Some(RuntimeHandlerFeatures {
-            recursive_read_only_mounts: false,
-            user_namespaces: false,
-        });
-        std::iter::once(String::new())
-            .chain(self.config.runtimes.keys().cloned())
-            .map(|name| RuntimeHandler { name, features })
+        let config = self.live.get();
+        let features = |name: &str| {
+            let probed = config
+                .runtimes
+                .get(name)
+                .map(|handler| self.features.probe(&handler.path))
+                .unwrap_or_default();
+            Some(RuntimeHandlerFeatures {
+                recursive_read_only_mounts: probed.recursive_read_only_mounts,
+                user_namespaces: probed.user_namespaces,
+            })
+        };
+        std::iter::once((String::new(), features(&config.default_runtime)))
+            .chain(
+                config
+                    .runtimes
+                    .keys()
+                    .map(|name| (name.clone(), features(name))),
+            )
+            .map(|(name, features)| RuntimeHandler { name, features })
             .collect()
+    }
+}
+
+/// `<runtime> features` plus the kernel checks, once per runtime binary
+/// (a SIGHUP reload may add handlers: they are probed when first asked).
+#[derive(Default)]
+pub(super) struct FeatureCache {
+    probed: std::sync::Mutex<HashMap<std::path::PathBuf, HandlerFeatures>>,
+}
+
+impl FeatureCache {
+    pub(super) fn probe(&self, runtime: &std::path::Path) -> HandlerFeatures {
+        let mut probed = self.probed.lock().expect("lock poisoned");
+        *probed
+            .entry(runtime.to_path_buf())
+            .or_insert_with(|| berth_runtime::features::probe(runtime))
     }
 }
