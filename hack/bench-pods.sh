@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# RunPodSandbox latency: berthd vs containerd on this machine, same run, same
-# CNI plugins (bridge + host-local + portmap from /usr/lib/cni), each on its
-# own bridge and subnet and its own throw-away state.
+# Pod start-up: berthd vs containerd on this machine, same run, same runc,
+# same CNI plugins (bridge + host-local + portmap from /usr/lib/cni), each on
+# its own bridge and subnet and its own throw-away state. Each pod is
+# RunPodSandbox + CreateContainer + StartContainer of one busybox `sleep`
+# container that both pull from a local docker-registry (the `busybox`
+# fixture of hack/fixtures.sh): COUNT pods one after another, then COUNT at
+# once. Prints p50/p90 per step, the daemons' RSS and the shims' RSS per
+# container while all 2×COUNT+1 pods run, then berth-shim vs conmon per
+# container (hack/shim-rss.sh).
 #
 # usage: sudo hack/bench-pods.sh [COUNT]   (default 30)
 # containerd runs its sandboxes from a pause image; this script builds one
-# from busybox-static with umoci and imports it, so no registry is needed.
+# from busybox-static with umoci and imports it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 COUNT=${1:-30}
@@ -30,6 +36,27 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+export POD_BENCH_LOGS=$WORK/logs
+
+# --- the image both pull, from a local registry
+bash hack/fixtures.sh "$WORK/fixtures" >/dev/null
+PORT=$((20000 + RANDOM % 20000))
+cat >"$WORK/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $WORK/registry
+http:
+  addr: 127.0.0.1:$PORT
+EOF
+docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break; sleep 0.05; done
+skopeo copy --quiet --dest-tls-verify=false "oci:$WORK/fixtures/oci:busybox" \
+  "docker://127.0.0.1:$PORT/berth/busybox:latest"
+IMAGE=127.0.0.1:$PORT/berth/busybox:latest
 
 # conflist NAME BRIDGE SUBNET DIR
 conflist() {
@@ -57,7 +84,14 @@ wait_socket() {
 
 # --- berthd
 conflist berth-bench bbench0 10.239.0.0/24 "$WORK/berth/net.d"
+cat >"$WORK/berth/registries.conf" <<EOF
+[[registry]]
+location = "127.0.0.1:$PORT"
+insecure = true
+EOF
 cat >"$WORK/berth/berth.toml" <<EOF
+[image]
+registries_config = "$WORK/berth/registries.conf"
 [cni]
 conf_dir = "$WORK/berth/net.d"
 bin_dirs = ["/usr/lib/cni"]
@@ -65,10 +99,11 @@ EOF
 target/release/berthd --config "$WORK/berth/berth.toml" --config-dir "$WORK/berth/berth.d" \
   --root "$WORK/berth/root" --run-root "$WORK/berth/run" --listen "$WORK/berth/berth.sock" \
   --log-level warn >"$WORK/berth/log" 2>&1 &
-PIDS+=($!)
+BERTHD_PID=$!
+PIDS+=("$BERTHD_PID")
 wait_socket "$WORK/berth/berth.sock"
-berth_line=$("$BENCH" "$WORK/berth/berth.sock" "$COUNT" berthd)
-echo "$berth_line"
+berth_out=$("$BENCH" "$WORK/berth/berth.sock" "$COUNT" berthd "$IMAGE" "$BERTHD_PID" berth-shim)
+echo "$berth_out"
 
 # --- containerd, with a pause image built from busybox-static
 OCI="$WORK/pause-oci"
@@ -93,6 +128,8 @@ state = "$WORK/containerd/state"
   # This VM lacks CAP_SYS_RESOURCE: the sandbox oom_score_adj must not go
   # below containerd's own, or runc fails.
   restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$WORK/containerd/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$WORK/containerd/net.d"
@@ -101,14 +138,36 @@ state = "$WORK/containerd/state"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
 EOF
+# containerd 1.6 uses a registry's hosts.toml only with a [host] table.
+mkdir -p "$WORK/containerd/certs.d/127.0.0.1:$PORT"
+cat >"$WORK/containerd/certs.d/127.0.0.1:$PORT/hosts.toml" <<EOF
+server = "http://127.0.0.1:$PORT"
+[host."http://127.0.0.1:$PORT"]
+  capabilities = ["pull", "resolve"]
+EOF
 containerd --config "$WORK/containerd/config.toml" --log-level warn >"$WORK/containerd/log" 2>&1 &
-PIDS+=($!)
+CONTAINERD_PID=$!
+PIDS+=("$CONTAINERD_PID")
 wait_socket "$WORK/containerd/containerd.sock"
 ctr --address "$WORK/containerd/containerd.sock" -n k8s.io images import \
   --base-name berth.local/pause "$WORK/pause.tar" >/dev/null
-containerd_line=$("$BENCH" "$WORK/containerd/containerd.sock" "$COUNT" containerd)
-echo "$containerd_line"
+containerd_out=$("$BENCH" "$WORK/containerd/containerd.sock" "$COUNT" containerd "$IMAGE" \
+  "$CONTAINERD_PID" containerd-shim-runc-v2)
+echo "$containerd_out"
 
-p50() { sed -E 's/.*p50_ms=([0-9.]+).*/\1/' <<<"$1"; }
-awk -v b="$(p50 "$berth_line")" -v c="$(p50 "$containerd_line")" \
-  'BEGIN { printf "RunPodSandbox p50: berthd %.2f ms, containerd %.2f ms, containerd/berthd = %.1fx\n", b, c, c / b }'
+# p50 OUTPUT PHASE STEP
+p50() { grep -E "^[a-z]+ $2 $3 " <<<"$1" | sed -E 's/.*p50_ms=([0-9.]+).*/\1/'; }
+for phase in seq par; do
+  for step in run create start ready; do
+    awk -v p="$phase" -v s="$step" -v b="$(p50 "$berth_out" "$phase" "$step")" \
+      -v c="$(p50 "$containerd_out" "$phase" "$step")" \
+      'BEGIN { printf "%s %-6s p50: berthd %7.2f ms, containerd %7.2f ms, berthd/containerd = %.2fx\n", p, s, b, c, b / c }'
+  done
+done
+# rss OUTPUT KEY
+rss() { grep -E "^[a-z]+ rss " <<<"$1" | sed -E "s/.*$2=([0-9]+).*/\\1/"; }
+awk -v b="$(rss "$berth_out" daemon_kb)" -v c="$(rss "$containerd_out" daemon_kb)" \
+  -v bs="$(rss "$berth_out" shim_kb_per_container)" -v cs="$(rss "$containerd_out" shim_kb_per_container)" \
+  'BEGIN { printf "daemon RSS: berthd %d KiB, containerd %d KiB (%.2fx); shim RSS per container: berth-shim %d KiB, containerd-shim-runc-v2 %d KiB (%.2fx)\n", b, c, b / c, bs, cs, bs / cs }'
+echo "berth-shim vs conmon (Debian) per container, same runc and bundles:"
+bash hack/shim-rss.sh

@@ -17,6 +17,9 @@
 #   evil-dotdot  a layer with an entry ../../../../../../../../tmp/berth-evil-dotdot
 #   evil-symlink a layer with esc -> /tmp, then esc/berth-evil-symlink
 #   evil-hardlink a layer with a hardlink to ../../../../../../../../etc/hostname
+#   busybox      one layer: busybox-static with every applet linked, a named
+#                user berth (4242:4343, also in group friends 5555),
+#                StopSignal SIGUSR1 (container tests)
 #   big          (--big only) 8 gzip layers of 32 MiB of random data each
 set -euo pipefail
 
@@ -207,6 +210,20 @@ tar -cf "$work/hardlink.tar" -P -C "$e/h" \
   --transform 's,^target$,../../../../../../../../etc/hostname,' target link
 layer "$work/hardlink.tar" gzip
 image evil-hardlink amd64 '{}' >/dev/null
+
+# --- busybox (containers) --------------------------------------------------
+b=$work/busybox
+base_rootfs "$b"
+for applet in $("$busybox" --list); do
+  [[ -e $b/bin/$applet ]] || ln -s busybox "$b/bin/$applet"
+done
+printf 'root:x:0:0:root:/root:/bin/sh\nberth:x:4242:4343:berth:/home/berth:/bin/sh\n' >"$b/etc/passwd"
+printf 'root:x:0:\nberth:x:4343:\nfriends:x:5555:berth\n' >"$b/etc/group"
+mkdir -p "$b/home/berth" "$b/proc" "$b/sys" "$b/dev"
+chown 4242:4343 "$b/home/berth"
+tar_dir "$b" "$work/busybox.tar"
+layer "$work/busybox.tar" gzip
+image busybox amd64 '{"StopSignal": "SIGUSR1"}' >/dev/null
 
 # --- big (benchmarks) ------------------------------------------------------
 if [[ $big == --big ]]; then

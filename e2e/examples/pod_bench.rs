@@ -1,21 +1,40 @@
-//! RunPodSandbox latency against any CRI socket (berthd or containerd):
-//! one warm-up pod, then N pods one after another, each timed from request
-//! to response; then every pod is stopped and removed.
+//! Pod start-up against any CRI socket (berthd or containerd): pull IMAGE,
+//! one warm-up pod, then COUNT pods one after another and COUNT pods at
+//! once, each pod being RunPodSandbox + CreateContainer + StartContainer of
+//! one `sleep` container. While the last 2×COUNT pods run it samples the
+//! daemon's RSS (DAEMON_PID) and the RSS of every process named SHIM_COMM;
+//! then it stops and removes every pod.
 //!
-//! usage: pod_bench SOCKET COUNT LABEL
-//! prints: LABEL p50_ms=.. p90_ms=.. mean_ms=.. n=..
+//! usage: pod_bench SOCKET COUNT LABEL IMAGE DAEMON_PID SHIM_COMM
+//! prints, per phase (seq, par) and step (run, create, start, ready):
+//!   LABEL PHASE STEP p50_ms=.. p90_ms=.. n=..
+//! and: LABEL rss daemon_kb=.. shim_kb_per_container=.. containers=..
 
 use std::path::PathBuf;
 use std::time::Instant;
 
+use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StopPodSandboxRequest,
+    ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
+use tonic::transport::Channel;
 
-fn config(name: &str) -> PodSandboxConfig {
+type Client = RuntimeServiceClient<Channel>;
+
+fn namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        ..NamespaceOption::default()
+    }
+}
+
+fn pod_config(name: &str) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
@@ -24,16 +43,15 @@ fn config(name: &str) -> PodSandboxConfig {
             attempt: 0,
         }),
         hostname: name.into(),
-        log_directory: format!("/tmp/berth-bench-logs/{name}"),
+        // The script points this into its throw-away dir.
+        log_directory: format!(
+            "{}/{name}",
+            std::env::var("POD_BENCH_LOGS").unwrap_or_else(|_| "/tmp/berth-bench-logs".into())
+        ),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: String::new(),
             security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..NamespaceOption::default()
-                }),
+                namespace_options: Some(namespaces()),
                 ..LinuxSandboxSecurityContext::default()
             }),
             ..LinuxPodSandboxConfig::default()
@@ -42,38 +60,184 @@ fn config(name: &str) -> PodSandboxConfig {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+fn container_config(image: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: "sleeper".into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..ImageSpec::default()
+        }),
+        command: vec!["sleep".into(), "1000000".into()],
+        log_path: "sleeper.log".into(),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(namespaces()),
+                ..LinuxContainerSecurityContext::default()
+            }),
+            resources: None,
+        }),
+        ..ContainerConfig::default()
+    }
+}
+
+/// Milliseconds of RunPodSandbox, CreateContainer, StartContainer and the whole.
+type Timings = [f64; 4];
+
+async fn start_pod(
+    mut client: Client,
+    label: String,
+    name: String,
+    image: String,
+) -> (String, Timings) {
+    let ms = |t: Instant| t.elapsed().as_secs_f64() * 1000.0;
+    let config = pod_config(&name);
+    let begin = Instant::now();
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{label}: RunPodSandbox {name}: {e}"))
+        .into_inner()
+        .pod_sandbox_id;
+    let run = ms(begin);
+    let step = Instant::now();
+    let container = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(&image)),
+            sandbox_config: Some(config),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{label}: CreateContainer {name}: {e}"))
+        .into_inner()
+        .container_id;
+    let create = ms(step);
+    let step = Instant::now();
+    client
+        .start_container(StartContainerRequest {
+            container_id: container,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{label}: StartContainer {name}: {e}"));
+    let start = ms(step);
+    (pod, [run, create, start, ms(begin)])
+}
+
+fn rss_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Total RSS and count of the processes whose comm is `comm`.
+fn rss_of_comm(comm: &str) -> (u64, usize) {
+    let mut total = (0, 0);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        // comm is cut at 15 bytes.
+        let want = &comm[..comm.len().min(15)];
+        if std::fs::read_to_string(entry.path().join("comm")).is_ok_and(|c| c.trim() == want) {
+            total.0 += rss_kb(pid);
+            total.1 += 1;
+        }
+    }
+    total
+}
+
+fn report(label: &str, phase: &str, timings: &[Timings]) {
+    for (i, step) in ["run", "create", "start", "ready"].iter().enumerate() {
+        let mut values: Vec<f64> = timings.iter().map(|t| t[i]).collect();
+        values.sort_by(f64::total_cmp);
+        let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        println!(
+            "{label} {phase} {step} p50_ms={:.2} p90_ms={:.2} n={}",
+            pick(0.5),
+            pick(0.9),
+            values.len()
+        );
+    }
+}
+
+#[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 4 {
-        eprintln!("usage: pod_bench SOCKET COUNT LABEL");
+    if args.len() != 7 {
+        eprintln!("usage: pod_bench SOCKET COUNT LABEL IMAGE DAEMON_PID SHIM_COMM");
         std::process::exit(2);
     }
     let socket = PathBuf::from(&args[1]);
     let count: usize = args[2].parse().expect("COUNT is a number");
-    let label = &args[3];
-    let mut client = RuntimeServiceClient::new(berth_e2e::connect(&socket).await);
-    let mut ids = Vec::new();
-    let mut latencies = Vec::new();
-    for i in 0..=count {
-        let start = Instant::now();
-        let id = client
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config(&format!("bench-{i}"))),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("{label}: RunPodSandbox {i}: {e}"))
-            .into_inner()
-            .pod_sandbox_id;
-        let elapsed = start.elapsed().as_secs_f64() * 1000.0;
-        // Pod 0 warms caches (and containerd's image) and is not counted.
-        if i > 0 {
-            latencies.push(elapsed);
-        }
-        ids.push(id);
+    let (label, image, daemon, shim) = (&args[3], &args[4], &args[5], &args[6]);
+    let channel = berth_e2e::connect(&socket).await;
+    let client = RuntimeServiceClient::new(channel.clone());
+    ImageServiceClient::new(channel)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.clone(),
+                ..ImageSpec::default()
+            }),
+            ..PullImageRequest::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{label}: PullImage {image}: {e}"));
+    let mut pods = Vec::new();
+    // Pod 0 warms caches and is not counted.
+    let (pod, _) = start_pod(client.clone(), label.clone(), "warm".into(), image.clone()).await;
+    pods.push(pod);
+    let mut sequential = Vec::new();
+    for i in 0..count {
+        let (pod, t) = start_pod(
+            client.clone(),
+            label.clone(),
+            format!("seq-{i}"),
+            image.clone(),
+        )
+        .await;
+        pods.push(pod);
+        sequential.push(t);
     }
-    for id in ids {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        tasks.spawn(start_pod(
+            client.clone(),
+            label.clone(),
+            format!("par-{i}"),
+            image.clone(),
+        ));
+    }
+    let mut parallel = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (pod, t) = done.expect("pod task");
+        pods.push(pod);
+        parallel.push(t);
+    }
+    report(label, "seq", &sequential);
+    report(label, "par", &parallel);
+    let (shim_kb, shims) = rss_of_comm(shim);
+    println!(
+        "{label} rss daemon_kb={} shim_kb_per_container={} shims={shims} containers={}",
+        rss_kb(daemon),
+        shim_kb / pods.len().max(1) as u64,
+        pods.len()
+    );
+    let mut client = client;
+    for id in pods {
         client
             .stop_pod_sandbox(StopPodSandboxRequest {
                 pod_sandbox_id: id.clone(),
@@ -85,13 +249,4 @@ async fn main() {
             .await
             .unwrap_or_else(|e| panic!("{label}: RemovePodSandbox: {e}"));
     }
-    latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-    let mean = latencies.iter().sum::<f64>() / latencies.len() as f64;
-    println!(
-        "{label} p50_ms={:.2} p90_ms={:.2} mean_ms={mean:.2} n={}",
-        pick(0.5),
-        pick(0.9),
-        latencies.len()
-    );
 }

@@ -810,6 +810,11 @@ fn records_and_shims_survive_a_berthd_restart() {
                 run_dir: c.run_dir.clone(),
                 rootfs: lifecycle::rootfs_of(&c.run_dir),
                 stop_signal: None,
+                reserved_name: format!("k8s_c{i}"),
+                state_dir: c.state_dir.clone(),
+                tty: false,
+                stdin: false,
+                stdin_once: false,
                 extra: serde_json::Value::Null,
             })
             .unwrap();

@@ -9,6 +9,8 @@
 //!   `kill`, `state`, `exec_sync`;
 //! - [`shim::control`] (`reopen`, `resize`) and [`shim::ExitRecord::read`];
 //! - [`record::RecordStore`] for the records reloaded after a restart;
+//! - [`containers::Containers`]: the index, name reservation and per-container
+//!   locking over all of the above (what the container RPCs call);
 //! - [`cri_spec::convert`] (CreateContainer's request → [`spec::ContainerSpec`]),
 //!   [`cri_spec::container_user`] (ContainerStatus.user) and
 //!   [`features::probe`] (Status.runtime_handlers features).
@@ -17,6 +19,7 @@
 //! ([`oci::default_shim_path`]).
 
 pub mod atomic;
+pub mod containers;
 pub mod cri_spec;
 pub mod features;
 pub mod init;

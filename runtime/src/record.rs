@@ -46,6 +46,19 @@ pub struct ContainerRecord {
     pub rootfs: PathBuf,
     /// The image's StopSignal (`SIGTERM`, `15`, ...), used by StopContainer.
     pub stop_signal: Option<String>,
+    /// The name reserved while the container exists (CRI-O's
+    /// `k8s_<name>_<pod name>_<namespace>_<pod uid>_<attempt>`).
+    #[serde(default)]
+    pub reserved_name: String,
+    /// The persistent dir with the overlay's upper and work dirs.
+    #[serde(default)]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
     /// Anything else the server keeps for ContainerStatus (mounts, resources...).
     #[serde(default)]
     pub extra: serde_json::Value,
@@ -223,6 +236,11 @@ mod tests {
             run_dir: run_dir.to_path_buf(),
             rootfs: "/r".into(),
             stop_signal: Some("SIGQUIT".into()),
+            reserved_name: "k8s_c".into(),
+            state_dir: "/s".into(),
+            tty: false,
+            stdin: false,
+            stdin_once: false,
             extra: serde_json::Value::Null,
         }
     }

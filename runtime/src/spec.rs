@@ -904,6 +904,13 @@ pub fn write(bundle: &Path, spec: &Spec) -> Result<(), SpecError> {
     crate::atomic::write_atomic(&path, &bytes).map_err(|source| SpecError::Write { path, source })
 }
 
+/// Reads `config.json` back from `bundle` (ContainerStatus's verbose info and user).
+pub fn read(bundle: &Path) -> std::io::Result<Spec> {
+    let bytes = std::fs::read(bundle.join("config.json"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
+}
+
 fn swap_accounted() -> bool {
     Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
         || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()

@@ -127,6 +127,8 @@ enum ServeError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Containers(#[from] berth_runtime::record::StoreError),
+    #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -209,7 +211,7 @@ async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI v1"
     );
-    let service = cri::CriService::new(config, images, streaming);
+    let service = cri::CriService::new(config, images, streaming)?;
     service.register_metrics(metrics::global());
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {

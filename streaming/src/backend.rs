@@ -453,8 +453,15 @@ fn attach(req: AttachRequest) -> std::io::Result<Process> {
     });
     let abort = demux.abort_handle();
     let run_dir = req.container.run_dir.clone();
+    // Dropping the write half shuts it down, which the shim takes as the
+    // client detaching: without stdin it is held until the session ends.
+    let (stdin, idle_write_half) = if req.stdin {
+        (Some(Box::new(to_shim) as Writer), None)
+    } else {
+        (None, Some(to_shim))
+    };
     Ok(Process {
-        stdin: req.stdin.then(|| Box::new(to_shim) as Writer),
+        stdin,
         stdout: req.stdout.then(|| Box::new(out_r) as Reader),
         stderr: req.stderr.then(|| Box::new(err_r) as Reader),
         resize: req.tty.then(|| {
@@ -465,6 +472,7 @@ fn attach(req: AttachRequest) -> std::io::Result<Process> {
         // The shim closes attach sockets when the container exits.
         exit: Box::pin(async move {
             let _ = demux.await;
+            drop(idle_write_half);
             Ok(None)
         }),
         kill: Box::new(move || abort.abort()),

@@ -2,6 +2,7 @@
 //! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
 //! wire the generated tonic traits to them.
 
+mod container;
 mod image;
 mod image_service;
 mod metrics;
@@ -29,30 +30,34 @@ pub struct CriService {
     live: Arc<LiveConfig>,
     /// The features of each runtime handler's binary, probed once.
     features: Arc<runtime_info::FeatureCache>,
+    containers: Arc<berth_runtime::containers::Containers>,
 }
 
 impl CriService {
     /// Loads the pod records and the CNI config, and starts watching the
-    /// CNI conf dir; must run inside the tokio runtime.
+    /// CNI conf dir, and the container records; must run inside the tokio
+    /// runtime.
     pub fn new(
         config: Config,
         images: ImageStore,
         streaming: berth_streaming::StreamingServer,
-    ) -> Self {
+    ) -> Result<Self, berth_runtime::record::StoreError> {
         let live = LiveConfig::new(config.clone());
         let pods = Arc::new(pod::open(&config, live.clone()));
         let features = Arc::new(runtime_info::FeatureCache::default());
         for runtime in config.runtimes.values() {
             features.probe(&runtime.path);
         }
-        CriService {
+        let containers = Arc::new(container::open(&config, live.clone())?);
+        Ok(CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
             streaming: Arc::new(streaming),
             live,
             features,
-        }
+            containers,
+        })
     }
 
     pub fn live(&self) -> &Arc<LiveConfig> {

@@ -290,10 +290,7 @@ impl CriService {
         &self,
         request: StopPodSandboxRequest,
     ) -> Result<StopPodSandboxResponse, Status> {
-        self.pods
-            .stop(&request.pod_sandbox_id)
-            .await
-            .map_err(status)?;
+        self.pod_down(&request.pod_sandbox_id, false).await?;
         Ok(StopPodSandboxResponse {})
     }
 
@@ -301,11 +298,37 @@ impl CriService {
         &self,
         request: RemovePodSandboxRequest,
     ) -> Result<RemovePodSandboxResponse, Status> {
-        self.pods
-            .remove(&request.pod_sandbox_id)
-            .await
-            .map_err(status)?;
+        self.pod_down(&request.pod_sandbox_id, true).await?;
         Ok(RemovePodSandboxResponse {})
+    }
+
+    /// Stop or Remove: first every container of the pod (also those
+    /// reloaded after a restart), then the pod itself; every step runs and
+    /// every failure is reported.
+    async fn pod_down(&self, id: &str, remove: bool) -> Result<(), Status> {
+        let pod_id = match self.pods.get(id).await {
+            Ok(pod) => pod.id,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(err) => return Err(status(err)),
+        };
+        let failures = self.pod_containers_down(pod_id.as_str(), remove).await;
+        let pod = if remove {
+            self.pods.remove(pod_id.as_str()).await
+        } else {
+            self.pods.stop(pod_id.as_str()).await
+        };
+        match (pod, failures.is_empty()) {
+            (Ok(()), true) => Ok(()),
+            (Ok(()), false) => Err(Status::internal(format!(
+                "pod sandbox {pod_id}: {}",
+                failures.join("; ")
+            ))),
+            (Err(err), true) => Err(status(err)),
+            (Err(err), false) => Err(Status::internal(format!(
+                "{err}; and its containers: {}",
+                failures.join("; ")
+            ))),
+        }
     }
 
     pub(super) async fn pod_sandbox_status(

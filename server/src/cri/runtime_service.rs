@@ -20,20 +20,20 @@ super::cri_service_impl! {
             pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
             list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
             update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse;
+            create_container(CreateContainerRequest) -> CreateContainerResponse;
+            start_container(StartContainerRequest) -> StartContainerResponse;
+            stop_container(StopContainerRequest) -> StopContainerResponse;
+            remove_container(RemoveContainerRequest) -> RemoveContainerResponse;
+            list_containers(ListContainersRequest) -> ListContainersResponse;
+            container_status(ContainerStatusRequest) -> ContainerStatusResponse;
+            reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
+            exec_sync(ExecSyncRequest) -> ExecSyncResponse;
             port_forward(PortForwardRequest) -> PortForwardResponse;
+            exec(ExecRequest) -> ExecResponse;
+            attach(AttachRequest) -> AttachResponse;
         }
         unimplemented {
-            create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-            start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-            stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-            remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-            list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-            container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
             update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-            reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-            exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
-            exec(ExecRequest) -> ExecResponse = "Exec";
-            attach(AttachRequest) -> AttachResponse = "Attach";
             container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
             list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
             pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";

@@ -45,20 +45,12 @@ pub async fn start_server(settings: &StreamingSettings) -> std::io::Result<Strea
 #[derive(Debug)]
 pub(super) struct Checked<T>(T);
 
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "Exec calls it once containers can be looked up")
-)]
 impl Checked<ExecRequest> {
     pub(super) fn container_id(&self) -> &str {
         &self.0.container_id
     }
 }
 
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "Attach calls it once containers can be looked up")
-)]
 impl Checked<AttachRequest> {
     pub(super) fn container_id(&self) -> &str {
         &self.0.container_id
@@ -67,10 +59,6 @@ impl Checked<AttachRequest> {
 
 /// Exec's checks, made before the container is looked up. A tty merges
 /// stderr into stdout, so asking for both is an error.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "Exec calls it once containers can be looked up")
-)]
 pub(super) fn check_exec(request: ExecRequest) -> Result<Checked<ExecRequest>, Status> {
     if request.container_id.is_empty() {
         return Err(Status::invalid_argument("missing required container_id"));
@@ -96,10 +84,6 @@ pub(super) fn check_exec(request: ExecRequest) -> Result<Checked<ExecRequest>, S
 }
 
 /// Attach's checks, made before the container is looked up.
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "Attach calls it once containers can be looked up")
-)]
 pub(super) fn check_attach(request: AttachRequest) -> Result<Checked<AttachRequest>, Status> {
     if request.container_id.is_empty() {
         return Err(Status::invalid_argument("missing required container_id"));
@@ -120,10 +104,6 @@ pub(super) fn check_attach(request: AttachRequest) -> Result<Checked<AttachReque
 /// The Exec answer for `container`, which the caller resolved from
 /// [`Checked::container_id`] and found created or running (as CRI-O
 /// requires).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "Exec calls it once containers can be looked up")
-)]
 pub(super) fn exec_url(
     server: &StreamingServer,
     container: Container,
@@ -144,10 +124,6 @@ pub(super) fn exec_url(
 /// The Attach answer for `container`, resolved from
 /// [`Checked::container_id`] and found running; `container_tty` says
 /// whether it has a terminal (only then do resize events go to it).
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "Attach calls it once containers can be looked up")
-)]
 pub(super) fn attach_url(
     server: &StreamingServer,
     container: Container,
@@ -165,6 +141,14 @@ pub(super) fn attach_url(
     AttachResponse { url }
 }
 
+fn streaming_container(running: berth_runtime::containers::Running) -> Container {
+    Container {
+        id: running.id,
+        runtime: running.runtime,
+        run_dir: running.run_dir,
+    }
+}
+
 /// The CRI ports as TCP ports; 0 and anything above 65535 are refused.
 fn ports(ports: &[i32]) -> Result<Vec<u16>, Status> {
     ports
@@ -178,6 +162,28 @@ fn ports(ports: &[i32]) -> Result<Vec<u16>, Status> {
 }
 
 impl CriService {
+    pub(super) async fn exec(&self, request: ExecRequest) -> Result<ExecResponse, Status> {
+        let request = check_exec(request)?;
+        let running = self.running_container(request.container_id())?;
+        Ok(exec_url(
+            &self.streaming,
+            streaming_container(running),
+            request,
+        ))
+    }
+
+    pub(super) async fn attach(&self, request: AttachRequest) -> Result<AttachResponse, Status> {
+        let request = check_attach(request)?;
+        let running = self.running_container(request.container_id())?;
+        let tty = running.tty;
+        Ok(attach_url(
+            &self.streaming,
+            streaming_container(running),
+            tty,
+            request,
+        ))
+    }
+
     pub(super) async fn port_forward(
         &self,
         request: PortForwardRequest,

@@ -1,0 +1,970 @@
+//! Containers through the real berthd over CRI: real images from a local
+//! registry, real runc and berth-shim. Pods use the host's network so no
+//! CNI set-up is needed; each test has its own berthd, registry, log dir and
+//! cgroup parent, so tests run in parallel.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
+use berth_e2e::cri::{
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState, ContainerStateValue,
+    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
+    Int64Value, LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainersRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, ReopenContainerLogRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+};
+use berth_e2e::registry::{self, Registry, Security};
+use berth_e2e::{Berthd, Options, Paths, can_run, have_command, is_root, mounts_under};
+use nix::sys::signal::Signal;
+use tonic::transport::Channel;
+
+type Client = RuntimeServiceClient<Channel>;
+
+fn can_run_here() -> bool {
+    can_run(
+        is_root() && have_command("runc") && registry::available(),
+        "needs root, runc, docker-registry, skopeo and the fixture tools",
+    )
+}
+
+struct World {
+    _registry: Registry,
+    berthd: Option<Berthd>,
+    options: Options,
+    image: String,
+    client: Client,
+    logs: tempfile::TempDir,
+    cgroup_parent: String,
+}
+
+fn options(registries_conf: &Path, conf_dir: &Path) -> Options {
+    Options {
+        config: format!(
+            "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n",
+            registries_conf.display(),
+            conf_dir.display()
+        ),
+        ..Options::default()
+    }
+}
+
+impl World {
+    async fn new(tag: &str) -> World {
+        let registry = Registry::start_empty(Security::Plain);
+        registry.push("busybox", "berth/busybox:latest");
+        let logs = tempfile::Builder::new()
+            .prefix("berth-e2e-logs-")
+            .tempdir()
+            .unwrap();
+        let conf = logs.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+                registry.host()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir(logs.path().join("net.d")).unwrap();
+        let options = options(&conf, &logs.path().join("net.d"));
+        let berthd = Berthd::start_with(options.clone()).await;
+        let image = registry.image("busybox");
+        berthd
+            .images()
+            .await
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let client = berthd.runtime().await;
+        World {
+            _registry: registry,
+            berthd: Some(berthd),
+            options,
+            image,
+            client,
+            cgroup_parent: format!("/berth-e2e-{}-{tag}", std::process::id()),
+            logs,
+        }
+    }
+
+    fn berthd(&self) -> &Berthd {
+        self.berthd.as_ref().unwrap()
+    }
+
+    fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "e2e".into(),
+                attempt: 0,
+            }),
+            log_directory: self.logs.path().join(name).display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn pod(&mut self, name: &str) -> String {
+        let config = self.pod_config(name);
+        self.client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    fn container(&self, name: &str, script: &str) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            // What the kubelet sends for a pod whose containers each have
+            // their own PID namespace.
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                resources: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    async fn create(
+        &mut self,
+        pod: &str,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let sandbox = self.pod_config(&pod_name_of(&config));
+        self.client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(sandbox),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    async fn run(&mut self, pod: &str, config: ContainerConfig) -> String {
+        let id = self.create(pod, config).await.unwrap();
+        self.client
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.client
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    async fn wait_exit(&mut self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(id).await;
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{id} did not exit: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(&mut self, id: &str, timeout: i64) {
+        self.client
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn remove(&mut self, id: &str) {
+        self.client
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn remove_pod(&mut self, pod: &str) {
+        self.client
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .unwrap();
+        self.client
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn exec(&mut self, id: &str, script: &str, timeout: i64) -> (i32, String, String) {
+        let out = self
+            .client
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The container's log lines' text (CRI format checked on the way).
+    fn log_text(path: &Path) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let parts: Vec<&str> = line.splitn(4, ' ').collect();
+                assert_eq!(parts.len(), 4, "not a CRI log line: {line:?}");
+                assert!(
+                    parts[0].contains('T') && parts[0].ends_with('Z'),
+                    "{line:?}"
+                );
+                assert!(parts[1] == "stdout" || parts[1] == "stderr", "{line:?}");
+                assert_eq!(parts[2], "F", "{line:?}");
+                (parts[1].to_string(), parts[3].to_string())
+            })
+            .collect()
+    }
+
+    /// Cgroup dirs left under this world's cgroup parent, in any hierarchy.
+    fn cgroups_left(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let dir = entry
+                .path()
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                left.extend(
+                    children
+                        .flatten()
+                        .filter(|c| c.path().is_dir())
+                        .map(|c| c.path()),
+                );
+            }
+        }
+        left
+    }
+
+    fn paths(&self) -> &Paths {
+        self.berthd().paths()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Only the (empty) parent dirs remain once every container is gone.
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir(
+                    entry
+                        .path()
+                        .join(self.cgroup_parent.trim_start_matches('/')),
+                );
+            }
+        }
+    }
+}
+
+/// Containers here are named `<pod>-<rest>`: the pod's name.
+fn pod_name_of(config: &ContainerConfig) -> String {
+    let name = &config.metadata.as_ref().unwrap().name;
+    name.split('-').next().unwrap().to_string()
+}
+
+fn sc(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    config
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+}
+
+fn shims_under(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
+                cmd.windows(10).any(|w| w == b"berth-shim")
+                    && cmd.windows(needle.len()).any(|w| w == needle.as_slice())
+            })
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_exit_codes_users_and_readonly_rootfs() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("basic").await;
+    let pod = w.pod("basic").await;
+    let log_dir = w.logs.path().join("basic");
+
+    // stdout and stderr in the CRI format; exit 3 is an Error.
+    let id = w
+        .run(
+            &pod,
+            w.container("basic-echo", "echo to-out; echo to-err >&2; exit 3"),
+        )
+        .await;
+    let status = w.wait_exit(&id).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (3, "Error"));
+    assert!(status.started_at > 0 && status.finished_at >= status.started_at);
+    assert_eq!(
+        status.log_path,
+        log_dir.join("basic-echo.log").display().to_string()
+    );
+    assert_eq!(status.image.as_ref().unwrap().image, w.image);
+    assert_eq!(status.image_id.len(), 64);
+    assert!(
+        status.image_ref.contains("@sha256:"),
+        "{}",
+        status.image_ref
+    );
+    assert_eq!(status.labels["app"], "basic-echo");
+    let lines = World::log_text(&log_dir.join("basic-echo.log"));
+    assert!(
+        lines.contains(&("stdout".into(), "to-out".into())),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&("stderr".into(), "to-err".into())),
+        "{lines:?}"
+    );
+
+    // Exit 0 is Completed.
+    let id = w.run(&pod, w.container("basic-ok", "true")).await;
+    let status = w.wait_exit(&id).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+
+    // run_as_username resolves against the image's /etc/passwd and /etc/group.
+    let mut config = w.container("basic-user", "id -u; id -g; id -G");
+    sc(&mut config).run_as_username = "berth".into();
+    let id = w.run(&pod, config).await;
+    let status = w.wait_exit(&id).await;
+    assert_eq!(status.exit_code, 0);
+    let out: Vec<String> = World::log_text(&log_dir.join("basic-user.log"))
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(out[0], "4242");
+    assert_eq!(out[1], "4343");
+    assert!(out[2].split(' ').any(|g| g == "5555"), "{out:?}");
+    let user = status.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (4242, 4343));
+
+    // A read-only rootfs refuses writes.
+    let mut config = w.container("basic-ro", "echo x > /file && echo wrote");
+    sc(&mut config).readonly_rootfs = true;
+    let id = w.run(&pod, config).await;
+    let status = w.wait_exit(&id).await;
+    assert_ne!(status.exit_code, 0);
+    let text = std::fs::read_to_string(log_dir.join("basic-ro.log")).unwrap();
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert!(!text.contains("wrote"), "{text}");
+
+    // The name is reserved while the container exists.
+    let err = w
+        .create(&pod, w.container("basic-ro", "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    assert!(err.message().contains(&id), "{}", err.message());
+
+    // Unknown IDs: Status NOT_FOUND, Stop and Remove succeed.
+    let err = w
+        .client
+        .container_status(ContainerStatusRequest {
+            container_id: "f".repeat(64),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    w.stop(&"f".repeat(64), 0).await;
+    w.remove(&"f".repeat(64)).await;
+
+    // An unknown pod is refused clearly.
+    let err = w
+        .create(&"e".repeat(64), w.container("basic-nopod", "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // Filters: by label, by state, by ID prefix.
+    let list = |filter: ContainerFilter| ListContainersRequest {
+        filter: Some(filter),
+    };
+    let all = w
+        .client
+        .list_containers(list(ContainerFilter::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(all.len(), 4);
+    let by_label = w
+        .client
+        .list_containers(list(ContainerFilter {
+            label_selector: HashMap::from([("app".into(), "basic-ok".into())]),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(by_label.len(), 1);
+    let by_prefix = w
+        .client
+        .list_containers(list(ContainerFilter {
+            id: by_label[0].id[..12].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(by_prefix[0].id, by_label[0].id);
+    let running = w
+        .client
+        .list_containers(list(ContainerFilter {
+            state: Some(ContainerStateValue {
+                state: ContainerState::ContainerRunning as i32,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(running.is_empty());
+
+    // The pod's removal removes its containers.
+    w.remove_pod(&pod).await;
+    let all = w
+        .client
+        .list_containers(list(ContainerFilter::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(all.is_empty());
+    assert!(mounts_under(w.paths().dir()).is_empty());
+    assert!(w.cgroups_left().is_empty(), "{:?}", w.cgroups_left());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_signal_exec_sync_oom_and_log_reopen() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("stop").await;
+    let pod = w.pod("stop").await;
+    let log_dir = w.logs.path().join("stop");
+
+    // The image's StopSignal (SIGUSR1) is sent first.
+    let handler = "trap 'echo got-usr1; exit 0' USR1; echo ready; while :; do sleep 0.1; done";
+    let id = w.run(&pod, w.container("stop-graceful", handler)).await;
+    let (code, out, _) = w.exec(&id, "echo hi; echo oops >&2; exit 7", 0).await;
+    assert_eq!((code, out.as_str()), (7, "hi\n"));
+    let (code, _, err) = w.exec(&id, "echo hi; echo oops >&2; exit 7", 10).await;
+    assert_eq!((code, err.as_str()), (7, "oops\n"));
+    // ExecSync's timeout: CRI-O's answer.
+    let (code, _, err) = w.exec(&id, "sleep 30", 1).await;
+    assert_eq!((code, err.as_str()), (-1, "command timed out"));
+    w.stop(&id, 30).await;
+    let status = w.status(&id).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (0, "Completed"));
+    let text = std::fs::read_to_string(log_dir.join("stop-graceful.log")).unwrap();
+    assert!(text.contains("got-usr1"), "{text}");
+
+    // Ignored: SIGKILL after the timeout.
+    let stubborn = "trap '' USR1; echo ready; while :; do sleep 0.1; done";
+    let id = w.run(&pod, w.container("stop-stubborn", stubborn)).await;
+    w.stop(&id, 1).await;
+    let status = w.status(&id).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "Error"));
+    // ExecSync on an exited container is refused.
+    let err = w
+        .client
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["true".into()],
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // 16 MiB limit, 64 MiB allocation: OOMKilled.
+    let mut config = w.container("stop-oom", "dd if=/dev/zero of=/dev/null bs=64M count=1");
+    config.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
+        ..Default::default()
+    });
+    let id = w.run(&pod, config).await;
+    let status = w.wait_exit(&id).await;
+    assert_eq!(status.reason, "OOMKilled", "{status:?}");
+    assert_eq!(status.exit_code, 137);
+    assert_eq!(
+        status
+            .resources
+            .unwrap()
+            .linux
+            .unwrap()
+            .memory_limit_in_bytes,
+        16 << 20
+    );
+
+    // Log rotation: rename, reopen, and every line is in one of the files.
+    let writer = "i=0; while [ $i -lt 300 ]; do echo line$i; i=$((i+1)); sleep 0.01; done";
+    let id = w.run(&pod, w.container("stop-rotate", writer)).await;
+    let log = log_dir.join("stop-rotate.log");
+    let rotated = log_dir.join("stop-rotate.log.1");
+    // Rotate once some lines are written.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while World::log_text(&log).len() < 50 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::rename(&log, &rotated).unwrap();
+    w.client
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let status = w.wait_exit(&id).await;
+    assert_eq!(status.exit_code, 0);
+    let old = World::log_text(&rotated);
+    let new = World::log_text(&log);
+    assert!(!old.is_empty() && !new.is_empty());
+    let all: Vec<String> = old.into_iter().chain(new).map(|(_, t)| t).collect();
+    let expected: Vec<String> = (0..300).map(|i| format!("line{i}")).collect();
+    assert_eq!(all, expected);
+    // Reopen of an exited container is refused.
+    let err = w
+        .client
+        .reopen_container_log(ReopenContainerLogRequest { container_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    w.remove_pod(&pod).await;
+    assert!(mounts_under(w.paths().dir()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_berthd_with_running_containers() {
+    if !can_run_here() {
+        return;
+    }
+    const N: usize = 20;
+    const EXITS: usize = 7;
+    let mut w = World::new("restart").await;
+    let pod = w.pod("restart").await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let script = if i == EXITS {
+            "while [ ! -e /tmp/go ]; do sleep 0.1; done; exit 5".to_string()
+        } else {
+            "echo up; while :; do sleep 1; done".to_string()
+        };
+        let config = w.container(&format!("restart-c{i}"), &script);
+        let sandbox = w.pod_config("restart");
+        let mut client = w.client.clone();
+        let pod = pod.clone();
+        tasks.spawn(async move {
+            let id = client
+                .create_container(CreateContainerRequest {
+                    pod_sandbox_id: pod,
+                    config: Some(config),
+                    sandbox_config: Some(sandbox),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .container_id;
+            client
+                .start_container(StartContainerRequest {
+                    container_id: id.clone(),
+                })
+                .await
+                .unwrap();
+            (i, id)
+        });
+    }
+    let mut ids = vec![String::new(); N];
+    while let Some(done) = tasks.join_next().await {
+        let (i, id) = done.unwrap();
+        ids[i] = id;
+    }
+    let verbose = w
+        .client
+        .container_status(ContainerStatusRequest {
+            container_id: ids[EXITS].clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).unwrap();
+    assert!(info["pid"].as_i64().unwrap() > 0);
+    assert!(info["shimPid"].as_i64().unwrap() > 0);
+    assert!(info["runtimeSpec"]["process"].is_object());
+    let rootfs = PathBuf::from(info["rootfs"].as_str().unwrap());
+    let run_dir = PathBuf::from(info["runDir"].as_str().unwrap());
+
+    let berthd = w.berthd.take().unwrap();
+    let (_, paths) = berthd.stop_with(Signal::SIGKILL).await;
+    // While berthd is away, one container exits.
+    std::fs::write(rootfs.join("tmp/go"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run_dir.join("exit").exists() {
+        assert!(Instant::now() < deadline, "container {EXITS} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let berthd = Berthd::start_in(paths, w.options.clone()).await;
+    w.client = berthd.runtime().await;
+    w.berthd = Some(berthd);
+
+    let listed = w
+        .client
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), N);
+    for (i, id) in ids.iter().enumerate() {
+        let status = w.status(id).await;
+        if i == EXITS {
+            assert_eq!(status.state, ContainerState::ContainerExited as i32);
+            assert_eq!((status.exit_code, status.reason.as_str()), (5, "Error"));
+            assert!(status.finished_at > status.started_at);
+        } else {
+            assert_eq!(status.state, ContainerState::ContainerRunning as i32, "{i}");
+        }
+    }
+    // The running ones still answer.
+    let (code, out, _) = w.exec(&ids[0], "echo alive", 10).await;
+    assert_eq!((code, out.as_str()), (0, "alive\n"));
+
+    // Stopping and removing the pod after the restart takes its containers along.
+    w.remove_pod(&pod).await;
+    let listed = w
+        .client
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(listed.is_empty());
+    assert_eq!(shims_under(w.paths().dir()), 0);
+    assert!(mounts_under(w.paths().dir()).is_empty());
+    assert!(w.cgroups_left().is_empty(), "{:?}", w.cgroups_left());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_start_stop_remove_cycles_leak_nothing() {
+    if !can_run_here() {
+        return;
+    }
+    const LANES: usize = 4;
+    const CYCLES: usize = 50;
+    let mut w = World::new("cycle").await;
+    let pod = w.pod("cycle").await;
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        let mut client = w.client.clone();
+        let pod = pod.clone();
+        let sandbox = w.pod_config("cycle");
+        let config = w.container(&format!("cycle-{lane}"), "while :; do sleep 1; done");
+        tasks.spawn(async move {
+            for _ in 0..CYCLES {
+                let id = client
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod.clone(),
+                        config: Some(config.clone()),
+                        sandbox_config: Some(sandbox.clone()),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .container_id;
+                client
+                    .start_container(StartContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await
+                    .unwrap();
+                client
+                    .stop_container(StopContainerRequest {
+                        container_id: id.clone(),
+                        timeout: 0,
+                    })
+                    .await
+                    .unwrap();
+                client
+                    .remove_container(RemoveContainerRequest { container_id: id })
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    eprintln!(
+        "{} create/start/stop/remove cycles in {:?}",
+        LANES * CYCLES,
+        started.elapsed()
+    );
+    // The pod's own mounts go with it.
+    w.remove_pod(&pod).await;
+    let dir = w.paths().dir().to_path_buf();
+    assert_eq!(shims_under(&dir), 0);
+    assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
+    assert!(w.cgroups_left().is_empty(), "{:?}", w.cgroups_left());
+    let records = std::fs::read_dir(w.paths().root().join("containers/records"))
+        .unwrap()
+        .count();
+    assert_eq!(records, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_stays_answering_during_a_slow_stop() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("slow").await;
+    let pod = w.pod("slow").await;
+    let stubborn = "trap '' USR1; while :; do sleep 0.1; done";
+    let id = w.run(&pod, w.container("slow-stubborn", stubborn)).await;
+    let other = w
+        .run(&pod, w.container("slow-other", "while :; do sleep 1; done"))
+        .await;
+    let mut client = w.client.clone();
+    let stopping = id.clone();
+    let stop = tokio::spawn(async move {
+        client
+            .stop_container(StopContainerRequest {
+                container_id: stopping,
+                timeout: 8,
+            })
+            .await
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // While the stop waits for its timeout, others are served: List and
+    // Status, and a second Stop of the same container waits its turn.
+    assert!(!stop.is_finished());
+    let listed = w
+        .client
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(listed.len(), 2);
+    assert!(!stop.is_finished());
+    assert_eq!(
+        w.status(&other).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    assert!(!stop.is_finished());
+    stop.await.unwrap();
+    assert_eq!(w.status(&id).await.exit_code, 137);
+    // A run_as_user number works too, and the status says so.
+    let mut config = w.container("slow-uid", "id -u");
+    sc(&mut config).run_as_user = Some(Int64Value { value: 1234 });
+    let uid = w.run(&pod, config).await;
+    let status = w.wait_exit(&uid).await;
+    assert_eq!(status.user.unwrap().linux.unwrap().uid, 1234);
+    w.remove_pod(&pod).await;
+}
+
+/// Exec and Attach through berthd's RPCs and its streaming server, over
+/// SPDY/3.1 as the kubelet and crictl speak it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_and_attach_through_berthd() {
+    use berth_e2e::cri::{AttachRequest, ExecRequest};
+    use berth_e2e::stream_client::SpdyClient;
+
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("stream").await;
+    let pod = w.pod("stream").await;
+    let ticker = "while :; do echo tick; sleep 0.2; done";
+    let id = w.run(&pod, w.container("ticker", ticker)).await;
+
+    // Checks come first, then the lookup: unknown is NOT_FOUND.
+    let exec = |container_id: &str, cmd: &[&str], stderr: bool, tty: bool| ExecRequest {
+        container_id: container_id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin: true,
+        stdout: true,
+        stderr,
+    };
+    let err = w
+        .client
+        .exec(exec(&id, &["true"], true, true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = w
+        .client
+        .exec(exec(&"f".repeat(64), &["true"], true, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err:?}");
+
+    // Exec by ID prefix: output, stderr, and the exit code as a Status.
+    let url = w
+        .client
+        .exec(exec(
+            &id[..12],
+            &[
+                "sh",
+                "-c",
+                "read line; echo got-$line; echo oops >&2; exit 7",
+            ],
+            true,
+            false,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (client, head) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
+    let mut client = client.unwrap_or_else(|| panic!("no upgrade: {head}"));
+    let error = client.open(&[("streamtype", "error")]).await;
+    let stdin = client.open(&[("streamtype", "stdin")]).await;
+    let stdout = client.open(&[("streamtype", "stdout")]).await;
+    let stderr = client.open(&[("streamtype", "stderr")]).await;
+    client.data(stdin, b"ping\n", true).await;
+    let data = client.collect(&[error, stdout, stderr]).await;
+    assert_eq!(String::from_utf8_lossy(&data[&stdout]), "got-ping\n");
+    assert_eq!(String::from_utf8_lossy(&data[&stderr]), "oops\n");
+    let status: serde_json::Value = serde_json::from_slice(&data[&error]).unwrap();
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+    assert_eq!(status["details"]["causes"][0]["message"], "7", "{status}");
+
+    // Attach: the container's output from the moment of attach.
+    let url = w
+        .client
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdin: false,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    let (client, head) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
+    let mut client = client.unwrap_or_else(|| panic!("no upgrade: {head}"));
+    client.open(&[("streamtype", "error")]).await;
+    let stdout = client.open(&[("streamtype", "stdout")]).await;
+    client.open(&[("streamtype", "stderr")]).await;
+    // Without stdin the session stays attached (a half-closed socket would
+    // read as a detach).
+    client.read_until(stdout, "tick\ntick\n").await;
+
+    // A stopped container takes neither.
+    w.stop(&id, 0).await;
+    let err = w
+        .client
+        .exec(exec(&id, &["true"], true, false))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let err = w
+        .client
+        .attach(AttachRequest {
+            container_id: id.clone(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    w.remove_pod(&pod).await;
+}

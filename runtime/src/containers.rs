@@ -1,0 +1,599 @@
+//! The containers berthd knows: 64-hex IDs with unique-prefix lookup, name
+//! reservation, one operation lock per container, an in-memory index (so
+//! listing makes no runtime call), records on disk written atomically and
+//! reloaded when berthd starts.
+//!
+//! Every method blocks (runtime calls, fsync): the server runs them on
+//! `spawn_blocking`. A slow operation holds only its own container's
+//! operation lock; the index and a container's record are locked only long
+//! enough to copy or update them, so a slow create or stop never delays
+//! listing or the status of other containers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::lifecycle::{self, ContainerError, NewContainer, RemoveError};
+use crate::oci::{ExecOutput, OciRuntime, RuntimeError};
+use crate::record::{ContainerRecord, ContainerState, RecordStore, StoreError};
+use crate::shim::ExitRecord;
+use crate::spec::ContainerSpec;
+
+/// A runtime handler by name, as configured now (handlers can change while
+/// berthd runs: a config reload).
+pub type Runtimes = Arc<dyn Fn(&str) -> Option<OciRuntime> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct Options {
+    /// Persistent: `records/<id>.json` and `state/<id>` (overlay upper/work).
+    pub state_dir: PathBuf,
+    /// Volatile: `<id>` run dirs (bundle, shim sockets, exit file).
+    pub run_dir: PathBuf,
+    pub runtimes: Runtimes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("container {0:?} not found")]
+    NotFound(String),
+    #[error("container ID prefix {prefix:?} is ambiguous: {count} containers match")]
+    Ambiguous { prefix: String, count: usize },
+    #[error("container name {name:?} is reserved for container {holder}")]
+    NameReserved { name: String, holder: String },
+    #[error("container {id}: no runtime handler {handler:?} is configured")]
+    UnknownHandler { id: String, handler: String },
+    #[error("container {id} is {state}, not {wanted}")]
+    WrongState {
+        id: String,
+        state: &'static str,
+        wanted: &'static str,
+    },
+    #[error("cannot generate a container ID: {0}")]
+    Id(std::io::Error),
+    #[error("container {id}: reopen its log: {source}")]
+    Reopen { id: String, source: std::io::Error },
+    #[error(transparent)]
+    Create(#[from] ContainerError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Remove(#[from] RemoveError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn state_name(state: ContainerState) -> &'static str {
+    match state {
+        ContainerState::Created => "created",
+        ContainerState::Running => "running",
+        ContainerState::Exited => "exited",
+    }
+}
+
+/// A running container, for the streaming server (exec, attach, port-forward).
+#[derive(Debug, Clone)]
+pub struct Running {
+    pub id: String,
+    pub pod_id: String,
+    /// The handler that runs it (for `exec`).
+    pub runtime: OciRuntime,
+    /// Its run dir: the shim's `attach` and `ctl` sockets are in it.
+    pub run_dir: PathBuf,
+    /// The container's init pid (in berthd's PID namespace).
+    pub pid: i32,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdin_once: bool,
+}
+
+struct Slot {
+    /// Held for the whole of a create/start/stop/remove of this container.
+    op: Mutex<()>,
+    /// The current record; locked only to copy or update it.
+    record: Mutex<ContainerRecord>,
+    removed: AtomicBool,
+}
+
+#[derive(Default)]
+struct Index {
+    by_id: BTreeMap<String, Arc<Slot>>,
+    /// Reserved name → holder, including containers being created.
+    names: HashMap<String, String>,
+}
+
+pub struct Containers {
+    options: Options,
+    records: RecordStore,
+    index: Mutex<Index>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere leaves the data as consistent as before it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or_default()
+}
+
+fn random_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl Containers {
+    /// Loads every record, learning from exit files what ended while berthd
+    /// was away. Unreadable records are returned to be logged (left on disk).
+    pub fn open(options: Options) -> Result<(Containers, Vec<StoreError>), StoreError> {
+        let records = RecordStore::open(&options.state_dir.join("records"))?;
+        let (loaded, mut errors) = records.load_all()?;
+        let mut index = Index::default();
+        for mut record in loaded {
+            // After a reboot the run root is empty: the container is gone
+            // and nobody recorded how it ended.
+            if record.state != ContainerState::Exited && !record.run_dir.exists() {
+                record.state = ContainerState::Exited;
+                record.exit = Some(ExitRecord {
+                    exit_code: 255,
+                    signal: None,
+                    finished_at: now_nanos(),
+                    oom_killed: false,
+                });
+                if let Err(err) = records.save(&record) {
+                    errors.push(err);
+                }
+            }
+            index
+                .names
+                .insert(record.reserved_name.clone(), record.id.clone());
+            index.by_id.insert(
+                record.id.clone(),
+                Arc::new(Slot {
+                    op: Mutex::new(()),
+                    record: Mutex::new(record),
+                    removed: AtomicBool::new(false),
+                }),
+            );
+        }
+        Ok((
+            Containers {
+                options,
+                records,
+                index: Mutex::new(index),
+            },
+            errors,
+        ))
+    }
+
+    pub fn runtime(&self, handler: &str) -> Option<OciRuntime> {
+        (self.options.runtimes)(handler)
+    }
+
+    fn runtime_of(&self, record: &ContainerRecord) -> Result<OciRuntime, Error> {
+        self.runtime(&record.runtime_handler)
+            .ok_or_else(|| Error::UnknownHandler {
+                id: record.id.clone(),
+                handler: record.runtime_handler.clone(),
+            })
+    }
+
+    /// The slot of a full ID or unique prefix; `None` when nothing matches.
+    fn resolve(&self, id: &str) -> Result<Option<Arc<Slot>>, Error> {
+        if id.is_empty() {
+            return Ok(None);
+        }
+        let index = lock(&self.index);
+        if let Some(slot) = index.by_id.get(id) {
+            return Ok(Some(Arc::clone(slot)));
+        }
+        let mut matches = index
+            .by_id
+            .range(id.to_string()..)
+            .take_while(|(key, _)| key.starts_with(id));
+        let Some((_, slot)) = matches.next() else {
+            return Ok(None);
+        };
+        let others = matches.count();
+        if others > 0 {
+            return Err(Error::Ambiguous {
+                prefix: id.to_string(),
+                count: others + 1,
+            });
+        }
+        Ok(Some(Arc::clone(slot)))
+    }
+
+    fn slot(&self, id: &str) -> Result<Arc<Slot>, Error> {
+        self.resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    /// The record, updated from the exit file (and saved if it changed).
+    fn refreshed(&self, slot: &Slot) -> ContainerRecord {
+        let mut record = lock(&slot.record);
+        if record.refresh().unwrap_or(false)
+            && let Err(err) = self.records.save(&record)
+        {
+            // Retried at the next refresh: the exit file stays.
+            tracing::warn!("{err}");
+        }
+        record.clone()
+    }
+
+    fn update(&self, slot: &Slot, edit: impl FnOnce(&mut ContainerRecord)) -> Result<(), Error> {
+        let mut record = lock(&slot.record);
+        edit(&mut record);
+        self.records.save(&record)?;
+        Ok(())
+    }
+
+    /// Reserves `name` for a new container; returns the new container's ID.
+    pub fn reserve(&self, name: &str) -> Result<String, Error> {
+        let mut index = lock(&self.index);
+        if let Some(holder) = index.names.get(name) {
+            return Err(Error::NameReserved {
+                name: name.to_string(),
+                holder: holder.clone(),
+            });
+        }
+        let id = loop {
+            let id = random_id().map_err(Error::Id)?;
+            if !index.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        index.names.insert(name.to_string(), id.clone());
+        Ok(id)
+    }
+
+    /// Frees a name [`Containers::reserve`] gave `id` that no container took.
+    pub fn release(&self, name: &str, id: &str) {
+        let mut index = lock(&self.index);
+        if index.names.get(name).is_some_and(|holder| holder == id) {
+            index.names.remove(name);
+        }
+    }
+
+    /// Where a container's dirs go.
+    pub fn run_dir_of(&self, id: &str) -> PathBuf {
+        self.options.run_dir.join(id)
+    }
+
+    pub fn state_dir_of(&self, id: &str) -> PathBuf {
+        self.options.state_dir.join("state").join(id)
+    }
+
+    /// Creates the container `record` describes (its ID and name reserved
+    /// by [`Containers::reserve`]): the record is written first, so a crash
+    /// midway leaves something Remove can clean up. On failure everything
+    /// is undone and the name freed.
+    pub fn create(
+        &self,
+        mut record: ContainerRecord,
+        layers: Vec<PathBuf>,
+        spec: ContainerSpec,
+        own_oom_score_adj: i32,
+    ) -> Result<ContainerRecord, Error> {
+        let result = (|| {
+            let runtime = self.runtime_of(&record)?;
+            record.run_dir = self.run_dir_of(&record.id);
+            record.state_dir = self.state_dir_of(&record.id);
+            record.rootfs = lifecycle::rootfs_of(&record.run_dir);
+            record.state = ContainerState::Created;
+            record.created_at = now_nanos();
+            record.pid = 0;
+            self.records.save(&record)?;
+            let new = NewContainer {
+                id: record.id.clone(),
+                run_dir: record.run_dir.clone(),
+                state_dir: record.state_dir.clone(),
+                layers,
+                log_path: record.log_path.clone(),
+                stdin_once: record.stdin_once,
+                spec,
+                own_oom_score_adj,
+            };
+            match lifecycle::create(&runtime, &new) {
+                Ok(created) => {
+                    record.pid = created.pid;
+                    self.records.save(&record)?;
+                    Ok(())
+                }
+                Err(err) => {
+                    let _ = self.records.remove(&record.id);
+                    Err(Error::from(err))
+                }
+            }
+        })();
+        match result {
+            Ok(()) => {
+                let mut index = lock(&self.index);
+                index.by_id.insert(
+                    record.id.clone(),
+                    Arc::new(Slot {
+                        op: Mutex::new(()),
+                        record: Mutex::new(record.clone()),
+                        removed: AtomicBool::new(false),
+                    }),
+                );
+                Ok(record)
+            }
+            Err(err) => {
+                self.release(&record.reserved_name, &record.id);
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts a created container.
+    pub fn start(&self, id: &str) -> Result<(), Error> {
+        let slot = self.slot(id)?;
+        let _op = lock(&slot.op);
+        if slot.removed.load(Ordering::SeqCst) {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let record = self.refreshed(&slot);
+        if record.state != ContainerState::Created || record.pid == 0 {
+            return Err(Error::WrongState {
+                id: record.id,
+                state: state_name(record.state),
+                wanted: "created",
+            });
+        }
+        self.runtime_of(&record)?.start(&record.id)?;
+        self.update(&slot, |r| {
+            r.state = ContainerState::Running;
+            r.started_at = Some(now_nanos());
+        })
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL once `timeout`
+    /// passed. An unknown or exited container is fine.
+    pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), Error> {
+        let Some(slot) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let _op = lock(&slot.op);
+        if slot.removed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        self.stop_locked(&slot, timeout)
+    }
+
+    fn stop_locked(&self, slot: &Slot, timeout: Duration) -> Result<(), Error> {
+        let record = self.refreshed(slot);
+        // pid 0: berthd died while creating it; there is nothing to signal.
+        if record.state == ContainerState::Exited || record.pid == 0 {
+            return Ok(());
+        }
+        let signal = record.stop_signal()?;
+        let exit = self
+            .runtime_of(&record)?
+            .stop(&record.id, &record.run_dir, signal, timeout)?;
+        self.update(slot, |r| {
+            r.state = ContainerState::Exited;
+            r.exit = Some(exit);
+        })
+    }
+
+    /// Removes a container, killing it first if it runs; its name is freed.
+    /// An unknown container is fine.
+    pub fn remove(&self, id: &str) -> Result<(), Error> {
+        let Some(slot) = self.resolve(id)? else {
+            return Ok(());
+        };
+        let _op = lock(&slot.op);
+        if slot.removed.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        // A shim that is gone already cannot report an exit: remove anyway.
+        match self.stop_locked(&slot, Duration::ZERO) {
+            Ok(()) | Err(Error::Runtime(RuntimeError::ShimGone { .. })) => {}
+            Err(err) => return Err(err),
+        }
+        let record = lock(&slot.record).clone();
+        let runtime = self.runtime_of(&record)?;
+        lifecycle::remove(&runtime, &record.id, &record.run_dir, &record.state_dir)?;
+        self.records.remove(&record.id)?;
+        slot.removed.store(true, Ordering::SeqCst);
+        let mut index = lock(&self.index);
+        index.by_id.remove(&record.id);
+        if index.names.get(&record.reserved_name) == Some(&record.id) {
+            index.names.remove(&record.reserved_name);
+        }
+        Ok(())
+    }
+
+    /// A copy of the record; NOT_FOUND for an unknown ID.
+    pub fn get(&self, id: &str) -> Result<ContainerRecord, Error> {
+        let slot = self.slot(id)?;
+        Ok(self.refreshed(&slot))
+    }
+
+    /// Copies of every record (no runtime calls: exits come from the shims'
+    /// exit files).
+    pub fn list(&self) -> Vec<ContainerRecord> {
+        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
+        slots.iter().map(|slot| self.refreshed(slot)).collect()
+    }
+
+    /// IDs of the pod's containers.
+    pub fn of_pod(&self, pod_id: &str) -> Vec<String> {
+        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
+        slots
+            .iter()
+            .filter_map(|slot| {
+                let record = lock(&slot.record);
+                (record.pod_id == pod_id).then(|| record.id.clone())
+            })
+            .collect()
+    }
+
+    /// A running container's runtime facts, for exec / attach / port-forward
+    /// and ExecSync: NOT_FOUND for an unknown ID, an error naming its state
+    /// when it does not run.
+    pub fn running(&self, id: &str) -> Result<Running, Error> {
+        let slot = self.slot(id)?;
+        let record = self.refreshed(&slot);
+        if record.state != ContainerState::Running {
+            return Err(Error::WrongState {
+                id: record.id,
+                state: state_name(record.state),
+                wanted: "running",
+            });
+        }
+        Ok(Running {
+            runtime: self.runtime_of(&record)?,
+            id: record.id,
+            pod_id: record.pod_id,
+            run_dir: record.run_dir,
+            pid: record.pid,
+            tty: record.tty,
+            stdin: record.stdin,
+            stdin_once: record.stdin_once,
+        })
+    }
+
+    /// Runs `command` in a running container (ExecSync).
+    pub fn exec_sync(
+        &self,
+        id: &str,
+        command: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput, Error> {
+        let running = self.running(id)?;
+        Ok(running.runtime.exec_sync(&running.id, command, timeout)?)
+    }
+
+    /// Has the shim reopen the container's log file (after log rotation).
+    pub fn reopen_log(&self, id: &str) -> Result<(), Error> {
+        let running = self.running(id)?;
+        crate::shim::control(&running.run_dir, "reopen").map_err(|source| Error::Reopen {
+            id: running.id,
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, name: &str, run_dir: PathBuf) -> ContainerRecord {
+        ContainerRecord {
+            id: id.into(),
+            pod_id: "p".repeat(64),
+            name: "c".into(),
+            attempt: 0,
+            runtime_handler: "runc".into(),
+            state: ContainerState::Running,
+            created_at: 1,
+            started_at: Some(2),
+            exit: None,
+            pid: 42,
+            image: "busybox".into(),
+            image_ref: "busybox".into(),
+            image_id: "x".into(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            log_path: "/l".into(),
+            rootfs: run_dir.join("rootfs"),
+            run_dir,
+            stop_signal: None,
+            reserved_name: name.into(),
+            state_dir: "/s".into(),
+            tty: true,
+            stdin: true,
+            stdin_once: false,
+            extra: serde_json::Value::Null,
+        }
+    }
+
+    fn options(dir: &std::path::Path) -> Options {
+        Options {
+            state_dir: dir.join("state"),
+            run_dir: dir.join("run"),
+            runtimes: Arc::new({
+                let root = dir.join("runc");
+                move |name: &str| {
+                    (name == "runc").then(|| OciRuntime {
+                        path: "runc".into(),
+                        root: root.clone(),
+                        shim: "berth-shim".into(),
+                    })
+                }
+            }),
+        }
+    }
+
+    #[test]
+    fn reload_resolves_prefixes_reserves_names_and_reads_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&dir.path().join("state/records")).unwrap();
+        let (a, b) = (
+            format!("ab{}", "0".repeat(62)),
+            format!("ac{}", "1".repeat(62)),
+        );
+        for (id, name) in [(&a, "k8s_a"), (&b, "k8s_b")] {
+            let run = dir.path().join("run").join(id);
+            std::fs::create_dir_all(&run).unwrap();
+            store.save(&record(id, name, run)).unwrap();
+        }
+        let exit = ExitRecord {
+            exit_code: 3,
+            signal: None,
+            finished_at: 7,
+            oom_killed: false,
+        };
+        let b_run = dir.path().join("run").join(&b);
+        std::fs::write(b_run.join("exit"), serde_json::to_vec(&exit).unwrap()).unwrap();
+        // A container whose run dir went with a reboot.
+        let gone = "d".repeat(64);
+        store
+            .save(&record(&gone, "k8s_d", dir.path().join("run/gone")))
+            .unwrap();
+
+        let (containers, errors) = Containers::open(options(dir.path())).unwrap();
+        assert!(errors.is_empty());
+        assert!(matches!(
+            containers.get("a"),
+            Err(Error::Ambiguous { count: 2, .. })
+        ));
+        assert_eq!(containers.get("ab").unwrap().id, a);
+        assert!(matches!(containers.get("ff"), Err(Error::NotFound(_))));
+        let b_rec = containers.get("ac").unwrap();
+        assert_eq!(b_rec.state, ContainerState::Exited);
+        assert_eq!(b_rec.reason(), Some("Error"));
+        assert_eq!(containers.get(&gone).unwrap().exit.unwrap().exit_code, 255);
+        let running = containers.running("ab").unwrap();
+        assert_eq!((running.pid, running.tty, running.stdin), (42, true, true));
+        assert!(matches!(
+            containers.running(&b),
+            Err(Error::WrongState {
+                state: "exited",
+                ..
+            })
+        ));
+        assert!(matches!(
+            containers.reserve("k8s_a"),
+            Err(Error::NameReserved { holder, .. }) if holder == a
+        ));
+        let id = containers.reserve("k8s_new").unwrap();
+        assert_eq!(id.len(), 64);
+        assert!(containers.reserve("k8s_new").is_err());
+        containers.release("k8s_new", &id);
+        containers.reserve("k8s_new").unwrap();
+        assert_eq!(containers.list().len(), 3);
+        assert_eq!(containers.of_pod(&"p".repeat(64)).len(), 3);
+        // Unknown IDs stop and remove as success.
+        containers.stop("ee", Duration::ZERO).unwrap();
+        containers.remove("ee").unwrap();
+    }
+}

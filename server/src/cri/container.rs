@@ -1,0 +1,574 @@
+//! The container RPCs: CreateContainer, StartContainer, StopContainer,
+//! RemoveContainer, ContainerStatus, ListContainers, ExecSync and
+//! ReopenContainerLog, mapped onto `berth_runtime::containers` as CRI-O
+//! answers them. Everything that blocks runs on `spawn_blocking`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::cri::{
+    Container, ContainerConfig, ContainerMetadata, ContainerResources, ContainerState,
+    ContainerStatus, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
+    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ImageSpec, ListContainersRequest,
+    ListContainersResponse, NamespaceMode, RemoveContainerRequest, RemoveContainerResponse,
+    ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
+    StartContainerResponse, StopContainerRequest, StopContainerResponse,
+};
+use berth_runtime::containers::{self, Containers, Error};
+use berth_runtime::cri_spec::{self, CriSpecError, PodFacts};
+use berth_runtime::oci::OciRuntime;
+use berth_runtime::record::{self, ContainerRecord, ContainerState as State, StoreError};
+use berth_runtime::spec::{IdMap, ImageConfig, Namespace, PodFiles, UserNamespace};
+use tonic::Status;
+
+use super::CriService;
+use crate::config::Config;
+use crate::live::LiveConfig;
+
+/// Opens the container records (`<root>/containers`); runtime handlers are
+/// looked up in the live config, so a reload's new handlers apply.
+pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreError> {
+    // berth-shim ships next to berthd.
+    let shim = berth_runtime::oci::default_shim_path().unwrap_or_else(|_| "berth-shim".into());
+    let run_root = config.run_root.clone();
+    let runtimes: containers::Runtimes = Arc::new(move |name: &str| {
+        live.get().runtimes.get(name).map(|handler| OciRuntime {
+            path: handler.path.clone(),
+            root: run_root.join("runtimes").join(name),
+            shim: shim.clone(),
+        })
+    });
+    let (containers, errors) = Containers::open(containers::Options {
+        state_dir: config.root.join("containers"),
+        run_dir: config.run_root.join("containers"),
+        runtimes,
+    })?;
+    for error in errors {
+        tracing::warn!("skipping unreadable container record: {error}");
+    }
+    Ok(containers)
+}
+
+fn status(err: Error) -> Status {
+    let message = err.to_string();
+    match err {
+        Error::NotFound(_) => Status::not_found(message),
+        Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),
+        Error::NameReserved { .. } => Status::already_exists(message),
+        Error::WrongState { .. } => Status::failed_precondition(message),
+        Error::Id(_)
+        | Error::Reopen { .. }
+        | Error::Create(_)
+        | Error::Runtime(_)
+        | Error::Remove(_)
+        | Error::Store(_) => Status::internal(message),
+    }
+}
+
+fn spec_status(err: CriSpecError) -> Status {
+    Status::invalid_argument(err.to_string())
+}
+
+fn pod_status(err: berth_sandbox::Error) -> Status {
+    let message = err.to_string();
+    match err {
+        berth_sandbox::Error::NotFound(_) => Status::not_found(message),
+        berth_sandbox::Error::Ambiguous { .. } => Status::invalid_argument(message),
+        _ => Status::internal(message),
+    }
+}
+
+/// Runs blocking container work off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| Status::internal(format!("a container task failed: {err}")))?
+        .map_err(status)
+}
+
+fn state_value(state: State) -> i32 {
+    match state {
+        State::Created => ContainerState::ContainerCreated,
+        State::Running => ContainerState::ContainerRunning,
+        State::Exited => ContainerState::ContainerExited,
+    }
+    .into()
+}
+
+fn to_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// The request's config, kept in the record for ContainerStatus.
+fn stored_config(record: &ContainerRecord) -> ContainerConfig {
+    serde_json::from_value(record.extra["config"].clone()).unwrap_or_default()
+}
+
+fn metadata(record: &ContainerRecord) -> ContainerMetadata {
+    ContainerMetadata {
+        name: record.name.clone(),
+        attempt: record.attempt,
+    }
+}
+
+fn image_spec(record: &ContainerRecord) -> ImageSpec {
+    ImageSpec {
+        image: record.image.clone(),
+        user_specified_image: record.image.clone(),
+        ..Default::default()
+    }
+}
+
+fn image_config(image: &berth_image::Image) -> ImageConfig {
+    let run = &image.config.config;
+    ImageConfig {
+        entrypoint: run.entrypoint.clone().unwrap_or_default(),
+        cmd: run.cmd.clone().unwrap_or_default(),
+        env: run.env.clone().unwrap_or_default(),
+        working_dir: run.working_dir.clone(),
+        user: run.user.clone(),
+        stop_signal: (!run.stop_signal.is_empty()).then(|| run.stop_signal.clone()),
+    }
+}
+
+fn pod_facts(pod: &berth_sandbox::Pod) -> PodFacts {
+    let id_maps = |maps: &[berth_sandbox::IdMapping]| {
+        maps.iter()
+            .map(|m| IdMap {
+                host_id: m.host_id,
+                container_id: m.container_id,
+                size: m.length,
+            })
+            .collect()
+    };
+    let user = pod
+        .user_namespace()
+        .map(|(path, uids, gids)| UserNamespace {
+            path: path.to_path_buf(),
+            uid_mappings: id_maps(uids),
+            gid_mappings: id_maps(gids),
+        });
+    let joined = |pin: &Option<PathBuf>| match pin {
+        Some(path) => Namespace::Path(path.clone()),
+        None => Namespace::Host,
+    };
+    let pid = match pod.spec.namespaces.pid {
+        berth_sandbox::Mode::Pod => pod.namespaces.pid.clone().map(Namespace::Path),
+        berth_sandbox::Mode::Node => Some(Namespace::Host),
+        berth_sandbox::Mode::Container | berth_sandbox::Mode::Target => None,
+    };
+    PodFacts {
+        network: joined(&pod.namespaces.net),
+        ipc: joined(&pod.namespaces.ipc),
+        uts: joined(&pod.namespaces.uts),
+        pid,
+        user,
+        cgroup_parent: PathBuf::from(&pod.cgroup_parent),
+        files: PodFiles {
+            hostname: Some(pod.files.hostname.clone()),
+            hosts: Some(pod.files.hosts.clone()),
+            resolv_conf: Some(pod.files.resolv_conf.clone()),
+            shm: Some(pod.files.shm.clone()),
+        },
+    }
+}
+
+/// The image's repo digest the kubelet reports as the container's image
+/// (CRI-O's image_ref), else its ID.
+fn image_ref(image: &berth_image::Image) -> String {
+    image
+        .repo_digests
+        .first()
+        .cloned()
+        .unwrap_or_else(|| image.id_hex())
+}
+
+fn cri_container(record: &ContainerRecord) -> Container {
+    Container {
+        id: record.id.clone(),
+        pod_sandbox_id: record.pod_id.clone(),
+        metadata: Some(metadata(record)),
+        image: Some(image_spec(record)),
+        image_ref: record.image_ref.clone(),
+        state: state_value(record.state),
+        created_at: record.created_at,
+        labels: to_map(&record.labels),
+        annotations: to_map(&record.annotations),
+        image_id: record.image_id.clone(),
+    }
+}
+
+/// CRI-O's answer to an exec that outlived its timeout.
+const EXEC_TIMED_OUT: &[u8] = b"command timed out";
+
+impl CriService {
+    pub(super) async fn create_container(
+        &self,
+        request: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse, Status> {
+        if request.pod_sandbox_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "pod_sandbox_id: must not be empty",
+            ));
+        }
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("config: must be set"))?;
+        let meta = config
+            .metadata
+            .clone()
+            .filter(|m| !m.name.is_empty())
+            .ok_or_else(|| Status::invalid_argument("config.metadata.name: must be set"))?;
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.clone())
+            .filter(|name| !name.is_empty())
+            .ok_or_else(|| Status::invalid_argument("config.image.image: must name an image"))?;
+        let pod = self
+            .pods
+            .get(&request.pod_sandbox_id)
+            .await
+            .map_err(pod_status)?;
+        if !pod.complete || pod.effective_state() != berth_sandbox::State::Ready {
+            return Err(Status::failed_precondition(format!(
+                "pod sandbox {} is not ready: cannot create container {:?} in it",
+                pod.id, meta.name
+            )));
+        }
+        let image = self.images.get(&image_name).ok_or_else(|| {
+            Status::not_found(format!(
+                "image {image_name:?} of container {:?} is not in the image store: pull it first",
+                meta.name
+            ))
+        })?;
+        let image_cfg = image_config(&image);
+        if let Some(signal) = &image_cfg.stop_signal {
+            record::parse_signal(signal).map_err(|err| {
+                Status::failed_precondition(format!("image {image_name:?}: StopSignal: {err}"))
+            })?;
+        }
+        let reserved_name = format!(
+            "k8s_{}_{}_{}_{}_{}",
+            meta.name, pod.spec.name, pod.spec.namespace, pod.spec.uid, meta.attempt
+        );
+        let id = self.containers.reserve(&reserved_name).map_err(status)?;
+        let prepared = self.prepare(&id, &config, request.sandbox_config, &pod, &image_cfg);
+        let (spec, log_path, stdin_once) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                self.containers.release(&reserved_name, &id);
+                return Err(err);
+            }
+        };
+        let record = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.to_string(),
+            name: meta.name.clone(),
+            attempt: meta.attempt,
+            runtime_handler: pod.runtime_handler.clone(),
+            state: State::Created,
+            created_at: 0,
+            started_at: None,
+            exit: None,
+            pid: 0,
+            image: image_name,
+            image_ref: image_ref(&image),
+            image_id: image.id_hex(),
+            labels: config.labels.clone().into_iter().collect(),
+            annotations: config.annotations.clone().into_iter().collect(),
+            log_path,
+            run_dir: PathBuf::new(),
+            rootfs: PathBuf::new(),
+            stop_signal: image_cfg.stop_signal.clone(),
+            reserved_name,
+            state_dir: PathBuf::new(),
+            tty: config.tty,
+            stdin: config.stdin,
+            stdin_once,
+            extra: serde_json::json!({ "config": config }),
+        };
+        let layers = self.images.lower_dirs(&image);
+        let containers = self.containers.clone();
+        let own = berth_runtime::spec::own_oom_score_adj();
+        let created = blocking(move || containers.create(record, layers, spec, own)).await?;
+        tracing::info!(container = %created.id, pod = %created.pod_id, name = %meta.name, "container created");
+        Ok(CreateContainerResponse { container_id: id })
+    }
+
+    /// The container's spec, log path and stdin_once, from the request,
+    /// the pod and the image.
+    fn prepare(
+        &self,
+        id: &str,
+        config: &ContainerConfig,
+        sandbox: Option<berth_proto::cri::PodSandboxConfig>,
+        pod: &berth_sandbox::Pod,
+        image: &ImageConfig,
+    ) -> Result<(berth_runtime::spec::ContainerSpec, PathBuf, bool), Status> {
+        let mut sandbox = sandbox.unwrap_or_default();
+        // The pod's own settings where the request leaves them out.
+        if sandbox.log_directory.is_empty() {
+            sandbox.log_directory = pod.spec.log_directory.clone();
+        }
+        if sandbox.hostname.is_empty() {
+            sandbox.hostname = pod.hostname.clone();
+        }
+        let mut options = cri_spec::Options::new(id);
+        if let Some(handler) = self.live.get().runtimes.get(&pod.runtime_handler) {
+            options.features = self.features.probe(&handler.path);
+        }
+        options.apparmor_enabled = berth_runtime::features::apparmor_enabled();
+        let pid_options = config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|sc| sc.namespace_options.as_ref());
+        if let Some(ns) = pid_options
+            && ns.pid == i32::from(NamespaceMode::Target)
+            && let Ok(target) = self.containers.running(&ns.target_id)
+        {
+            options.target_pid_namespace = Some(format!("/proc/{}/ns/pid", target.pid).into());
+        }
+        let converted = cri_spec::convert(config, &sandbox, image, &pod_facts(pod), &options)
+            .map_err(spec_status)?;
+        // No log path asked for: CRI-O's `<log dir>/<id>.log`.
+        let log_dir = if sandbox.log_directory.is_empty() {
+            self.config.root.join("logs").join(pod.id.as_str())
+        } else {
+            PathBuf::from(&sandbox.log_directory)
+        };
+        let log_path = match converted.log_path {
+            Some(path) if path.is_absolute() => path,
+            Some(relative) => log_dir.join(relative),
+            None => log_dir.join(format!("{id}.log")),
+        };
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|err| {
+                Status::internal(format!(
+                    "cannot create the log directory {}: {err}",
+                    parent.display()
+                ))
+            })?;
+        }
+        Ok((converted.spec, log_path, converted.stdin_once))
+    }
+
+    pub(super) async fn start_container(
+        &self,
+        request: StartContainerRequest,
+    ) -> Result<StartContainerResponse, Status> {
+        let containers = self.containers.clone();
+        blocking(move || containers.start(&request.container_id)).await?;
+        Ok(StartContainerResponse {})
+    }
+
+    pub(super) async fn stop_container(
+        &self,
+        request: StopContainerRequest,
+    ) -> Result<StopContainerResponse, Status> {
+        let timeout = Duration::from_secs(request.timeout.max(0) as u64);
+        let containers = self.containers.clone();
+        blocking(move || containers.stop(&request.container_id, timeout)).await?;
+        Ok(StopContainerResponse {})
+    }
+
+    pub(super) async fn remove_container(
+        &self,
+        request: RemoveContainerRequest,
+    ) -> Result<RemoveContainerResponse, Status> {
+        let containers = self.containers.clone();
+        blocking(move || containers.remove(&request.container_id)).await?;
+        Ok(RemoveContainerResponse {})
+    }
+
+    pub(super) async fn container_status(
+        &self,
+        request: ContainerStatusRequest,
+    ) -> Result<ContainerStatusResponse, Status> {
+        if request.container_id.is_empty() {
+            return Err(Status::invalid_argument("container_id: must not be empty"));
+        }
+        let containers = self.containers.clone();
+        let id = request.container_id;
+        let (record, spec) = blocking(move || {
+            let record = containers.get(&id)?;
+            let spec = berth_runtime::spec::read(&record.run_dir).ok();
+            Ok((record, spec))
+        })
+        .await?;
+        let config = stored_config(&record);
+        let exit = record.exit.filter(|_| record.state == State::Exited);
+        let status = ContainerStatus {
+            id: record.id.clone(),
+            metadata: Some(metadata(&record)),
+            state: state_value(record.state),
+            created_at: record.created_at,
+            started_at: record.started_at.unwrap_or_default(),
+            finished_at: exit.map(|e| e.finished_at).unwrap_or_default(),
+            exit_code: exit.map(|e| e.exit_code).unwrap_or_default(),
+            image: Some(image_spec(&record)),
+            image_ref: record.image_ref.clone(),
+            reason: record.reason().unwrap_or_default().to_string(),
+            message: String::new(),
+            labels: to_map(&record.labels),
+            annotations: to_map(&record.annotations),
+            mounts: config.mounts.clone(),
+            log_path: record.log_path.display().to_string(),
+            resources: config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|linux| ContainerResources {
+                    linux: Some(linux),
+                    windows: None,
+                }),
+            image_id: record.image_id.clone(),
+            user: spec.as_ref().and_then(cri_spec::container_user),
+        };
+        let mut info = HashMap::new();
+        if request.verbose {
+            let shim_pid =
+                std::fs::read_to_string(record.run_dir.join(berth_runtime::shim::SHIM_PID_FILE))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+            let verbose = serde_json::json!({
+                "sandboxID": record.pod_id,
+                "pid": record.pid,
+                "shimPid": shim_pid,
+                "runtimeHandler": record.runtime_handler,
+                "runDir": record.run_dir,
+                "rootfs": record.rootfs,
+                "reservedName": record.reserved_name,
+                "runtimeSpec": spec,
+            });
+            info.insert("info".to_string(), verbose.to_string());
+        }
+        Ok(ContainerStatusResponse {
+            status: Some(status),
+            info,
+        })
+    }
+
+    pub(super) async fn list_containers(
+        &self,
+        request: ListContainersRequest,
+    ) -> Result<ListContainersResponse, Status> {
+        let filter = request.filter.unwrap_or_default();
+        let containers = self.containers.clone();
+        let mut records = blocking(move || Ok(containers.list())).await?;
+        records.retain(|r| {
+            r.id.starts_with(&filter.id)
+                && r.pod_id.starts_with(&filter.pod_sandbox_id)
+                && filter
+                    .state
+                    .as_ref()
+                    .is_none_or(|s| s.state == state_value(r.state))
+                && filter
+                    .label_selector
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v))
+        });
+        records.sort_by_key(|r| r.created_at);
+        Ok(ListContainersResponse {
+            containers: records.iter().map(cri_container).collect(),
+        })
+    }
+
+    pub(super) async fn exec_sync(
+        &self,
+        request: ExecSyncRequest,
+    ) -> Result<ExecSyncResponse, Status> {
+        if request.cmd.is_empty() {
+            return Err(Status::invalid_argument("cmd: must not be empty"));
+        }
+        let timeout = (request.timeout > 0).then(|| Duration::from_secs(request.timeout as u64));
+        let containers = self.containers.clone();
+        let id = request.container_id;
+        let cmd = request.cmd;
+        let out = blocking(move || containers.exec_sync(&id, &cmd, timeout)).await?;
+        if out.timed_out {
+            return Ok(ExecSyncResponse {
+                stdout: Vec::new(),
+                stderr: EXEC_TIMED_OUT.to_vec(),
+                exit_code: -1,
+            });
+        }
+        let mut stderr = out.stderr;
+        for (stream, dropped) in [
+            ("stdout", out.stdout_dropped),
+            ("stderr", out.stderr_dropped),
+        ] {
+            if dropped > 0 {
+                tracing::warn!(stream, dropped, "ExecSync output over the cap was dropped");
+                stderr.extend_from_slice(
+                    format!(
+                        "\n[berth: {dropped} bytes of {stream} beyond {} bytes were dropped]\n",
+                        berth_runtime::oci::EXEC_OUTPUT_CAP
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        Ok(ExecSyncResponse {
+            stdout: out.stdout,
+            stderr,
+            exit_code: out.exit_code,
+        })
+    }
+
+    pub(super) async fn reopen_container_log(
+        &self,
+        request: ReopenContainerLogRequest,
+    ) -> Result<ReopenContainerLogResponse, Status> {
+        let containers = self.containers.clone();
+        blocking(move || containers.reopen_log(&request.container_id)).await?;
+        Ok(ReopenContainerLogResponse {})
+    }
+
+    /// Stops (and with `remove`, removes) every container of the pod before
+    /// the pod is torn down; returns every failure.
+    pub(super) async fn pod_containers_down(&self, pod_id: &str, remove: bool) -> Vec<String> {
+        let ids = self.containers.of_pod(pod_id);
+        let tasks: Vec<_> = ids
+            .into_iter()
+            .map(|id| {
+                let containers = self.containers.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = if remove {
+                        containers.remove(&id)
+                    } else {
+                        containers.stop(&id, Duration::ZERO)
+                    };
+                    result.map_err(|err| err.to_string())
+                })
+            })
+            .collect();
+        let mut failures = Vec::new();
+        for task in tasks {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => failures.push(err),
+                Err(err) => failures.push(format!("a container task failed: {err}")),
+            }
+        }
+        failures
+    }
+}
+
+/// The lookup the streaming server (exec, attach, port-forward) uses.
+impl CriService {
+    /// A running container by ID or unique prefix: its runtime, run dir
+    /// (attach and control sockets), tty/stdin flags and pod ID. NOT_FOUND
+    /// for an unknown ID, FAILED_PRECONDITION for one that does not run.
+    pub fn running_container(
+        &self,
+        id: &str,
+    ) -> Result<berth_runtime::containers::Running, Status> {
+        self.containers.running(id).map_err(status)
+    }
+}
