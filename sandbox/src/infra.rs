@@ -125,12 +125,7 @@ pub fn start(shim: &Path, user: Option<&Path>, join: &[PathBuf]) -> Result<Infra
                 }
                 // Root of the pod's user namespace before joining the
                 // namespaces it owns.
-                if in_userns
-                    && i == 0
-                    && (libc::setresgid(0, 0, 0) != 0
-                        || libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setresuid(0, 0, 0) != 0)
-                {
+                if in_userns && i == 0 && !crate::ns::become_root() {
                     libc::_exit(126);
                 }
             }

@@ -234,10 +234,7 @@ fn create_in_user_namespace(request: &Request, user: &UserRequest) -> Result<(),
             if libc::read(go_r_raw, (&mut byte as *mut u8).cast(), 1) != 1 {
                 libc::_exit(1);
             }
-            if libc::setresgid(0, 0, 0) != 0
-                || libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresuid(0, 0, 0) != 0
-            {
+            if !become_root() {
                 return report(STEP_ROOT, 0);
             }
             if set_hostname && libc::sethostname(hostname.as_ptr().cast(), hostname.len()) != 0 {
@@ -383,6 +380,24 @@ pub fn unpin(path: &Path) -> Result<(), NsError> {
             path: path.to_path_buf(),
             source: nix::Error::from_raw(err.raw_os_error().unwrap_or(0)),
         }),
+    }
+}
+
+/// Makes the calling process root (uid, gid, no groups) of the user
+/// namespace it is in, for the children cloned from berthd's threads.
+///
+/// Raw syscalls, not glibc's wrappers: those broadcast the change to every
+/// thread glibc believes exists, under a lock that another berthd thread may
+/// have held at the moment of the clone, so the child would wait forever.
+///
+/// # Safety
+/// Only for a single-threaded child; it changes just the calling thread.
+pub(crate) unsafe fn become_root() -> bool {
+    // SAFETY: plain syscalls on integer arguments.
+    unsafe {
+        libc::syscall(libc::SYS_setresgid, 0, 0, 0) == 0
+            && libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+            && libc::syscall(libc::SYS_setresuid, 0, 0, 0) == 0
     }
 }
 
