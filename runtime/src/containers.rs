@@ -347,10 +347,13 @@ impl Containers {
                 wanted: "created",
             });
         }
+        // Taken before the runtime call: a process that exits at once must
+        // not report a finish before its start.
+        let started_at = now_nanos();
         self.runtime_of(&record)?.start(&record.id)?;
         self.update(&slot, |r| {
             r.state = ContainerState::Running;
-            r.started_at = Some(now_nanos());
+            r.started_at = Some(started_at);
         })
     }
 
