@@ -968,3 +968,39 @@ async fn exec_and_attach_through_berthd() {
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     w.remove_pod(&pod).await;
 }
+
+/// A berth-shim killed under a running container: nothing collects its
+/// output or exit code any more, so berthd kills it and reports it exited
+/// (137, with a message) instead of running forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_shim_leaves_the_container_reported_exited() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("shimkill").await;
+    let pod = w.pod("shimkill").await;
+    let id = w
+        .run(
+            &pod,
+            w.container("chatty", "while :; do echo chat; sleep 0.1; done"),
+        )
+        .await;
+    let info = w
+        .client
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let shim = info["shimPid"].as_i64().expect("shimPid in verbose info") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGKILL).unwrap();
+
+    let status = w.wait_exit(&id).await;
+    assert_eq!((status.exit_code, status.reason.as_str()), (137, "Error"));
+    assert!(status.message.contains("berth-shim"), "{status:?}");
+    w.remove_pod(&pod).await;
+}

@@ -816,6 +816,7 @@ fn records_and_shims_survive_a_berthd_restart() {
                 stdin: false,
                 stdin_once: false,
                 extra: serde_json::Value::Null,
+                message: None,
             })
             .unwrap();
         containers.push(c);

@@ -146,6 +146,7 @@ impl Containers {
                     finished_at: now_nanos(),
                     oom_killed: false,
                 });
+                record.message = Some("its run dir is gone (the host rebooted?)".into());
                 if let Err(err) = records.save(&record) {
                     errors.push(err);
                 }
@@ -516,6 +517,7 @@ mod tests {
             stdin: true,
             stdin_once: false,
             extra: serde_json::Value::Null,
+            message: None,
         }
     }
 

@@ -62,23 +62,60 @@ pub struct ContainerRecord {
     /// Anything else the server keeps for ContainerStatus (mounts, resources...).
     #[serde(default)]
     pub extra: serde_json::Value,
+    /// Why an exit was recorded by berthd rather than by the shim
+    /// (ContainerStatus.message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl ContainerRecord {
-    /// Moves the record to "exited" if its shim wrote the exit file since;
-    /// returns whether it changed (and so should be saved).
+    /// Moves the record to "exited" if its shim wrote the exit file since,
+    /// or if the shim died without writing it (then the container, if it
+    /// still runs, is killed: a killed shim must not leave it "running"
+    /// forever); returns whether it changed (and so should be saved).
     pub fn refresh(&mut self) -> std::io::Result<bool> {
         if self.state == ContainerState::Exited {
             return Ok(false);
         }
-        match ExitRecord::read(&self.run_dir)? {
-            Some(exit) => {
-                self.state = ContainerState::Exited;
-                self.exit = Some(exit);
-                Ok(true)
-            }
-            None => Ok(false),
+        if let Some(exit) = ExitRecord::read(&self.run_dir)? {
+            self.exit(exit);
+            return Ok(true);
         }
+        if self.state != ContainerState::Running || crate::oci::shim_alive(&self.run_dir) {
+            return Ok(false);
+        }
+        // The shim writes the exit file just before it exits: look again.
+        if let Some(exit) = ExitRecord::read(&self.run_dir)? {
+            self.exit(exit);
+            return Ok(true);
+        }
+        // Nothing is left to collect the container's output and exit code:
+        // a container still running without its shim is killed, so it is
+        // never reported running forever.
+        let killed = process_alive(self.pid)
+            && in_cgroup_of(self.pid, &self.id)
+            && nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok();
+        self.exit(ExitRecord {
+            exit_code: if killed { 137 } else { 255 },
+            signal: killed.then_some(nix::sys::signal::Signal::SIGKILL as i32),
+            finished_at: crate::containers::now_nanos(),
+            oom_killed: false,
+        });
+        self.message = Some(if killed {
+            "berth-shim exited before the container; berthd killed the container".into()
+        } else {
+            "berth-shim exited before the container did; the exit code is unknown".into()
+        });
+        Ok(true)
+    }
+
+    fn exit(&mut self, exit: ExitRecord) {
+        self.state = ContainerState::Exited;
+        self.exit = Some(exit);
     }
 
     /// The CRI reason for an exited container, as CRI-O words it.
@@ -97,6 +134,21 @@ impl ContainerRecord {
     pub fn stop_signal(&self) -> Result<nix::sys::signal::Signal, StoreError> {
         parse_signal(self.stop_signal.as_deref().unwrap_or("SIGTERM"))
     }
+}
+
+/// Whether `pid` runs (exists and is not a zombie).
+fn process_alive(pid: i32) -> bool {
+    pid > 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+}
+
+/// Whether `pid` is in a cgroup named after container `id` (guards against
+/// a recycled pid).
+fn in_cgroup_of(pid: i32, id: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| text.contains(id))
 }
 
 /// Parses `SIGTERM`, `TERM`, `15` (any case for names).
@@ -242,6 +294,7 @@ mod tests {
             stdin: false,
             stdin_once: false,
             extra: serde_json::Value::Null,
+            message: None,
         }
     }
 

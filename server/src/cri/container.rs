@@ -291,6 +291,7 @@ impl CriService {
             stdin: config.stdin,
             stdin_once,
             extra: serde_json::json!({ "config": config }),
+            message: None,
         };
         let layers = self.images.lower_dirs(&image);
         let containers = self.containers.clone();
@@ -414,7 +415,7 @@ impl CriService {
             image: Some(image_spec(&record)),
             image_ref: record.image_ref.clone(),
             reason: record.reason().unwrap_or_default().to_string(),
-            message: String::new(),
+            message: record.message.clone().unwrap_or_default(),
             labels: to_map(&record.labels),
             annotations: to_map(&record.annotations),
             mounts: config.mounts.clone(),
