@@ -444,10 +444,13 @@ impl Containers {
                 wanted: "created",
             });
         }
+        // Taken before: a quick container can exit before `start` returns,
+        // and it must not seem to finish before it started.
+        let started_at = now_nanos();
         self.runtime_of(&record)?.start(&record.id)?;
         self.update(&slot, |r| {
             r.state = ContainerState::Running;
-            r.started_at = Some(now_nanos());
+            r.started_at = Some(started_at);
         })?;
         self.emit(EventKind::Started, &lock(&slot.record));
         Ok(())
