@@ -571,7 +571,7 @@ impl Containers {
             let cgroup = PathBuf::from(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
             update::apply_hugepages(&record.id, &cgroup, limits, host).map_err(failed)?;
         }
-        update::merge(&mut spec["linux"]["resources"], resources);
+        update::merge_resources(&mut spec["linux"]["resources"], resources);
         crate::atomic::write_atomic(&spec_path, spec.to_string().as_bytes()).map_err(io)?;
         self.update(&slot, edit)
     }
@@ -696,6 +696,39 @@ mod tests {
                 }
             }),
         }
+    }
+
+    #[test]
+    fn an_exit_seen_by_the_watcher_is_one_stopped_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&dir.path().join("state/records")).unwrap();
+        let id = "e".repeat(64);
+        let run = dir.path().join("run").join(&id);
+        std::fs::create_dir_all(&run).unwrap();
+        store.save(&record(&id, "k8s_e", run.clone())).unwrap();
+        let (containers, _) = Containers::open(options(dir.path())).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        assert!(containers.observe(Box::new(move |event| lock(&seen).push(event))));
+        containers.reap_exits();
+        assert!(lock(&events).is_empty());
+        let exit = ExitRecord {
+            exit_code: 0,
+            signal: None,
+            finished_at: 9,
+            oom_killed: false,
+        };
+        std::fs::write(run.join("exit"), serde_json::to_vec(&exit).unwrap()).unwrap();
+        containers.reap_exits();
+        containers.reap_exits();
+        containers.get(&id).unwrap();
+        let events = lock(&events).clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, EventKind::Stopped);
+        assert_eq!(events[0].record.state, ContainerState::Exited);
+        assert_eq!(events[0].record.exit, Some(exit));
+        let (states, shims) = containers.census();
+        assert_eq!((states["exited"], states["running"], shims), (1, 0, 0));
     }
 
     #[test]

@@ -231,8 +231,30 @@ pub fn resources(cri: &LinuxContainerResources, host: &Host) -> Result<Value, Up
     Ok(Value::Object(out))
 }
 
+/// Merges the fields [`resources`] made into a spec's `linux.resources`:
+/// hugepage limits by page size, objects key by key, anything else replaced.
+pub fn merge_resources(target: &mut Value, patch: &Value) {
+    let mut patch = patch.clone();
+    if let Some(Value::Array(new)) = patch
+        .as_object_mut()
+        .and_then(|fields| fields.remove("hugepageLimits"))
+    {
+        let limits = &mut target["hugepageLimits"];
+        if !limits.is_array() {
+            *limits = Value::Array(Vec::new());
+        }
+        if let Value::Array(limits) = limits {
+            for page in new {
+                limits.retain(|old| old["pageSize"] != page["pageSize"]);
+                limits.push(page);
+            }
+        }
+    }
+    merge(target, &patch);
+}
+
 /// Merges `patch` into `target`: objects key by key, anything else replaced.
-pub fn merge(target: &mut Value, patch: &Value) {
+fn merge(target: &mut Value, patch: &Value) {
     match (target, patch) {
         (Value::Object(target), Value::Object(patch)) => {
             for (key, value) in patch {
@@ -419,6 +441,21 @@ mod tests {
         assert_eq!(
             spec,
             json!({"memory": {"limit": 2, "swap": 1}, "devices": [1], "cpu": {"shares": 3}})
+        );
+        let mut resources = json!({"hugepageLimits": [
+            {"pageSize": "2MB", "limit": 1},
+            {"pageSize": "1GB", "limit": 2},
+        ]});
+        merge_resources(
+            &mut resources,
+            &json!({"hugepageLimits": [{"pageSize": "2MB", "limit": 3}], "memory": {"limit": 4}}),
+        );
+        assert_eq!(
+            resources,
+            json!({"hugepageLimits": [
+                {"pageSize": "1GB", "limit": 2},
+                {"pageSize": "2MB", "limit": 3},
+            ], "memory": {"limit": 4}})
         );
         assert_eq!(page_size_kb("2MB"), Some(2048));
         assert_eq!(page_size_kb("1GB"), Some(1 << 20));
