@@ -64,6 +64,10 @@ async fn status_reports_runtime_ready_and_network_not_ready() {
         .map(|h| h.name.as_str())
         .collect();
     assert_eq!(handlers, ["", "runc"]);
+    assert!(
+        status.features.unwrap().supplemental_groups_policy,
+        "Merge and Strict supplemental group policies are supported"
+    );
 }
 
 #[tokio::test]

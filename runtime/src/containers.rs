@@ -444,8 +444,8 @@ impl Containers {
                 wanted: "created",
             });
         }
-        // Taken before: a quick container can exit before `start` returns,
-        // and it must not seem to finish before it started.
+        // Taken before the runtime call: a process that exits at once must
+        // not report a finish before its start.
         let started_at = now_nanos();
         self.runtime_of(&record)?.start(&record.id)?;
         self.update(&slot, |r| {

@@ -66,8 +66,9 @@ impl CriService {
             status: Some(RuntimeStatus { conditions }),
             info,
             runtime_handlers: self.runtime_handlers(),
+            // Merge and Strict are both applied (runtime/src/cri_spec.rs).
             features: Some(RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         })
     }
