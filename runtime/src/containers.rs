@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 use std::time::Duration;
 
 use crate::lifecycle::{self, ContainerError, NewContainer, RemoveError};
@@ -20,6 +20,7 @@ use crate::oci::{ExecOutput, OciRuntime, RuntimeError};
 use crate::record::{ContainerRecord, ContainerState, RecordStore, StoreError};
 use crate::shim::ExitRecord;
 use crate::spec::ContainerSpec;
+use crate::update::{self, UpdateError};
 
 /// A runtime handler by name, as configured now (handlers can change while
 /// berthd runs: a config reload).
@@ -62,6 +63,8 @@ pub enum Error {
     Remove(#[from] RemoveError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("container {id}: {source}")]
+    Update { id: String, source: UpdateError },
 }
 
 pub fn state_name(state: ContainerState) -> &'static str {
@@ -71,6 +74,29 @@ pub fn state_name(state: ContainerState) -> &'static str {
         ContainerState::Exited => "exited",
     }
 }
+
+/// What happened to a container (GetContainerEvents).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Created,
+    Started,
+    /// Stopped by StopContainer/RemoveContainer, or exited by itself.
+    Stopped,
+    Deleted,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub kind: EventKind,
+    /// The container's record as the event left it.
+    pub record: ContainerRecord,
+    /// Nanoseconds since the epoch.
+    pub at: i64,
+}
+
+/// Told every event, in order for each container. It runs under the
+/// container's locks: it must not block.
+pub type Observer = Box<dyn Fn(Event) + Send + Sync>;
 
 /// A running container, for the streaming server (exec, attach, port-forward).
 #[derive(Debug, Clone)]
@@ -107,6 +133,7 @@ pub struct Containers {
     options: Options,
     records: RecordStore,
     index: Mutex<Index>,
+    observer: OnceLock<Observer>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +195,7 @@ impl Containers {
                 options,
                 records,
                 index: Mutex::new(index),
+                observer: OnceLock::new(),
             },
             errors,
         ))
@@ -216,16 +244,82 @@ impl Containers {
             .ok_or_else(|| Error::NotFound(id.to_string()))
     }
 
-    /// The record, updated from the exit file (and saved if it changed).
-    fn refreshed(&self, slot: &Slot) -> ContainerRecord {
+    /// Sets the one observer of container events; false if one was set.
+    pub fn observe(&self, observer: Observer) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    fn emit(&self, kind: EventKind, record: &ContainerRecord) {
+        if let Some(observer) = self.observer.get() {
+            observer(Event {
+                kind,
+                record: record.clone(),
+                at: now_nanos(),
+            });
+        }
+    }
+
+    /// The record, updated from the exit file (and saved if it changed);
+    /// the caller holds the container's operation lock, so the exit is
+    /// seen (and its event emitted) once.
+    fn refresh_locked(&self, slot: &Slot) -> ContainerRecord {
         let mut record = lock(&slot.record);
-        if record.refresh().unwrap_or(false)
-            && let Err(err) = self.records.save(&record)
-        {
-            // Retried at the next refresh: the exit file stays.
-            tracing::warn!("{err}");
+        if record.refresh().unwrap_or(false) {
+            if let Err(err) = self.records.save(&record) {
+                // Retried at the next refresh: the exit file stays.
+                tracing::warn!("{err}");
+            }
+            self.emit(EventKind::Stopped, &record);
         }
         record.clone()
+    }
+
+    /// The record, refreshed unless an operation on the container is under
+    /// way (that operation settles its state).
+    fn refreshed(&self, slot: &Slot) -> ContainerRecord {
+        let _op = match slot.op.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return lock(&slot.record).clone(),
+        };
+        self.refresh_locked(slot)
+    }
+
+    /// Learns which running containers exited by themselves (their shim's
+    /// exit file), emitting their Stopped events; call it periodically.
+    pub fn reap_exits(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
+        for slot in slots {
+            if lock(&slot.record).state != ContainerState::Exited
+                && !slot.removed.load(Ordering::SeqCst)
+            {
+                self.refreshed(&slot);
+            }
+        }
+    }
+
+    /// Counts of containers per state, and of live shims. A container that
+    /// has not exited but whose shim is gone (killed, or berthd died while
+    /// creating it) is "unknown": nobody can tell how it ends.
+    pub fn census(&self) -> (BTreeMap<&'static str, i64>, i64) {
+        let mut states = BTreeMap::from([
+            ("created", 0),
+            ("running", 0),
+            ("exited", 0),
+            ("unknown", 0),
+        ]);
+        let mut shims = 0;
+        for record in self.list() {
+            let alive = crate::oci::shim_alive(&record.run_dir);
+            let state = match record.state {
+                ContainerState::Exited => "exited",
+                _ if !alive => "unknown",
+                other => state_name(other),
+            };
+            *states.entry(state).or_default() += 1;
+            shims += i64::from(alive);
+        }
+        (states, shims)
     }
 
     fn update(&self, slot: &Slot, edit: impl FnOnce(&mut ContainerRecord)) -> Result<(), Error> {
@@ -315,15 +409,18 @@ impl Containers {
         })();
         match result {
             Ok(()) => {
-                let mut index = lock(&self.index);
-                index.by_id.insert(
-                    record.id.clone(),
-                    Arc::new(Slot {
-                        op: Mutex::new(()),
-                        record: Mutex::new(record.clone()),
-                        removed: AtomicBool::new(false),
-                    }),
-                );
+                let slot = Arc::new(Slot {
+                    op: Mutex::new(()),
+                    record: Mutex::new(record.clone()),
+                    removed: AtomicBool::new(false),
+                });
+                // Held until Created is out: nothing else happens to the
+                // container before.
+                let _op = lock(&slot.op);
+                lock(&self.index)
+                    .by_id
+                    .insert(record.id.clone(), Arc::clone(&slot));
+                self.emit(EventKind::Created, &record);
                 Ok(record)
             }
             Err(err) => {
@@ -340,7 +437,7 @@ impl Containers {
         if slot.removed.load(Ordering::SeqCst) {
             return Err(Error::NotFound(id.to_string()));
         }
-        let record = self.refreshed(&slot);
+        let record = self.refresh_locked(&slot);
         if record.state != ContainerState::Created || record.pid == 0 {
             return Err(Error::WrongState {
                 id: record.id,
@@ -355,7 +452,9 @@ impl Containers {
         self.update(&slot, |r| {
             r.state = ContainerState::Running;
             r.started_at = Some(started_at);
-        })
+        })?;
+        self.emit(EventKind::Started, &lock(&slot.record));
+        Ok(())
     }
 
     /// Stops a container: its stop signal, then SIGKILL once `timeout`
@@ -372,7 +471,7 @@ impl Containers {
     }
 
     fn stop_locked(&self, slot: &Slot, timeout: Duration) -> Result<(), Error> {
-        let record = self.refreshed(slot);
+        let record = self.refresh_locked(slot);
         // pid 0: berthd died while creating it; there is nothing to signal.
         if record.state == ContainerState::Exited || record.pid == 0 {
             return Ok(());
@@ -384,7 +483,9 @@ impl Containers {
         self.update(slot, |r| {
             r.state = ContainerState::Exited;
             r.exit = Some(exit);
-        })
+        })?;
+        self.emit(EventKind::Stopped, &lock(&slot.record));
+        Ok(())
     }
 
     /// Removes a container, killing it first if it runs; its name is freed.
@@ -412,7 +513,68 @@ impl Containers {
         if index.names.get(&record.reserved_name) == Some(&record.id) {
             index.names.remove(&record.reserved_name);
         }
+        drop(index);
+        self.emit(EventKind::Deleted, &record);
         Ok(())
+    }
+
+    /// Applies new cgroup limits (`resources`: the OCI `linux.resources`
+    /// fields to change, see [`update::resources`]) to a created or running
+    /// container through the runtime's `update`, then records them in its
+    /// `config.json` and, with `edit`, in its record.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: &serde_json::Value,
+        host: &update::Host,
+        edit: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<(), Error> {
+        let slot = self.slot(id)?;
+        let _op = lock(&slot.op);
+        if slot.removed.load(Ordering::SeqCst) {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let record = self.refresh_locked(&slot);
+        if record.state == ContainerState::Exited {
+            return Err(Error::WrongState {
+                id: record.id,
+                state: state_name(record.state),
+                wanted: "created or running",
+            });
+        }
+        let runtime = self.runtime_of(&record)?;
+        let failed = |source| Error::Update {
+            id: record.id.clone(),
+            source,
+        };
+        let spec_path = record.run_dir.join("config.json");
+        let io = |source| {
+            failed(UpdateError::Io {
+                id: record.id.clone(),
+                path: spec_path.clone(),
+                source,
+            })
+        };
+        let mut spec: serde_json::Value = std::fs::read(&spec_path)
+            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(std::io::Error::other))
+            .map_err(io)?;
+        let mut for_runtime = resources.clone();
+        let hugepages = for_runtime
+            .as_object_mut()
+            .and_then(|fields| fields.remove("hugepageLimits"));
+        if for_runtime
+            .as_object()
+            .is_some_and(|fields| !fields.is_empty())
+        {
+            runtime.update(&record.id, &record.run_dir, &for_runtime)?;
+        }
+        if let Some(serde_json::Value::Array(limits)) = &hugepages {
+            let cgroup = PathBuf::from(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
+            update::apply_hugepages(&record.id, &cgroup, limits, host).map_err(failed)?;
+        }
+        update::merge_resources(&mut spec["linux"]["resources"], resources);
+        crate::atomic::write_atomic(&spec_path, spec.to_string().as_bytes()).map_err(io)?;
+        self.update(&slot, edit)
     }
 
     /// A copy of the record; NOT_FOUND for an unknown ID.
@@ -536,6 +698,39 @@ mod tests {
                 }
             }),
         }
+    }
+
+    #[test]
+    fn an_exit_seen_by_the_watcher_is_one_stopped_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&dir.path().join("state/records")).unwrap();
+        let id = "e".repeat(64);
+        let run = dir.path().join("run").join(&id);
+        std::fs::create_dir_all(&run).unwrap();
+        store.save(&record(&id, "k8s_e", run.clone())).unwrap();
+        let (containers, _) = Containers::open(options(dir.path())).unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&events);
+        assert!(containers.observe(Box::new(move |event| lock(&seen).push(event))));
+        containers.reap_exits();
+        assert!(lock(&events).is_empty());
+        let exit = ExitRecord {
+            exit_code: 0,
+            signal: None,
+            finished_at: 9,
+            oom_killed: false,
+        };
+        std::fs::write(run.join("exit"), serde_json::to_vec(&exit).unwrap()).unwrap();
+        containers.reap_exits();
+        containers.reap_exits();
+        containers.get(&id).unwrap();
+        let events = lock(&events).clone();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].kind, EventKind::Stopped);
+        assert_eq!(events[0].record.state, ContainerState::Exited);
+        assert_eq!(events[0].record.exit, Some(exit));
+        let (states, shims) = containers.census();
+        assert_eq!((states["exited"], states["running"], shims), (1, 0, 0));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`oci::OciRuntime`]: `start`, `stop` (stop signal, then SIGKILL),
 //!   `kill`, `state`, `exec_sync`;
 //! - [`shim::control`] (`reopen`, `resize`) and [`shim::ExitRecord::read`];
+//! - [`update`] (UpdateContainerResources' checks and OCI fields);
 //! - [`record::RecordStore`] for the records reloaded after a restart;
 //! - [`containers::Containers`]: the index, name reservation and per-container
 //!   locking over all of the above (what the container RPCs call);
@@ -31,4 +32,5 @@ pub mod record;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod update;
 pub mod user;

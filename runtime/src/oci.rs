@@ -175,6 +175,25 @@ impl OciRuntime {
         self.run(&args).map(drop)
     }
 
+    /// Applies `resources` (the OCI `linux.resources` fields to change) to
+    /// the container's cgroups with `<runtime> update --resources`.
+    pub fn update(
+        &self,
+        id: &str,
+        run_dir: &Path,
+        resources: &serde_json::Value,
+    ) -> Result<(), RuntimeError> {
+        let path = run_dir.join("resources-update.json");
+        std::fs::write(&path, resources.to_string()).map_err(|source| RuntimeError::Io {
+            id: id.to_string(),
+            source,
+        })?;
+        let file = path.to_string_lossy().into_owned();
+        let result = self.run(&["update", "--resources", &file, id]);
+        let _ = std::fs::remove_file(&path);
+        result.map(drop)
+    }
+
     /// Deletes the runtime's state; an unknown container is success.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         let args: &[&str] = if force {

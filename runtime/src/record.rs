@@ -81,7 +81,11 @@ impl ContainerRecord {
             self.exit(exit);
             return Ok(true);
         }
-        if self.state != ContainerState::Running || crate::oci::shim_alive(&self.run_dir) {
+        // Only a shim known by its pid file can be known to be dead.
+        if self.state != ContainerState::Running
+            || !self.run_dir.join(crate::shim::SHIM_PID_FILE).exists()
+            || crate::oci::shim_alive(&self.run_dir)
+        {
             return Ok(false);
         }
         // The shim writes the exit file just before it exits: look again.

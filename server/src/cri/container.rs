@@ -58,12 +58,17 @@ fn status(err: Error) -> Status {
         Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),
         Error::NameReserved { .. } => Status::already_exists(message),
         Error::WrongState { .. } => Status::failed_precondition(message),
+        Error::Update {
+            source: berth_runtime::update::UpdateError::Invalid { .. },
+            ..
+        } => Status::invalid_argument(message),
         Error::Id(_)
         | Error::Reopen { .. }
         | Error::Create(_)
         | Error::Runtime(_)
         | Error::Remove(_)
-        | Error::Store(_) => Status::internal(message),
+        | Error::Store(_)
+        | Error::Update { .. } => Status::internal(message),
     }
 }
 
@@ -81,7 +86,7 @@ fn pod_status(err: berth_sandbox::Error) -> Status {
 }
 
 /// Runs blocking container work off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::task::spawn_blocking(work)
@@ -199,6 +204,42 @@ fn cri_container(record: &ContainerRecord) -> Container {
         labels: to_map(&record.labels),
         annotations: to_map(&record.annotations),
         image_id: record.image_id.clone(),
+    }
+}
+
+/// The CRI status of `record`; `user` comes from its saved `config.json`.
+pub(super) fn cri_status(
+    record: &ContainerRecord,
+    user: Option<berth_proto::cri::ContainerUser>,
+) -> ContainerStatus {
+    let config = stored_config(record);
+    let exit = record.exit.filter(|_| record.state == State::Exited);
+    ContainerStatus {
+        id: record.id.clone(),
+        metadata: Some(metadata(record)),
+        state: state_value(record.state),
+        created_at: record.created_at,
+        started_at: record.started_at.unwrap_or_default(),
+        finished_at: exit.map(|e| e.finished_at).unwrap_or_default(),
+        exit_code: exit.map(|e| e.exit_code).unwrap_or_default(),
+        image: Some(image_spec(record)),
+        image_ref: record.image_ref.clone(),
+        reason: record.reason().unwrap_or_default().to_string(),
+        message: record.message.clone().unwrap_or_default(),
+        labels: to_map(&record.labels),
+        annotations: to_map(&record.annotations),
+        mounts: config.mounts.clone(),
+        log_path: record.log_path.display().to_string(),
+        resources: config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|linux| ContainerResources {
+                linux: Some(linux),
+                windows: None,
+            }),
+        image_id: record.image_id.clone(),
+        user,
     }
 }
 
@@ -402,35 +443,7 @@ impl CriService {
             Ok((record, spec))
         })
         .await?;
-        let config = stored_config(&record);
-        let exit = record.exit.filter(|_| record.state == State::Exited);
-        let status = ContainerStatus {
-            id: record.id.clone(),
-            metadata: Some(metadata(&record)),
-            state: state_value(record.state),
-            created_at: record.created_at,
-            started_at: record.started_at.unwrap_or_default(),
-            finished_at: exit.map(|e| e.finished_at).unwrap_or_default(),
-            exit_code: exit.map(|e| e.exit_code).unwrap_or_default(),
-            image: Some(image_spec(&record)),
-            image_ref: record.image_ref.clone(),
-            reason: record.reason().unwrap_or_default().to_string(),
-            message: record.message.clone().unwrap_or_default(),
-            labels: to_map(&record.labels),
-            annotations: to_map(&record.annotations),
-            mounts: config.mounts.clone(),
-            log_path: record.log_path.display().to_string(),
-            resources: config
-                .linux
-                .as_ref()
-                .and_then(|l| l.resources.clone())
-                .map(|linux| ContainerResources {
-                    linux: Some(linux),
-                    windows: None,
-                }),
-            image_id: record.image_id.clone(),
-            user: spec.as_ref().and_then(cri_spec::container_user),
-        };
+        let status = cri_status(&record, spec.as_ref().and_then(cri_spec::container_user));
         let mut info = HashMap::new();
         if request.verbose {
             let shim_pid =

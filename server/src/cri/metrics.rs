@@ -6,9 +6,8 @@ use super::CriService;
 use crate::metrics::Metrics;
 
 impl CriService {
-    /// Registers `berth_pods{state}` and `berth_images`. Containers by state
-    /// and the shim count register here the same way once berthd keeps
-    /// containers.
+    /// Registers `berth_pods{state}`, `berth_images`,
+    /// `berth_containers{state}` and `berth_shims`.
     pub fn register_metrics(&self, metrics: &Metrics) {
         let images = self.images.clone();
         metrics.gauge("images", "Images in the store", move || {
@@ -28,6 +27,27 @@ impl CriService {
                 }
                 vec![("ready", ready), ("notready", not_ready)]
             }
+        });
+        let containers = self.containers.clone();
+        let census = move || {
+            let containers = containers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || containers.census())
+                    .await
+                    .unwrap_or_default()
+            }
+        };
+        let by_state = census.clone();
+        metrics.state_gauge("containers", "Containers by state", move || {
+            let census = by_state();
+            async move {
+                let (states, _) = census.await;
+                states.into_iter().collect()
+            }
+        });
+        metrics.gauge("shims", "Live berth-shim processes", move || {
+            let census = census();
+            async move { census.await.1 }
         });
     }
 }

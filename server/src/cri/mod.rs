@@ -3,10 +3,12 @@
 //! wire the generated tonic traits to them.
 
 mod container;
+mod events;
 mod image;
 mod image_service;
 mod metrics;
 mod pod;
+mod resources;
 mod runtime_info;
 mod runtime_service;
 mod stream;
@@ -31,6 +33,8 @@ pub struct CriService {
     /// The features of each runtime handler's binary, probed once.
     features: Arc<runtime_info::FeatureCache>,
     containers: Arc<berth_runtime::containers::Containers>,
+    /// GetContainerEvents' subscribers read this.
+    events: events::Broadcast,
 }
 
 impl CriService {
@@ -49,7 +53,7 @@ impl CriService {
             features.probe(&runtime.path);
         }
         let containers = Arc::new(container::open(&config, live.clone())?);
-        Ok(CriService {
+        let service = CriService {
             config: Arc::new(config),
             pods,
             images: Arc::new(images),
@@ -57,7 +61,10 @@ impl CriService {
             live,
             features,
             containers,
-        })
+            events: events::channel(),
+        };
+        service.start_events();
+        Ok(service)
     }
 
     pub fn live(&self) -> &Arc<LiveConfig> {

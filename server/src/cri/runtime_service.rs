@@ -1,11 +1,7 @@
-use std::pin::Pin;
-
 use berth_proto::cri::runtime_service_server::RuntimeService;
 use berth_proto::cri::*;
-use tokio_stream::Stream;
 
-type EventStream =
-    Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, tonic::Status>> + Send>>;
+use super::events::EventStream;
 
 super::cri_service_impl! {
     impl RuntimeService {
@@ -31,15 +27,15 @@ super::cri_service_impl! {
             port_forward(PortForwardRequest) -> PortForwardResponse;
             exec(ExecRequest) -> ExecResponse;
             attach(AttachRequest) -> AttachResponse;
+            get_container_events(GetEventsRequest) -> EventStream;
+            update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
         }
         unimplemented {
-            update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
             container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
             list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
             pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
             list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
             checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-            get_container_events(GetEventsRequest) -> EventStream = "GetContainerEvents";
             list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
             list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         }

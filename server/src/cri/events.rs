@@ -1,0 +1,150 @@
+//! GetContainerEvents: the container manager's events (created, started,
+//! stopped, deleted), each completed with the pod's status and the statuses
+//! of the pod's containers as CRI-O sends them, on a broadcast channel every
+//! subscriber reads. A subscriber that falls behind loses events (logged);
+//! it never holds up the runtime or the other subscribers.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_proto::cri::{
+    ContainerEventResponse, ContainerEventType, ContainerStatusRequest, GetEventsRequest,
+    PodSandboxStatusRequest,
+};
+use berth_runtime::containers::{Event, EventKind};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::CriService;
+use super::container::cri_status;
+
+/// Events kept for subscribers that are behind; older ones are dropped.
+const BACKLOG: usize = 1024;
+/// How often running containers' exit files are looked at, so containers
+/// that exit by themselves get their Stopped event.
+const EXIT_POLL: Duration = Duration::from_secs(1);
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+
+pub type Broadcast = Arc<broadcast::Sender<ContainerEventResponse>>;
+
+pub fn channel() -> Broadcast {
+    Arc::new(broadcast::channel(BACKLOG).0)
+}
+
+fn event_type(kind: EventKind) -> ContainerEventType {
+    match kind {
+        EventKind::Created => ContainerEventType::ContainerCreatedEvent,
+        EventKind::Started => ContainerEventType::ContainerStartedEvent,
+        EventKind::Stopped => ContainerEventType::ContainerStoppedEvent,
+        EventKind::Deleted => ContainerEventType::ContainerDeletedEvent,
+    }
+}
+
+impl CriService {
+    /// Feeds the manager's events into the broadcast channel and starts the
+    /// exit watcher; must run inside the tokio runtime.
+    pub(super) fn start_events(&self) {
+        let (raw_tx, mut raw_rx) = mpsc::unbounded_channel::<Event>();
+        // Unbounded and non-blocking: the manager emits under its locks.
+        self.containers.observe(Box::new(move |event| {
+            let _ = raw_tx.send(event);
+        }));
+        let service = self.clone();
+        tokio::spawn(async move {
+            while let Some(event) = raw_rx.recv().await {
+                let response = service.event_response(event).await;
+                // No subscriber: nothing to do.
+                let _ = service.events.send(response);
+            }
+        });
+        let containers = self.containers.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(EXIT_POLL);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let containers = containers.clone();
+                if let Err(err) = tokio::task::spawn_blocking(move || containers.reap_exits()).await
+                {
+                    tracing::warn!("container exit watcher failed: {err}");
+                }
+            }
+        });
+    }
+
+    /// The event with the pod's status and its containers' statuses: the
+    /// event's own container as the event left it, the others as they are.
+    async fn event_response(&self, event: Event) -> ContainerEventResponse {
+        let record = event.record;
+        // A pod being removed may be gone already: no pod status then.
+        let pod_sandbox_status = self
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: record.pod_id.clone(),
+                verbose: false,
+            })
+            .await
+            .ok()
+            .and_then(|r| r.status);
+        let mut containers_statuses = Vec::new();
+        if event.kind != EventKind::Deleted {
+            let user = berth_runtime::spec::read(&record.run_dir)
+                .ok()
+                .as_ref()
+                .and_then(berth_runtime::cri_spec::container_user);
+            containers_statuses.push(cri_status(&record, user));
+        }
+        for container_id in self.containers.of_pod(&record.pod_id) {
+            if container_id == record.id {
+                continue;
+            }
+            if let Ok(response) = self
+                .container_status(ContainerStatusRequest {
+                    container_id,
+                    verbose: false,
+                })
+                .await
+            {
+                containers_statuses.extend(response.status);
+            }
+        }
+        ContainerEventResponse {
+            container_id: record.id,
+            container_event_type: event_type(event.kind).into(),
+            created_at: event.at,
+            pod_sandbox_status,
+            containers_statuses,
+        }
+    }
+
+    pub(super) async fn get_container_events(
+        &self,
+        _request: GetEventsRequest,
+    ) -> Result<EventStream, Status> {
+        let mut events = self.events.subscribe();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => {
+                        if tx.send(Ok(event)).await.is_err() {
+                            // The subscriber went away.
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(
+                            missed,
+                            "a GetContainerEvents subscriber fell behind: events dropped"
+                        );
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(rx)))
+    }
+}
