@@ -31,4 +31,5 @@ pub mod record;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod stats;
 pub mod user;

@@ -9,6 +9,7 @@ mod metrics;
 mod pod;
 mod runtime_info;
 mod runtime_service;
+mod stats;
 mod stream;
 
 use std::sync::Arc;
@@ -31,6 +32,8 @@ pub struct CriService {
     /// The features of each runtime handler's binary, probed once.
     features: Arc<runtime_info::FeatureCache>,
     containers: Arc<berth_runtime::containers::Containers>,
+    /// The cgroup layout and the previous CPU sample of each container and pod.
+    stats: Arc<berth_runtime::stats::Stats>,
 }
 
 impl CriService {
@@ -57,6 +60,7 @@ impl CriService {
             live,
             features,
             containers,
+            stats: Arc::new(berth_runtime::stats::Stats::new()),
         })
     }
 

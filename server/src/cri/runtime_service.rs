@@ -31,13 +31,13 @@ super::cri_service_impl! {
             port_forward(PortForwardRequest) -> PortForwardResponse;
             exec(ExecRequest) -> ExecResponse;
             attach(AttachRequest) -> AttachResponse;
+            container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
+            list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
+            pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
+            list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
         }
         unimplemented {
             update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-            container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-            list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-            pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-            list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
             checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
             get_container_events(GetEventsRequest) -> EventStream = "GetContainerEvents";
             list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
