@@ -13,10 +13,11 @@ use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsFilter,
     ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListPodSandboxStatsRequest,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStats,
-    PodSandboxStatsFilter, PodSandboxStatsRequest, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListMetricDescriptorsRequest,
+    ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStats, PodSandboxStatsFilter,
+    PodSandboxStatsRequest, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root};
@@ -498,6 +499,52 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
+    // The same figures as cAdvisor-named metrics, labelled as described.
+    let descriptors: HashMap<String, usize> = client
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors
+        .into_iter()
+        .map(|d| (d.name, d.label_keys.len()))
+        .collect();
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_working_set_bytes",
+        "container_fs_usage_bytes",
+        "container_network_receive_bytes_total",
+    ] {
+        assert!(descriptors.contains_key(name), "{name}: {descriptors:?}");
+    }
+    let pods = client
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].pod_sandbox_id, pod);
+    let mem_metrics = &pods[0]
+        .container_metrics
+        .iter()
+        .find(|c| c.container_id == mem)
+        .unwrap()
+        .metrics;
+    for metric in mem_metrics {
+        assert_eq!(
+            metric.label_values.len(),
+            descriptors[&metric.name],
+            "{metric:?}"
+        );
+    }
+    let working = mem_metrics
+        .iter()
+        .find(|m| m.name == "container_memory_working_set_bytes")
+        .unwrap();
+    assert_eq!(working.label_values, [mem.as_str(), "mem", image.as_str()]);
+    assert!(working.value.unwrap().value > 30 * MIB, "{working:?}");
+
     remove_pod(&mut client, &pod).await;
 }
 
@@ -641,6 +688,23 @@ async fn pod_network_bytes_grow_after_traffic_between_two_pods() {
     assert!(a_rx2 >= a_rx + 5000, "a got the replies: {a_rx} -> {a_rx2}");
     assert!(b_rx2 >= b_rx + 5000, "b received: {b_rx} -> {b_rx2}");
     assert!(b_tx2 >= b_tx + 5000, "b replied: {b_tx} -> {b_tx2}");
+    let metrics = client
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics;
+    let a_metrics = &metrics
+        .iter()
+        .find(|m| m.pod_sandbox_id == a)
+        .unwrap()
+        .metrics;
+    let received = a_metrics
+        .iter()
+        .find(|m| m.name == "container_network_receive_bytes_total")
+        .unwrap();
+    assert_eq!(received.label_values, [a.as_str(), "POD", "", "eth0"]);
+    assert!(received.value.unwrap().value >= a_rx2, "{received:?}");
 
     remove_pod(&mut client, &a).await;
     remove_pod(&mut client, &b).await;

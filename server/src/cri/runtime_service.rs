@@ -35,13 +35,13 @@ super::cri_service_impl! {
             list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
             pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
             list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
+            list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
+            list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
         }
         unimplemented {
             update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
             checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
             get_container_events(GetEventsRequest) -> EventStream = "GetContainerEvents";
-            list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-            list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         }
     }
 }

@@ -1,5 +1,5 @@
-//! ContainerStats, ListContainerStats, PodSandboxStats and
-//! ListPodSandboxStats: records and pods from their managers, usage from
+//! ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats,
+//! ListMetricDescriptors and ListPodSandboxMetrics: records and pods from their managers, usage from
 //! `berth_runtime::stats` (cgroups, writable layer) and
 //! `berth_sandbox::netstat` (the pod's interfaces). Reading blocks (files,
 //! a thread per pod joining its netns), so it runs on `spawn_blocking`.
@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use berth_proto::cri::{
-    ContainerAttributes, ContainerStats, ContainerStatsRequest, ContainerStatsResponse, CpuUsage,
-    FilesystemIdentifier, FilesystemUsage, LinuxPodSandboxStats, ListContainerStatsRequest,
-    ListContainerStatsResponse, ListPodSandboxStatsRequest, ListPodSandboxStatsResponse,
-    MemoryUsage, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxStats,
-    PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
+    ContainerAttributes, ContainerMetrics, ContainerStats, ContainerStatsRequest,
+    ContainerStatsResponse, CpuUsage, FilesystemIdentifier, FilesystemUsage, LinuxPodSandboxStats,
+    ListContainerStatsRequest, ListContainerStatsResponse, ListMetricDescriptorsRequest,
+    ListMetricDescriptorsResponse, ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse,
+    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, MemoryUsage, Metric, MetricDescriptor,
+    MetricType, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxMetrics,
+    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
 };
 use berth_runtime::lifecycle::upper_dir;
 use berth_runtime::record::ContainerRecord;
@@ -161,6 +163,197 @@ fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSan
     }
 }
 
+/// The cAdvisor-named metrics berth fills, as CRI-O names and labels them:
+/// name, help, type, the label after `id`, `name`, `image` (if any).
+const METRICS: &[(&str, &str, MetricType, Option<&str>)] = &[
+    (
+        "container_cpu_usage_seconds_total",
+        "Cumulative CPU time consumed in seconds.",
+        MetricType::Counter,
+        Some("cpu"),
+    ),
+    (
+        "container_memory_usage_bytes",
+        "Current memory usage in bytes, including all memory regardless of when it was accessed",
+        MetricType::Gauge,
+        None,
+    ),
+    (
+        "container_memory_working_set_bytes",
+        "Current working set in bytes.",
+        MetricType::Gauge,
+        None,
+    ),
+    (
+        "container_memory_rss",
+        "Size of RSS in bytes.",
+        MetricType::Gauge,
+        None,
+    ),
+    (
+        "container_fs_usage_bytes",
+        "Number of bytes that are consumed by the container on this filesystem.",
+        MetricType::Gauge,
+        Some("device"),
+    ),
+    (
+        "container_fs_inodes_used",
+        "Number of inodes used by the container on this filesystem.",
+        MetricType::Gauge,
+        Some("device"),
+    ),
+    (
+        "container_network_receive_bytes_total",
+        "Cumulative count of bytes received",
+        MetricType::Counter,
+        Some("interface"),
+    ),
+    (
+        "container_network_receive_errors_total",
+        "Cumulative count of errors encountered while receiving",
+        MetricType::Counter,
+        Some("interface"),
+    ),
+    (
+        "container_network_transmit_bytes_total",
+        "Cumulative count of bytes transmitted",
+        MetricType::Counter,
+        Some("interface"),
+    ),
+    (
+        "container_network_transmit_errors_total",
+        "Cumulative count of errors encountered while transmitting",
+        MetricType::Counter,
+        Some("interface"),
+    ),
+];
+
+const BASE_LABELS: [&str; 3] = ["id", "name", "image"];
+
+fn descriptors() -> Vec<MetricDescriptor> {
+    METRICS
+        .iter()
+        .map(|(name, help, _, extra)| MetricDescriptor {
+            name: name.to_string(),
+            help: help.to_string(),
+            label_keys: BASE_LABELS
+                .iter()
+                .chain(extra.iter())
+                .map(|k| k.to_string())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Builds metrics of one object: `base` label values, then the extra one.
+struct Metrics {
+    at: i64,
+    base: [String; 3],
+    out: Vec<Metric>,
+}
+
+impl Metrics {
+    fn add(&mut self, name: &str, extra: Option<&str>, value: Option<UInt64Value>) {
+        let (Some(value), Some((_, _, kind, _))) =
+            (value, METRICS.iter().find(|(n, ..)| *n == name))
+        else {
+            return;
+        };
+        self.out.push(Metric {
+            name: name.to_string(),
+            timestamp: self.at,
+            metric_type: *kind as i32,
+            label_values: self
+                .base
+                .iter()
+                .cloned()
+                .chain(extra.map(String::from))
+                .collect(),
+            value: Some(value),
+        });
+    }
+}
+
+/// The metrics of a pod (its network, labelled as CRI-O does: pod ID, `POD`,
+/// no image) and of each of its containers, from its stats.
+fn pod_metrics(stats: &PodSandboxStats, containers: &[ContainerRecord]) -> PodSandboxMetrics {
+    let id = stats
+        .attributes
+        .as_ref()
+        .map(|a| a.id.clone())
+        .unwrap_or_default();
+    let linux = stats.linux.clone().unwrap_or_default();
+    let mut pod = Metrics {
+        at: linux.network.as_ref().map_or(0, |n| n.timestamp),
+        base: [id.clone(), "POD".into(), String::new()],
+        out: Vec::new(),
+    };
+    for interface in linux.network.iter().flat_map(|n| &n.interfaces) {
+        let name = Some(interface.name.as_str());
+        pod.add(
+            "container_network_receive_bytes_total",
+            name,
+            interface.rx_bytes,
+        );
+        pod.add(
+            "container_network_receive_errors_total",
+            name,
+            interface.rx_errors,
+        );
+        pod.add(
+            "container_network_transmit_bytes_total",
+            name,
+            interface.tx_bytes,
+        );
+        pod.add(
+            "container_network_transmit_errors_total",
+            name,
+            interface.tx_errors,
+        );
+    }
+    let container_metrics = linux
+        .containers
+        .iter()
+        .zip(containers)
+        .map(|(stats, record)| {
+            let mut one = Metrics {
+                at: stats.writable_layer.as_ref().map_or(0, |w| w.timestamp),
+                base: [record.id.clone(), record.name.clone(), record.image.clone()],
+                out: Vec::new(),
+            };
+            if let Some(cpu) = &stats.cpu {
+                let seconds = cpu.usage_core_nano_seconds.map(|n| UInt64Value {
+                    value: n.value / 1_000_000_000,
+                });
+                one.add("container_cpu_usage_seconds_total", Some("total"), seconds);
+            }
+            if let Some(memory) = &stats.memory {
+                one.add("container_memory_usage_bytes", None, memory.usage_bytes);
+                one.add(
+                    "container_memory_working_set_bytes",
+                    None,
+                    memory.working_set_bytes,
+                );
+                one.add("container_memory_rss", None, memory.rss_bytes);
+            }
+            if let Some(layer) = &stats.writable_layer {
+                let device = layer.fs_id.as_ref().map(|f| f.mountpoint.as_str());
+                one.add("container_fs_usage_bytes", device, layer.used_bytes);
+                one.add("container_fs_inodes_used", device, layer.inodes_used);
+            }
+            ContainerMetrics {
+                container_id: record.id.clone(),
+                metrics: one.out,
+            }
+        })
+        .collect();
+    PodSandboxMetrics {
+        pod_sandbox_id: id,
+        metrics: pod.out,
+        container_metrics,
+    }
+}
+
 fn matches_labels(
     labels: &std::collections::BTreeMap<String, String>,
     selector: &HashMap<String, String>,
@@ -288,5 +481,41 @@ impl CriService {
         })
         .await?;
         Ok(ListPodSandboxStatsResponse { stats: list })
+    }
+
+    pub(super) async fn list_metric_descriptors(
+        &self,
+        _request: ListMetricDescriptorsRequest,
+    ) -> Result<ListMetricDescriptorsResponse, Status> {
+        Ok(ListMetricDescriptorsResponse {
+            descriptors: descriptors(),
+        })
+    }
+
+    pub(super) async fn list_pod_sandbox_metrics(
+        &self,
+        _request: ListPodSandboxMetricsRequest,
+    ) -> Result<ListPodSandboxMetricsResponse, Status> {
+        let mut pods = self.pods.list().await;
+        pods.sort_by_key(|pod| pod.created_at);
+        let containers = Arc::clone(&self.containers);
+        let stats = Arc::clone(&self.stats);
+        let pod_metrics = blocking(move || {
+            let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
+            for record in containers.list() {
+                by_pod
+                    .entry(record.pod_id.clone())
+                    .or_default()
+                    .push(record);
+            }
+            pods.iter()
+                .map(|pod| {
+                    let mine = by_pod.remove(pod.id.as_str()).unwrap_or_default();
+                    pod_metrics(&pod_stats(&stats, pod, &mine), &mine)
+                })
+                .collect()
+        })
+        .await?;
+        Ok(ListPodSandboxMetricsResponse { pod_metrics })
     }
 }
