@@ -32,5 +32,6 @@ pub mod record;
 pub mod seccomp;
 pub mod shim;
 pub mod spec;
+pub mod stats;
 pub mod update;
 pub mod user;

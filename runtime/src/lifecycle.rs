@@ -84,7 +84,7 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
     std::fs::create_dir_all(&new.run_dir).map_err(dir_err(&new.run_dir))?;
     std::fs::create_dir_all(&new.state_dir).map_err(dir_err(&new.state_dir))?;
     let rootfs = rootfs_of(&new.run_dir);
-    let (upper, work) = (new.state_dir.join("upper"), new.state_dir.join("work"));
+    let (upper, work) = (upper_dir(&new.state_dir), new.state_dir.join("work"));
     match &new.spec.user_namespace {
         None => overlay::mount(&new.layers, &upper, &work, &rootfs),
         Some(user) => match user.host_root() {
@@ -190,4 +190,9 @@ pub fn remove(
             failures,
         })
     }
+}
+
+/// A container's writable layer (the overlay's upper dir) in its state dir.
+pub fn upper_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("upper")
 }

@@ -9,6 +9,7 @@
 pub mod cgroup;
 pub mod files;
 pub mod infra;
+pub mod netstat;
 pub mod ns;
 pub mod record;
 pub mod spec;

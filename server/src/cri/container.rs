@@ -51,7 +51,7 @@ pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreE
     Ok(containers)
 }
 
-fn status(err: Error) -> Status {
+pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
     match err {
         Error::NotFound(_) => Status::not_found(message),
@@ -104,7 +104,7 @@ fn state_value(state: State) -> i32 {
     .into()
 }
 
-fn to_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
+pub(super) fn to_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
@@ -113,7 +113,7 @@ fn stored_config(record: &ContainerRecord) -> ContainerConfig {
     serde_json::from_value(record.extra["config"].clone()).unwrap_or_default()
 }
 
-fn metadata(record: &ContainerRecord) -> ContainerMetadata {
+pub(super) fn metadata(record: &ContainerRecord) -> ContainerMetadata {
     ContainerMetadata {
         name: record.name.clone(),
         attempt: record.attempt,

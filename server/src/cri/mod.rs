@@ -11,6 +11,7 @@ mod pod;
 mod resources;
 mod runtime_info;
 mod runtime_service;
+mod stats;
 mod stream;
 
 use std::sync::Arc;
@@ -35,6 +36,8 @@ pub struct CriService {
     containers: Arc<berth_runtime::containers::Containers>,
     /// GetContainerEvents' subscribers read this.
     events: events::Broadcast,
+    /// The cgroup layout and the previous CPU sample of each container and pod.
+    stats: Arc<berth_runtime::stats::Stats>,
 }
 
 impl CriService {
@@ -62,6 +65,7 @@ impl CriService {
             features,
             containers,
             events: events::channel(),
+            stats: Arc::new(berth_runtime::stats::Stats::new()),
         };
         service.start_events();
         Ok(service)

@@ -179,7 +179,7 @@ fn state_value(pod: &Pod) -> i32 {
     .into()
 }
 
-fn metadata(pod: &Pod) -> PodSandboxMetadata {
+pub(super) fn metadata(pod: &Pod) -> PodSandboxMetadata {
     PodSandboxMetadata {
         name: pod.spec.name.clone(),
         uid: pod.spec.uid.clone(),
@@ -188,7 +188,7 @@ fn metadata(pod: &Pod) -> PodSandboxMetadata {
     }
 }
 
-fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
+pub(super) fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
     map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 

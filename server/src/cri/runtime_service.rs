@@ -29,15 +29,15 @@ super::cri_service_impl! {
             attach(AttachRequest) -> AttachResponse;
             get_container_events(GetEventsRequest) -> EventStream;
             update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
+            container_stats(ContainerStatsRequest) -> ContainerStatsResponse;
+            list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse;
+            pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
+            list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
+            list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
+            list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
         }
         unimplemented {
-            container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-            list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-            pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-            list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
             checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
-            list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
-            list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         }
     }
 }
