@@ -857,7 +857,8 @@ async fn list_stays_answering_during_a_slow_stop() {
 }
 
 /// Exec and Attach through berthd's RPCs and its streaming server, over
-/// SPDY/3.1 as the kubelet and crictl speak it.
+/// SPDY/3.1 as the kubelet and crictl speak it; CheckpointContainer's answer
+/// on a running container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_and_attach_through_berthd() {
     use berth_e2e::cri::{AttachRequest, ExecRequest};
@@ -947,6 +948,21 @@ async fn exec_and_attach_through_berthd() {
     // Without stdin the session stays attached (a half-closed socket would
     // read as a detach).
     client.read_until(stdout, "tick\ntick\n").await;
+
+    // Checkpointing needs a working CRIU: the answer says what is missing
+    // (here: no criu, or criu 3.17 failing its kernel check).
+    let err = w
+        .client
+        .checkpoint_container(berth_e2e::cri::CheckpointContainerRequest {
+            container_id: id.clone(),
+            location: "/tmp/berth-never-written.tar".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented, "{err:?}");
+    assert!(err.message().contains("CRIU"), "{err:?}");
+    assert!(!std::path::Path::new("/tmp/berth-never-written.tar").exists());
 
     // A stopped container takes neither.
     w.stop(&id, 0).await;

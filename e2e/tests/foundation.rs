@@ -135,20 +135,23 @@ async fn runtime_config_reports_cgroupfs() {
 }
 
 #[tokio::test]
-async fn rpcs_not_yet_built_answer_unimplemented_naming_the_rpc() {
+async fn checkpoint_checks_its_request_before_anything_else() {
     let berthd = Berthd::start().await;
-    let err = berthd
-        .runtime()
-        .await
+    let mut client = berthd.runtime().await;
+    let err = client
         .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(
-        err.message().contains("CheckpointContainer"),
-        "{}",
-        err.message()
-    );
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("container_id"), "{}", err.message());
+    let err = client
+        .checkpoint_container(CheckpointContainerRequest {
+            container_id: "f".repeat(64),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{}", err.message());
 }
 
 #[tokio::test]
@@ -373,6 +376,6 @@ async fn json_logs_trace_each_rpc_with_latency_and_code() {
     assert_eq!(version["code"], "Ok");
     assert!(version["latency_us"].is_u64());
     let run = rpc("CheckpointContainer");
-    assert_eq!(run["code"], "Unimplemented");
+    assert_eq!(run["code"], "InvalidArgument");
     assert!(run["latency_us"].is_u64());
 }

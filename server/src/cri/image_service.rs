@@ -10,6 +10,5 @@ super::cri_service_impl! {
             remove_image(RemoveImageRequest) -> RemoveImageResponse;
             image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse;
         }
-        unimplemented {}
     }
 }

@@ -2,6 +2,7 @@
 //! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
 //! wire the generated tonic traits to them.
 
+mod checkpoint;
 mod container;
 mod events;
 mod image;
@@ -83,15 +84,13 @@ impl CriService {
 pub use image::{open_store, reload_store};
 pub use stream::start_server;
 
-/// Emits a tonic service trait impl in which each listed RPC either forwards
-/// its request message to the handler method of the same name, or answers
-/// `UNIMPLEMENTED` naming the RPC.
+/// Emits a tonic service trait impl in which each listed RPC forwards its
+/// request message to the handler method of the same name.
 macro_rules! cri_service_impl {
     (
         impl $trait:path {
             $( type $assoc:ident = $assoc_ty:ty; )*
             handled { $( $h:ident($hreq:ty) -> $hres:ty; )* }
-            unimplemented { $( $u:ident($ureq:ty) -> $ures:ty = $name:literal; )* }
         }
     ) => {
         #[tonic::async_trait]
@@ -105,17 +104,6 @@ macro_rules! cri_service_impl {
                     $crate::cri::CriService::$h(self, request.into_inner())
                         .await
                         .map(tonic::Response::new)
-                }
-            )*
-            $(
-                async fn $u(
-                    &self,
-                    _request: tonic::Request<$ureq>,
-                ) -> Result<tonic::Response<$ures>, tonic::Status> {
-                    Err(tonic::Status::unimplemented(concat!(
-                        $name,
-                        " is not implemented by berth yet"
-                    )))
                 }
             )*
         }

@@ -35,9 +35,7 @@ super::cri_service_impl! {
             list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
             list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
             list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
-        }
-        unimplemented {
-            checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
+            checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse;
         }
     }
 }
