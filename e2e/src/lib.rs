@@ -25,6 +25,7 @@ pub use berth_proto::cri;
 
 pub mod fault_registry;
 pub mod registry;
+pub mod world;
 
 /// Whether a test can run here. When it cannot, it says why on stderr and
 /// returns false so the test returns early; under `CI=true` it panics

@@ -7,40 +7,15 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    ContainerConfig, ContainerEventResponse, ContainerEventType, ContainerMetadata, ContainerState,
-    ContainerStatus, ContainerStatusRequest, CreateContainerRequest, GetEventsRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
-    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    ContainerEventResponse, ContainerEventType, ContainerState, ContainerStatus,
+    ContainerStatusRequest, GetEventsRequest, LinuxContainerResources, StopContainerRequest,
+    UpdateContainerResourcesRequest,
 };
-use berth_e2e::registry::{self, Registry, Security};
-use berth_e2e::{Berthd, Options, can_run, have_command, is_root};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
-use tonic::transport::Channel;
 
-type Client = RuntimeServiceClient<Channel>;
-
-fn can_run_here() -> bool {
-    can_run(
-        is_root() && have_command("runc") && registry::available(),
-        "needs root, runc, docker-registry, skopeo and the fixture tools",
-    )
-}
-
-struct World {
-    _registry: Registry,
-    _berthd: Berthd,
-    image: String,
-    client: Client,
-    metrics_port: u16,
-    dir: tempfile::TempDir,
-    cgroup_parent: String,
-}
+use berth_e2e::world::{World, can_run_here};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -50,247 +25,69 @@ fn free_port() -> u16 {
         .port()
 }
 
-impl World {
-    async fn new(tag: &str) -> World {
-        let registry = Registry::start_empty(Security::Plain);
-        registry.push("busybox", "berth/busybox:latest");
-        let dir = tempfile::Builder::new()
-            .prefix("berth-e2e-events-")
-            .tempdir()
-            .unwrap();
-        let conf = dir.path().join("registries.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-                registry.host()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir(dir.path().join("net.d")).unwrap();
-        let metrics_port = free_port();
-        let berthd = Berthd::start_with(Options {
-            config: format!(
-                "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n\
-                 [metrics]\nenabled = true\naddress = \"127.0.0.1:{metrics_port}\"\n",
-                conf.display(),
-                dir.path().join("net.d").display()
-            ),
-            ..Options::default()
-        })
-        .await;
-        let image = registry.image("busybox");
-        berthd
-            .images()
-            .await
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let client = berthd.runtime().await;
-        World {
-            _registry: registry,
-            _berthd: berthd,
-            image,
-            client,
-            metrics_port,
-            dir,
-            cgroup_parent: format!("/berth-e2e-{}-{tag}", std::process::id()),
-        }
-    }
-
-    fn pod_config(&self, name: &str) -> PodSandboxConfig {
-        PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "e2e".into(),
-                attempt: 0,
-            }),
-            log_directory: self.dir.path().join(name).display().to_string(),
-            linux: Some(LinuxPodSandboxConfig {
-                cgroup_parent: self.cgroup_parent.clone(),
-                security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    async fn pod(&mut self, name: &str) -> String {
-        let config = self.pod_config(name);
-        self.client
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id
-    }
-
-    fn container(&self, name: &str, script: &str) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}.log"),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                resources: None,
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// Creates and starts `config` in pod `pod` (named `pod_name`).
-    async fn run(&mut self, pod: &str, pod_name: &str, config: ContainerConfig) -> String {
-        let sandbox = self.pod_config(pod_name);
-        let id = self
-            .client
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: Some(sandbox),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .container_id;
-        self.client
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        id
-    }
-
-    async fn status(&mut self, id: &str) -> (ContainerStatus, serde_json::Value) {
-        let response = self
-            .client
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let info = serde_json::from_str(&response.info["info"]).unwrap();
-        (response.status.unwrap(), info)
-    }
-
-    async fn stop_remove(&mut self, id: &str) {
-        self.client
-            .stop_container(StopContainerRequest {
-                container_id: id.into(),
-                timeout: 0,
-            })
-            .await
-            .unwrap();
-        self.client
-            .remove_container(RemoveContainerRequest {
-                container_id: id.into(),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn remove_pod(&mut self, pod: &str) {
-        self.client
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .unwrap();
-        self.client
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .unwrap();
-    }
-
-    async fn subscribe(&self) -> Streaming<ContainerEventResponse> {
-        self.client
-            .clone()
-            .get_container_events(GetEventsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// `berth_<name>{state=…}` gauges from /metrics, through a Prometheus
-    /// text parser.
-    async fn gauges(&self, name: &str) -> HashMap<String, f64> {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let (_, body) = response.split_once("\r\n\r\n").unwrap();
-        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-            .expect("the page parses");
-        scrape
-            .samples
-            .iter()
-            .filter(|s| s.metric == name)
-            .map(|s| {
-                let value = match s.value {
-                    prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
-                    ref other => panic!("{name}: not a gauge: {other:?}"),
-                };
-                (s.labels.get("state").unwrap_or("").to_string(), value)
-            })
-            .collect()
-    }
+/// A [`World`] whose berthd serves /metrics on the returned port.
+async fn world(tag: &str) -> (World, u16) {
+    let port = free_port();
+    let metrics = format!("[metrics]\nenabled = true\naddress = \"127.0.0.1:{port}\"\n");
+    (World::with_config(tag, &metrics).await, port)
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
-            for entry in entries.flatten() {
-                let _ = std::fs::remove_dir(
-                    entry
-                        .path()
-                        .join(self.cgroup_parent.trim_start_matches('/')),
-                );
-            }
-        }
-    }
+async fn subscribe(w: &World) -> Streaming<ContainerEventResponse> {
+    w.client
+        .clone()
+        .get_container_events(GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// ContainerStatus with its verbose info.
+async fn status_info(w: &mut World, id: &str) -> (ContainerStatus, serde_json::Value) {
+    let response = w
+        .client
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info = serde_json::from_str(&response.info["info"]).unwrap();
+    (response.status.unwrap(), info)
+}
+
+async fn stop_remove(w: &mut World, id: &str) {
+    w.stop(id, 0).await;
+    w.remove(id).await;
+}
+
+/// `berth_<name>{state=…}` gauges from /metrics, through a Prometheus
+/// text parser.
+async fn gauges(metrics_port: u16, name: &str) -> HashMap<String, f64> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the page parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let value = match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                ref other => panic!("{name}: not a gauge: {other:?}"),
+            };
+            (s.labels.get("state").unwrap_or("").to_string(), value)
+        })
+        .collect()
 }
 
 /// The next events of container `id` (others skipped) until `last` came.
@@ -332,15 +129,13 @@ async fn two_subscribers_see_each_event_in_order_and_self_exits() {
     if !can_run_here() {
         return;
     }
-    let mut w = World::new("events").await;
-    let mut first = w.subscribe().await;
-    let mut second = w.subscribe().await;
+    let (mut w, _) = world("events").await;
+    let mut first = subscribe(&w).await;
+    let mut second = subscribe(&w).await;
     let pod = w.pod("ev").await;
 
-    let id = w
-        .run(&pod, "ev", w.container("ev-sleep", "sleep 1000"))
-        .await;
-    w.stop_remove(&id).await;
+    let id = w.run(&pod, w.container("ev-sleep", "sleep 1000")).await;
+    stop_remove(&mut w, &id).await;
     use ContainerEventType::*;
     for stream in [&mut first, &mut second] {
         let events = events_of(stream, &id, ContainerDeletedEvent).await;
@@ -375,7 +170,7 @@ async fn two_subscribers_see_each_event_in_order_and_self_exits() {
     // Exiting by itself: Stopped comes from the exit watcher, with no
     // status call from us.
     let quits = w
-        .run(&pod, "ev", w.container("ev-quits", "sleep 1; exit 7"))
+        .run(&pod, w.container("ev-quits", "sleep 1; exit 7"))
         .await;
     let events = events_of(&mut first, &quits, ContainerStoppedEvent).await;
     assert_eq!(
@@ -394,7 +189,7 @@ async fn two_subscribers_see_each_event_in_order_and_self_exits() {
     // The second subscriber is behind but loses nothing at this pace.
     let events = events_of(&mut second, &quits, ContainerStoppedEvent).await;
     assert_eq!(types(&events).len(), 3);
-    w.stop_remove(&quits).await;
+    stop_remove(&mut w, &quits).await;
     // One Stopped only: stop and remove of an exited container add Deleted.
     let events = events_of(&mut first, &quits, ContainerDeletedEvent).await;
     assert_eq!(types(&events), [ContainerDeletedEvent]);
@@ -423,15 +218,15 @@ async fn update_resources_reaches_the_cgroup_and_metrics_count_containers() {
     if !can_run_here() {
         return;
     }
-    let mut w = World::new("update").await;
+    let (mut w, metrics_port) = world("update").await;
     let pod = w.pod("up").await;
     let mut config = w.container("up-sleep", "sleep 1000");
     config.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
         memory_limit_in_bytes: 128 << 20,
         ..Default::default()
     });
-    let id = w.run(&pod, "up", config).await;
-    let (_, info) = w.status(&id).await;
+    let id = w.run(&pod, config).await;
+    let (_, info) = status_info(&mut w, &id).await;
     let cgroup = PathBuf::from(
         info["runtimeSpec"]["linux"]["cgroupsPath"]
             .as_str()
@@ -454,7 +249,7 @@ async fn update_resources_reaches_the_cgroup_and_metrics_count_containers() {
         .await
         .unwrap();
     assert_eq!(memory_limit(&cgroup), (64u64 << 20).to_string());
-    let (status, info) = w.status(&id).await;
+    let (status, info) = status_info(&mut w, &id).await;
     let resources = status.resources.unwrap().linux.unwrap();
     assert_eq!(
         (
@@ -492,7 +287,7 @@ async fn update_resources_reaches_the_cgroup_and_metrics_count_containers() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{linux:?}: {err}");
         assert_eq!(memory_limit(&cgroup), (64u64 << 20).to_string());
     }
-    let (status, _) = w.status(&id).await;
+    let (status, _) = status_info(&mut w, &id).await;
     assert_eq!(
         status
             .resources
@@ -514,13 +309,13 @@ async fn update_resources_reaches_the_cgroup_and_metrics_count_containers() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 
     // Containers by state and live shims.
-    let states = w.gauges("berth_containers").await;
+    let states = gauges(metrics_port, "berth_containers").await;
     assert_eq!(states["running"], 1.0, "{states:?}");
     assert_eq!(
         (states["created"], states["exited"], states["unknown"]),
         (0.0, 0.0, 0.0)
     );
-    assert_eq!(w.gauges("berth_shims").await[""], 1.0);
+    assert_eq!(gauges(metrics_port, "berth_shims").await[""], 1.0);
     w.client
         .stop_container(StopContainerRequest {
             container_id: id.clone(),
@@ -528,9 +323,9 @@ async fn update_resources_reaches_the_cgroup_and_metrics_count_containers() {
         })
         .await
         .unwrap();
-    let states = w.gauges("berth_containers").await;
+    let states = gauges(metrics_port, "berth_containers").await;
     assert_eq!((states["running"], states["exited"]), (0.0, 1.0));
-    assert_eq!(w.gauges("berth_shims").await[""], 0.0);
-    w.stop_remove(&id).await;
+    assert_eq!(gauges(metrics_port, "berth_shims").await[""], 0.0);
+    stop_remove(&mut w, &id).await;
     w.remove_pod(&pod).await;
 }

@@ -1,0 +1,343 @@
+//! A berthd with a local registry holding the `busybox` fixture (pulled),
+//! its own log dir and cgroup parent, and helpers for pods with the host's
+//! network and containers running `sh -c` scripts: the set-up the container
+//! tests share.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
+use berth_proto::cri::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::Channel;
+
+use crate::registry::{self, Registry, Security};
+use crate::{Berthd, Options, Paths, can_run, have_command, is_root};
+
+pub type Client = RuntimeServiceClient<Channel>;
+
+pub fn can_run_here() -> bool {
+    can_run(
+        is_root() && have_command("runc") && registry::available(),
+        "needs root, runc, docker-registry, skopeo and the fixture tools",
+    )
+}
+
+pub struct World {
+    _registry: Registry,
+    pub berthd: Option<Berthd>,
+    pub options: Options,
+    pub image: String,
+    pub client: Client,
+    pub logs: tempfile::TempDir,
+    pub cgroup_parent: String,
+}
+
+fn options(registries_conf: &Path, conf_dir: &Path, extra: &str) -> Options {
+    Options {
+        config: format!(
+            "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n{extra}",
+            registries_conf.display(),
+            conf_dir.display()
+        ),
+        ..Options::default()
+    }
+}
+
+impl World {
+    pub async fn new(tag: &str) -> World {
+        World::with_config(tag, "").await
+    }
+
+    /// [`World::new`] with `extra` appended to berthd's config file.
+    pub async fn with_config(tag: &str, extra: &str) -> World {
+        let registry = Registry::start_empty(Security::Plain);
+        registry.push("busybox", "berth/busybox:latest");
+        let logs = tempfile::Builder::new()
+            .prefix("berth-e2e-logs-")
+            .tempdir()
+            .unwrap();
+        let conf = logs.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+                registry.host()
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir(logs.path().join("net.d")).unwrap();
+        let options = options(&conf, &logs.path().join("net.d"), extra);
+        let berthd = Berthd::start_with(options.clone()).await;
+        let image = registry.image("busybox");
+        berthd
+            .images()
+            .await
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let client = berthd.runtime().await;
+        World {
+            _registry: registry,
+            berthd: Some(berthd),
+            options,
+            image,
+            client,
+            cgroup_parent: format!("/berth-e2e-{}-{tag}", std::process::id()),
+            logs,
+        }
+    }
+
+    pub fn berthd(&self) -> &Berthd {
+        self.berthd.as_ref().unwrap()
+    }
+
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "e2e".into(),
+                attempt: 0,
+            }),
+            log_directory: self.logs.path().join(name).display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn pod(&mut self, name: &str) -> String {
+        let config = self.pod_config(name);
+        self.client
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    pub fn container(&self, name: &str, script: &str) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
+            labels: HashMap::from([("app".to_string(), name.to_string())]),
+            // What the kubelet sends for a pod whose containers each have
+            // their own PID namespace.
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Node as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                resources: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn create(
+        &mut self,
+        pod: &str,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        let sandbox = self.pod_config(&pod_name_of(&config));
+        self.client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: Some(sandbox),
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    pub async fn run(&mut self, pod: &str, config: ContainerConfig) -> String {
+        let id = self.create(pod, config).await.unwrap();
+        self.client
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        id
+    }
+
+    pub async fn status(&mut self, id: &str) -> ContainerStatus {
+        self.client
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    pub async fn wait_exit(&mut self, id: &str) -> ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let status = self.status(id).await;
+            if status.state == ContainerState::ContainerExited as i32 {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{id} did not exit: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(&mut self, id: &str, timeout: i64) {
+        self.client
+            .stop_container(StopContainerRequest {
+                container_id: id.into(),
+                timeout,
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn remove(&mut self, id: &str) {
+        self.client
+            .remove_container(RemoveContainerRequest {
+                container_id: id.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn remove_pod(&mut self, pod: &str) {
+        self.client
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .unwrap();
+        self.client
+            .remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.into(),
+            })
+            .await
+            .unwrap();
+    }
+
+    pub async fn exec(&mut self, id: &str, script: &str, timeout: i64) -> (i32, String, String) {
+        let out = self
+            .client
+            .exec_sync(ExecSyncRequest {
+                container_id: id.into(),
+                cmd: vec!["sh".into(), "-c".into(), script.into()],
+                timeout,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (
+            out.exit_code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The container's log lines' text (CRI format checked on the way).
+    pub fn log_text(path: &Path) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|line| {
+                let parts: Vec<&str> = line.splitn(4, ' ').collect();
+                assert_eq!(parts.len(), 4, "not a CRI log line: {line:?}");
+                assert!(
+                    parts[0].contains('T') && parts[0].ends_with('Z'),
+                    "{line:?}"
+                );
+                assert!(parts[1] == "stdout" || parts[1] == "stderr", "{line:?}");
+                assert_eq!(parts[2], "F", "{line:?}");
+                (parts[1].to_string(), parts[3].to_string())
+            })
+            .collect()
+    }
+
+    /// Cgroup dirs left under this world's cgroup parent, in any hierarchy.
+    pub fn cgroups_left(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let dir = entry
+                .path()
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                left.extend(
+                    children
+                        .flatten()
+                        .filter(|c| c.path().is_dir())
+                        .map(|c| c.path()),
+                );
+            }
+        }
+        left
+    }
+
+    pub fn paths(&self) -> &Paths {
+        self.berthd().paths()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Only the (empty) parent dirs remain once every container is gone.
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir(
+                    entry
+                        .path()
+                        .join(self.cgroup_parent.trim_start_matches('/')),
+                );
+            }
+        }
+    }
+}
+
+/// Containers here are named `<pod>-<rest>`: the pod's name.
+fn pod_name_of(config: &ContainerConfig) -> String {
+    let name = &config.metadata.as_ref().unwrap().name;
+    name.split('-').next().unwrap().to_string()
+}
