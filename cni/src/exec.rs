@@ -173,12 +173,21 @@ pub async fn run(plugin: &Path, config: &[u8], inv: &Invocation<'_>) -> Result<V
 mod tests {
     use super::*;
 
-    /// A fake plugin (fault injection): a shell script in a temp dir.
+    /// A fake plugin (fault injection): a shell script in a temp dir. It is
+    /// written by `install`, not by this process: a test thread forking
+    /// meanwhile would inherit our write descriptor and make the exec fail
+    /// with ETXTBSY.
     fn plugin(dir: &Path, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
         let path = dir.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let source = dir.join(format!("{name}.src"));
+        std::fs::write(&source, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let status = std::process::Command::new("install")
+            .args(["-m", "0755"])
+            .arg(&source)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "install {}", path.display());
         path
     }
 

@@ -23,6 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub use berth_proto::cri;
 
+pub mod bundles;
 pub mod fault_registry;
 pub mod registry;
 pub mod world;
@@ -54,6 +55,23 @@ pub fn have_command(name: &str) -> bool {
     }
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
+/// Writes an executable script (a fault-injecting fake) through `install`,
+/// so this process never holds it open for writing: a test thread forking
+/// meanwhile would inherit that descriptor and make its exec fail with
+/// ETXTBSY.
+pub fn write_script(path: &Path, script: &str) {
+    let source = path.with_extension("src");
+    std::fs::write(&source, script).unwrap();
+    let status = Command::new("install")
+        .args(["-m", "0755"])
+        .arg(&source)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "install {}", path.display());
+    std::fs::remove_file(&source).unwrap();
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);

@@ -1016,17 +1016,14 @@ fn drop_nat_rules_naming(id: &str) {
 /// unique to this run (the returned marker), and berthd options that search
 /// its dir first with `timeout` seconds per plugin.
 fn hanging_plugin(net: &Net, timeout: u64) -> (String, Options) {
-    use std::os::unix::fs::PermissionsExt;
     let bin = net.dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let plugin = bin.join("berth-hang");
     let marker = format!("600.{}{}", std::process::id(), net.prefix.replace('.', ""));
-    std::fs::write(
+    berth_e2e::write_script(
         &plugin,
-        format!("#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then exec sleep {marker}; fi\n"),
-    )
-    .unwrap();
-    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then exec sleep {marker}; fi\n"),
+    );
     let options = Options {
         config: format!(
             "[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{}\", \"{BIN_DIR}\"]\nplugin_timeout = {timeout}\n",

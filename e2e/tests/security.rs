@@ -4,14 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use berth_e2e::Paths;
+use berth_e2e::bundles::Bundles;
 use berth_proto::cri;
 use berth_runtime::cri_spec::{self, CriSpecError, Options, PodFacts};
 use berth_runtime::lifecycle::{self, NewContainer};
-use berth_runtime::oci::{OciRuntime, wait_exit};
+use berth_runtime::oci::wait_exit;
 use berth_runtime::spec::{ContainerSpec, ImageConfig, Namespace, PodFiles};
 
 fn can_run() -> bool {
@@ -23,64 +22,32 @@ fn can_run() -> bool {
     )
 }
 
-struct World {
-    paths: Paths,
-    runtime: OciRuntime,
-    layer: PathBuf,
+/// [`Bundles`] whose layer also has a setuid-root busybox and more groups.
+struct World(Bundles);
+
+impl std::ops::Deref for World {
+    type Target = Bundles;
+    fn deref(&self) -> &Bundles {
+        &self.0
+    }
 }
 
 impl World {
     fn new() -> World {
-        let paths = Paths::create();
+        let bundles =
+            Bundles::new("root:x:0:\ntester:x:1234:\nextra:x:5000:tester\nother:x:6000:\n");
         // Non-root container users must reach the layer.
         std::fs::set_permissions(
-            paths.dir(),
+            bundles.paths.dir(),
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let layer = paths.dir().join("layer");
-        let bin = layer.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(layer.join("etc")).unwrap();
-        std::fs::create_dir_all(layer.join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        let list = std::process::Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8(list.stdout).unwrap().lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-        }
         // A setuid-root busybox (see no_new_privs_stops_setuid).
-        std::fs::copy("/bin/busybox", bin.join("busybox-suid")).unwrap();
-        std::fs::set_permissions(
-            bin.join("busybox-suid"),
-            std::os::unix::fs::PermissionsExt::from_mode(0o4755),
-        )
-        .unwrap();
-        std::fs::write(
-            layer.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\ntester:x:1234:1234:tester:/home/tester:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(
-            layer.join("etc/group"),
-            "root:x:0:\ntester:x:1234:\nextra:x:5000:tester\nother:x:6000:\n",
-        )
-        .unwrap();
-        std::fs::create_dir_all(paths.dir().join("logs")).unwrap();
-        let runtime = OciRuntime {
-            path: "runc".into(),
-            root: paths.dir().join("runc"),
-            shim: berth_e2e::bin_dir().join("berth-shim"),
-        };
-        World {
-            paths,
-            runtime,
-            layer,
-        }
+        let suid = bundles.layer.join("bin/busybox-suid");
+        std::fs::copy("/bin/busybox", &suid).unwrap();
+        std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+            .unwrap();
+        World(bundles)
     }
 
     fn pod() -> PodFacts {
@@ -127,35 +94,6 @@ impl World {
             .map(|c| c.spec)
     }
 
-    fn new_container(&self, mut spec: ContainerSpec) -> NewContainer {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let id = format!(
-            "{:016x}{:016x}{:032x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            Instant::now().elapsed().as_nanos()
-        );
-        spec.cgroups_path = format!("/berth-e2e/{id}").into();
-        NewContainer {
-            run_dir: self.paths.dir().join("run").join(&id),
-            state_dir: self.paths.dir().join("state").join(&id),
-            layers: vec![self.layer.clone()],
-            log_path: self.paths.dir().join("logs").join(format!("{id}.log")),
-            stdin_once: false,
-            own_oom_score_adj: berth_runtime::spec::own_oom_score_adj(),
-            id,
-            spec,
-        }
-    }
-
-    fn start(&self, spec: ContainerSpec) -> (NewContainer, i32) {
-        let c = self.new_container(spec);
-        let created =
-            lifecycle::create(&self.runtime, &c).unwrap_or_else(|e| panic!("create: {e}"));
-        self.runtime.start(&c.id).unwrap();
-        (c, created.pid)
-    }
-
     /// Runs to the end; the exit code and stdout+stderr text.
     fn output(&self, spec: ContainerSpec) -> (i32, String) {
         let (c, _) = self.start(spec);
@@ -169,26 +107,6 @@ impl World {
             .collect();
         self.remove(&c);
         (exit.exit_code, lines.join("\n"))
-    }
-
-    fn remove(&self, c: &NewContainer) {
-        lifecycle::remove(&self.runtime, &c.id, &c.run_dir, &c.state_dir).unwrap();
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        let Ok(out) = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&self.runtime.root)
-            .args(["list", "-q"])
-            .output()
-        else {
-            return;
-        };
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.runtime.delete(id, true);
-        }
     }
 }
 

@@ -7,16 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_e2e::Paths;
+use berth_e2e::bundles::Bundles;
 use berth_runtime::lifecycle::{self, NewContainer};
 use berth_runtime::oci::{EXEC_OUTPUT_CAP, OciRuntime, wait_exit};
 use berth_runtime::record::parse_signal;
 use berth_runtime::shim::{self, ExitRecord};
-use berth_runtime::spec::{ContainerSpec, ImageConfig, Resources};
+use berth_runtime::spec::{ContainerSpec, Resources};
 
 fn can_run() -> bool {
     berth_e2e::can_run(
@@ -27,118 +26,34 @@ fn can_run() -> bool {
     )
 }
 
-/// One test's world: a busybox layer, a runc state dir, and containers.
-struct World {
-    paths: Paths,
-    runtime: OciRuntime,
-    layer: PathBuf,
+/// One test's world: [`Bundles`] with a plain group file.
+struct World(Bundles);
+
+impl std::ops::Deref for World {
+    type Target = Bundles;
+    fn deref(&self) -> &Bundles {
+        &self.0
+    }
 }
 
 impl World {
     fn new() -> World {
-        let paths = Paths::create();
-        let layer = paths.dir().join("layer");
-        let bin = layer.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(layer.join("etc")).unwrap();
-        std::fs::create_dir_all(layer.join("tmp")).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        let list = std::process::Command::new("/bin/busybox")
-            .arg("--list")
-            .output()
-            .unwrap();
-        for applet in String::from_utf8(list.stdout).unwrap().lines() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-            }
-        }
-        std::fs::write(
-            layer.join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\ntester:x:1234:1234:tester:/home/tester:/bin/sh\n",
-        )
-        .unwrap();
-        std::fs::write(layer.join("etc/group"), "root:x:0:\ntester:x:1234:\n").unwrap();
-        std::fs::create_dir_all(paths.dir().join("logs")).unwrap();
-        let runtime = OciRuntime {
-            path: "runc".into(),
-            root: paths.dir().join("runc"),
-            shim: berth_e2e::bin_dir().join("berth-shim"),
-        };
-        World {
-            paths,
-            runtime,
-            layer,
-        }
+        World(Bundles::new("root:x:0:\ntester:x:1234:\n"))
     }
 
     fn spec(&self, args: &[&str]) -> ContainerSpec {
-        ContainerSpec {
-            image: ImageConfig {
-                cmd: args.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-            hostname: "shimtest".into(),
-            no_new_privs: true,
-            annotations: BTreeMap::new(),
-            ..Default::default()
-        }
-    }
-
-    fn new_container(&self, mut spec: ContainerSpec) -> NewContainer {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let id = format!(
-            "{:016x}{:016x}{:032x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed),
-            Instant::now().elapsed().as_nanos()
-        );
-        spec.cgroups_path = format!("/berth-e2e/{id}").into();
-        NewContainer {
-            run_dir: self.paths.dir().join("run").join(&id),
-            state_dir: self.paths.dir().join("state").join(&id),
-            layers: vec![self.layer.clone()],
-            log_path: self.paths.dir().join("logs").join(format!("{id}.log")),
-            stdin_once: false,
-            own_oom_score_adj: berth_runtime::spec::own_oom_score_adj(),
-            id,
-            spec,
-        }
+        Bundles::spec(args)
     }
 
     /// Creates and starts; returns the container.
     fn run(&self, spec: ContainerSpec) -> NewContainer {
-        let c = self.new_container(spec);
-        lifecycle::create(&self.runtime, &c).unwrap_or_else(|e| panic!("create: {e}"));
-        self.runtime.start(&c.id).unwrap();
-        c
+        self.start(spec).0
     }
 
     fn wait(&self, c: &NewContainer) -> ExitRecord {
         wait_exit(&c.run_dir, Duration::from_secs(60))
             .unwrap()
             .unwrap_or_else(|| panic!("{} did not exit; shim log: {}", c.id, shim_log(c)))
-    }
-
-    fn remove(&self, c: &NewContainer) {
-        lifecycle::remove(&self.runtime, &c.id, &c.run_dir, &c.state_dir).unwrap();
-    }
-}
-
-/// A failed test leaves containers behind; their processes do not name the
-/// test's dir, so the harness cannot find them: ask runc.
-impl Drop for World {
-    fn drop(&mut self) {
-        let Ok(out) = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&self.runtime.root)
-            .args(["list", "-q"])
-            .output()
-        else {
-            return;
-        };
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = self.runtime.delete(id, true);
-        }
     }
 }
 
@@ -559,20 +474,14 @@ fn shim_outlives_its_parent_and_records_the_exit() {
         shim: world.paths.dir().join("fake-berthd"),
         ..world.runtime.clone()
     };
-    std::fs::write(
+    berth_e2e::write_script(
         &runtime.shim,
-        format!(
+        &format!(
             "#!/bin/sh\n{} \"$@\" || exit 1\necho $$ > {}/fake.pid\nexec sleep 1000\n",
             world.runtime.shim.display(),
             world.paths.dir().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &runtime.shim,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    );
     // lifecycle::create would clean up after the killed "berthd": prepare
     // the bundle by hand and call the driver, as berthd's create would.
     let rootfs = lifecycle::rootfs_of(&c.run_dir);

@@ -3,11 +3,12 @@
 //! (`cri_spec::convert` with the pod's facts, then `lifecycle::create`) and
 //! run by real runc, and checked from inside and from the host.
 
+use std::ops::Deref;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use berth_e2e::bundles::Bundles;
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     IdMapping, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
@@ -19,7 +20,7 @@ use berth_e2e::{Berthd, Options, Paths, can_run, have_command, is_root, mounts_u
 use berth_proto::cri;
 use berth_runtime::cri_spec::{self, PodFacts};
 use berth_runtime::lifecycle::{self, NewContainer};
-use berth_runtime::oci::{OciRuntime, wait_exit};
+use berth_runtime::oci::wait_exit;
 use berth_runtime::spec::{IdMap, ImageConfig, Namespace, PodFiles, UserNamespace};
 use nix::sys::signal::Signal;
 use tonic::transport::Channel;
@@ -222,38 +223,26 @@ fn facts(info: &serde_json::Value, user: Option<&CriUserNamespace>) -> PodFacts 
 }
 
 /// busybox as a one-layer image, and runc.
-struct Containers {
-    paths: Paths,
-    runtime: OciRuntime,
-    layer: PathBuf,
+struct Containers(Bundles);
+
+impl Deref for Containers {
+    type Target = Bundles;
+    fn deref(&self) -> &Bundles {
+        &self.0
+    }
 }
 
 impl Containers {
     fn new() -> Containers {
-        let paths = open_paths();
-        let layer = paths.dir().join("layer");
-        let bin = layer.join("bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(layer.join("etc")).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-        for applet in [
-            "sh", "cat", "id", "touch", "ls", "readlink", "echo", "mkdir",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-        std::fs::write(layer.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        std::fs::write(layer.join("etc/group"), "root:x:0:\n").unwrap();
-        std::fs::create_dir_all(paths.dir().join("logs")).unwrap();
-        let runtime = OciRuntime {
-            path: "runc".into(),
-            root: paths.dir().join("runc"),
-            shim: berth_e2e::bin_dir().join("berth-shim"),
-        };
-        Containers {
-            paths,
-            runtime,
-            layer,
-        }
+        let bundles = Bundles::new("root:x:0:\n");
+        // runc resolves the rootfs and the pod's files as the pod's root,
+        // which is nobody on the host.
+        std::fs::set_permissions(
+            bundles.paths.dir(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Containers(bundles)
     }
 
     /// Runs `script` in the pod; its exit code, output and the container's
@@ -287,26 +276,10 @@ impl Containers {
         };
         let mut options = cri_spec::Options::new("unused");
         options.features = berth_runtime::features::probe(Path::new("runc"));
-        let mut spec = cri_spec::convert(&config, &sandbox, &ImageConfig::default(), pod, &options)
+        let spec = cri_spec::convert(&config, &sandbox, &ImageConfig::default(), pod, &options)
             .unwrap()
             .spec;
-        static N: AtomicU64 = AtomicU64::new(0);
-        let id = format!(
-            "{:032x}{:032x}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        spec.cgroups_path = format!("/berth-e2e/{id}").into();
-        let c = NewContainer {
-            run_dir: self.paths.dir().join("run").join(&id),
-            state_dir: self.paths.dir().join("state").join(&id),
-            layers: vec![self.layer.clone()],
-            log_path: self.paths.dir().join("logs").join(format!("{id}.log")),
-            stdin_once: false,
-            own_oom_score_adj: berth_runtime::spec::own_oom_score_adj(),
-            id,
-            spec,
-        };
+        let c = self.new_container(spec);
         lifecycle::create(&self.runtime, &c).unwrap_or_else(|e| panic!("create: {e}"));
         self.runtime.start(&c.id).unwrap();
         let exit = wait_exit(&c.run_dir, Duration::from_secs(60))
@@ -318,10 +291,6 @@ impl Containers {
             .filter_map(|l| l.splitn(4, ' ').nth(3))
             .collect();
         (exit.exit_code, lines.join("\n"), c)
-    }
-
-    fn remove(&self, c: &NewContainer) {
-        lifecycle::remove(&self.runtime, &c.id, &c.run_dir, &c.state_dir).unwrap();
     }
 }
 
@@ -430,7 +399,7 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
         ..Default::default()
     }];
     let script = "cat /proc/self/uid_map /proc/self/gid_map; id; \
-                  touch /created && echo x >> /etc/group && cat /etc/passwd; \
+                  touch /created && echo x >> /etc/group && head -n1 /etc/passwd; \
                   ls -ln /etc/passwd; readlink /proc/self/ns/user; \
                   cat /proc/sys/kernel/shm_rmid_forced /proc/sys/net/ipv4/ip_unprivileged_port_start; \
                   ls -ln /data/host-file; cat /data/host-file; mkdir /data/made";
