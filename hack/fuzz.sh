@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes Berth's parsers of untrusted input with cargo-fuzz (libFuzzer):
 # image references, manifests/indexes/configs, layer tars (never a write
-# outside the layer dir) and CNI configs/results.
+# outside the layer dir), CNI configs/results and the streaming server's SPDY
+# frames (with their zlib header blocks).
 #
 #   hack/fuzz.sh [SECONDS] [TARGET...]   (default 60 s per target, all targets)
 #
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_TARGET=${1:-60}
 shift || true
 TARGETS=("$@")
-[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(reference manifest unpack cni)
+[[ ${#TARGETS[@]} -gt 0 ]] || TARGETS=(reference manifest unpack cni spdy)
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
