@@ -113,6 +113,38 @@ fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> CriSpecEr
 
 const SC: &str = "linux.security_context";
 
+/// The longest name Kubernetes gives an object (a DNS subdomain); a
+/// container's is a DNS label (63), but CRI clients other than the kubelet
+/// are allowed the longer bound.
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// Kubernetes' bound on an object's annotations, keys and values together;
+/// the labels and the annotations of a container each get it (CRI sets none,
+/// but every byte is kept in the record and repeated in each List answer).
+pub const MAX_METADATA_BYTES: usize = 256 << 10;
+
+/// Refuses a `labels` or `annotations` map past [`MAX_METADATA_BYTES`],
+/// naming the entry at which it passes (in key order).
+pub fn metadata_size<'a>(
+    field: &str,
+    entries: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), CriSpecError> {
+    let mut entries: Vec<_> = entries.into_iter().collect();
+    entries.sort();
+    let mut total = 0usize;
+    for (key, value) in entries {
+        total += key.len() + value.len();
+        if total > MAX_METADATA_BYTES {
+            let shown: String = key.chars().take(64).collect();
+            return Err(invalid(
+                format!("{field}[{shown:?}]"),
+                format!("the {field} total more than {MAX_METADATA_BYTES} bytes (keys and values)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Converts a CreateContainer request (its `config` and `sandbox_config`)
 /// with the image's config and the pod's facts.
 pub fn convert(
@@ -122,6 +154,19 @@ pub fn convert(
     pod: &PodFacts,
     options: &Options,
 ) -> Result<CriContainer, CriSpecError> {
+    if let Some(meta) = &config.metadata
+        && meta.name.len() > MAX_NAME_BYTES
+    {
+        return Err(invalid(
+            "metadata.name",
+            format!(
+                "{} bytes, more than the {MAX_NAME_BYTES} of a Kubernetes name",
+                meta.name.len()
+            ),
+        ));
+    }
+    metadata_size("labels", &config.labels)?;
+    metadata_size("annotations", &config.annotations)?;
     let default_sc = cri::LinuxContainerSecurityContext::default();
     let linux = config.linux.as_ref();
     let sc = linux
@@ -655,6 +700,11 @@ fn mounts(
                     format!("{path:?} is not an absolute path"),
                 ));
             }
+            // As the Kubernetes API refuses in a hostPath: a `..` hides
+            // where the path leads.
+            if has_parent_dir(path) {
+                return Err(invalid(field(name), format!("{path:?} contains \"..\"")));
+            }
         }
         if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
             return Err(unsupported(
@@ -748,26 +798,35 @@ fn resources(r: Option<&cri::LinuxContainerResources>) -> Result<Resources, CriS
     })
 }
 
+fn has_parent_dir(path: &str) -> bool {
+    Path::new(path)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+}
+
+/// The container's log file under the pod's log directory. The kubelet
+/// sends `<name>/<attempt>.log`; an absolute path or a `..` would let a CRI
+/// client have the shim (root) write any host file.
 fn log_path(directory: &str, path: &str) -> Result<Option<PathBuf>, CriSpecError> {
     if path.is_empty() {
         return Ok(None);
     }
-    let relative = Path::new(path);
-    if relative
-        .components()
-        .any(|c| matches!(c, Component::ParentDir))
-    {
+    if path.starts_with('/') {
+        return Err(invalid(
+            "log_path",
+            format!("{path:?} is absolute: it must be relative to the pod's log_directory"),
+        ));
+    }
+    if has_parent_dir(path) {
         return Err(invalid(
             "log_path",
             format!("{path:?} leaves the pod's log directory"),
         ));
     }
     if directory.is_empty() {
-        return Ok(Some(relative.to_path_buf()));
+        return Ok(Some(PathBuf::from(path)));
     }
-    Ok(Some(
-        Path::new(directory).join(relative.strip_prefix("/").unwrap_or(relative)),
-    ))
+    Ok(Some(Path::new(directory).join(path)))
 }
 
 /// The identity a created container runs as, for `ContainerStatus.user`.
@@ -1155,6 +1214,23 @@ mod tests {
         }));
         assert!(e.contains("mounts[0].host_path"), "{e}");
         let e = err(&mount(cri::Mount {
+            host_path: String::new(),
+            ..base.clone()
+        }));
+        assert!(e.contains("mounts[0].host_path"), "{e}");
+        for (container_path, host_path, field) in [
+            ("data", "/srv", "container_path"),
+            ("/data/../etc", "/srv", "container_path"),
+            ("/data", "/srv/../etc", "host_path"),
+        ] {
+            let e = err(&mount(cri::Mount {
+                container_path: container_path.into(),
+                host_path: host_path.into(),
+                ..base.clone()
+            }));
+            assert!(e.starts_with(&format!("mounts[0].{field}:")), "{e}");
+        }
+        let e = err(&mount(cri::Mount {
             recursive_read_only: false,
             propagation: 2,
             uid_mappings: vec![cri::IdMapping::default()],
@@ -1194,5 +1270,56 @@ mod tests {
             ..Default::default()
         });
         assert!(e.starts_with("log_path"), "{e}");
+        let e = err(&cri::ContainerConfig {
+            log_path: "/etc/cron.d/evil".into(),
+            ..Default::default()
+        });
+        assert!(e.starts_with("log_path") && e.contains("absolute"), "{e}");
+        // A pod without a log directory: the caller joins the relative path
+        // to its default one.
+        let bare = cri::PodSandboxConfig::default();
+        let c = convert(
+            &cri::ContainerConfig {
+                log_path: "c/0.log".into(),
+                ..Default::default()
+            },
+            &bare,
+            &ImageConfig::default(),
+            &pod(),
+            &Options::new("c1"),
+        )
+        .unwrap();
+        assert_eq!(c.log_path, Some("c/0.log".into()));
+    }
+
+    #[test]
+    fn absurd_names_labels_and_annotations_are_refused() {
+        let meta = |name: String| cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name, attempt: 0 }),
+            ..Default::default()
+        };
+        assert!(run(&meta("a".repeat(MAX_NAME_BYTES))).is_ok());
+        let e = err(&meta("a".repeat(MAX_NAME_BYTES + 1)));
+        assert!(e.starts_with("metadata.name:"), "{e}");
+        let big = "v".repeat(1 << 20);
+        let e = err(&cri::ContainerConfig {
+            labels: [("app".to_string(), big.clone())].into(),
+            ..Default::default()
+        });
+        assert!(e.starts_with("labels[\"app\"]:"), "{e}");
+        let e = err(&cri::ContainerConfig {
+            annotations: [("k".to_string(), big)].into(),
+            ..Default::default()
+        });
+        assert!(e.starts_with("annotations[\"k\"]:"), "{e}");
+        // Many small entries add up the same way.
+        let many = (0..MAX_METADATA_BYTES / 100 + 1)
+            .map(|i| (format!("k{i:05}"), "x".repeat(94)))
+            .collect();
+        let e = err(&cri::ContainerConfig {
+            labels: many,
+            ..Default::default()
+        });
+        assert!(e.starts_with("labels[\"k"), "{e}");
     }
 }

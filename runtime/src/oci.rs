@@ -288,7 +288,9 @@ impl OciRuntime {
         let mut out = ExecOutput::default();
         let mut stdout = child.stdout.take();
         let mut stderr = child.stderr.take();
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A deadline past what an Instant can hold (a hostile timeout of
+        // i64::MAX seconds) is no deadline.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut buf = vec![0u8; 64 << 10];
         while stdout.is_some() || stderr.is_some() {
             let wait_ms = match deadline {
@@ -383,15 +385,16 @@ fn tempfile_dir(root: &Path, id: &str) -> std::io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Polls for the exit file; `None` if `timeout` passed first.
+/// Polls for the exit file; `None` if `timeout` passed first (a timeout
+/// too large for an `Instant` never passes).
 pub fn wait_exit(run_dir: &Path, timeout: Duration) -> std::io::Result<Option<ExitRecord>> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now().checked_add(timeout);
     let mut pause = Duration::from_millis(5);
     loop {
         if let Some(exit) = ExitRecord::read(run_dir)? {
             return Ok(Some(exit));
         }
-        if Instant::now() >= deadline
+        if deadline.is_some_and(|d| Instant::now() >= d)
             || !shim_alive(run_dir) && ExitRecord::read(run_dir)?.is_none()
         {
             return Ok(None);
@@ -437,4 +440,19 @@ fn is_not_found(message: &str) -> bool {
     message.contains("does not exist")
         || message.contains("not found")
         || message.contains("No such file")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_past_what_an_instant_holds_is_no_deadline() {
+        // StopContainer with `timeout: i64::MAX` once panicked adding it to
+        // an Instant. With no shim, the wait ends at once.
+        let dir = tempfile::tempdir().unwrap();
+        let secs = Duration::from_secs(i64::MAX as u64);
+        assert!(wait_exit(dir.path(), secs).unwrap().is_none());
+        assert!(wait_exit(dir.path(), Duration::MAX).unwrap().is_none());
+    }
 }

@@ -218,6 +218,31 @@ impl NamespaceModes {
     }
 }
 
+/// The longest name Kubernetes gives an object (a DNS subdomain).
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// Kubernetes' bound on an object's annotations, keys and values together;
+/// the pod's labels and its annotations each get it (CRI sets none, but
+/// every byte is kept in the record and repeated in each List answer).
+pub const MAX_METADATA_BYTES: usize = 256 << 10;
+
+/// Refuses a labels or annotations map past [`MAX_METADATA_BYTES`], naming
+/// the entry (in key order) at which it passes.
+fn metadata_size(field: &str, map: &BTreeMap<String, String>) -> Result<(), Invalid> {
+    let mut total = 0usize;
+    for (key, value) in map {
+        total += key.len() + value.len();
+        if total > MAX_METADATA_BYTES {
+            let shown: String = key.chars().take(64).collect();
+            return Err(invalid(
+                format!("{field}[{shown:?}]"),
+                format!("the entries total more than {MAX_METADATA_BYTES} bytes (keys and values)"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A request the runtime refuses before touching anything: `field` names
 /// the CRI field at fault.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -252,6 +277,49 @@ impl PodSpec {
             if value.is_empty() {
                 return Err(invalid(field, "must not be empty"));
             }
+            if value.len() > MAX_NAME_BYTES {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} bytes, more than the {MAX_NAME_BYTES} of a Kubernetes name",
+                        value.len()
+                    ),
+                ));
+            }
+            // The name, namespace and uid go into CNI_ARGS as `K=V;` pairs,
+            // where these would forge other pairs.
+            if let Some(c) = value
+                .chars()
+                .find(|c| *c == ';' || *c == '=' || c.is_control())
+            {
+                return Err(invalid(field, format!("{value:?} contains {c:?}")));
+            }
+        }
+        for (field, map) in [
+            ("config.labels", &self.labels),
+            ("config.annotations", &self.annotations),
+        ] {
+            metadata_size(field, map)?;
+        }
+        // The kubelet sends /var/log/pods/<namespace>_<name>_<uid>: the
+        // containers' log files are created under it, as root.
+        if !self.log_directory.is_empty() {
+            let dir = std::path::Path::new(&self.log_directory);
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "config.log_directory",
+                    format!("{:?} is not an absolute path", self.log_directory),
+                ));
+            }
+            if dir
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+            {
+                return Err(invalid(
+                    "config.log_directory",
+                    format!("{:?} contains \"..\"", self.log_directory),
+                ));
+            }
         }
         // sethostname(2) takes at most 64 bytes.
         if self.hostname.len() > 64 {
@@ -282,7 +350,9 @@ impl PodSpec {
                     ),
                 ));
             }
-            if !self.cgroup_parent.starts_with('/') || self.cgroup_parent.contains("/../") {
+            if !self.cgroup_parent.starts_with('/')
+                || self.cgroup_parent.split('/').any(|part| part == "..")
+            {
                 return Err(invalid(
                     "config.linux.cgroup_parent",
                     format!(
@@ -612,6 +682,50 @@ mod tests {
         );
         s.cgroup_parent = "/kubepods/besteffort/podu".into();
         s.validate().unwrap();
+        for parent in ["/kubepods/..", "/a/../../b", "kubepods"] {
+            s.cgroup_parent = parent.into();
+            assert_eq!(
+                s.validate().unwrap_err().field,
+                "config.linux.cgroup_parent",
+                "{parent}"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_names_log_directories_and_metadata_are_refused() {
+        let mut s = spec();
+        s.name = "p".repeat(MAX_NAME_BYTES);
+        s.validate().unwrap();
+        s.name.push('p');
+        assert_eq!(s.validate().unwrap_err().field, "config.metadata.name");
+        for forged in ["p;K8S_POD_NAMESPACE=kube-system", "p=1", "p\0", "p\n"] {
+            let mut s = spec();
+            s.namespace = forged.into();
+            assert_eq!(
+                s.validate().unwrap_err().field,
+                "config.metadata.namespace",
+                "{forged:?}"
+            );
+        }
+        for dir in ["var/log/pods/x", "/var/log/pods/../../etc"] {
+            let mut s = spec();
+            s.log_directory = dir.into();
+            let e = s.validate().unwrap_err();
+            assert_eq!(e.field, "config.log_directory", "{dir}: {e}");
+        }
+        let mut s = spec();
+        s.log_directory = "/var/log/pods/n_p_u".into();
+        s.validate().unwrap();
+        s.labels.insert("app".into(), "v".repeat(1 << 20));
+        let e = s.validate().unwrap_err();
+        assert_eq!(e.field, "config.labels[\"app\"]", "{e}");
+        let mut s = spec();
+        s.annotations = (0..MAX_METADATA_BYTES / 100 + 1)
+            .map(|i| (format!("k{i:05}"), "x".repeat(94)))
+            .collect();
+        let e = s.validate().unwrap_err();
+        assert!(e.field.starts_with("config.annotations[\"k"), "{e}");
     }
 
     #[test]

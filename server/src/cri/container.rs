@@ -353,10 +353,10 @@ impl CriService {
         image: &ImageConfig,
     ) -> Result<(berth_runtime::spec::ContainerSpec, PathBuf, bool), Status> {
         let mut sandbox = sandbox.unwrap_or_default();
+        // Logs go under the pod's own (validated) log directory, whatever
+        // this request's copy of the pod config says, as in CRI-O.
+        sandbox.log_directory = pod.spec.log_directory.clone();
         // The pod's own settings where the request leaves them out.
-        if sandbox.log_directory.is_empty() {
-            sandbox.log_directory = pod.spec.log_directory.clone();
-        }
         if sandbox.hostname.is_empty() {
             sandbox.hostname = pod.hostname.clone();
         }
@@ -384,6 +384,8 @@ impl CriService {
         } else {
             PathBuf::from(&sandbox.log_directory)
         };
+        // `convert` refused absolute and `..` log paths: relative ones join
+        // the default directory of a pod without its own.
         let log_path = match converted.log_path {
             Some(path) if path.is_absolute() => path,
             Some(relative) => log_dir.join(relative),
