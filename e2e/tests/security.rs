@@ -712,3 +712,54 @@ fn mount_propagation_and_symlinked_host_paths() {
         world.remove(c);
     }
 }
+
+#[test]
+fn device_nodes_an_image_brings_are_refused_to_an_unprivileged_container() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    // The host's first disk (whatever its driver's numbers).
+    let disk = std::fs::read_to_string("/proc/partitions")
+        .unwrap()
+        .lines()
+        .skip(2)
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4).then(|| (f[0].to_string(), f[1].to_string()))
+        })
+        .expect("a block device in /proc/partitions");
+    // As a layer unpacks them: nodes in the image's own files, root's and
+    // world-readable. /dev/zero's numbers are the control: a node the
+    // runtime allows does work, so a refusal is the device cgroup's.
+    for (name, kind, major, minor) in [
+        ("hostmem", "c", "1", "1"),
+        ("hostdisk", "b", disk.0.as_str(), disk.1.as_str()),
+        ("zero", "c", "1", "5"),
+    ] {
+        let path = world.layer.join(name);
+        let status = std::process::Command::new("/bin/busybox")
+            .args(["mknod", "-m", "666"])
+            .arg(&path)
+            .args([kind, major, minor])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mknod {}", path.display());
+    }
+    let script = "for n in hostmem hostdisk zero; do \
+                  if head -c 1 /$n >/dev/null; then echo $n-read; else echo $n-refused; fi; \
+                  done";
+    let spec = world
+        .convert(
+            script,
+            cri::LinuxContainerSecurityContext::default(),
+            |_, _, _, _| {},
+        )
+        .unwrap();
+    let (code, text) = world.output(spec);
+    assert_eq!(code, 0, "{text}");
+    for expected in ["hostmem-refused", "hostdisk-refused", "zero-read"] {
+        assert!(text.lines().any(|l| l == expected), "{expected}: {text}");
+    }
+    assert!(text.contains("Operation not permitted"), "{text}");
+}

@@ -482,6 +482,74 @@ mod tests {
     }
 
     #[test]
+    fn whiteouts_cannot_name_dot_dot_or_reach_outside() {
+        for bad in [".wh..", ".wh...", "a/.wh..", "a/.wh..."] {
+            let dest = tempfile::tempdir().unwrap();
+            let data = tar_of(&[
+                ("a", tar::EntryType::Directory, ""),
+                (bad, tar::EntryType::Regular, ""),
+            ]);
+            let err = unpack(&data[..], dest.path()).unwrap_err();
+            assert!(matches!(err, UnpackError::Escape { .. }), "{bad}: {err}");
+            assert!(dest.path().join("a").is_dir(), "{bad}");
+        }
+        // A whiteout or an opaque marker under a symlink to the host would
+        // delete a host file or mark a host dir: refused, the host intact.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("passwd"), "host\n").unwrap();
+        let link = outside.path().display().to_string();
+        for marker in ["esc/.wh.passwd", "esc/.wh..wh..opq"] {
+            let dest = tempfile::tempdir().unwrap();
+            let data = tar_of(&[
+                ("esc", tar::EntryType::Symlink, &link),
+                (marker, tar::EntryType::Regular, ""),
+            ]);
+            let err = unpack(&data[..], dest.path()).unwrap_err();
+            assert!(matches!(err, UnpackError::Escape { .. }), "{marker}: {err}");
+            assert_eq!(
+                std::fs::read_to_string(outside.path().join("passwd")).unwrap(),
+                "host\n"
+            );
+            assert!(
+                rustix::fs::getxattr(outside.path(), OPAQUE_XATTR, &mut [0u8; 8]).is_err(),
+                "{marker}"
+            );
+        }
+        // The same through a relative link climbing out.
+        let dest = tempfile::tempdir().unwrap();
+        let data = tar_of(&[
+            ("up", tar::EntryType::Symlink, "../../../../../../../.."),
+            ("up/etc/.wh.passwd", tar::EntryType::Regular, ""),
+        ]);
+        let err = unpack(&data[..], dest.path()).unwrap_err();
+        assert!(matches!(err, UnpackError::Escape { .. }), "{err}");
+        assert!(Path::new("/etc/passwd").is_file());
+    }
+
+    #[test]
+    fn absolute_symlinks_are_kept_verbatim_and_never_followed_here() {
+        // `etc/passwd -> /etc/passwd` is a link into the container's own
+        // root once it runs; unpacking stores it without following it, and
+        // a later entry replaces the link, not the host file.
+        let dest = tempfile::tempdir().unwrap();
+        let data = tar_of(&[
+            ("etc", tar::EntryType::Directory, ""),
+            ("etc/passwd", tar::EntryType::Symlink, "/etc/passwd"),
+            ("etc/passwd", tar::EntryType::Regular, ""),
+            ("etc/shadow", tar::EntryType::Symlink, "/etc/shadow"),
+        ]);
+        let before = std::fs::read("/etc/passwd").unwrap();
+        unpack(&data[..], dest.path()).unwrap();
+        assert_eq!(std::fs::read("/etc/passwd").unwrap(), before);
+        let passwd = std::fs::symlink_metadata(dest.path().join("etc/passwd")).unwrap();
+        assert!(passwd.is_file() && passwd.len() == 0);
+        assert_eq!(
+            std::fs::read_link(dest.path().join("etc/shadow")).unwrap(),
+            Path::new("/etc/shadow")
+        );
+    }
+
+    #[test]
     fn inner_symlinks_and_missing_parents_work() {
         let dest = tempfile::tempdir().unwrap();
         let data = tar_of(&[
