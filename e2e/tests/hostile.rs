@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, Device,
-    ExecSyncRequest, LinuxContainerSecurityContext, ListContainersRequest, ListPodSandboxRequest,
-    Mount, PodSandboxConfig, RunPodSandboxRequest, SecurityProfile, StopContainerRequest,
-    security_profile::ProfileType,
+    ExecSyncRequest, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext,
+    ListContainersRequest, ListPodSandboxRequest, Mount, PodSandboxConfig, RunPodSandboxRequest,
+    SecurityProfile, StopContainerRequest, security_profile::ProfileType,
 };
 use berth_e2e::world::{World, can_run_here};
 use tonic::Code;
@@ -262,6 +262,42 @@ async fn absurd_requests_are_refused_naming_the_field_and_change_nothing() {
             "linux.security_context.seccomp.localhost_ref".into(),
         ),
         (
+            "a NUL byte in an argument",
+            w.container("hp-c", "true\0; touch /pwned"),
+            "command[2]".into(),
+        ),
+        (
+            "a NUL byte in an env value",
+            ContainerConfig {
+                envs: vec![KeyValue {
+                    key: "A".into(),
+                    value: "a\0b".into(),
+                }],
+                ..w.container("hp-c", "true")
+            },
+            "envs[0].value".into(),
+        ),
+        (
+            "a relative working_dir",
+            ContainerConfig {
+                working_dir: "srv".into(),
+                ..w.container("hp-c", "true")
+            },
+            "working_dir".into(),
+        ),
+        (
+            "a memory limit of 1 byte",
+            {
+                let mut c = w.container("hp-c", "true");
+                c.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+                    memory_limit_in_bytes: 1,
+                    ..Default::default()
+                });
+                c
+            },
+            "linux.resources.memory_limit_in_bytes".into(),
+        ),
+        (
             "a name of 1000 bytes",
             ContainerConfig {
                 metadata: Some(ContainerMetadata {
@@ -351,6 +387,17 @@ async fn absurd_requests_are_refused_naming_the_field_and_change_nothing() {
         .await
         .unwrap_err();
     assert_invalid("an empty ExecSync cmd", &status, "cmd");
+    let status = w
+        .client
+        .exec_sync(ExecSyncRequest {
+            container_id: c.clone(),
+            cmd: vec!["touch".into(), "/pwned\0".into()],
+            timeout: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_invalid("a NUL byte in an ExecSync argument", &status, "cmd[1]");
+    assert_ne!(w.exec(&c, "test -e /pwned", 10).await.0, 0);
     // StopContainer: negative is 0, so SIGKILL at once (sleep as PID 1
     // ignores SIGTERM: a negative timeout read as "forever" would hang).
     tokio::time::timeout(

@@ -167,6 +167,22 @@ pub fn convert(
     }
     metadata_size("labels", &config.labels)?;
     metadata_size("annotations", &config.annotations)?;
+    // execve(2) and the runtime's JSON-to-C strings end at a NUL: refused
+    // here rather than failing inside the runtime.
+    for (name, list) in [("command", &config.command), ("args", &config.args)] {
+        if let Some(i) = list.iter().position(|a| a.contains('\0')) {
+            return Err(invalid(format!("{name}[{i}]"), "contains a NUL byte"));
+        }
+    }
+    if config.working_dir.contains('\0') {
+        return Err(invalid("working_dir", "contains a NUL byte"));
+    }
+    if !config.working_dir.is_empty() && !config.working_dir.starts_with('/') {
+        return Err(invalid(
+            "working_dir",
+            format!("{:?} is not an absolute path", config.working_dir),
+        ));
+    }
     let default_sc = cri::LinuxContainerSecurityContext::default();
     let linux = config.linux.as_ref();
     let sc = linux
@@ -244,11 +260,13 @@ pub fn convert(
         .iter()
         .enumerate()
         .map(|(i, kv)| {
-            if kv.key.is_empty() || kv.key.contains('=') {
+            if kv.key.is_empty() || kv.key.contains(['=', '\0']) {
                 Err(invalid(
                     format!("envs[{i}].key"),
                     format!("{:?} is not a variable name", kv.key),
                 ))
+            } else if kv.value.contains('\0') {
+                Err(invalid(format!("envs[{i}].value"), "contains a NUL byte"))
             } else {
                 Ok((kv.key.clone(), kv.value.clone()))
             }
@@ -778,6 +796,18 @@ fn resources(r: Option<&cri::LinuxContainerResources>) -> Result<Resources, CriS
         return Err(unsupported(
             field("memory_swap_limit_in_bytes"),
             "swap for containers is not supported",
+        ));
+    }
+    // As CRI-O (and UpdateContainerResources): a lower limit would kill
+    // the container as it starts.
+    let limit = r.memory_limit_in_bytes;
+    if limit != 0 && limit < crate::update::MIN_MEMORY_LIMIT {
+        return Err(invalid(
+            field("memory_limit_in_bytes"),
+            format!(
+                "{limit} is too low: it must be at least {} bytes",
+                crate::update::MIN_MEMORY_LIMIT
+            ),
         ));
     }
     let positive = |v: i64| (v > 0).then_some(v);
@@ -1321,5 +1351,86 @@ mod tests {
             ..Default::default()
         });
         assert!(e.starts_with("labels[\"k"), "{e}");
+    }
+
+    #[test]
+    fn nul_bytes_relative_working_dirs_and_tiny_memory_limits_are_refused() {
+        let nul = "a\0b".to_string();
+        let cases = [
+            (
+                cri::ContainerConfig {
+                    command: vec!["sh".into(), nul.clone()],
+                    ..Default::default()
+                },
+                "command[1]:",
+            ),
+            (
+                cri::ContainerConfig {
+                    args: vec![nul.clone()],
+                    ..Default::default()
+                },
+                "args[0]:",
+            ),
+            (
+                cri::ContainerConfig {
+                    envs: vec![cri::KeyValue {
+                        key: "A".into(),
+                        value: nul.clone(),
+                    }],
+                    ..Default::default()
+                },
+                "envs[0].value:",
+            ),
+            (
+                cri::ContainerConfig {
+                    envs: vec![cri::KeyValue {
+                        key: nul.clone(),
+                        value: "v".into(),
+                    }],
+                    ..Default::default()
+                },
+                "envs[0].key:",
+            ),
+            (
+                cri::ContainerConfig {
+                    working_dir: "srv".into(),
+                    ..Default::default()
+                },
+                "working_dir:",
+            ),
+            (
+                cri::ContainerConfig {
+                    working_dir: format!("/{nul}"),
+                    ..Default::default()
+                },
+                "working_dir:",
+            ),
+        ];
+        for (config, field) in cases {
+            let e = err(&config);
+            assert!(e.starts_with(field), "{field} {e}");
+        }
+        let memory = |limit: i64| cri::ContainerConfig {
+            linux: Some(cri::LinuxContainerConfig {
+                security_context: None,
+                resources: Some(cri::LinuxContainerResources {
+                    memory_limit_in_bytes: limit,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        for limit in [1, -1, crate::update::MIN_MEMORY_LIMIT - 1] {
+            let e = err(&memory(limit));
+            assert!(
+                e.starts_with("linux.resources.memory_limit_in_bytes:"),
+                "{e}"
+            );
+        }
+        let ok = run(&memory(crate::update::MIN_MEMORY_LIMIT)).unwrap();
+        assert_eq!(
+            ok.spec.resources.memory_limit,
+            Some(crate::update::MIN_MEMORY_LIMIT)
+        );
     }
 }

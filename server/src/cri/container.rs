@@ -243,6 +243,17 @@ pub(super) fn cri_status(
     }
 }
 
+/// An exec's arguments are C strings for execve(2): a NUL byte is refused
+/// naming the argument instead of failing inside the runtime.
+pub(super) fn check_cmd_bytes(cmd: &[String]) -> Result<(), Status> {
+    match cmd.iter().position(|a| a.contains('\0')) {
+        Some(i) => Err(Status::invalid_argument(format!(
+            "cmd[{i}]: contains a NUL byte"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// CRI-O's answer to an exec that outlived its timeout.
 const EXEC_TIMED_OUT: &[u8] = b"command timed out";
 
@@ -502,6 +513,7 @@ impl CriService {
         if request.cmd.is_empty() {
             return Err(Status::invalid_argument("cmd: must not be empty"));
         }
+        check_cmd_bytes(&request.cmd)?;
         let timeout = (request.timeout > 0).then(|| Duration::from_secs(request.timeout as u64));
         let containers = self.containers.clone();
         let id = request.container_id;

@@ -80,6 +80,7 @@ pub(super) fn check_exec(request: ExecRequest) -> Result<Checked<ExecRequest>, S
             "cmd: must name the command to run",
         ));
     }
+    super::container::check_cmd_bytes(&request.cmd)?;
     Ok(Checked(request))
 }
 
@@ -281,6 +282,13 @@ mod tests {
                 "cmd",
             );
         }
+        refused(
+            check_exec(ExecRequest {
+                cmd: vec!["sh".into(), "-c\0true".into()],
+                ..exec_request()
+            }),
+            "cmd[1]",
+        );
         // A tty with stdout only, or stdin only, is fine.
         check_exec(ExecRequest {
             tty: true,
