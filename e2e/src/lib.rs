@@ -159,6 +159,36 @@ impl Paths {
         self.dir().join("root")
     }
 
+    /// Puts [`Paths::root`] on a tmpfs of `bytes` (before berthd starts),
+    /// so a test can fill it; dropping the paths unmounts it.
+    pub fn mount_root_tmpfs(&self, bytes: u64) {
+        std::fs::create_dir_all(self.root()).expect("create root dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(self.root())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            self.root().display()
+        );
+    }
+
+    /// Resizes the tmpfs of [`Paths::mount_root_tmpfs`].
+    pub fn resize_root_tmpfs(&self, bytes: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.root())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "resize the tmpfs on {}",
+            self.root().display()
+        );
+    }
+
     pub fn run_root(&self) -> PathBuf {
         self.dir().join("run")
     }

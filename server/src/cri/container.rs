@@ -53,6 +53,9 @@ pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreE
 
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::NotFound(_) => Status::not_found(message),
         Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),

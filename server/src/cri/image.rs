@@ -54,6 +54,9 @@ pub fn reload_store(images: &ImageStore, config: &Config) -> Result<bool, StoreE
 
 fn status(err: StoreError) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match &err {
         StoreError::Reference(_) => Status::invalid_argument(message),
         StoreError::Blocked { .. } => Status::permission_denied(message),
