@@ -391,6 +391,24 @@ impl Drop for Paths {
     }
 }
 
+/// How many berth-shim processes have `dir` in their command line: the
+/// shims of a berthd whose paths are under `dir`.
+pub fn shims_under(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
+                cmd.windows(10).any(|w| w == b"berth-shim")
+                    && cmd.windows(needle.len()).any(|w| w == needle)
+            })
+        })
+        .count()
+}
+
 /// Kills every process whose command line mentions `dir`: shims and OCI
 /// runtimes that berthd under test left behind.
 pub fn kill_processes_under(dir: &Path) {

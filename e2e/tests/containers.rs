@@ -4,7 +4,7 @@
 //! cgroup parent, so tests run in parallel.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::{
@@ -13,7 +13,7 @@ use berth_e2e::cri::{
     LinuxContainerSecurityContext, ListContainersRequest, RemoveContainerRequest,
     ReopenContainerLogRequest, StartContainerRequest, StopContainerRequest,
 };
-use berth_e2e::{Berthd, mounts_under};
+use berth_e2e::{Berthd, mounts_under, shims_under};
 use nix::sys::signal::Signal;
 
 use berth_e2e::world::{World, can_run_here};
@@ -26,20 +26,6 @@ fn sc(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
         .security_context
         .as_mut()
         .unwrap()
-}
-
-fn shims_under(dir: &Path) -> usize {
-    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
-                cmd.windows(10).any(|w| w == b"berth-shim")
-                    && cmd.windows(needle.len()).any(|w| w == needle.as_slice())
-            })
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
