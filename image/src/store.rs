@@ -183,6 +183,26 @@ pub struct ImageStore {
     gc: tokio::sync::RwLock<()>,
     /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
     layer_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images held by [`Pin`]s, with their count. Locked after `images`.
+    pins: Mutex<HashMap<Digest, usize>>,
+}
+
+/// Keeps one image from removal while alive (see [`ImageStore::get_pinned`]).
+pub struct Pin<'a> {
+    store: &'a ImageStore,
+    id: Digest,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.pins.lock().unwrap();
+        if let Some(count) = pins.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl ImageStore {
@@ -226,6 +246,7 @@ impl ImageStore {
             images: Mutex::new(images),
             gc: tokio::sync::RwLock::new(()),
             layer_locks: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
         };
         store.collect_garbage()?;
         Ok(store)
@@ -819,11 +840,17 @@ impl ImageStore {
 
     /// Removes the image `name` names (with all its names) and every layer
     /// and blob no other image uses. An unknown name is not an error.
-    /// Keeps every layer from being collected while held: CreateContainer
-    /// holds it from looking its image up until its record names the image,
-    /// so [`ImageStore::remove`] sees the container among the users.
-    pub async fn hold(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.gc.read().await
+    /// [`ImageStore::get`], with the image kept from removal until the pin
+    /// is dropped: CreateContainer holds it until its record names the
+    /// image, so no RemoveImage slips in between. Never waits on a pull.
+    pub fn get_pinned(&self, name: &str) -> Option<(Image, Pin<'_>)> {
+        let image = self.get(name)?;
+        let images = self.images.lock().unwrap();
+        // Still recorded: a removal that ran since `get` finished before this.
+        images.get(&image.id)?;
+        *self.pins.lock().unwrap().entry(image.id.clone()).or_default() += 1;
+        let id = image.id.clone();
+        Some((image, Pin { store: self, id }))
     }
 
     /// Removes the image `name` names unless `users` (given the image ID in
@@ -837,7 +864,13 @@ impl ImageStore {
         let Some(image) = self.get(name) else {
             return Ok(());
         };
-        let containers = users(&image.id_hex());
+        // Under the lock pins are taken with: a create either pinned the
+        // image before (and is seen here or among `users`) or finds it gone.
+        let mut images = self.images.lock().unwrap();
+        let mut containers = users(&image.id_hex());
+        if self.pins.lock().unwrap().contains_key(&image.id) {
+            containers.push("(one being created)".into());
+        }
         if !containers.is_empty() {
             return Err(StoreError::InUse {
                 image: name.to_string(),
@@ -846,7 +879,8 @@ impl ImageStore {
         }
         let path = self.record_path(&image.id);
         remove_all(&path).map_err(StoreError::io(&path))?;
-        self.images.lock().unwrap().remove(&image.id);
+        images.remove(&image.id);
+        drop(images);
         self.collect_garbage()
     }
 

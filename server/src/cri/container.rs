@@ -285,10 +285,8 @@ impl CriService {
             )));
         }
         // Until the record names the image, a RemoveImage would not see
-        // this container among its users.
-        let images = self.images.clone();
-        let _lease = images.hold().await;
-        let image = self.images.get(&image_name).ok_or_else(|| {
+        // this container among its users: the pin stands in for it.
+        let (image, _pin) = self.images.get_pinned(&image_name).ok_or_else(|| {
             Status::not_found(format!(
                 "image {image_name:?} of container {:?} is not in the image store: pull it first",
                 meta.name
