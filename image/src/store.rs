@@ -848,7 +848,12 @@ impl ImageStore {
         let images = self.images.lock().unwrap();
         // Still recorded: a removal that ran since `get` finished before this.
         images.get(&image.id)?;
-        *self.pins.lock().unwrap().entry(image.id.clone()).or_default() += 1;
+        *self
+            .pins
+            .lock()
+            .unwrap()
+            .entry(image.id.clone())
+            .or_default() += 1;
         let id = image.id.clone();
         Some((image, Pin { store: self, id }))
     }

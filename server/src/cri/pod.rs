@@ -369,10 +369,22 @@ impl CriService {
             });
             info.insert("info".to_string(), verbose.to_string());
         }
+        // As CRI-O: the statuses a kubelet with EventedPLEG reads from here.
+        let mut containers_statuses = Vec::new();
+        for container_id in self.containers.of_pod(pod.id.as_str()) {
+            let request = berth_proto::cri::ContainerStatusRequest {
+                container_id,
+                verbose: false,
+            };
+            // One removed meanwhile is simply not there any more.
+            if let Ok(response) = self.container_status(request).await {
+                containers_statuses.extend(response.status);
+            }
+        }
         Ok(PodSandboxStatusResponse {
             status: Some(pod_status(&pod)),
             info,
-            containers_statuses: Vec::new(),
+            containers_statuses,
             timestamp: now_nanos(),
         })
     }
