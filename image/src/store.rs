@@ -186,12 +186,20 @@ impl ImageStore {
                 remove_all(&path).map_err(StoreError::io(&path))?;
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
-            let image: Image = serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })?;
-            images.insert(image.id.clone(), image);
+            // One corrupt or half-written record must not keep the node's
+            // runtime down (CRI-O skips too): the image is left out, its
+            // layers are collected below unless another image has them, and
+            // a pull of it rewrites the record.
+            let read = std::fs::read(&path).map_err(|e| e.to_string());
+            match read.and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(image) => {
+                    images.insert(image.id.clone(), image);
+                }
+                Err(err) => {
+                    tracing::warn!("skipping unreadable image record {}: {err}", path.display());
+                }
+            }
         }
         let store = ImageStore {
             pull_parallelism: AtomicUsize::new(options.pull_parallelism),

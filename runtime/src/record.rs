@@ -320,6 +320,8 @@ mod tests {
         let (records, errors) = store.load_all().unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(errors.len(), 1);
+        let junk = dir.path().join("records/junk.json").display().to_string();
+        assert!(errors[0].to_string().contains(&junk), "{}", errors[0]);
         assert_eq!(records[0].state, ContainerState::Exited);
         assert_eq!(records[0].exit, Some(exit));
         assert_eq!(records[0].reason(), Some("Error"));
