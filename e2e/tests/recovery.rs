@@ -10,6 +10,10 @@
 //! With pods on a real bridge network killed mid-flight, every pod and
 //! container is still listed and controllable, and Stop + Remove leave
 //! nothing behind: no namespace pins, veths, IPs, mounts or processes.
+//!
+//! With berthd killed at a failpoint (`BERTH_FAILPOINT`) in the middle of
+//! RunPodSandbox or CreateContainer, the kubelet's retry succeeds after a
+//! restart and removing everything again leaves nothing behind.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -194,7 +198,7 @@ impl Fixture {
             .map(|r| r.into_inner().pod_sandbox_id)
     }
 
-    /// CreateContainer of `<pod name>-c` in the pod.
+    /// CreateContainer of `<pod name>-c` in the pod `name`, attempt 0.
     async fn create(
         &self,
         client: &mut Runtime,
@@ -202,11 +206,21 @@ impl Fixture {
         name: &str,
         attempt: u32,
     ) -> Result<String, tonic::Status> {
+        self.create_in(client, (pod, name, 0), attempt).await
+    }
+
+    /// CreateContainer of `<pod name>-c` in the pod (ID, name, attempt).
+    async fn create_in(
+        &self,
+        client: &mut Runtime,
+        (pod, name, pod_attempt): (&str, &str, u32),
+        attempt: u32,
+    ) -> Result<String, tonic::Status> {
         client
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.into(),
                 config: Some(self.container(&format!("{name}-c"), attempt)),
-                sandbox_config: Some(self.pod_config(name, 0)),
+                sandbox_config: Some(self.pod_config(name, pod_attempt)),
             })
             .await
             .map(|r| r.into_inner().container_id)
@@ -676,6 +690,98 @@ async fn pods_outlive_a_killed_berthd_and_tear_down_without_leftovers() {
     assert!(pod_ids(&mut client).await.is_empty());
     assert!(container_ids(&mut client).await.is_empty());
     assert_no_leftovers(&f, &berthd);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crashes_at_failpoints_leave_what_a_retry_and_removal_clean_up() {
+    if !can_run_network() {
+        return;
+    }
+    let f = Fixture::new("failpoint", 3, NamespaceMode::Pod, &["busybox"]);
+    let armed = |name: &str| Options {
+        env: vec![(berth_failpoint::ENV.into(), name.into())],
+        ..f.options.clone()
+    };
+
+    // RunPodSandbox dies with the network attached but not yet recorded.
+    let berthd = Berthd::start_with(armed(berth_failpoint::POD_AFTER_NETWORK)).await;
+    pull(&mut berthd.images().await, &f.busybox).await;
+    let mut client = berthd.runtime().await;
+    f.run_pod(&mut client, "crash", 0).await.unwrap_err();
+    let paths = died_at(berthd, berth_failpoint::POD_AFTER_NETWORK).await;
+
+    // Restarted, the half-made pod is listed NotReady. What the kubelet
+    // does next: stop it and run the pod again as attempt 1 (its GC
+    // removes the old sandbox later).
+    let berthd = Berthd::start_in(paths, armed(berth_failpoint::CONTAINER_AFTER_SHIM)).await;
+    let mut client = berthd.runtime().await;
+    let stale_pods = pod_ids(&mut client).await;
+    assert_eq!(stale_pods.len(), 1);
+    let stale_pod = &stale_pods[0];
+    assert_eq!(
+        pod_state(&mut client, stale_pod).await,
+        PodSandboxState::SandboxNotready as i32
+    );
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: stale_pod.clone(),
+        })
+        .await
+        .unwrap();
+    let pod = f.run_pod(&mut client, "crash", 1).await.unwrap();
+    assert_eq!(f.veths().lines().count(), 1, "{}", f.veths());
+
+    // CreateContainer dies with the shim and runc's container made but the
+    // record without their pid.
+    f.create_in(&mut client, (&pod, "crash", 1), 0)
+        .await
+        .unwrap_err();
+    let paths = died_at(berthd, berth_failpoint::CONTAINER_AFTER_SHIM).await;
+
+    // Restarted, the half-made container is listed Created; the kubelet
+    // creates attempt 1, starts it and later removes the stale one.
+    let berthd = Berthd::start_in(paths, f.options.clone()).await;
+    let mut client = berthd.runtime().await;
+    let stale_containers = container_ids(&mut client).await;
+    assert_eq!(stale_containers.len(), 1);
+    let stale_container = &stale_containers[0];
+    assert_eq!(
+        container_state(&mut client, stale_container).await,
+        ContainerState::ContainerCreated as i32
+    );
+    let container = f
+        .create_in(&mut client, (&pod, "crash", 1), 1)
+        .await
+        .unwrap();
+    start(&mut client, &container).await;
+    assert_eq!(
+        container_state(&mut client, &container).await,
+        ContainerState::ContainerRunning as i32
+    );
+
+    for id in [stale_container, &container] {
+        stop_and_remove_container(&mut client, id).await;
+    }
+    for id in [stale_pod, &pod] {
+        stop_and_remove_pod(&mut client, id).await;
+    }
+    assert!(pod_ids(&mut client).await.is_empty());
+    assert!(container_ids(&mut client).await.is_empty());
+    assert_no_leftovers(&f, &berthd);
+}
+
+/// Waits for berthd to be gone, checks it killed itself at `failpoint`
+/// and hands back its paths for a restart.
+async fn died_at(berthd: Berthd, failpoint: &str) -> berth_e2e::Paths {
+    use std::os::unix::process::ExitStatusExt;
+    let (status, paths) = berthd.stop_with(Signal::SIGKILL).await;
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status}");
+    let log = std::fs::read_to_string(paths.log_file()).unwrap();
+    assert!(
+        log.contains(&format!("reached failpoint {failpoint}")),
+        "{log}"
+    );
+    paths
 }
 
 /// Nothing of any pod or container is left: namespace pins, veths, IPs,

@@ -397,6 +397,7 @@ impl Containers {
             };
             match lifecycle::create(&runtime, &new) {
                 Ok(created) => {
+                    berth_failpoint::hit(berth_failpoint::CONTAINER_AFTER_SHIM);
                     record.pid = created.pid;
                     self.records.save(&record)?;
                     Ok(())

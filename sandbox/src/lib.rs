@@ -402,6 +402,7 @@ impl Sandboxes {
                 name: added.network,
                 ips: added.ips,
             });
+            berth_failpoint::hit(berth_failpoint::POD_AFTER_NETWORK);
         }
         let ips = pod
             .network
