@@ -5,7 +5,8 @@
 //! must start, name each broken record in its log, keep serving every
 //! intact object and make new ones. The broken objects are gone from the
 //! CRI's view: their IDs answer NOT_FOUND (image status: no image), and
-//! Stop/Remove of them succeed as for unknown IDs.
+//! Stop/Remove of them succeed as for unknown IDs; what a broken pod left
+//! (pins, shm, network, infra process) is torn down.
 //!
 //! With pods on a real bridge network killed mid-flight, every pod and
 //! container is still listed and controllable, and Stop + Remove leave
@@ -57,10 +58,10 @@ fn can_run_network() -> bool {
 }
 
 /// What the kubelet sends, for the pod and for its containers alike.
-fn namespaces(network: NamespaceMode) -> NamespaceOption {
+fn namespaces(network: NamespaceMode, pid: NamespaceMode) -> NamespaceOption {
     NamespaceOption {
         network: network as i32,
-        pid: NamespaceMode::Container as i32,
+        pid: pid as i32,
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
@@ -75,6 +76,8 @@ struct Fixture {
     cgroup_parent: String,
     busybox: String,
     network: NamespaceMode,
+    /// `Pod`: one PID namespace per pod, with an infra process.
+    pid: NamespaceMode,
     /// The bridge (host side of every pod veth), when pods have a network.
     bridge: Option<String>,
     options: Options,
@@ -133,6 +136,7 @@ impl Fixture {
             cgroup_parent: format!("/berth-e2e-{pid}-{tag}"),
             logs,
             network,
+            pid: NamespaceMode::Container,
             bridge,
             options,
         }
@@ -150,7 +154,7 @@ impl Fixture {
             linux: Some(LinuxPodSandboxConfig {
                 cgroup_parent: self.cgroup_parent.clone(),
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces(self.network)),
+                    namespace_options: Some(namespaces(self.network, self.pid)),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -174,7 +178,7 @@ impl Fixture {
             labels: HashMap::new(),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces(self.network)),
+                    namespace_options: Some(namespaces(self.network, self.pid)),
                     ..Default::default()
                 }),
                 resources: None,
@@ -280,6 +284,22 @@ impl Fixture {
         pids.sort();
         pids.dedup();
         pids
+    }
+
+    /// Cgroups (infra's, containers') left under the test's parent.
+    fn cgroups_left(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let dir = entry
+                .path()
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            for child in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if child.path().is_dir() {
+                    left.push(child.path());
+                }
+            }
+        }
+        left
     }
 
     /// Kills what is left in the test's cgroups (the broken objects' processes
@@ -438,6 +458,21 @@ async fn pod_state(client: &mut Runtime, pod: &str) -> i32 {
         .state
 }
 
+/// Waits for berthd to remove `dir`: what a pod with an unreadable record
+/// left is torn down in the background after start-up.
+async fn wait_removed(dir: &Path, berthd: &Berthd) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} is not removed:\n{}",
+            dir.display(),
+            berthd.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// A graceful restart on the same root.
 async fn restart_keeps(berthd: Berthd, f: &Fixture) -> Berthd {
     let (status, paths) = berthd.stop_with(Signal::SIGTERM).await;
@@ -558,6 +593,8 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
     let berthd = Berthd::start_in(paths, f.options.clone()).await;
     let mut images = berthd.images().await;
     let mut client = berthd.runtime().await;
+    // Served: the records are loaded (the socket opens before).
+    let served_pods = pod_ids(&mut client).await;
     let log = berthd.log();
     for (what, path) in [
         ("pod", &pod_record),
@@ -574,8 +611,17 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
         );
     }
 
+    // What the broken pod left (its IPC pin, its shm) is torn down.
+    wait_removed(&root.join("pods").join(&pod_b), &berthd).await;
+    let run_root = berthd.paths().run_root();
+    assert_eq!(
+        mounts_under(&run_root.join("pods").join(&pod_b)),
+        Vec::<PathBuf>::new()
+    );
+    assert!(!run_root.join("ns/ipc").join(&pod_b).exists());
+
     // The intact objects are listed; the broken ones are gone.
-    assert_eq!(pod_ids(&mut client).await, vec![pod_a.clone()]);
+    assert_eq!(served_pods, vec![pod_a.clone()]);
     assert_eq!(container_ids(&mut client).await, vec![ctr_b.clone()]);
     assert_eq!(image_ids(&mut images).await, vec![busybox_id.clone()]);
     let err = client
@@ -648,7 +694,8 @@ async fn pods_outlive_a_killed_berthd_and_tear_down_without_leftovers() {
     if !can_run_network() {
         return;
     }
-    let f = Fixture::new("killed", 2, NamespaceMode::Pod, &["busybox"]);
+    let mut f = Fixture::new("killed", 2, NamespaceMode::Pod, &["busybox"]);
+    f.pid = NamespaceMode::Pod;
     let berthd = Berthd::start_with(f.options.clone()).await;
     let mut client = berthd.runtime().await;
     pull(&mut berthd.images().await, &f.busybox).await;
@@ -658,11 +705,22 @@ async fn pods_outlive_a_killed_berthd_and_tear_down_without_leftovers() {
     }
     // A container created but never started, too.
     let created = f.create(&mut client, &pods[1].0, "two", 1).await.unwrap();
-    assert_eq!(f.veths().lines().count(), 2, "{}", f.veths());
+    // A pod whose record the crash damages: berthd forgets it and removes
+    // what it left (infra process, network, pins); its container's record
+    // is intact, so that one stays listed and removable.
+    let (lost, lost_container) = f.pod_with_container(&mut client, "lost").await;
+    assert_eq!(f.veths().lines().count(), 3, "{}", f.veths());
 
     let (_, paths) = berthd.stop_with(Signal::SIGKILL).await;
+    let lost_dir = paths.root().join("pods").join(&lost);
+    let record = std::fs::read(lost_dir.join("pod.json")).unwrap();
+    std::fs::write(lost_dir.join("pod.json"), &record[..record.len() / 2]).unwrap();
     let berthd = Berthd::start_in(paths, f.options.clone()).await;
     let mut client = berthd.runtime().await;
+    wait_removed(&lost_dir, &berthd).await;
+    assert_eq!(f.veths().lines().count(), 2, "{}", f.veths());
+    assert_eq!(f.ips_held().len(), 2, "{:?}", f.ips_held());
+    stop_and_remove_container(&mut client, &lost_container).await;
     let mut expected_pods: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
     expected_pods.sort();
     assert_eq!(pod_ids(&mut client).await, expected_pods);
@@ -802,4 +860,5 @@ fn assert_no_leftovers(f: &Fixture, berthd: &Berthd) {
         Vec::<String>::new()
     );
     assert_eq!(f.processes_in_cgroups(), Vec::<i32>::new());
+    assert_eq!(f.cgroups_left(), Vec::<PathBuf>::new());
 }

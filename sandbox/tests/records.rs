@@ -1,6 +1,6 @@
 //! Start-up with damaged pod records: the intact pods are served, the
-//! unreadable ones are reported by path and hold no name, so the kubelet's
-//! next RunPodSandbox of the same pod succeeds.
+//! unreadable ones are reported by path, hold no name (so the kubelet's next
+//! RunPodSandbox of the same pod succeeds) and what they left is removed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,17 +92,26 @@ async fn unreadable_records_are_reported_and_hold_no_name() {
         std::fs::write(layout.record(&id), content).unwrap();
         broken.push(id);
     }
+    // A crash during the first write of a record: only the temp file.
+    let id = PodId::random().unwrap();
+    std::fs::create_dir_all(layout.state_dir(&id)).unwrap();
+    std::fs::write(layout.state_dir(&id).join("pod.json.tmp"), b"{").unwrap();
+    broken.push(id);
 
     let (pods, errors) = open(&layout);
     let ids: Vec<PodId> = pods.list().await.into_iter().map(|p| p.id).collect();
     assert_eq!(ids, vec![keep.clone()]);
-    assert_eq!(errors.len(), 3, "{errors:?}");
+    assert_eq!(errors.len(), 4, "{errors:?}");
     for id in &broken {
         let path = layout.record(id).display().to_string();
         assert!(errors.iter().any(|e| e.starts_with(&path)), "{errors:?}");
-        // Left on disk for inspection.
-        assert!(layout.record(id).is_file());
     }
+    // What they left is torn down (here: their dirs), and only that.
+    pods.reclaim_unreadable().await;
+    for id in &broken {
+        assert!(!layout.state_dir(id).exists(), "{id} is still there");
+    }
+    assert!(layout.record(&keep).is_file());
 
     // The intact pod still holds its name; the broken one's is free.
     match pods.run(spec("keep")).await {

@@ -51,7 +51,7 @@ impl CriService {
         streaming: berth_streaming::StreamingServer,
     ) -> Result<Self, berth_runtime::record::StoreError> {
         let live = LiveConfig::new(config.clone());
-        let pods = Arc::new(pod::open(&config, live.clone()));
+        let pods = pod::open(&config, live.clone());
         let features = Arc::new(runtime_info::FeatureCache::default());
         for runtime in config.runtimes.values() {
             features.probe(&runtime.path);
