@@ -5,8 +5,9 @@
 //! must start, name each broken record in its log, keep serving every
 //! intact object and make new ones. The broken objects are gone from the
 //! CRI's view: their IDs answer NOT_FOUND (image status: no image), and
-//! Stop/Remove of them succeed as for unknown IDs; what a broken pod left
-//! (pins, shm, network, infra process) is torn down.
+//! Stop/Remove of them succeed as for unknown IDs; what a broken pod or
+//! container left (pins, shm, network, infra process; shim, container,
+//! rootfs) is torn down.
 //!
 //! With pods on a real bridge network killed mid-flight, every pod and
 //! container is still listed and controllable, and Stop + Remove leave
@@ -619,6 +620,10 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
         Vec::<PathBuf>::new()
     );
     assert!(!run_root.join("ns/ipc").join(&pod_b).exists());
+    // And what the broken container left: its shim, container, rootfs, dirs.
+    wait_removed(&run_root.join("containers").join(&ctr_a), &berthd).await;
+    assert!(!ctr_record.exists());
+    assert_eq!(processes_naming(Path::new(&ctr_a), 0), Vec::<String>::new());
 
     // The intact objects are listed; the broken ones are gone.
     assert_eq!(served_pods, vec![pod_a.clone()]);
@@ -684,9 +689,7 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
         .await
         .unwrap();
     assert_eq!(image_ids(&mut images).await, vec![busybox_id]);
-    // Berthd no longer knows the broken objects' shim, mounts and cgroups:
-    // the harness kills and unmounts what is under the test's dir on drop,
-    // the fixture cleans the cgroups.
+    assert_no_leftovers(&f, &berthd);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -201,6 +201,21 @@ impl Containers {
         ))
     }
 
+    /// Removes what a container whose record did not parse (see
+    /// [`StoreError::corrupt_id`]) left: the runtime's container (killed)
+    /// and its shim, the rootfs, its dirs, then the record. `runtime` is
+    /// the handler holding its state, if any: one that does not know it
+    /// deletes nothing. Whatever fails keeps the record, for the next start.
+    pub fn reclaim(&self, id: &str, runtime: &OciRuntime) -> Result<(), Error> {
+        // Never a container berthd serves.
+        if lock(&self.index).by_id.contains_key(id) {
+            return Ok(());
+        }
+        lifecycle::remove(runtime, id, &self.run_dir_of(id), &self.state_dir_of(id))?;
+        self.records.remove(id)?;
+        Ok(())
+    }
+
     pub fn runtime(&self, handler: &str) -> Option<OciRuntime> {
         (self.options.runtimes)(handler)
     }

@@ -56,7 +56,7 @@ impl CriService {
         for runtime in config.runtimes.values() {
             features.probe(&runtime.path);
         }
-        let containers = Arc::new(container::open(&config, live.clone())?);
+        let containers = container::open(&config, live.clone())?;
         let service = CriService {
             config: Arc::new(config),
             pods,
