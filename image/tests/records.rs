@@ -2,7 +2,7 @@
 //! images and leaves the unreadable ones out (their layers are collected).
 
 use berth_image::manifest::ImageConfig;
-use berth_image::{ChainId, Digest, Image, ImageStore, StoreOptions};
+use berth_image::{ChainId, Digest, Image, ImageStore, PullSettings, StoreOptions};
 
 fn digest(byte: char) -> Digest {
     format!("sha256:{}", byte.to_string().repeat(64))
@@ -18,7 +18,11 @@ fn unreadable_records_are_skipped_and_the_rest_is_served() {
         dir: images.clone(),
         registries_config: None,
         registries_config_required: false,
-        pull_parallelism: 1,
+        pull: PullSettings {
+            parallelism: 1,
+            retries: 0,
+            progress_timeout: std::time::Duration::from_secs(1),
+        },
     };
     drop(ImageStore::open(options.clone()).unwrap());
 

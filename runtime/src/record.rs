@@ -246,6 +246,11 @@ impl RecordStore {
         let (mut records, mut errors) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
             let path = entry.path();
+            if crate::atomic::is_temporary(&path) {
+                // Only one berthd uses the dir: nobody is writing this any more.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
@@ -311,6 +316,17 @@ mod tests {
             extra: serde_json::Value::Null,
             message: None,
         }
+    }
+
+    #[test]
+    fn load_all_removes_half_written_temporary_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&dir.path().join("records")).unwrap();
+        let temp = dir.path().join("records/.abc.json.tmp77");
+        std::fs::write(&temp, "{\"id\":").unwrap();
+        let (records, errors) = store.load_all().unwrap();
+        assert!(records.is_empty() && errors.is_empty());
+        assert!(!temp.exists());
     }
 
     #[test]

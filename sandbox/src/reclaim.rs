@@ -1,5 +1,6 @@
-//! What pods with an unreadable record left behind (a corrupt or
-//! half-written `pod.json`, or none: a crash during the first write).
+//! What pods with an unreadable record (a `pod.json` that does not parse)
+//! left behind. (A pod dir without a record is removed by
+//! [`crate::record::load_all`]: nothing in it was set up.)
 //!
 //! Such a pod is gone from the CRI's view, so nobody would ever remove it;
 //! but its ID is its directory's name, and every effect of its set-up sits
@@ -27,8 +28,8 @@ use crate::{POD_IFNAME, cgroup, files, ns};
 /// How long the killed processes of a PID namespace get to go.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
-/// The pods under `<root>/pods` whose record exists but does not parse, or
-/// does not exist; `loaded` are those whose record was read.
+/// The pods under `<root>/pods` whose record exists but does not parse;
+/// `loaded` are those whose record was read.
 pub fn unreadable(layout: &Layout, loaded: &BTreeSet<PodId>) -> Vec<PodId> {
     let Ok(entries) = std::fs::read_dir(layout.pods_dir()) else {
         return Vec::new();
@@ -37,9 +38,9 @@ pub fn unreadable(layout: &Layout, loaded: &BTreeSet<PodId>) -> Vec<PodId> {
         .flatten()
         .filter_map(|entry| PodId::try_from(entry.file_name().into_string().ok()?).ok())
         .filter(|id| !loaded.contains(id))
-        .filter(|id| match std::fs::read(layout.record(id)) {
-            Ok(bytes) => serde_json::from_slice::<Pod>(&bytes).is_err(),
-            Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+        .filter(|id| {
+            std::fs::read(layout.record(id))
+                .is_ok_and(|bytes| serde_json::from_slice::<Pod>(&bytes).is_err())
         })
         .collect()
 }

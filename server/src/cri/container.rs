@@ -95,6 +95,9 @@ fn reclaim(containers: &Containers, handlers: &[String], ids: Vec<String>) {
 
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::NotFound(_) => Status::not_found(message),
         Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),

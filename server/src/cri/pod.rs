@@ -65,6 +65,9 @@ pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Arc<Sandboxes>
 
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::Invalid(_) | Error::UnknownHandler { .. } | Error::Ambiguous { .. } => {
             Status::invalid_argument(message)
