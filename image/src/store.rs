@@ -198,6 +198,7 @@ impl ImageStore {
             remove_all(&path).map_err(StoreError::io(&path))?;
         }
         let mut images = BTreeMap::new();
+        let mut unreadable = false;
         let records = dir.join("images");
         for entry in std::fs::read_dir(&records).map_err(StoreError::io(&records))? {
             let path = entry.map_err(StoreError::io(&records))?.path();
@@ -208,9 +209,10 @@ impl ImageStore {
                 continue;
             }
             // One corrupt or half-written record must not keep the node's
-            // runtime down (CRI-O skips too): the image is left out, its
-            // layers are collected below unless another image has them, and
-            // a pull of it rewrites the record.
+            // runtime down (CRI-O skips too): the image is left out and a
+            // pull of it rewrites the record. Which layers it had is
+            // unknown, and running containers may use them: no garbage
+            // collection at this start.
             let read = std::fs::read(&path).map_err(|e| e.to_string());
             match read.and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
             {
@@ -219,6 +221,7 @@ impl ImageStore {
                 }
                 Err(err) => {
                     tracing::warn!("skipping unreadable image record {}: {err}", path.display());
+                    unreadable = true;
                 }
             }
         }
@@ -230,7 +233,9 @@ impl ImageStore {
             gc: tokio::sync::RwLock::new(()),
             layer_locks: Mutex::new(HashMap::new()),
         };
-        store.collect_garbage()?;
+        if !unreadable {
+            store.collect_garbage()?;
+        }
         Ok(store)
     }
 
