@@ -50,9 +50,9 @@ pub async fn reclaim(layout: &Layout, cni: &Cni, id: &PodId) -> Vec<String> {
     let mut failures = Vec::new();
     let pid_pin = layout.ns_pin("pid", id);
     if pid_pin.exists() {
-        let pin = pid_pin.clone();
-        match tokio::task::spawn_blocking(move || kill_namespace(&pin, id_cgroup_name(&pin))).await
-        {
+        // The last component of [`cgroup::infra_path`]; its parent is unknown.
+        let infra_cgroup = format!("berth-{id}");
+        match tokio::task::spawn_blocking(move || kill_namespace(&pid_pin, infra_cgroup)).await {
             Ok(errors) => failures.extend(errors),
             Err(err) => failures.push(err.to_string()),
         }
@@ -95,12 +95,6 @@ pub async fn reclaim(layout: &Layout, cni: &Cni, id: &PodId) -> Vec<String> {
         }
     }
     failures
-}
-
-/// The infra cgroup's directory name: `berth-<pod id>`.
-fn id_cgroup_name(pid_pin: &Path) -> String {
-    let id = pid_pin.file_name().unwrap_or_default().to_string_lossy();
-    format!("berth-{id}")
 }
 
 /// Kills every process in the PID namespace pinned at `pin`, waits for
