@@ -25,6 +25,7 @@ pub use berth_proto::cri;
 
 pub mod bundles;
 pub mod fault_registry;
+pub mod net;
 pub mod registry;
 pub mod world;
 

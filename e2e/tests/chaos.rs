@@ -1,16 +1,19 @@
-//! berthd killed (-9) at random moments while pods and containers are
-//! created and torn down in parallel: after each restart every object is
-//! either listed and removable or gone, a kubelet-style clean-up (stop and
-//! remove whatever is listed) succeeds, and nothing is left behind: no
-//! shim, mount, record or cgroup. `BERTH_CHAOS_SEED` replays a run.
+//! berthd killed (-9) at random moments while pods (on a CNI bridge
+//! network) and containers are created and torn down in parallel: after
+//! each restart every object is either listed and removable or gone, a
+//! kubelet-style clean-up (stop and remove whatever is listed) succeeds,
+//! and nothing is left behind: no shim, mount, record, cgroup, veth, IP or
+//! iptables rule. `BERTH_CHAOS_SEED` replays the kill times.
 
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StatusRequest, StopPodSandboxRequest,
 };
+use berth_e2e::net::{Net, can_run_network, sh};
 use berth_e2e::world::{World, can_run_here};
 use berth_e2e::{Berthd, mounts_under, shims_under};
 use nix::sys::signal::Signal;
@@ -41,10 +44,16 @@ fn churn(
     let configs: Vec<_> = (0..1000)
         .map(|i| {
             let name = format!("chaos-{lane}-{i}");
-            (
-                w.pod_config(&name),
-                w.container(&format!("c-{lane}-{i}"), "sleep 600"),
-            )
+            let mut pod = w.pod_config(&name);
+            let modes = pod
+                .linux
+                .as_mut()
+                .unwrap()
+                .security_context
+                .as_mut()
+                .unwrap();
+            modes.namespace_options.as_mut().unwrap().network = NamespaceMode::Pod as i32;
+            (pod, w.container(&format!("c-{lane}-{i}"), "sleep 600"))
         })
         .collect();
     async move {
@@ -131,9 +140,32 @@ async fn clean_up(client: &mut RuntimeServiceClient<Channel>) {
     }
 }
 
+/// The conf dir is polled once a second.
+async fn wait_network_ready(client: &mut RuntimeServiceClient<Channel>) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = client
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.r#type == "NetworkReady" && c.status)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "network not ready: {status:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_leaves_everything_removable_and_nothing_behind() {
-    if !can_run_here() {
+    if !can_run_here() || !can_run_network() {
         return;
     }
     let seed = std::env::var("BERTH_CHAOS_SEED")
@@ -149,6 +181,13 @@ async fn kill_9_at_random_moments_leaves_everything_removable_and_nothing_behind
     eprintln!("BERTH_CHAOS_SEED={seed}");
     let mut rng = Rng(seed);
     let mut w = World::new("chaos").await;
+    let net = Net::new(200);
+    std::fs::copy(
+        net.conf_dir().join("10-test.conflist"),
+        w.logs.path().join("net.d/10-test.conflist"),
+    )
+    .unwrap();
+    wait_network_ready(&mut w.client).await;
     for round in 0..ROUNDS {
         let mut lanes = tokio::task::JoinSet::new();
         for lane in 0..LANES {
@@ -183,6 +222,18 @@ async fn kill_9_at_random_moments_leaves_everything_removable_and_nothing_behind
         }
         let cgroups = w.cgroups_left();
         assert!(cgroups.is_empty(), "round {round}: {cgroups:?}");
+        assert_eq!(net.ports().trim(), "", "round {round}: veths left");
+        assert!(
+            net.allocated().is_empty(),
+            "round {round}: IPs left: {:?}",
+            net.allocated()
+        );
+        let rules = String::from_utf8_lossy(&sh(&["iptables-save"]).stdout).into_owned();
+        let left: Vec<&str> = rules.lines().filter(|l| l.contains(&net.name)).collect();
+        assert!(
+            left.is_empty(),
+            "round {round}: iptables rules left: {left:?}"
+        );
     }
     // Still a working runtime.
     let pod = w.pod("after").await;

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::cri::{
     ContainerConfig, ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, Int64Value, LinuxContainerResources,
-    LinuxContainerSecurityContext, ListContainersRequest, RemoveContainerRequest,
-    ReopenContainerLogRequest, StartContainerRequest, StopContainerRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerResources,
+    LinuxContainerSecurityContext, ListContainersRequest, ListImagesRequest, ListImagesResponse,
+    RemoveContainerRequest, RemoveImageRequest, ReopenContainerLogRequest, StartContainerRequest,
+    StopContainerRequest,
 };
 use berth_e2e::{Berthd, mounts_under, shims_under};
 use nix::sys::signal::Signal;
@@ -753,5 +754,46 @@ async fn a_missing_or_failing_runtime_fails_create_and_leaves_nothing() {
     let id = w.run(&pod, w.container("app", "sleep 60")).await;
     w.stop(&id, 0).await;
     w.remove(&id).await;
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_in_use_by_a_container_is_not_removed() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("inuse").await;
+    let pod = w.pod("inuse").await;
+    let id = w.run(&pod, w.container("app", "sleep 600")).await;
+    let mut images = w.berthd().images().await;
+    let remove = RemoveImageRequest {
+        image: Some(ImageSpec {
+            image: w.image.clone(),
+            ..Default::default()
+        }),
+    };
+    let err = images.remove_image(remove.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    assert!(err.message().contains(&id), "{}", err.message());
+    let listed = |images: ListImagesResponse| images.images.len();
+    let all = ListImagesRequest { filter: None };
+    assert_eq!(
+        listed(images.list_images(all).await.unwrap().into_inner()),
+        1
+    );
+    // Its layers are all still there under the running container.
+    let (code, out, _) = w
+        .exec(&id, "cat /bin/busybox >/dev/null && echo intact", 10)
+        .await;
+    assert_eq!((code, out.as_str()), (0, "intact\n"));
+
+    w.stop(&id, 0).await;
+    w.remove(&id).await;
+    images.remove_image(remove).await.unwrap();
+    let all = ListImagesRequest { filter: None };
+    assert_eq!(
+        listed(images.list_images(all).await.unwrap().into_inner()),
+        0
+    );
     w.remove_pod(&pod).await;
 }

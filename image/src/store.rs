@@ -75,6 +75,11 @@ pub enum StoreError {
     },
     #[error("image store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("image {image} is in use by container(s) {}: remove them first", .containers.join(", "))]
+    InUse {
+        image: String,
+        containers: Vec<String>,
+    },
 }
 
 impl StoreError {
@@ -827,11 +832,31 @@ impl ImageStore {
 
     /// Removes the image `name` names (with all its names) and every layer
     /// and blob no other image uses. An unknown name is not an error.
-    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+    /// Keeps every layer from being collected while held: CreateContainer
+    /// holds it from looking its image up until its record names the image,
+    /// so [`ImageStore::remove`] sees the container among the users.
+    pub async fn hold(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc.read().await
+    }
+
+    /// Removes the image `name` names unless `users` (given the image ID in
+    /// hex) names containers that use it; an unknown name is not an error.
+    pub async fn remove(
+        &self,
+        name: &str,
+        users: impl FnOnce(&str) -> Vec<String>,
+    ) -> Result<(), StoreError> {
         let _exclusive = self.gc.write().await;
         let Some(image) = self.get(name) else {
             return Ok(());
         };
+        let containers = users(&image.id_hex());
+        if !containers.is_empty() {
+            return Err(StoreError::InUse {
+                image: name.to_string(),
+                containers,
+            });
+        }
         let path = self.record_path(&image.id);
         remove_all(&path).map_err(StoreError::io(&path))?;
         self.images.lock().unwrap().remove(&image.id);

@@ -326,6 +326,10 @@ impl CriService {
                 pod.id, meta.name
             )));
         }
+        // Until the record names the image, a RemoveImage would not see
+        // this container among its users.
+        let images = self.images.clone();
+        let _lease = images.hold().await;
         let image = self.images.get(&image_name).ok_or_else(|| {
             Status::not_found(format!(
                 "image {image_name:?} of container {:?} is not in the image store: pull it first",

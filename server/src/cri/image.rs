@@ -72,6 +72,9 @@ fn status(err: StoreError) -> Status {
         }
         StoreError::Unpack { .. } => Status::failed_precondition(message),
         StoreError::Registries(_) | StoreError::Io { .. } => Status::internal(message),
+        // CRI-O passes containers/storage's "image used by container" error
+        // on as is: UNKNOWN.
+        StoreError::InUse { .. } => Status::unknown(message),
     }
 }
 
@@ -208,7 +211,16 @@ impl CriService {
         req: RemoveImageRequest,
     ) -> Result<RemoveImageResponse, Status> {
         let name = image_name(req.image.as_ref())?;
-        self.images.remove(name).await.map_err(status)?;
+        let containers = &self.containers;
+        let users = |id: &str| {
+            containers
+                .list()
+                .into_iter()
+                .filter(|c| c.image_id == id)
+                .map(|c| c.id)
+                .collect()
+        };
+        self.images.remove(name, users).await.map_err(status)?;
         Ok(RemoveImageResponse {})
     }
 
