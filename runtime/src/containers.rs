@@ -157,7 +157,8 @@ fn random_id() -> std::io::Result<String> {
 
 impl Containers {
     /// Loads every record, learning from exit files what ended while berthd
-    /// was away. Unreadable records are returned to be logged (left on disk).
+    /// was away. Unreadable records are returned to be logged (left on disk:
+    /// see [`Containers::reclaim`]).
     pub fn open(options: Options) -> Result<(Containers, Vec<StoreError>), StoreError> {
         let records = RecordStore::open(&options.state_dir.join("records"))?;
         let (loaded, mut errors) = records.load_all()?;

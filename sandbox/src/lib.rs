@@ -114,7 +114,7 @@ pub struct Sandboxes {
 
 impl Sandboxes {
     /// Loads every pod record. Returns the records it could not read, to be
-    /// logged: they are left on disk untouched.
+    /// logged: they stay on disk until [`Sandboxes::reclaim_unreadable`].
     pub fn open(options: Options, cni: Arc<Cni>) -> (Sandboxes, Vec<String>) {
         let (pods, errors) = record::load_all(&options.layout);
         let loaded = pods.iter().map(|pod| pod.id.clone()).collect();
