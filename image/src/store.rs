@@ -223,6 +223,7 @@ impl ImageStore {
             remove_all(&path).map_err(StoreError::io(&path))?;
         }
         let mut images = BTreeMap::new();
+        let mut unreadable = false;
         let records = dir.join("images");
         for entry in std::fs::read_dir(&records).map_err(StoreError::io(&records))? {
             let path = entry.map_err(StoreError::io(&records))?.path();
@@ -232,12 +233,22 @@ impl ImageStore {
                 remove_all(&path).map_err(StoreError::io(&path))?;
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
-            let image: Image = serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })?;
-            images.insert(image.id.clone(), image);
+            // One corrupt or half-written record must not keep the node's
+            // runtime down (CRI-O skips too): the image is left out and a
+            // pull of it rewrites the record. Which layers it had is
+            // unknown, and running containers may use them: no garbage
+            // collection at this start.
+            let read = std::fs::read(&path).map_err(|e| e.to_string());
+            match read.and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(image) => {
+                    images.insert(image.id.clone(), image);
+                }
+                Err(err) => {
+                    tracing::warn!("skipping unreadable image record {}: {err}", path.display());
+                    unreadable = true;
+                }
+            }
         }
         let store = ImageStore {
             pull: RwLock::new((options.pull, Client::new(options.pull.progress_timeout))),
@@ -248,7 +259,9 @@ impl ImageStore {
             layer_locks: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         };
-        store.collect_garbage()?;
+        if !unreadable {
+            store.collect_garbage()?;
+        }
         Ok(store)
     }
 

@@ -27,8 +27,9 @@ use crate::live::LiveConfig;
 /// How often the CNI conf dir is re-read.
 const CNI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Loads the CNI config and every pod record; starts the conf dir watch.
-pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
+/// Loads the CNI config and every pod record; starts the conf dir watch
+/// and the teardown of what pods with an unreadable record left.
+pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Arc<Sandboxes> {
     let layout = Layout {
         root: config.root.clone(),
         run_root: config.run_root.clone(),
@@ -56,6 +57,9 @@ pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
     for error in errors {
         tracing::warn!("skipping unreadable pod record {error}");
     }
+    let pods = Arc::new(pods);
+    let reclaiming = Arc::clone(&pods);
+    tokio::spawn(async move { reclaiming.reclaim_unreadable().await });
     pods
 }
 
