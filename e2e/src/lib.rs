@@ -405,6 +405,23 @@ pub fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// PullImage of `name` without credentials; the image ref on success.
+pub async fn pull(
+    images: &mut ImageServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> Result<String, tonic::Status> {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
 /// StopPodSandbox then RemovePodSandbox, both required to succeed: how
 /// a test ends a pod (and the kubelet removes one).
 pub async fn stop_and_remove_pod(

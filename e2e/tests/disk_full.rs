@@ -40,14 +40,7 @@ async fn a_pull_onto_a_full_disk_fails_cleanly_and_succeeds_with_room() {
     let fault = FaultRegistry::start(registry::fixtures(), Auth::None);
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-            fault.host()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, berth_e2e::registry::insecure_conf(&fault.host())).unwrap();
     let paths = Paths::create();
     // Room for the store's dirs and records, not for busybox's layer.
     paths.mount_root_tmpfs(MIB);

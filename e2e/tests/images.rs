@@ -51,10 +51,6 @@ async fn start_berthd_with(registries: &str, image_keys: &str) -> (Berthd, tempf
     (berthd, dir)
 }
 
-fn insecure(host: &str) -> String {
-    format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
-}
-
 async fn pull(
     client: &mut ImageServiceClient<Channel>,
     name: &str,
@@ -125,7 +121,7 @@ async fn pull_status_list_remove_and_restart() {
     reg.push("layered", "berth/layered:latest");
     reg.push("layered", "berth/layered:v2");
     reg.push("layered-plus", "berth/layered-plus:latest");
-    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
     let mut images = berthd.images().await;
 
     // Absent: an empty answer, not an error.
@@ -359,7 +355,7 @@ async fn index_platform_and_zstd() {
     let registries = format!(
         "unqualified-search-registries = [\"{0}\"]\n{1}\n[aliases]\n\"zz\" = \"{0}/berth/zstd\"\n",
         reg.host(),
-        insecure(&reg.host())
+        berth_e2e::registry::insecure_conf(&reg.host())
     );
     let (berthd, _conf) = start_berthd(&registries).await;
     let mut images = berthd.images().await;
@@ -462,7 +458,7 @@ async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
     for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
         reg.push(evil, &format!("berth/{evil}:latest"));
     }
-    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
     let mut images = berthd.images().await;
     let hostname_before = std::fs::read("/etc/hostname").ok();
     for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
@@ -488,7 +484,7 @@ async fn corrupt_blob_and_wrong_digest_fail_and_leave_nothing() {
     }
     let reg = Registry::start_empty(Security::Plain);
     reg.push("layered", "berth/layered:latest");
-    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
     let mut images = berthd.images().await;
 
     // A digest the registry does not have.
@@ -541,7 +537,7 @@ async fn auth_blocked_and_mirrors() {
          [[registry]]\nprefix = \"fallback.example\"\nlocation = \"{1}\"\ninsecure = true\n\
          [[registry.mirror]]\nlocation = \"127.0.0.1:1\"\n\
          [[registry.mirror]]\nlocation = \"{2}\"\ninsecure = true\n",
-        insecure(&tls.host()),
+        berth_e2e::registry::insecure_conf(&tls.host()),
         plain.host(),
         tls.host(),
     );
@@ -598,7 +594,7 @@ async fn auth_blocked_and_mirrors() {
 
     // A registry token is sent as is.
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
-    let (berthd, _conf2) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf2) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let token = AuthConfig {
         registry_token: fault_registry::TOKEN.into(),
@@ -694,7 +690,7 @@ async fn kill_9_mid_pull_then_restart_leaves_nothing() {
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
     fault.stall_once(&fixture_layer("layered", 0));
-    let (berthd, conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
     let pulling = {
@@ -738,7 +734,7 @@ async fn concurrent_pulls_fetch_shared_layers_once() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let (mut a, mut b) = (berthd.images().await, berthd.images().await);
     let (layered, plus) = (fault.image("layered"), fault.image("layered-plus"));
     let (ra, rb) = tokio::join!(pull(&mut a, &layered, None), pull(&mut b, &plus, None),);
@@ -761,7 +757,7 @@ async fn bearer_token_flow_anonymous_and_with_credentials() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
-    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     pull(&mut images, &fault.image("zstd"), None).await.unwrap();
     assert_eq!(fault.token_requests(), [""], "an anonymous token request");
@@ -784,7 +780,7 @@ async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
     let (manifest, _) = fixture_manifest("layered");
@@ -828,8 +824,11 @@ async fn a_silent_registry_fails_the_pull_and_a_slow_one_does_not() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let (berthd, _conf) =
-        start_berthd_with(&insecure(&fault.host()), "pull_progress_timeout = 2\n").await;
+    let (berthd, _conf) = start_berthd_with(
+        &berth_e2e::registry::insecure_conf(&fault.host()),
+        "pull_progress_timeout = 2\n",
+    )
+    .await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
     let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
@@ -859,7 +858,7 @@ async fn a_cancelled_pull_stops_its_downloads_and_leaves_nothing() {
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
     let layer = fixture_layer("layered", 0);
     fault.stall_once(&layer);
-    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let name = fault.image("layered");
     let pulling = {
         let (mut images, name) = (berthd.images().await, name.clone());

@@ -29,8 +29,8 @@ use berth_e2e::cri::{
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatusRequest, RemoveContainerRequest, RemoveImageRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
@@ -96,14 +96,7 @@ impl Fixture {
             .tempdir()
             .unwrap();
         let conf = logs.path().join("registries.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-                registry.host()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, berth_e2e::registry::insecure_conf(&registry.host())).unwrap();
         let net_d = logs.path().join("net.d");
         std::fs::create_dir(&net_d).unwrap();
         let pid = std::process::id();
@@ -466,16 +459,7 @@ async fn restart_keeps(berthd: Berthd, f: &Fixture) -> Berthd {
 }
 
 async fn pull(images: &mut Images, image: &str) -> String {
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    berth_e2e::pull(images, image).await.unwrap();
     image_id(images, image)
         .await
         .expect("pulled image is known")

@@ -10,13 +10,11 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsFilter,
-    ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListMetricDescriptorsRequest,
-    ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStats, PodSandboxStatsFilter,
-    PodSandboxStatsRequest, PodSandboxStatusRequest, PullImageRequest, RunPodSandboxRequest,
+    ContainerStats, ContainerStatsFilter, ContainerStatsRequest, CreateContainerRequest,
+    ExecSyncRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainerStatsRequest,
+    ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStats,
+    PodSandboxStatsFilter, PodSandboxStatsRequest, PodSandboxStatusRequest, RunPodSandboxRequest,
     StartContainerRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
@@ -193,35 +191,6 @@ async fn until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     }
 }
 
-fn container_config(image: &str, name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            resources: None,
-        }),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
     if !can_run(
@@ -237,14 +206,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
         .tempdir()
         .unwrap();
     let conf = logs.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-            registry.host()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, berth_e2e::registry::insecure_conf(&registry.host())).unwrap();
     std::fs::create_dir(logs.path().join("net.d")).unwrap();
     let berthd = Berthd::start_with(Options {
         config: format!(
@@ -256,16 +218,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
     })
     .await;
     let image = registry.image("busybox");
-    berthd
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    berth_e2e::pull(&mut berthd.images().await, &image)
         .await
         .unwrap();
     let mut client = berthd.runtime().await;
@@ -285,7 +238,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
         let id = client
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(&image, name, script)),
+                config: Some(berth_e2e::world::container_config(&image, name, script)),
                 sandbox_config: Some(sandbox.clone()),
             })
             .await
