@@ -1,0 +1,641 @@
+//! Load: many pods with real runc containers and real CNI (bridge,
+//! host-local, portmap) set up and torn down in parallel, twice over, with
+//! the List RPCs called all the while; after each round nothing may be
+//! left: no records, shims, mounts, namespace pins, veths, addresses or
+//! cgroups. `BERTH_LOAD_LONG=1` runs 110 pods of 2 containers at once.
+//!
+//! Also per-object locking: a CNI plugin hung on one pod, or a stalled
+//! image pull, blocks only the RPCs about that pod or that pull.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
+use berth_e2e::cri::{
+    ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListContainersRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
+};
+use berth_e2e::registry::{self, Registry, Security};
+use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
+use tonic::transport::Channel;
+
+type Client = RuntimeServiceClient<Channel>;
+
+const BIN_DIR: &str = "/usr/lib/cni";
+
+/// Pods per round in CI, and rounds.
+const PODS: usize = 50;
+const ROUNDS: usize = 2;
+/// `BERTH_LOAD_LONG=1`: the kubelet's default max-pods, 2 containers each.
+const LONG_PODS: usize = 110;
+const LONG_CONTAINERS: usize = 2;
+
+fn can_run_here() -> bool {
+    can_run(
+        is_root()
+            && have_command("runc")
+            && have_command("jq")
+            && registry::available()
+            && Path::new(BIN_DIR).join("bridge").exists(),
+        "root, runc, jq, the CNI plugins in /usr/lib/cni and the registry tools",
+    )
+}
+
+/// A private pod network: conf dir, bridge, /24 subnet, host-local store,
+/// and a bin dir for fault-injecting plugins searched before the real ones.
+struct Net {
+    dir: tempfile::TempDir,
+    name: String,
+    bridge: String,
+}
+
+impl Net {
+    /// `index` is unique per test in this file (and apart from pods.rs's);
+    /// the pid keeps concurrent runs of the suite apart.
+    fn new(index: u8, extra_plugin: Option<&str>) -> Net {
+        let pid = std::process::id();
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-load-net-")
+            .tempdir()
+            .unwrap();
+        let net = Net {
+            dir,
+            name: format!("berth-load-{pid}-{index}"),
+            bridge: format!("bl{}x{index}", pid % 100_000),
+        };
+        std::fs::create_dir(net.conf_dir()).unwrap();
+        std::fs::create_dir(net.bin_dir()).unwrap();
+        let extra = extra_plugin
+            .map(|p| format!(", {{ \"type\": \"{p}\" }}"))
+            .unwrap_or_default();
+        let conflist = format!(
+            r#"{{
+  "cniVersion": "1.0.0",
+  "name": "{name}",
+  "plugins": [
+    {{
+      "type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": true,
+      "ipam": {{
+        "type": "host-local", "dataDir": "{data}",
+        "routes": [{{ "dst": "0.0.0.0/0" }}],
+        "ranges": [[{{ "subnet": "10.{octet}.{index}.0/24" }}]]
+      }}
+    }},
+    {{ "type": "portmap", "capabilities": {{ "portMappings": true }} }}{extra}
+  ]
+}}"#,
+            name = net.name,
+            bridge = net.bridge,
+            data = net.data_dir().display(),
+            octet = 208 + pid % 16,
+        );
+        std::fs::write(net.conf_dir().join("10-load.conflist"), conflist).unwrap();
+        net
+    }
+
+    fn conf_dir(&self) -> PathBuf {
+        self.dir.path().join("net.d")
+    }
+
+    fn bin_dir(&self) -> PathBuf {
+        self.dir.path().join("bin")
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("ipam")
+    }
+
+    /// Addresses host-local still holds.
+    fn allocated(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.data_dir().join(&self.name)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
+            .collect()
+    }
+
+    /// The host ends of pod veths on the bridge.
+    fn ports(&self) -> String {
+        let out = Command::new("ip")
+            .args(["-o", "link", "show", "master", &self.bridge])
+            .stderr(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A berthd on a private network with the busybox fixture pulled from a
+/// local registry, its pods under their own cgroup parent.
+struct Fixture {
+    _registry: Registry,
+    net: Net,
+    berthd: Berthd,
+    image: String,
+    logs: tempfile::TempDir,
+    cgroup_parent: String,
+}
+
+impl Fixture {
+    async fn new(net: Net, tag: &str, plugin_timeout: u64) -> Fixture {
+        let registry = Registry::start_empty(Security::Plain);
+        registry.push("busybox", "berth/busybox:latest");
+        let logs = tempfile::Builder::new()
+            .prefix("berth-e2e-load-logs-")
+            .tempdir()
+            .unwrap();
+        let conf = logs.path().join("registries.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+                registry.host()
+            ),
+        )
+        .unwrap();
+        let options = Options {
+            config: format!(
+                "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n\
+                 bin_dirs = [\"{}\", \"{BIN_DIR}\"]\nplugin_timeout = {plugin_timeout}\n",
+                conf.display(),
+                net.conf_dir().display(),
+                net.bin_dir().display(),
+            ),
+            ..Options::default()
+        };
+        let berthd = Berthd::start_with(options).await;
+        let image = registry.image("busybox");
+        berthd
+            .images()
+            .await
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        Fixture {
+            _registry: registry,
+            net,
+            berthd,
+            image,
+            logs,
+            cgroup_parent: format!("/berth-e2e-{}-{tag}", std::process::id()),
+        }
+    }
+
+    /// A pod as the kubelet sends it: own network, PID per container
+    /// (every fifth pod shares one PID namespace, so it has an infra process).
+    fn pod(&self, name: &str, host_network: bool) -> PodSandboxConfig {
+        let shared_pid = name.bytes().last().is_some_and(|b| b % 5 == 0);
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                namespace: "load".into(),
+                attempt: 0,
+            }),
+            hostname: name.into(),
+            log_directory: self.logs.path().join(name).display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent: self.cgroup_parent.clone(),
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(namespaces(host_network, shared_pid)),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn container(&self, pod: &PodSandboxConfig, name: &str) -> ContainerConfig {
+        let pod_options = pod
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone());
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command: vec!["sleep".into(), "3600".into()],
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: pod_options,
+                    ..Default::default()
+                }),
+                resources: None,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Processes berthd started that still run: shims, runtimes, infra.
+    fn leftover_processes(&self) -> Vec<String> {
+        let needle = self.berthd.paths().dir().as_os_str().as_encoded_bytes();
+        let skip = [std::process::id() as i32, self.berthd.pid().as_raw()];
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if skip.contains(&pid) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            if cmdline.windows(needle.len()).any(|w| w == needle) {
+                left.push(format!(
+                    "{pid}: {}",
+                    String::from_utf8_lossy(&cmdline).replace('\0', " ")
+                ));
+            }
+        }
+        left
+    }
+
+    /// Cgroup dirs left under the pods' cgroup parent, in any hierarchy.
+    fn cgroups_left(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let dir = entry
+                .path()
+                .join(self.cgroup_parent.trim_start_matches('/'));
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                left.extend(
+                    children
+                        .flatten()
+                        .filter(|c| c.path().is_dir())
+                        .map(|c| c.path()),
+                );
+            }
+        }
+        left
+    }
+
+    /// Everything pods and containers could leave behind.
+    async fn assert_nothing_left(&self, client: &mut Client) {
+        let pods = client
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(pods.is_empty(), "pods left: {pods:?}");
+        let containers = client
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(containers.is_empty(), "containers left: {containers:?}");
+        let paths = self.berthd.paths();
+        assert_eq!(self.leftover_processes(), Vec::<String>::new());
+        // Namespace pins, shm and rootfs overlays are all mounts.
+        assert_eq!(mounts_under(&paths.run_root()), Vec::<PathBuf>::new());
+        assert_eq!(mounts_under(&paths.root()), Vec::<PathBuf>::new());
+        assert_eq!(self.net.ports(), "", "veths left on {}", self.net.bridge);
+        assert_eq!(self.net.allocated(), Vec::<String>::new(), "IPs left");
+        assert_eq!(self.cgroups_left(), Vec::<PathBuf>::new());
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_dir(
+                    entry
+                        .path()
+                        .join(self.cgroup_parent.trim_start_matches('/')),
+                );
+            }
+        }
+    }
+}
+
+fn namespaces(host_network: bool, shared_pid: bool) -> NamespaceOption {
+    let mode = |m: NamespaceMode| m as i32;
+    NamespaceOption {
+        network: mode(if host_network {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Pod
+        }),
+        pid: mode(if shared_pid {
+            NamespaceMode::Pod
+        } else {
+            NamespaceMode::Container
+        }),
+        ipc: mode(NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(client: &mut Client, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn stop_and_remove(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
+    client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    client
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await?;
+    Ok(())
+}
+
+/// RunPodSandbox, then CreateContainer and StartContainer for each
+/// container, as the kubelet does for one pod.
+async fn start_pod(
+    client: &mut Client,
+    pod: PodSandboxConfig,
+    containers: Vec<ContainerConfig>,
+) -> Result<String, String> {
+    let name = pod.metadata.as_ref().unwrap().name.clone();
+    let id = run_pod(client, pod.clone())
+        .await
+        .map_err(|e| format!("RunPodSandbox {name}: {e:?}"))?;
+    for config in containers {
+        let cname = config.metadata.as_ref().unwrap().name.clone();
+        let cid = client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.clone()),
+            })
+            .await
+            .map_err(|e| format!("CreateContainer {name}/{cname}: {e:?}"))?
+            .into_inner()
+            .container_id;
+        client
+            .start_container(StartContainerRequest { container_id: cid })
+            .await
+            .map_err(|e| format!("StartContainer {name}/{cname}: {e:?}"))?;
+    }
+    Ok(id)
+}
+
+/// Latencies of one List RPC, called over and over.
+#[derive(Default)]
+struct Latency {
+    calls: u32,
+    total: Duration,
+    max: Duration,
+}
+
+impl Latency {
+    fn add(&mut self, took: Duration) {
+        self.calls += 1;
+        self.total += took;
+        self.max = self.max.max(took);
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mean = self.total / self.calls.max(1);
+        write!(f, "{} calls, mean {mean:?}, max {:?}", self.calls, self.max)
+    }
+}
+
+/// Calls ListContainers, ListPodSandbox and ListContainerStats in turn
+/// until `stop`; every call must succeed. Returns their latencies.
+fn spawn_listers(
+    client: Client,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<[(&'static str, Latency); 3]> {
+    tokio::spawn(async move {
+        let mut client = client;
+        let mut lat: [(&'static str, Latency); 3] = [
+            ("ListContainers", Latency::default()),
+            ("ListPodSandbox", Latency::default()),
+            ("ListContainerStats", Latency::default()),
+        ];
+        loop {
+            let start = Instant::now();
+            client
+                .list_containers(ListContainersRequest { filter: None })
+                .await
+                .expect("ListContainers under load");
+            lat[0].1.add(start.elapsed());
+            let start = Instant::now();
+            client
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await
+                .expect("ListPodSandbox under load");
+            lat[1].1.add(start.elapsed());
+            let start = Instant::now();
+            client
+                .list_container_stats(ListContainerStatsRequest { filter: None })
+                .await
+                .expect("ListContainerStats under load");
+            lat[2].1.add(start.elapsed());
+            if stop.load(Ordering::SeqCst) {
+                return lat;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+}
+
+fn print_latencies(phase: &str, lat: &[(&'static str, Latency); 3]) {
+    for (rpc, l) in lat {
+        eprintln!("load: {phase}: {rpc}: {l}");
+    }
+}
+
+/// One round: `pods` pods of `per_pod` containers started in parallel,
+/// checked, then all torn down in parallel; nothing may be left.
+async fn round(fx: &Fixture, round: usize, pods: usize, per_pod: usize) {
+    let client = fx.berthd.runtime().await;
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let listers = spawn_listers(fx.berthd.runtime().await, stop.clone());
+    let mut tasks = Vec::new();
+    for i in 0..pods {
+        let pod = fx.pod(&format!("load{round}x{i}"), false);
+        let containers = (0..per_pod)
+            .map(|c| fx.container(&pod, &format!("c{c}")))
+            .collect();
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            start_pod(&mut client, pod, containers).await
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut errors = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(id) => ids.push(id),
+            Err(err) => errors.push(err),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let lat = listers.await.unwrap();
+    assert_eq!(errors, Vec::<String>::new(), "set-up failed");
+    eprintln!(
+        "load: round {round}: {pods} pods x {per_pod} containers up in {:?}",
+        started.elapsed()
+    );
+    print_latencies("during set-up", &lat);
+
+    // Everything runs, each pod has its address.
+    let mut c = client.clone();
+    let containers = c
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(containers.len(), pods * per_pod);
+    assert!(
+        containers
+            .iter()
+            .all(|c| c.state == ContainerState::ContainerRunning as i32),
+        "{containers:?}"
+    );
+    assert_eq!(fx.net.allocated().len(), pods);
+    let mut by_pod: HashMap<&str, usize> = HashMap::new();
+    for container in &containers {
+        *by_pod.entry(container.pod_sandbox_id.as_str()).or_default() += 1;
+    }
+    assert!(
+        ids.iter()
+            .all(|id| by_pod.get(id.as_str()) == Some(&per_pod))
+    );
+
+    // The List RPCs answer with every pod running (latency printed, not asserted).
+    let mut steady: [(&'static str, Latency); 3] = [
+        ("ListContainers", Latency::default()),
+        ("ListPodSandbox", Latency::default()),
+        ("ListContainerStats", Latency::default()),
+    ];
+    let (mut a, mut b, mut s) = (client.clone(), client.clone(), client.clone());
+    let timed = |start: Instant| start.elapsed();
+    let (ra, rb, rs) = tokio::join!(
+        async {
+            let t = Instant::now();
+            let r = a
+                .list_containers(ListContainersRequest { filter: None })
+                .await;
+            (r.map(|r| r.into_inner().containers.len()), timed(t))
+        },
+        async {
+            let t = Instant::now();
+            let r = b
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+                .await;
+            (r.map(|r| r.into_inner().items.len()), timed(t))
+        },
+        async {
+            let t = Instant::now();
+            let r = s
+                .list_container_stats(ListContainerStatsRequest { filter: None })
+                .await;
+            (r.map(|r| r.into_inner().stats.len()), timed(t))
+        },
+    );
+    assert_eq!(ra.0.unwrap(), pods * per_pod);
+    assert_eq!(rb.0.unwrap(), pods);
+    assert_eq!(rs.0.unwrap(), pods * per_pod);
+    steady[0].1.add(ra.1);
+    steady[1].1.add(rb.1);
+    steady[2].1.add(rs.1);
+    print_latencies("all running, concurrent", &steady);
+
+    let started = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let listers = spawn_listers(fx.berthd.runtime().await, stop.clone());
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            stop_and_remove(&mut client, &id)
+                .await
+                .map_err(|e| format!("teardown of {id}: {e:?}"))
+        }));
+    }
+    for task in tasks {
+        if let Err(err) = task.await.unwrap() {
+            errors.push(err);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let lat = listers.await.unwrap();
+    assert_eq!(errors, Vec::<String>::new(), "teardown failed");
+    eprintln!(
+        "load: round {round}: {pods} pods torn down in {:?}",
+        started.elapsed()
+    );
+    print_latencies("during teardown", &lat);
+    fx.assert_nothing_left(&mut client.clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_with_containers_in_parallel_rounds_leave_nothing() {
+    if !can_run_here() {
+        return;
+    }
+    let long = std::env::var("BERTH_LOAD_LONG").is_ok_and(|v| v == "1");
+    let (pods, per_pod) = if long {
+        (LONG_PODS, LONG_CONTAINERS)
+    } else {
+        (PODS, 1)
+    };
+    let started = Instant::now();
+    let fx = Fixture::new(Net::new(100, None), "load", 30).await;
+    for r in 0..ROUNDS {
+        round(&fx, r, pods, per_pod).await;
+    }
+    eprintln!(
+        "load: {ROUNDS} rounds of {pods} pods x {per_pod} containers in {:?} (with set-up)",
+        started.elapsed()
+    );
+}
