@@ -14,20 +14,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainerStatsRequest, ListContainersRequest,
-    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata,
-    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopPodSandboxRequest,
+    ListImagesRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, NamespaceMode,
+    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
+    PullImageRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
+use berth_e2e::fault_registry::{self, FaultRegistry};
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
 use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
+type ImageClient = ImageServiceClient<Channel>;
 
 const BIN_DIR: &str = "/usr/lib/cni";
 
@@ -43,9 +47,10 @@ fn can_run_here() -> bool {
         is_root()
             && have_command("runc")
             && have_command("jq")
+            && have_command("iptables-save")
             && registry::available()
             && Path::new(BIN_DIR).join("bridge").exists(),
-        "root, runc, jq, the CNI plugins in /usr/lib/cni and the registry tools",
+        "root, runc, jq, iptables, the CNI plugins in /usr/lib/cni and the registry tools",
     )
 }
 
@@ -308,8 +313,9 @@ impl Fixture {
         left
     }
 
-    /// Everything pods and containers could leave behind.
-    async fn assert_nothing_left(&self, client: &mut Client) {
+    /// Everything pods and containers could leave behind; `ids` are the
+    /// pods that existed.
+    async fn assert_nothing_left(&self, client: &mut Client, ids: &[String]) {
         let pods = client
             .list_pod_sandbox(ListPodSandboxRequest { filter: None })
             .await
@@ -332,6 +338,22 @@ impl Fixture {
         assert_eq!(self.net.ports(), "", "veths left on {}", self.net.bridge);
         assert_eq!(self.net.allocated(), Vec::<String>::new(), "IPs left");
         assert_eq!(self.cgroups_left(), Vec::<PathBuf>::new());
+        let out = Command::new("iptables-save").output().unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout);
+        for id in ids {
+            assert!(!rules.contains(id.as_str()), "iptables rules for {id} left");
+        }
+        // Records, CNI cache, shim sockets and exit files.
+        let mut files = Vec::new();
+        walk(&paths.run_root(), &mut files);
+        for sub in ["pods", "cni", "containers"] {
+            walk(&paths.root().join(sub), &mut files);
+        }
+        files.retain(|f| {
+            let name = f.file_name().unwrap().to_string_lossy();
+            !(name == "berth.sock" || name == "berth.sock.lock")
+        });
+        assert_eq!(files, Vec::<PathBuf>::new(), "files left behind");
     }
 }
 
@@ -345,6 +367,20 @@ impl Drop for Fixture {
                         .join(self.cgroup_parent.trim_start_matches('/')),
                 );
             }
+        }
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            walk(&path, out);
+        } else {
+            out.push(path);
         }
     }
 }
@@ -615,7 +651,7 @@ async fn round(fx: &Fixture, round: usize, pods: usize, per_pod: usize) {
         started.elapsed()
     );
     print_latencies("during teardown", &lat);
-    fx.assert_nothing_left(&mut client.clone()).await;
+    fx.assert_nothing_left(&mut client.clone(), &ids).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -638,4 +674,315 @@ async fn pods_with_containers_in_parallel_rounds_leave_nothing() {
         "load: {ROUNDS} rounds of {pods} pods x {per_pod} containers in {:?} (with set-up)",
         started.elapsed()
     );
+}
+
+/// Installs `berth-hang`, a plugin chained after bridge and portmap that
+/// hangs ADD or DEL of pod `<pod>` while `<net dir>/hang-<COMMAND>-<pod>`
+/// exists (in a `sleep` whose command line is the returned marker), and
+/// otherwise passes the previous result through.
+fn hang_plugin(net: &Net) -> String {
+    let marker = format!("6000.{}", std::process::id());
+    berth_e2e::write_script(
+        &net.bin_dir().join("berth-hang"),
+        &format!(
+            "#!/bin/sh\n\
+             input=$(cat)\n\
+             pod=$(echo \"$CNI_ARGS\" | tr ';' '\\n' | sed -n 's/^K8S_POD_NAME=//p')\n\
+             if [ -e \"{dir}/hang-$CNI_COMMAND-$pod\" ]; then exec sleep {marker}; fi\n\
+             if [ \"$CNI_COMMAND\" = ADD ]; then echo \"$input\" | jq -c .prevResult; fi\n",
+            dir = net.dir.path().display(),
+        ),
+    );
+    marker
+}
+
+fn count_processes_mentioning(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .count()
+}
+
+/// Fails fast when an RPC is stuck behind another object's hung plugin or
+/// stalled pull, rather than waiting for that step's timeout.
+async fn answers<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .unwrap_or_else(|_| panic!("{what} is blocked behind another object's slow step"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_cni_plugin_blocks_only_its_own_pod() {
+    if !can_run_here() {
+        return;
+    }
+    let net = Net::new(101, Some("berth-hang"));
+    let marker = hang_plugin(&net);
+    let hang_file = |command: &str, pod: &str| net.dir.path().join(format!("hang-{command}-{pod}"));
+    let (hang_add, hang_del) = (hang_file("ADD", "slowadd"), hang_file("DEL", "slowdel"));
+    // Long enough that nothing below can finish by the plugin timing out.
+    let fx = Fixture::new(net, "hang", 300).await;
+    let mut client = fx.berthd.runtime().await;
+    let slowdel = run_pod(&mut client, fx.pod("slowdel", false))
+        .await
+        .unwrap();
+    let other_config = fx.pod("other", false);
+    let other = start_pod(
+        &mut client,
+        other_config.clone(),
+        vec![fx.container(&other_config, "c0")],
+    )
+    .await
+    .unwrap();
+
+    std::fs::write(&hang_add, "").unwrap();
+    std::fs::write(&hang_del, "").unwrap();
+    let adding = {
+        let (mut client, config) = (client.clone(), fx.pod("slowadd", false));
+        tokio::spawn(async move { run_pod(&mut client, config).await })
+    };
+    let stopping = {
+        let (mut client, id) = (client.clone(), slowdel.clone());
+        tokio::spawn(async move { stop_and_remove(&mut client, &id).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_processes_mentioning(&marker) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "ADD and DEL never reached the hanging plugin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Reads of every pod, including the one stuck in DEL.
+    let listed = answers(
+        "ListPodSandbox",
+        client.list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .items;
+    let mut ids: Vec<&str> = listed.iter().map(|p| p.id.as_str()).collect();
+    ids.sort();
+    let mut expected = vec![slowdel.as_str(), other.as_str()];
+    expected.sort();
+    assert_eq!(ids, expected);
+    answers(
+        "PodSandboxStatus of the pod stuck in DEL",
+        client.pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: slowdel.clone(),
+            verbose: false,
+        }),
+    )
+    .await
+    .unwrap();
+    answers(
+        "ListContainers",
+        client.list_containers(ListContainersRequest { filter: None }),
+    )
+    .await
+    .unwrap();
+    answers(
+        "ListContainerStats",
+        client.list_container_stats(ListContainerStatsRequest { filter: None }),
+    )
+    .await
+    .unwrap();
+    answers(
+        "ListPodSandboxStats",
+        client.list_pod_sandbox_stats(ListPodSandboxStatsRequest { filter: None }),
+    )
+    .await
+    .unwrap();
+    // Whole lifecycles of other pods: one on the host's network, one on
+    // the same network whose plugins (the hanging one too) run meanwhile.
+    for (name, host_network) in [("hostnet", true), ("fresh", false)] {
+        let config = fx.pod(name, host_network);
+        let containers = vec![fx.container(&config, "c0")];
+        let id = answers(name, start_pod(&mut client, config, containers))
+            .await
+            .unwrap();
+        answers(name, stop_and_remove(&mut client, &id))
+            .await
+            .unwrap();
+    }
+    answers(
+        "teardown of another pod",
+        stop_and_remove(&mut client, &other),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !adding.is_finished() && !stopping.is_finished(),
+        "the hung plugin returned early"
+    );
+
+    // Unstuck: both fail on the killed plugin; Stop and Remove again converge.
+    std::fs::remove_file(&hang_add).unwrap();
+    std::fs::remove_file(&hang_del).unwrap();
+    berth_e2e::kill_processes_under(Path::new(&marker));
+    let err = adding.await.unwrap().unwrap_err();
+    assert!(err.message().contains("berth-hang ADD"), "{err:?}");
+    let err = stopping.await.unwrap().unwrap_err();
+    assert!(err.message().contains("berth-hang DEL"), "{err:?}");
+    stop_and_remove(&mut client, &slowdel).await.unwrap();
+    fx.assert_nothing_left(&mut client, &[slowdel, other]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_stop_and_remove_of_a_pod_leave_no_record() {
+    if !can_run_here() {
+        return;
+    }
+    let fx = Fixture::new(Net::new(102, None), "race", 30).await;
+    let mut client = fx.berthd.runtime().await;
+    let (mut tasks, mut ids) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        let config = fx.pod(&format!("race{i}"), false);
+        let containers = vec![fx.container(&config, "c0")];
+        let id = start_pod(&mut client, config, containers).await.unwrap();
+        ids.push(id.clone());
+        let (mut a, mut b) = (client.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let stop = a.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            });
+            let remove = b.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: id.clone(),
+            });
+            let (stopped, removed) = tokio::join!(stop, remove);
+            stopped.unwrap();
+            removed.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    fx.assert_nothing_left(&mut client, &ids).await;
+}
+
+#[tokio::test]
+async fn a_stalled_pull_blocks_no_other_image_rpc() {
+    if !can_run_here() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    // The last layer is the layered image's own: no other image waits on it.
+    fault.stall_once(&fixture_layer("layered", 2));
+    let conf = tempfile::tempdir().unwrap();
+    let registries = conf.path().join("registries.conf");
+    std::fs::write(
+        &registries,
+        format!(
+            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
+            fault.host()
+        ),
+    )
+    .unwrap();
+    let berthd = Berthd::start_with(Options {
+        config: format!(
+            "[image]\nregistries_config = \"{}\"\n",
+            registries.display()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let mut images = berthd.images().await;
+    let (stalled, other) = (fault.image("layered"), fault.image("busybox"));
+    let pulling = {
+        let (mut images, name) = (images.clone(), stalled.clone());
+        tokio::spawn(async move { pull(&mut images, &name).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fault.stalled() {
+        assert!(Instant::now() < deadline, "the pull never stalled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    answers("PullImage of another image", pull(&mut images, &other))
+        .await
+        .unwrap();
+    let status = answers("ImageStatus", image_status(&mut images, &other)).await;
+    assert!(status.is_some(), "{other} not found after its pull");
+    // The stalled image is not there yet: an empty answer, not an error.
+    let status = answers("ImageStatus", image_status(&mut images, &stalled)).await;
+    assert!(status.is_none(), "{status:?}");
+    let listed = answers(
+        "ListImages",
+        images.list_images(ListImagesRequest { filter: None }),
+    )
+    .await
+    .unwrap()
+    .into_inner()
+    .images;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    answers(
+        "RemoveImage of another image",
+        images.remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: other.clone(),
+                ..Default::default()
+            }),
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(image_status(&mut images, &other).await.is_none());
+    assert!(!pulling.is_finished(), "the stalled pull finished");
+}
+
+async fn pull(images: &mut ImageClient, name: &str) -> Result<String, tonic::Status> {
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+async fn image_status(images: &mut ImageClient, name: &str) -> Option<berth_e2e::cri::Image> {
+    images
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: name.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .filter(|i| !i.id.is_empty())
+}
+
+/// The digest of layer `n` of fixture `tag`, read from the fixture layout.
+fn fixture_layer(tag: &str, n: usize) -> String {
+    let layout = registry::fixtures();
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let manifest = read(entry["digest"].as_str().unwrap());
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }

@@ -152,9 +152,14 @@ pub struct ImageStore {
     pull_parallelism: AtomicUsize,
     client: Client,
     images: Mutex<BTreeMap<Digest, Image>>,
-    /// Pulls hold it shared, removals exclusive, so a removal never
-    /// collects a layer a pull in flight is about to use.
-    gc: tokio::sync::RwLock<()>,
+    /// Layers (chain hex) and blobs (digest hex) that pulls in flight use
+    /// but have not recorded in an image yet, with how many pulls use each:
+    /// garbage collection keeps them. Collection holds this lock while it
+    /// picks and moves away what to delete, so a pull never takes up a layer
+    /// being collected; a slow pull holds no lock a removal waits on.
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Makes each collected entry's name under `tmp/` unique.
+    doomed: AtomicUsize,
     /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
     layer_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -199,7 +204,8 @@ impl ImageStore {
             registries: RwLock::new(Arc::new(registries)),
             client: Client::new(),
             images: Mutex::new(images),
-            gc: tokio::sync::RwLock::new(()),
+            in_flight: Mutex::new(HashMap::new()),
+            doomed: AtomicUsize::new(0),
             layer_locks: Mutex::new(HashMap::new()),
         };
         store.collect_garbage()?;
@@ -318,7 +324,6 @@ impl ImageStore {
     /// Pulls `name` with `creds`, records it and returns it.
     pub async fn pull(&self, name: &str, creds: &Credentials) -> Result<Pulled, StoreError> {
         let candidates = self.qualified(name)?;
-        let _shared = self.gc.read().await;
         let mut last_err = None;
         for image in &candidates {
             match self.pull_one(image, creds).await {
@@ -437,6 +442,15 @@ impl ImageStore {
             });
         }
         let chain_ids = ChainId::chain(diff_ids);
+        // Before any layer is looked at: collection keeps them from now on.
+        let _pins = self.pin(
+            chain_ids
+                .iter()
+                .map(|c| c.0.hex())
+                .chain(blobs.iter().map(|(d, _)| d.hex()))
+                .chain([manifest.config.digest.hex()])
+                .collect(),
+        );
 
         // Layers in parallel, bounded; the first failure cancels the rest.
         let limit = Arc::new(tokio::sync::Semaphore::new(
@@ -746,19 +760,37 @@ impl ImageStore {
     /// Removes the image `name` names (with all its names) and every layer
     /// and blob no other image uses. An unknown name is not an error.
     pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
-        let _exclusive = self.gc.write().await;
         let Some(image) = self.get(name) else {
             return Ok(());
         };
         let path = self.record_path(&image.id);
-        remove_all(&path).map_err(StoreError::io(&path))?;
-        self.images.lock().unwrap().remove(&image.id);
+        {
+            // Under the lock pulls record under: one of concurrent removals
+            // deletes the record, the others find it gone.
+            let mut images = self.images.lock().unwrap();
+            if !images.contains_key(&image.id) {
+                return Ok(());
+            }
+            remove_all(&path).map_err(StoreError::io(&path))?;
+            images.remove(&image.id);
+        }
         self.collect_garbage()
     }
 
-    /// Removes layers and blobs no image record uses. Runs every step and
-    /// reports the first failure.
+    /// Marks layers and blobs as used by a pull in flight until the
+    /// returned guard drops.
+    fn pin(&self, keys: Vec<String>) -> Pins<'_> {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        for key in &keys {
+            *in_flight.entry(key.clone()).or_default() += 1;
+        }
+        Pins { store: self, keys }
+    }
+
+    /// Removes layers and blobs neither an image record nor a pull in
+    /// flight uses. Runs every step and reports the first failure.
     fn collect_garbage(&self) -> Result<(), StoreError> {
+        let in_flight = self.in_flight.lock().unwrap();
         let (chains, blobs): (HashSet<String>, HashSet<String>) = {
             let images = self.images.lock().unwrap();
             (
@@ -773,6 +805,7 @@ impl ImageStore {
             )
         };
         let mut first_err = None;
+        let mut doomed = Vec::new();
         for (sub, keep) in [("layers", &chains), ("blobs/sha256", &blobs)] {
             let dir = self.options.dir.join(sub);
             let entries = match std::fs::read_dir(&dir) {
@@ -787,19 +820,28 @@ impl ImageStore {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if keep.contains(&name) {
+                if keep.contains(&name) || in_flight.contains_key(&name) {
                     continue;
                 }
                 // Rename first so a crash mid-delete never leaves a half layer under layers/.
-                let doomed = self.options.dir.join("tmp").join(format!("gc-{name}"));
-                let result =
-                    std::fs::rename(entry.path(), &doomed).and_then(|()| remove_all(&doomed));
-                if let Err(e) = result {
-                    first_err.get_or_insert(StoreError::Io {
-                        path: entry.path(),
-                        source: e,
-                    });
+                let n = self.doomed.fetch_add(1, Ordering::Relaxed);
+                let to = self.options.dir.join("tmp").join(format!("gc-{n}-{name}"));
+                match std::fs::rename(entry.path(), &to) {
+                    Ok(()) => doomed.push(to),
+                    Err(e) => {
+                        first_err.get_or_insert(StoreError::Io {
+                            path: entry.path(),
+                            source: e,
+                        });
+                    }
                 }
+            }
+        }
+        // Out of layers/ and blobs/ now: pulls need not wait for the deletion.
+        drop(in_flight);
+        for path in doomed {
+            if let Err(e) = remove_all(&path) {
+                first_err.get_or_insert(StoreError::Io { path, source: e });
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -937,6 +979,26 @@ fn unpack_stream(
     Ok((diff_id, count))
 }
 
+/// Layers and blobs a pull in flight uses; unpinned on drop.
+struct Pins<'a> {
+    store: &'a ImageStore,
+    keys: Vec<String>,
+}
+
+impl Drop for Pins<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.store.in_flight.lock().unwrap();
+        for key in &self.keys {
+            if let Some(count) = in_flight.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.remove(key);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -984,5 +1046,34 @@ mod tests {
         assert!(err.contains(&conf.display().to_string()), "{err}");
         assert!(refused(&store, "b.example/x:1").await);
         assert_eq!(store.pull_parallelism.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn collection_keeps_what_a_pull_in_flight_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(StoreOptions {
+            dir: dir.path().join("images"),
+            registries_config: None,
+            registries_config_required: false,
+            pull_parallelism: 1,
+        })
+        .unwrap();
+        let (chain, blob) = ("a".repeat(64), "b".repeat(64));
+        let layer = store.options.dir.join("layers").join(&chain);
+        let blob_path = store.options.dir.join("blobs/sha256").join(&blob);
+        std::fs::create_dir_all(layer.join("diff")).unwrap();
+        std::fs::write(&blob_path, b"{}").unwrap();
+
+        let pins = store.pin(vec![chain.clone(), blob.clone()]);
+        // A second pull of the same layer, done before the first.
+        drop(store.pin(vec![chain.clone()]));
+        store.collect_garbage().unwrap();
+        assert!(layer.exists() && blob_path.exists());
+
+        drop(pins);
+        store.collect_garbage().unwrap();
+        assert!(!layer.exists() && !blob_path.exists());
+        let tmp = std::fs::read_dir(store.options.dir.join("tmp")).unwrap();
+        assert_eq!(tmp.count(), 0, "collected entries are deleted");
     }
 }
