@@ -155,7 +155,9 @@ impl Drop for Net {
 struct Fixture {
     _registry: Registry,
     net: Net,
-    berthd: Berthd,
+    /// None only while it restarts.
+    berthd: Option<Berthd>,
+    options: Options,
     image: String,
     logs: tempfile::TempDir,
     cgroup_parent: String,
@@ -188,7 +190,7 @@ impl Fixture {
             ),
             ..Options::default()
         };
-        let berthd = Berthd::start_with(options).await;
+        let berthd = Berthd::start_with(options.clone()).await;
         let image = registry.image("busybox");
         berthd
             .images()
@@ -205,11 +207,23 @@ impl Fixture {
         Fixture {
             _registry: registry,
             net,
-            berthd,
+            berthd: Some(berthd),
+            options,
             image,
             logs,
             cgroup_parent: format!("/berth-e2e-{}-{tag}", std::process::id()),
         }
+    }
+
+    fn berthd(&self) -> &Berthd {
+        self.berthd.as_ref().expect("berthd runs")
+    }
+
+    /// kill -9 and a restart on the same root and run root.
+    async fn kill_and_restart(&mut self) {
+        let berthd = self.berthd.take().expect("berthd runs");
+        let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGKILL).await;
+        self.berthd = Some(Berthd::start_in(paths, self.options.clone()).await);
     }
 
     /// A pod as the kubelet sends it: own network, PID per container
@@ -267,8 +281,8 @@ impl Fixture {
 
     /// Processes berthd started that still run: shims, runtimes, infra.
     fn leftover_processes(&self) -> Vec<String> {
-        let needle = self.berthd.paths().dir().as_os_str().as_encoded_bytes();
-        let skip = [std::process::id() as i32, self.berthd.pid().as_raw()];
+        let needle = self.berthd().paths().dir().as_os_str().as_encoded_bytes();
+        let skip = [std::process::id() as i32, self.berthd().pid().as_raw()];
         let mut left = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = entry
@@ -330,7 +344,7 @@ impl Fixture {
             .into_inner()
             .containers;
         assert!(containers.is_empty(), "containers left: {containers:?}");
-        let paths = self.berthd.paths();
+        let paths = self.berthd().paths();
         assert_eq!(self.leftover_processes(), Vec::<String>::new());
         // Namespace pins, shm and rootfs overlays are all mounts.
         assert_eq!(mounts_under(&paths.run_root()), Vec::<PathBuf>::new());
@@ -530,10 +544,10 @@ fn print_latencies(phase: &str, lat: &[(&'static str, Latency); 3]) {
 /// One round: `pods` pods of `per_pod` containers started in parallel,
 /// checked, then all torn down in parallel; nothing may be left.
 async fn round(fx: &Fixture, round: usize, pods: usize, per_pod: usize) {
-    let client = fx.berthd.runtime().await;
+    let client = fx.berthd().runtime().await;
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let listers = spawn_listers(fx.berthd.runtime().await, stop.clone());
+    let listers = spawn_listers(fx.berthd().runtime().await, stop.clone());
     let mut tasks = Vec::new();
     for i in 0..pods {
         let pod = fx.pod(&format!("load{round}x{i}"), false);
@@ -628,7 +642,7 @@ async fn round(fx: &Fixture, round: usize, pods: usize, per_pod: usize) {
 
     let started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let listers = spawn_listers(fx.berthd.runtime().await, stop.clone());
+    let listers = spawn_listers(fx.berthd().runtime().await, stop.clone());
     let mut tasks = Vec::new();
     for id in ids.clone() {
         let mut client = client.clone();
@@ -726,7 +740,7 @@ async fn a_hung_cni_plugin_blocks_only_its_own_pod() {
     let (hang_add, hang_del) = (hang_file("ADD", "slowadd"), hang_file("DEL", "slowdel"));
     // Long enough that nothing below can finish by the plugin timing out.
     let fx = Fixture::new(net, "hang", 300).await;
-    let mut client = fx.berthd.runtime().await;
+    let mut client = fx.berthd().runtime().await;
     let slowdel = run_pod(&mut client, fx.pod("slowdel", false))
         .await
         .unwrap();
@@ -840,7 +854,7 @@ async fn racing_stop_and_remove_of_a_pod_leave_no_record() {
         return;
     }
     let fx = Fixture::new(Net::new(102, None), "race", 30).await;
-    let mut client = fx.berthd.runtime().await;
+    let mut client = fx.berthd().runtime().await;
     let (mut tasks, mut ids) = (Vec::new(), Vec::new());
     for i in 0..10 {
         let config = fx.pod(&format!("race{i}"), false);
@@ -985,4 +999,158 @@ fn fixture_layer(tag: &str, n: usize) -> String {
         .as_str()
         .unwrap()
         .to_string()
+}
+
+/// Whether a CNI plugin berthd started on this run root still runs (a
+/// kill -9 of berthd leaves its plugins running to completion).
+fn plugins_running(run_root: &Path) -> bool {
+    let needle = format!("CNI_NETNS={}", run_root.display());
+    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+        std::fs::read(entry.path().join("environ")).is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|var| var.starts_with(needle.as_bytes()))
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_amid_parallel_set_up_then_teardown_leaves_nothing() {
+    if !can_run_here() {
+        return;
+    }
+    const N: usize = 20;
+    let mut fx = Fixture::new(Net::new(103, None), "kill", 30).await;
+    let client = fx.berthd().runtime().await;
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let pod = fx.pod(&format!("kill{i}"), false);
+        let containers = vec![fx.container(&pod, "c0")];
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            start_pod(&mut client, pod, containers).await
+        }));
+    }
+    // Killed with some pods done, some containers made and some pods half
+    // set up (results of the RPCs in flight are lost with berthd).
+    let mut watcher = client.clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let made = watcher
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers
+            .len();
+        if made >= 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no containers were made");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fx.kill_and_restart().await;
+    for task in tasks {
+        let _ = task.await.unwrap();
+    }
+    let run_root = fx.berthd().paths().run_root();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while plugins_running(&run_root) {
+        assert!(Instant::now() < deadline, "orphaned CNI plugins still run");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let mut client = fx.berthd().runtime().await;
+    let pods = client
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(pods.len() >= 2, "{pods:?}");
+    let containers = client
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    let count = |state: ContainerState| {
+        containers
+            .iter()
+            .filter(|c| c.state == state as i32)
+            .count()
+    };
+    eprintln!(
+        "load: after kill -9: {} pods, {} containers: {} created, {} running, {} exited",
+        pods.len(),
+        containers.len(),
+        count(ContainerState::ContainerCreated),
+        count(ContainerState::ContainerRunning),
+        count(ContainerState::ContainerExited),
+    );
+    let ids: Vec<String> = pods.iter().map(|p| p.id.clone()).collect();
+    let mut tasks = Vec::new();
+    for id in ids.clone() {
+        let mut client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            stop_and_remove(&mut client, &id)
+                .await
+                .map_err(|e| format!("teardown of {id}: {e:?}"))
+        }));
+    }
+    let mut errors = Vec::new();
+    for task in tasks {
+        if let Err(err) = task.await.unwrap() {
+            errors.push(err);
+        }
+    }
+    assert_eq!(errors, Vec::<String>::new());
+    fx.assert_nothing_left(&mut client, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_started_just_before_kill_9_is_running_after_restart() {
+    if !can_run_here() {
+        return;
+    }
+    let mut fx = Fixture::new(Net::new(104, None), "started", 30).await;
+    let mut client = fx.berthd().runtime().await;
+    let pod_config = fx.pod("started", false);
+    let pod = run_pod(&mut client, pod_config.clone()).await.unwrap();
+    let container = client
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(fx.container(&pod_config, "c0")),
+            sandbox_config: Some(pod_config),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .container_id;
+    // StartContainer cut short after the runtime started the container and
+    // before berthd saved that: the runtime's start, then kill -9.
+    let runtimes = fx.berthd().paths().run_root().join("runtimes/runc");
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&runtimes)
+        .args(["start", &container])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runc start: {out:?}");
+    fx.kill_and_restart().await;
+
+    let mut client = fx.berthd().runtime().await;
+    let status = client
+        .container_status(berth_e2e::cri::ContainerStatusRequest {
+            container_id: container.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+    assert!(status.started_at > 0);
+    stop_and_remove(&mut client, &pod).await.unwrap();
+    fx.assert_nothing_left(&mut client, &[pod]).await;
 }
