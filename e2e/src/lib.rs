@@ -25,6 +25,7 @@ pub use berth_proto::cri;
 
 pub mod bundles;
 pub mod fault_registry;
+pub mod net;
 pub mod registry;
 pub mod world;
 
@@ -157,6 +158,36 @@ impl Paths {
 
     pub fn root(&self) -> PathBuf {
         self.dir().join("root")
+    }
+
+    /// Puts [`Paths::root`] on a tmpfs of `bytes` (before berthd starts),
+    /// so a test can fill it; dropping the paths unmounts it.
+    pub fn mount_root_tmpfs(&self, bytes: u64) {
+        std::fs::create_dir_all(self.root()).expect("create root dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(self.root())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            self.root().display()
+        );
+    }
+
+    /// Resizes the tmpfs of [`Paths::mount_root_tmpfs`].
+    pub fn resize_root_tmpfs(&self, bytes: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.root())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "resize the tmpfs on {}",
+            self.root().display()
+        );
     }
 
     pub fn run_root(&self) -> PathBuf {
@@ -359,6 +390,24 @@ impl Drop for Paths {
         kill_processes_under(self.dir());
         unmount_under(self.dir());
     }
+}
+
+/// How many berth-shim processes have `dir` in their command line: the
+/// shims of a berthd whose paths are under `dir`.
+pub fn shims_under(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
+                cmd.windows(10).any(|w| w == b"berth-shim")
+                    && cmd.windows(needle.len()).any(|w| w == needle)
+            })
+        })
+        .count()
 }
 
 /// Kills every process whose command line mentions `dir`: shims and OCI

@@ -58,6 +58,11 @@ impl World {
 
     /// [`World::new`] with `extra` appended to berthd's config file.
     pub async fn with_config(tag: &str, extra: &str) -> World {
+        World::in_paths(tag, extra, Paths::create()).await
+    }
+
+    /// [`World::with_config`] with berthd's state in `paths`.
+    pub async fn in_paths(tag: &str, extra: &str, paths: Paths) -> World {
         let registry = Registry::start_empty(Security::Plain);
         registry.push("busybox", "berth/busybox:latest");
         let logs = tempfile::Builder::new()
@@ -75,7 +80,7 @@ impl World {
         .unwrap();
         std::fs::create_dir(logs.path().join("net.d")).unwrap();
         let options = options(&conf, &logs.path().join("net.d"), extra);
-        let berthd = Berthd::start_with(options.clone()).await;
+        let berthd = Berthd::start_in(paths, options.clone()).await;
         let image = registry.image("busybox");
         berthd
             .images()

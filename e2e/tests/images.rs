@@ -3,13 +3,14 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
     ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
 };
-use berth_e2e::fault_registry::{self, FaultRegistry};
+use berth_e2e::fault_registry::{self, Fault, FaultRegistry};
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run};
 use tonic::Code;
@@ -31,11 +32,19 @@ fn spec(name: &str) -> Option<ImageSpec> {
 
 /// berthd with a registries.conf holding `registries` (TOML).
 async fn start_berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
+    start_berthd_with(registries, "").await
+}
+
+/// Like [`start_berthd`], with more `[image]` keys.
+async fn start_berthd_with(registries: &str, image_keys: &str) -> (Berthd, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("registries.conf");
     std::fs::write(&conf, registries).unwrap();
     let berthd = Berthd::start_with(Options {
-        config: format!("[image]\nregistries_config = \"{}\"\n", conf.display()),
+        config: format!(
+            "[image]\nregistries_config = \"{}\"\n{image_keys}",
+            conf.display()
+        ),
         ..Options::default()
     })
     .await;
@@ -642,6 +651,21 @@ async fn bad_input_names_the_field() {
 
 /// The digest of layer `n` of fixture `tag`, read from the fixture layout.
 fn fixture_layer(tag: &str, n: usize) -> String {
+    let (_, manifest) = fixture_manifest(tag);
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The digest of fixture `tag`'s config.
+fn fixture_config(tag: &str) -> String {
+    let (_, manifest) = fixture_manifest(tag);
+    manifest["config"]["digest"].as_str().unwrap().to_string()
+}
+
+/// Fixture `tag`'s manifest digest and content, read from the fixture layout.
+fn fixture_manifest(tag: &str) -> (String, serde_json::Value) {
     let layout = registry::fixtures();
     let read = |digest: &str| -> serde_json::Value {
         let hex = digest.strip_prefix("sha256:").unwrap();
@@ -656,11 +680,8 @@ fn fixture_layer(tag: &str, n: usize) -> String {
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .unwrap();
-    let manifest = read(entry["digest"].as_str().unwrap());
-    manifest["layers"][n]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let digest = entry["digest"].as_str().unwrap();
+    (digest.to_string(), read(digest))
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -760,4 +781,108 @@ async fn bearer_token_flow_anonymous_and_with_credentials() {
         .unwrap();
     // Basic dTpw is base64("u:p"): the credentials go to the token endpoint.
     assert_eq!(fault.token_requests()[1], "Basic dTpw");
+}
+
+#[tokio::test]
+async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let mut images = berthd.images().await;
+    let name = fault.image("layered");
+    let (manifest, _) = fixture_manifest("layered");
+    let config = fixture_config("layered");
+    let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
+    fault.inject(&manifest, &[Fault::ServerError]);
+    fault.inject(&config, &[Fault::DropMidBody]);
+    fault.inject(&layers[0], &[Fault::ShortBody]);
+    fault.inject(&layers[1], &[Fault::DropMidBody, Fault::ServerError]);
+    pull(&mut images, &name, None).await.unwrap();
+    let fetches = fault.fetches();
+    assert_eq!(fetches[&manifest], 2, "{fetches:?}");
+    assert_eq!(fetches[&config], 2, "{fetches:?}");
+    assert_eq!(fetches[&layers[0]], 2, "{fetches:?}");
+    assert_eq!(fetches[&layers[1]], 3, "{fetches:?}");
+    assert_eq!(fetches[&layers[2]], 1, "{fetches:?}");
+    assert_eq!(list(&mut images).await.len(), 1);
+    let store = berthd.paths().root().join("images");
+    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+
+    // One failure more than the default 3 retries: a clear error, no image.
+    remove(&mut images, &name).await;
+    fault.inject(&layers[2], &[Fault::ServerError; 4]);
+    let err = pull(&mut images, &name, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    for part in [fault.host().as_str(), layers[2].as_str(), "HTTP 500"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+    assert_eq!(fault.fetches()[&layers[2]], 1 + 4);
+    assert!(list(&mut images).await.is_empty());
+    assert_eq!(entries(&store.join("images")), Vec::<String>::new());
+    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_silent_registry_fails_the_pull_and_a_slow_one_does_not() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let (berthd, _conf) =
+        start_berthd_with(&insecure(&fault.host()), "pull_progress_timeout = 2\n").await;
+    let mut images = berthd.images().await;
+    let name = fault.image("layered");
+    let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
+
+    fault.stall_once(&layers[0]);
+    let err = pull(&mut images, &name, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    for part in [layers[0].as_str(), "no progress for 2s"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+    wait_until("the stalled connection closed", || fault.abandoned()).await;
+    assert!(list(&mut images).await.is_empty());
+    let store = berthd.paths().root().join("images");
+    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+
+    // Eight pieces 600 ms apart: longer than the timeout in all, never silent that long.
+    fault.inject(&layers[1], &[Fault::Drip(Duration::from_millis(600))]);
+    pull(&mut images, &name, None).await.unwrap();
+    assert_eq!(list(&mut images).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_pull_stops_its_downloads_and_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let layer = fixture_layer("layered", 0);
+    fault.stall_once(&layer);
+    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let name = fault.image("layered");
+    let pulling = {
+        let (mut images, name) = (berthd.images().await, name.clone());
+        tokio::spawn(async move { pull(&mut images, &name, None).await })
+    };
+    let tmp = berthd.paths().root().join("images/tmp");
+    wait_until("the layer download stalled half way", || {
+        fault.stalled() && !entries(&tmp).is_empty()
+    })
+    .await;
+    pulling.abort();
+    wait_until("berthd closed the registry connection", || {
+        fault.abandoned()
+    })
+    .await;
+    wait_until("the half-unpacked layer removed", || {
+        entries(&tmp).is_empty()
+    })
+    .await;
+    let mut images = berthd.images().await;
+    assert!(list(&mut images).await.is_empty());
+    pull(&mut images, &name, None).await.unwrap();
+    assert_eq!(fault.fetches()[&layer], 2);
 }

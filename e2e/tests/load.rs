@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -26,14 +26,13 @@ use berth_e2e::cri::{
     StartContainerRequest, StopPodSandboxRequest,
 };
 use berth_e2e::fault_registry::{self, FaultRegistry};
+use berth_e2e::net::{BIN_DIR, Net};
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
 use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
 type ImageClient = ImageServiceClient<Channel>;
-
-const BIN_DIR: &str = "/usr/lib/cni";
 
 /// Pods per round in CI, and rounds.
 const PODS: usize = 50;
@@ -54,100 +53,11 @@ fn can_run_here() -> bool {
     )
 }
 
-/// A private pod network: conf dir, bridge, /24 subnet, host-local store,
-/// and a bin dir for fault-injecting plugins searched before the real ones.
-struct Net {
-    dir: tempfile::TempDir,
-    name: String,
-    bridge: String,
-}
-
-impl Net {
-    /// `index` is unique per test in this file (and apart from pods.rs's);
-    /// the pid keeps concurrent runs of the suite apart.
-    fn new(index: u8, extra_plugin: Option<&str>) -> Net {
-        let pid = std::process::id();
-        let dir = tempfile::Builder::new()
-            .prefix("berth-e2e-load-net-")
-            .tempdir()
-            .unwrap();
-        let net = Net {
-            dir,
-            name: format!("berth-load-{pid}-{index}"),
-            bridge: format!("bl{}x{index}", pid % 100_000),
-        };
-        std::fs::create_dir(net.conf_dir()).unwrap();
-        std::fs::create_dir(net.bin_dir()).unwrap();
-        let extra = extra_plugin
-            .map(|p| format!(", {{ \"type\": \"{p}\" }}"))
-            .unwrap_or_default();
-        let conflist = format!(
-            r#"{{
-  "cniVersion": "1.0.0",
-  "name": "{name}",
-  "plugins": [
-    {{
-      "type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": true,
-      "ipam": {{
-        "type": "host-local", "dataDir": "{data}",
-        "routes": [{{ "dst": "0.0.0.0/0" }}],
-        "ranges": [[{{ "subnet": "10.{octet}.{index}.0/24" }}]]
-      }}
-    }},
-    {{ "type": "portmap", "capabilities": {{ "portMappings": true }} }}{extra}
-  ]
-}}"#,
-            name = net.name,
-            bridge = net.bridge,
-            data = net.data_dir().display(),
-            octet = 208 + pid % 16,
-        );
-        std::fs::write(net.conf_dir().join("10-load.conflist"), conflist).unwrap();
-        net
-    }
-
-    fn conf_dir(&self) -> PathBuf {
-        self.dir.path().join("net.d")
-    }
-
-    fn bin_dir(&self) -> PathBuf {
-        self.dir.path().join("bin")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam")
-    }
-
-    /// Addresses host-local still holds.
-    fn allocated(&self) -> Vec<String> {
-        let Ok(entries) = std::fs::read_dir(self.data_dir().join(&self.name)) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-            .collect()
-    }
-
-    /// The host ends of pod veths on the bridge.
-    fn ports(&self) -> String {
-        let out = Command::new("ip")
-            .args(["-o", "link", "show", "master", &self.bridge])
-            .stderr(Stdio::null())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
-    }
+/// Fault-injecting plugins go here, searched before the real ones.
+fn bin_dir(net: &Net) -> PathBuf {
+    let dir = net.dir().join("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
 
 /// A berthd on a private network with the busybox fixture pulled from a
@@ -186,7 +96,7 @@ impl Fixture {
                  bin_dirs = [\"{}\", \"{BIN_DIR}\"]\nplugin_timeout = {plugin_timeout}\n",
                 conf.display(),
                 net.conf_dir().display(),
-                net.bin_dir().display(),
+                bin_dir(&net).display(),
             ),
             ..Options::default()
         };
@@ -349,7 +259,12 @@ impl Fixture {
         // Namespace pins, shm and rootfs overlays are all mounts.
         assert_eq!(mounts_under(&paths.run_root()), Vec::<PathBuf>::new());
         assert_eq!(mounts_under(&paths.root()), Vec::<PathBuf>::new());
-        assert_eq!(self.net.ports(), "", "veths left on {}", self.net.bridge);
+        assert_eq!(
+            self.net.ports().trim(),
+            "",
+            "veths left on {}",
+            self.net.bridge
+        );
         assert_eq!(self.net.allocated(), Vec::<String>::new(), "IPs left");
         assert_eq!(self.cgroups_left(), Vec::<PathBuf>::new());
         let out = Command::new("iptables-save").output().unwrap();
@@ -680,7 +595,7 @@ async fn pods_with_containers_in_parallel_rounds_leave_nothing() {
         (PODS, 1)
     };
     let started = Instant::now();
-    let fx = Fixture::new(Net::new(100, None), "load", 30).await;
+    let fx = Fixture::new(Net::new(100), "load", 30).await;
     for r in 0..ROUNDS {
         round(&fx, r, pods, per_pod).await;
     }
@@ -697,14 +612,14 @@ async fn pods_with_containers_in_parallel_rounds_leave_nothing() {
 fn hang_plugin(net: &Net) -> String {
     let marker = format!("6000.{}", std::process::id());
     berth_e2e::write_script(
-        &net.bin_dir().join("berth-hang"),
+        &bin_dir(net).join("berth-hang"),
         &format!(
             "#!/bin/sh\n\
              input=$(cat)\n\
              pod=$(echo \"$CNI_ARGS\" | tr ';' '\\n' | sed -n 's/^K8S_POD_NAME=//p')\n\
              if [ -e \"{dir}/hang-$CNI_COMMAND-$pod\" ]; then exec sleep {marker}; fi\n\
              if [ \"$CNI_COMMAND\" = ADD ]; then echo \"$input\" | jq -c .prevResult; fi\n",
-            dir = net.dir.path().display(),
+            dir = net.dir().display(),
         ),
     );
     marker
@@ -734,9 +649,9 @@ async fn a_hung_cni_plugin_blocks_only_its_own_pod() {
     if !can_run_here() {
         return;
     }
-    let net = Net::new(101, Some("berth-hang"));
+    let net = Net::with_plugins(101, Some(r#"{ "type": "berth-hang" }"#));
     let marker = hang_plugin(&net);
-    let hang_file = |command: &str, pod: &str| net.dir.path().join(format!("hang-{command}-{pod}"));
+    let hang_file = |command: &str, pod: &str| net.dir().join(format!("hang-{command}-{pod}"));
     let (hang_add, hang_del) = (hang_file("ADD", "slowadd"), hang_file("DEL", "slowdel"));
     // Long enough that nothing below can finish by the plugin timing out.
     let fx = Fixture::new(net, "hang", 300).await;
@@ -853,7 +768,7 @@ async fn racing_stop_and_remove_of_a_pod_leave_no_record() {
     if !can_run_here() {
         return;
     }
-    let fx = Fixture::new(Net::new(102, None), "race", 30).await;
+    let fx = Fixture::new(Net::new(102), "race", 30).await;
     let mut client = fx.berthd().runtime().await;
     let (mut tasks, mut ids) = (Vec::new(), Vec::new());
     for i in 0..10 {
@@ -1019,7 +934,7 @@ async fn kill_9_amid_parallel_set_up_then_teardown_leaves_nothing() {
         return;
     }
     const N: usize = 20;
-    let mut fx = Fixture::new(Net::new(103, None), "kill", 30).await;
+    let mut fx = Fixture::new(Net::new(103), "kill", 30).await;
     let client = fx.berthd().runtime().await;
     let mut tasks = Vec::new();
     for i in 0..N {
@@ -1112,7 +1027,7 @@ async fn a_container_started_just_before_kill_9_is_running_after_restart() {
     if !can_run_here() {
         return;
     }
-    let mut fx = Fixture::new(Net::new(104, None), "started", 30).await;
+    let mut fx = Fixture::new(Net::new(104), "started", 30).await;
     let mut client = fx.berthd().runtime().await;
     let pod_config = fx.pod("started", false);
     let pod = run_pod(&mut client, pod_config.clone()).await.unwrap();

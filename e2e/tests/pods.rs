@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
@@ -19,161 +19,12 @@ use berth_e2e::cri::{
     PortMapping, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StatusRequest,
     StopPodSandboxRequest, UpdateRuntimeConfigRequest,
 };
+use berth_e2e::net::{BIN_DIR, Net, can_run_network, options_for, sh};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
 use nix::sys::signal::Signal;
 use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
-
-const BIN_DIR: &str = "/usr/lib/cni";
-
-fn can_run_network() -> bool {
-    can_run(
-        is_root()
-            && have_command("nsenter")
-            && have_command("busybox")
-            && have_command("iptables-save")
-            && Path::new(BIN_DIR).join("bridge").exists(),
-        "root, nsenter, busybox, iptables and the CNI plugins in /usr/lib/cni",
-    )
-}
-
-/// A private pod network: conf dir, bridge, /24 subnet, host-local store.
-struct Net {
-    dir: tempfile::TempDir,
-    name: String,
-    bridge: String,
-    /// The first three octets of the subnet.
-    prefix: String,
-}
-
-impl Net {
-    /// `index` is unique per test in this file; the pid keeps concurrent
-    /// runs of the suite apart.
-    fn new(index: u8) -> Net {
-        Self::build(index, None, false)
-    }
-
-    fn with_plugins(index: u8, extra: Option<&str>) -> Net {
-        Self::build(index, extra, false)
-    }
-
-    /// With `ipv6`, host-local also hands out an address from a ULA /64.
-    fn build(index: u8, extra: Option<&str>, ipv6: bool) -> Net {
-        let pid = std::process::id();
-        let dir = tempfile::Builder::new()
-            .prefix("berth-e2e-net-")
-            .tempdir()
-            .unwrap();
-        let name = format!("berth-e2e-{pid}-{index}");
-        let bridge = format!("bp{}x{index}", pid % 100_000);
-        let prefix = format!("10.{}.{index}", 224 + pid % 16);
-        let net = Net {
-            dir,
-            name,
-            bridge,
-            prefix,
-        };
-        std::fs::create_dir(net.conf_dir()).unwrap();
-        let extra = extra.map(|p| format!(",{p}")).unwrap_or_default();
-        let (v6_range, v6_route) = if ipv6 {
-            (
-                format!(
-                    r#", [{{ "subnet": "fd00:be:{:x}:{index}::/64" }}]"#,
-                    pid % 0xffff
-                ),
-                r#", { "dst": "::/0" }"#.to_string(),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let conflist = format!(
-            r#"{{
-  "cniVersion": "1.0.0",
-  "name": "{name}",
-  "plugins": [
-    {{
-      "type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": true,
-      "ipam": {{
-        "type": "host-local", "dataDir": "{data}",
-        "routes": [{{ "dst": "0.0.0.0/0" }}{v6_route}],
-        "ranges": [[{{ "subnet": "{prefix}.0/24" }}]{v6_range}]
-      }}
-    }},
-    {{ "type": "portmap", "capabilities": {{ "portMappings": true }} }}{extra}
-  ]
-}}"#,
-            name = net.name,
-            bridge = net.bridge,
-            data = net.data_dir().display(),
-            prefix = net.prefix,
-        );
-        std::fs::write(net.conf_dir().join("10-test.conflist"), conflist).unwrap();
-        net
-    }
-
-    fn conf_dir(&self) -> PathBuf {
-        self.dir.path().join("net.d")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam")
-    }
-
-    fn gateway(&self) -> String {
-        format!("{}.1", self.prefix)
-    }
-
-    fn options(&self) -> Options {
-        options_for(&self.conf_dir())
-    }
-
-    /// Addresses host-local still holds.
-    fn allocated(&self) -> Vec<String> {
-        let dir = self.data_dir().join(&self.name);
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-            .collect()
-    }
-
-    /// Interfaces (the host ends of pod veths) on the bridge.
-    fn ports(&self) -> String {
-        let out = sh(&["ip", "-o", "link", "show", "master", &self.bridge]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn options_for(conf_dir: &Path) -> Options {
-    Options {
-        config: format!(
-            "[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{BIN_DIR}\"]\nplugin_timeout = 30\n",
-            conf_dir.display()
-        ),
-        ..Options::default()
-    }
-}
-
-fn sh(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
-}
 
 fn mode(m: NamespaceMode) -> i32 {
     m as i32
@@ -1016,7 +867,7 @@ fn drop_nat_rules_naming(id: &str) {
 /// unique to this run (the returned marker), and berthd options that search
 /// its dir first with `timeout` seconds per plugin.
 fn hanging_plugin(net: &Net, timeout: u64) -> (String, Options) {
-    let bin = net.dir.path().join("bin");
+    let bin = net.dir().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let plugin = bin.join("berth-hang");
     let marker = format!("600.{}{}", std::process::id(), net.prefix.replace('.', ""));

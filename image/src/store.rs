@@ -18,6 +18,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -75,9 +76,20 @@ pub enum StoreError {
     },
     #[error("image store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("image {image} is in use by container(s) {}: remove them first", .containers.join(", "))]
+    InUse {
+        image: String,
+        containers: Vec<String>,
+    },
 }
 
 impl StoreError {
+    /// Whether the failed step may succeed if tried again (see
+    /// [`ClientError::is_transient`]).
+    fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Client { source, .. } if source.is_transient())
+    }
+
     fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         move |source| StoreError::Io {
             path: path.to_path_buf(),
@@ -96,9 +108,24 @@ pub struct StoreOptions {
     pub registries_config: Option<PathBuf>,
     /// Whether a missing `registries_config` is an error.
     pub registries_config_required: bool,
-    /// Layers downloaded and unpacked at once per pull.
-    pub pull_parallelism: usize,
+    pub pull: PullSettings,
 }
+
+/// What [`ImageStore::reload`] can change for the pulls that start after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullSettings {
+    /// Layers downloaded and unpacked at once per pull.
+    pub parallelism: usize,
+    /// How often a registry request that failed transiently (dropped
+    /// connection, 5xx, 408, 429) is tried again, with doubling back-off.
+    pub retries: u32,
+    /// A registry that sends nothing for this long fails the pull.
+    pub progress_timeout: Duration,
+}
+
+/// The first pause before a transient failure is tried again; it doubles
+/// with each further try.
+const RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// One image: its ID is its config digest; every name it was pulled under is kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,8 +176,8 @@ pub struct ImageStore {
     options: StoreOptions,
     /// Replaced whole by [`ImageStore::reload`]; a pull keeps the one it started with.
     registries: RwLock<Arc<RegistriesConfig>>,
-    pull_parallelism: AtomicUsize,
-    client: Client,
+    /// Like `registries`: a pull keeps the settings and client it started with.
+    pull: RwLock<(PullSettings, Client)>,
     images: Mutex<BTreeMap<Digest, Image>>,
     /// Layers (chain hex) and blobs (digest hex) that pulls in flight use
     /// but have not recorded in an image yet, with how many pulls use each:
@@ -158,6 +185,10 @@ pub struct ImageStore {
     /// picks and moves away what to delete, so a pull never takes up a layer
     /// being collected; a slow pull holds no lock a removal waits on.
     in_flight: Mutex<HashMap<String, usize>>,
+    /// CreateContainer holds it shared from looking its image up until its
+    /// record names the image ([`ImageStore::hold`]), removals exclusive.
+    /// Pulls do not take it: they pin what they use (`in_flight`).
+    gc: tokio::sync::RwLock<()>,
     /// Makes each collected entry's name under `tmp/` unique.
     doomed: AtomicUsize,
     /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
@@ -199,12 +230,12 @@ impl ImageStore {
             images.insert(image.id.clone(), image);
         }
         let store = ImageStore {
-            pull_parallelism: AtomicUsize::new(options.pull_parallelism),
+            pull: RwLock::new((options.pull, Client::new(options.pull.progress_timeout))),
             options,
             registries: RwLock::new(Arc::new(registries)),
-            client: Client::new(),
             images: Mutex::new(images),
             in_flight: Mutex::new(HashMap::new()),
+            gc: tokio::sync::RwLock::new(()),
             doomed: AtomicUsize::new(0),
             layer_locks: Mutex::new(HashMap::new()),
         };
@@ -212,18 +243,23 @@ impl ImageStore {
         Ok(store)
     }
 
-    /// Re-reads the registries config and sets the pull parallelism for
-    /// pulls that start from now on. A config that does not load changes
+    /// Re-reads the registries config and applies `settings` for pulls
+    /// that start from now on. A config that does not load changes
     /// nothing. Returns whether the registries config differs.
     pub fn reload(
         &self,
         registries_config: Option<&Path>,
         required: bool,
-        pull_parallelism: usize,
+        settings: PullSettings,
     ) -> Result<bool, StoreError> {
         let registries = RegistriesConfig::load(registries_config, required)?;
-        self.pull_parallelism
-            .store(pull_parallelism, Ordering::Relaxed);
+        {
+            let mut pull = self.pull.write().expect("lock poisoned");
+            if pull.0.progress_timeout != settings.progress_timeout {
+                pull.1 = Client::new(settings.progress_timeout);
+            }
+            pull.0 = settings;
+        }
         let mut current = self.registries.write().expect("lock poisoned");
         let changed = **current != registries;
         *current = Arc::new(registries);
@@ -324,9 +360,10 @@ impl ImageStore {
     /// Pulls `name` with `creds`, records it and returns it.
     pub async fn pull(&self, name: &str, creds: &Credentials) -> Result<Pulled, StoreError> {
         let candidates = self.qualified(name)?;
+        let (settings, client) = self.pull.read().expect("lock poisoned").clone();
         let mut last_err = None;
         for image in &candidates {
-            match self.pull_one(image, creds).await {
+            match self.pull_one(image, creds, &settings, &client).await {
                 Ok(pulled) => return Ok(pulled),
                 Err(err) => last_err = Some(err),
             }
@@ -334,7 +371,13 @@ impl ImageStore {
         Err(last_err.expect("at least one candidate registry"))
     }
 
-    async fn pull_one(&self, image: &ImageRef, creds: &Credentials) -> Result<Pulled, StoreError> {
+    async fn pull_one(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        settings: &PullSettings,
+        client: &Client,
+    ) -> Result<Pulled, StoreError> {
         let shown = image.to_string();
         let endpoints = match self.registries().source(image) {
             Source::Blocked(prefix) => {
@@ -347,17 +390,24 @@ impl ImageStore {
         };
         let mut last_err = None;
         for endpoint in &endpoints {
-            let session = match self.client.session(endpoint, creds).await {
-                Ok(session) => session,
-                Err(source) => {
-                    last_err = Some(StoreError::Client {
+            let shown = &shown;
+            let connect = || async move {
+                client
+                    .session(endpoint, creds)
+                    .await
+                    .map_err(|source| StoreError::Client {
                         image: shown.clone(),
                         source,
-                    });
+                    })
+            };
+            let session = match retrying(settings.retries, connect).await {
+                Ok(session) => session,
+                Err(err) => {
+                    last_err = Some(err);
                     continue;
                 }
             };
-            match self.pull_from(image, &session).await {
+            match self.pull_from(image, &session, settings).await {
                 // A mirror that lacks the image, refuses us or is down: try
                 // the next one, then the origin. Bad content stops the pull.
                 Err(err @ StoreError::Client { .. }) => last_err = Some(err),
@@ -367,7 +417,13 @@ impl ImageStore {
         Err(last_err.expect("at least one endpoint"))
     }
 
-    async fn pull_from(&self, image: &ImageRef, session: &Session) -> Result<Pulled, StoreError> {
+    async fn pull_from(
+        &self,
+        image: &ImageRef,
+        session: &Session,
+        settings: &PullSettings,
+    ) -> Result<Pulled, StoreError> {
+        let retries = settings.retries;
         let shown = image.to_string();
         let client_err = |source| StoreError::Client {
             image: shown.clone(),
@@ -382,7 +438,11 @@ impl ImageStore {
             (None, Some(t)) => t.clone(),
             (None, None) => "latest".to_string(),
         };
-        let (content_type, body) = session.manifest(&reference).await.map_err(client_err)?;
+        let reference = &reference;
+        let (content_type, body) = retrying(retries, || async move {
+            session.manifest(reference).await.map_err(client_err)
+        })
+        .await?;
         let top_digest = Digest::of(&body);
         if let Some(want) = &image.digest
             && *want != top_digest
@@ -400,10 +460,11 @@ impl ImageStore {
             Manifest::Index(list) => {
                 let chosen = crate::manifest::select(&shown, &list, &Platform::host())
                     .map_err(manifest_err)?;
-                let (ct, body) = session
-                    .manifest(&chosen.digest.to_string())
-                    .await
-                    .map_err(client_err)?;
+                let platform_digest = &chosen.digest.to_string();
+                let (ct, body) = retrying(retries, || async move {
+                    session.manifest(platform_digest).await.map_err(client_err)
+                })
+                .await?;
                 self.verify(&shown, "platform manifest", &chosen.digest, &body)?;
                 blobs.push((chosen.digest.clone(), body.clone()));
                 match Manifest::parse(&shown, &ct, &body).map_err(manifest_err)? {
@@ -417,14 +478,18 @@ impl ImageStore {
                 }
             }
         };
-        let config_resp = session
-            .blob(&manifest.config.digest)
-            .await
-            .map_err(client_err)?;
-        let config_bytes = session
-            .read_capped(config_resp, &format!("config {}", manifest.config.digest))
-            .await
-            .map_err(client_err)?;
+        let manifest = &manifest;
+        let config_bytes = retrying(retries, || async move {
+            let resp = session
+                .blob(&manifest.config.digest)
+                .await
+                .map_err(client_err)?;
+            session
+                .read_capped(resp, &format!("config {}", manifest.config.digest))
+                .await
+                .map_err(client_err)
+        })
+        .await?;
         self.verify(&shown, "config", &manifest.config.digest, &config_bytes)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|source| {
             manifest_err(ManifestError::Json {
@@ -453,9 +518,7 @@ impl ImageStore {
         );
 
         // Layers in parallel, bounded; the first failure cancels the rest.
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.pull_parallelism.load(Ordering::Relaxed).max(1),
-        ));
+        let limit = Arc::new(tokio::sync::Semaphore::new(settings.parallelism.max(1)));
         let jobs =
             manifest
                 .layers
@@ -467,7 +530,7 @@ impl ImageStore {
                     let shown = shown.clone();
                     async move {
                         let _permit = limit.acquire().await.expect("semaphore never closed");
-                        self.ensure_layer(&shown, session, desc, diff_id, chain)
+                        self.ensure_layer(&shown, session, retries, desc, diff_id, chain)
                             .await
                     }
                 });
@@ -571,6 +634,7 @@ impl ImageStore {
         &self,
         image: &str,
         session: &Session,
+        retries: u32,
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &ChainId,
@@ -583,9 +647,11 @@ impl ImageStore {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        let result = self
-            .fetch_layer_once(image, session, desc, diff_id, chain)
-            .await;
+        let result = retrying(retries, || async move {
+            self.fetch_layer_once(image, session, desc, diff_id, chain)
+                .await
+        })
+        .await;
         drop(_held);
         // Forget the lock once nobody else waits on it.
         let mut locks = self.layer_locks.lock().unwrap();
@@ -612,21 +678,29 @@ impl ImageStore {
         {
             return Ok((record, 0));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{}-", chain.0.hex()))
-            .tempdir_in(self.options.dir.join("tmp"))
-            .map_err(StoreError::io(&self.options.dir))?;
+        // Shared with the blocking tasks that write and walk it: a pull
+        // cancelled mid-layer removes the dir only once they have stopped.
+        let tmp = Arc::new(
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", chain.0.hex()))
+                .tempdir_in(self.options.dir.join("tmp"))
+                .map_err(StoreError::io(&self.options.dir))?,
+        );
         let diff = tmp.path().join("diff");
         std::fs::create_dir(&diff).map_err(StoreError::io(&diff))?;
         let uncompressed = self
-            .stream_layer(image, session, desc, diff_id, &diff)
+            .stream_layer(image, session, desc, diff_id, &tmp)
             .await?;
         let usage = {
-            let diff = diff.clone();
-            tokio::task::spawn_blocking(move || unpack::usage(&diff))
-                .await
-                .expect("usage walk does not panic")
-                .map_err(StoreError::io(tmp.path()))?
+            let (diff, held) = (diff.clone(), tmp.clone());
+            tokio::task::spawn_blocking(move || {
+                let usage = unpack::usage(&diff);
+                drop(held);
+                usage
+            })
+            .await
+            .expect("usage walk does not panic")
+            .map_err(StoreError::io(tmp.path()))?
         };
         let record = LayerRecord {
             chain_id: chain.clone(),
@@ -641,7 +715,9 @@ impl ImageStore {
         write_atomic(&tmp_meta, &json).map_err(StoreError::io(&tmp_meta))?;
         // A half-removed layer of a failed earlier attempt cannot be here:
         // layers without layer.json are only ever in tmp/.
-        let tmp = tmp.keep();
+        let tmp = Arc::into_inner(tmp)
+            .expect("the blocking tasks have finished")
+            .keep();
         std::fs::rename(&tmp, &dir).map_err(|source| {
             let _ = std::fs::remove_dir_all(&tmp);
             StoreError::Io {
@@ -662,7 +738,7 @@ impl ImageStore {
         session: &Session,
         desc: &Descriptor,
         diff_id: &Digest,
-        dest: &Path,
+        tmp: &Arc<tempfile::TempDir>,
     ) -> Result<u64, StoreError> {
         let compression = Compression::of(desc).map_err(|source| StoreError::Manifest {
             image: image.into(),
@@ -676,8 +752,12 @@ impl ImageStore {
                 source,
             })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
-        let dest = dest.to_path_buf();
-        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, compression, &dest));
+        let tmp = tmp.clone();
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let unpacked = unpack_stream(rx, compression, &tmp.path().join("diff"));
+            drop(tmp);
+            unpacked
+        });
 
         let mut hasher = Sha256::new();
         let mut stream = resp.bytes_stream();
@@ -757,12 +837,31 @@ impl ImageStore {
         Ok(size)
     }
 
-    /// Removes the image `name` names (with all its names) and every layer
-    /// and blob no other image uses. An unknown name is not an error.
-    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
+    /// Keeps every layer from being collected while held: CreateContainer
+    /// holds it from looking its image up until its record names the image,
+    /// so [`ImageStore::remove`] sees the container among the users.
+    pub async fn hold(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc.read().await
+    }
+
+    /// Removes the image `name` names unless `users` (given the image ID in
+    /// hex) names containers that use it; an unknown name is not an error.
+    pub async fn remove(
+        &self,
+        name: &str,
+        users: impl FnOnce(&str) -> Vec<String>,
+    ) -> Result<(), StoreError> {
+        let _exclusive = self.gc.write().await;
         let Some(image) = self.get(name) else {
             return Ok(());
         };
+        let containers = users(&image.id_hex());
+        if !containers.is_empty() {
+            return Err(StoreError::InUse {
+                image: name.to_string(),
+                containers,
+            });
+        }
         let path = self.record_path(&image.id);
         {
             // Under the lock pulls record under: one of concurrent removals
@@ -879,6 +978,26 @@ impl ImageStore {
     pub fn dir(&self) -> &Path {
         &self.options.dir
     }
+}
+
+/// Runs `attempt`, and again after a doubling pause while it fails
+/// transiently, at most `retries` more times.
+async fn retrying<T, F>(retries: u32, mut attempt: impl FnMut() -> F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = RETRY_DELAY;
+    for _ in 0..retries {
+        match attempt().await {
+            Err(err) if err.is_transient() => {
+                tracing::warn!("{err}; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            done => return done,
+        }
+    }
+    attempt().await
 }
 
 fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
@@ -1003,6 +1122,14 @@ impl Drop for Pins<'_> {
 mod tests {
     use super::*;
 
+    fn settings(parallelism: usize) -> PullSettings {
+        PullSettings {
+            parallelism,
+            retries: 3,
+            progress_timeout: Duration::from_secs(300),
+        }
+    }
+
     fn blocked(prefix: &str) -> String {
         format!("[[registry]]\nprefix = \"{prefix}\"\nblocked = true\n")
     }
@@ -1023,14 +1150,17 @@ mod tests {
             dir: dir.path().join("images"),
             registries_config: Some(conf.clone()),
             registries_config_required: true,
-            pull_parallelism: 4,
+            pull: settings(4),
         })
         .unwrap();
         assert!(refused(&store, "a.example/x:1").await);
 
         std::fs::write(&conf, blocked("b.example")).unwrap();
-        assert!(store.reload(Some(&conf), true, 2).unwrap());
-        assert!(!store.reload(Some(&conf), true, 2).unwrap(), "same content");
+        assert!(store.reload(Some(&conf), true, settings(2)).unwrap());
+        assert!(
+            !store.reload(Some(&conf), true, settings(2)).unwrap(),
+            "same content"
+        );
         assert!(refused(&store, "b.example/x:1").await);
         // Unblocked now (checked on the config: a pull would go to the network).
         assert!(
@@ -1042,10 +1172,13 @@ mod tests {
         );
 
         std::fs::write(&conf, "[[registry]\nbroken").unwrap();
-        let err = store.reload(Some(&conf), true, 8).unwrap_err().to_string();
+        let err = store
+            .reload(Some(&conf), true, settings(8))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&conf.display().to_string()), "{err}");
         assert!(refused(&store, "b.example/x:1").await);
-        assert_eq!(store.pull_parallelism.load(Ordering::Relaxed), 2);
+        assert_eq!(store.pull.read().unwrap().0, settings(2));
     }
 
     #[test]
@@ -1055,7 +1188,7 @@ mod tests {
             dir: dir.path().join("images"),
             registries_config: None,
             registries_config_required: false,
-            pull_parallelism: 1,
+            pull: settings(1),
         })
         .unwrap();
         let (chain, blob) = ("a".repeat(64), "b".repeat(64));

@@ -433,7 +433,18 @@ impl Containers {
             match lifecycle::create(&runtime, &new) {
                 Ok(created) => {
                     record.pid = created.pid;
-                    self.records.save(&record)?;
+                    if let Err(err) = self.records.save(&record) {
+                        // The record without its pid would not find the
+                        // shim again: undo the container (a full disk, say).
+                        let _ = lifecycle::remove(
+                            &runtime,
+                            &record.id,
+                            &record.run_dir,
+                            &record.state_dir,
+                        );
+                        let _ = self.records.remove(&record.id);
+                        return Err(err.into());
+                    }
                     Ok(())
                 }
                 Err(err) => {

@@ -194,25 +194,11 @@ pub struct RecordStore {
 }
 
 impl RecordStore {
-    /// Opens the store at start-up: also removes the temp files of writes
-    /// a crash cut short (see [`crate::atomic::write_atomic`]).
     pub fn open(dir: &Path) -> Result<RecordStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
-        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.')
-                && name.contains(".json.tmp")
-                && let Err(source) = std::fs::remove_file(entry.path())
-            {
-                return Err(StoreError::Io {
-                    path: entry.path(),
-                    source,
-                });
-            }
-        }
         Ok(RecordStore {
             dir: dir.to_path_buf(),
         })
@@ -249,6 +235,11 @@ impl RecordStore {
         let (mut records, mut errors) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
             let path = entry.path();
+            if crate::atomic::is_temporary(&path) {
+                // Only one berthd uses the dir: nobody is writing this any more.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
@@ -317,18 +308,14 @@ mod tests {
     }
 
     #[test]
-    fn open_removes_temp_files_a_crash_left() {
+    fn load_all_removes_half_written_temporary_records() {
         let dir = tempfile::tempdir().unwrap();
-        let records = dir.path().join("records");
-        let store = RecordStore::open(&records).unwrap();
-        store.save(&record(dir.path())).unwrap();
-        std::fs::write(records.join(".abc.json.tmp4242"), "{\"id\"").unwrap();
-        RecordStore::open(&records).unwrap();
-        let left: Vec<_> = std::fs::read_dir(&records)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(left, [format!("{}.json", record(dir.path()).id)]);
+        let store = RecordStore::open(&dir.path().join("records")).unwrap();
+        let temp = dir.path().join("records/.abc.json.tmp77");
+        std::fs::write(&temp, "{\"id\":").unwrap();
+        let (records, errors) = store.load_all().unwrap();
+        assert!(records.is_empty() && errors.is_empty());
+        assert!(!temp.exists());
     }
 
     #[test]

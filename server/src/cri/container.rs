@@ -53,6 +53,9 @@ pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreE
 
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::NotFound(_) => Status::not_found(message),
         Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),
@@ -281,6 +284,10 @@ impl CriService {
                 pod.id, meta.name
             )));
         }
+        // Until the record names the image, a RemoveImage would not see
+        // this container among its users.
+        let images = self.images.clone();
+        let _lease = images.hold().await;
         let image = self.images.get(&image_name).ok_or_else(|| {
             Status::not_found(format!(
                 "image {image_name:?} of container {:?} is not in the image store: pull it first",

@@ -61,6 +61,9 @@ pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
 
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::Invalid(_) | Error::UnknownHandler { .. } | Error::Ambiguous { .. } => {
             Status::invalid_argument(message)
