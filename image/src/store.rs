@@ -185,14 +185,30 @@ pub struct ImageStore {
     /// picks and moves away what to delete, so a pull never takes up a layer
     /// being collected; a slow pull holds no lock a removal waits on.
     in_flight: Mutex<HashMap<String, usize>>,
-    /// CreateContainer holds it shared from looking its image up until its
-    /// record names the image ([`ImageStore::hold`]), removals exclusive.
-    /// Pulls do not take it: they pin what they use (`in_flight`).
-    gc: tokio::sync::RwLock<()>,
     /// Makes each collected entry's name under `tmp/` unique.
     doomed: AtomicUsize,
     /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
     layer_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images held by [`Pin`]s, with their count. Locked after `images`.
+    pins: Mutex<HashMap<Digest, usize>>,
+}
+
+/// Keeps one image from removal while alive (see [`ImageStore::get_pinned`]).
+pub struct Pin<'a> {
+    store: &'a ImageStore,
+    id: Digest,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.pins.lock().unwrap();
+        if let Some(count) = pins.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl ImageStore {
@@ -213,6 +229,7 @@ impl ImageStore {
             remove_all(&path).map_err(StoreError::io(&path))?;
         }
         let mut images = BTreeMap::new();
+        let mut unreadable = false;
         let records = dir.join("images");
         for entry in std::fs::read_dir(&records).map_err(StoreError::io(&records))? {
             let path = entry.map_err(StoreError::io(&records))?.path();
@@ -222,12 +239,22 @@ impl ImageStore {
                 remove_all(&path).map_err(StoreError::io(&path))?;
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
-            let image: Image = serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })?;
-            images.insert(image.id.clone(), image);
+            // One corrupt or half-written record must not keep the node's
+            // runtime down (CRI-O skips too): the image is left out and a
+            // pull of it rewrites the record. Which layers it had is
+            // unknown, and running containers may use them: no garbage
+            // collection at this start.
+            let read = std::fs::read(&path).map_err(|e| e.to_string());
+            match read.and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(image) => {
+                    images.insert(image.id.clone(), image);
+                }
+                Err(err) => {
+                    tracing::warn!("skipping unreadable image record {}: {err}", path.display());
+                    unreadable = true;
+                }
+            }
         }
         let store = ImageStore {
             pull: RwLock::new((options.pull, Client::new(options.pull.progress_timeout))),
@@ -235,11 +262,13 @@ impl ImageStore {
             registries: RwLock::new(Arc::new(registries)),
             images: Mutex::new(images),
             in_flight: Mutex::new(HashMap::new()),
-            gc: tokio::sync::RwLock::new(()),
             doomed: AtomicUsize::new(0),
             layer_locks: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
         };
-        store.collect_garbage()?;
+        if !unreadable {
+            store.collect_garbage()?;
+        }
         Ok(store)
     }
 
@@ -508,7 +537,7 @@ impl ImageStore {
         }
         let chain_ids = ChainId::chain(diff_ids);
         // Before any layer is looked at: collection keeps them from now on.
-        let _pins = self.pin(
+        let _in_flight = self.mark_in_flight(
             chain_ids
                 .iter()
                 .map(|c| c.0.hex())
@@ -837,11 +866,22 @@ impl ImageStore {
         Ok(size)
     }
 
-    /// Keeps every layer from being collected while held: CreateContainer
-    /// holds it from looking its image up until its record names the image,
-    /// so [`ImageStore::remove`] sees the container among the users.
-    pub async fn hold(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.gc.read().await
+    /// [`ImageStore::get`], with the image kept from removal until the pin
+    /// is dropped: CreateContainer holds it until its record names the
+    /// image, so no RemoveImage slips in between. Never waits on a pull.
+    pub fn get_pinned(&self, name: &str) -> Option<(Image, Pin<'_>)> {
+        let image = self.get(name)?;
+        let images = self.images.lock().unwrap();
+        // Still recorded: a removal that ran since `get` finished before this.
+        images.get(&image.id)?;
+        *self
+            .pins
+            .lock()
+            .unwrap()
+            .entry(image.id.clone())
+            .or_default() += 1;
+        let id = image.id.clone();
+        Some((image, Pin { store: self, id }))
     }
 
     /// Removes the image `name` names unless `users` (given the image ID in
@@ -851,11 +891,20 @@ impl ImageStore {
         name: &str,
         users: impl FnOnce(&str) -> Vec<String>,
     ) -> Result<(), StoreError> {
-        let _exclusive = self.gc.write().await;
         let Some(image) = self.get(name) else {
             return Ok(());
         };
-        let containers = users(&image.id_hex());
+        // Under the lock pins are taken with: a create either pinned the
+        // image before (and is seen here or among `users`) or finds it gone.
+        let mut images = self.images.lock().unwrap();
+        if !images.contains_key(&image.id) {
+            // A concurrent removal got here first.
+            return Ok(());
+        }
+        let mut containers = users(&image.id_hex());
+        if self.pins.lock().unwrap().contains_key(&image.id) {
+            containers.push("(one being created)".into());
+        }
         if !containers.is_empty() {
             return Err(StoreError::InUse {
                 image: name.to_string(),
@@ -863,27 +912,20 @@ impl ImageStore {
             });
         }
         let path = self.record_path(&image.id);
-        {
-            // Under the lock pulls record under: one of concurrent removals
-            // deletes the record, the others find it gone.
-            let mut images = self.images.lock().unwrap();
-            if !images.contains_key(&image.id) {
-                return Ok(());
-            }
-            remove_all(&path).map_err(StoreError::io(&path))?;
-            images.remove(&image.id);
-        }
+        remove_all(&path).map_err(StoreError::io(&path))?;
+        images.remove(&image.id);
+        drop(images);
         self.collect_garbage()
     }
 
     /// Marks layers and blobs as used by a pull in flight until the
     /// returned guard drops.
-    fn pin(&self, keys: Vec<String>) -> Pins<'_> {
+    fn mark_in_flight(&self, keys: Vec<String>) -> InFlight<'_> {
         let mut in_flight = self.in_flight.lock().unwrap();
         for key in &keys {
             *in_flight.entry(key.clone()).or_default() += 1;
         }
-        Pins { store: self, keys }
+        InFlight { store: self, keys }
     }
 
     /// Removes layers and blobs neither an image record nor a pull in
@@ -1099,12 +1141,12 @@ fn unpack_stream(
 }
 
 /// Layers and blobs a pull in flight uses; unpinned on drop.
-struct Pins<'a> {
+struct InFlight<'a> {
     store: &'a ImageStore,
     keys: Vec<String>,
 }
 
-impl Drop for Pins<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         let mut in_flight = self.store.in_flight.lock().unwrap();
         for key in &self.keys {
@@ -1197,13 +1239,13 @@ mod tests {
         std::fs::create_dir_all(layer.join("diff")).unwrap();
         std::fs::write(&blob_path, b"{}").unwrap();
 
-        let pins = store.pin(vec![chain.clone(), blob.clone()]);
+        let pulling = store.mark_in_flight(vec![chain.clone(), blob.clone()]);
         // A second pull of the same layer, done before the first.
-        drop(store.pin(vec![chain.clone()]));
+        drop(store.mark_in_flight(vec![chain.clone()]));
         store.collect_garbage().unwrap();
         assert!(layer.exists() && blob_path.exists());
 
-        drop(pins);
+        drop(pulling);
         store.collect_garbage().unwrap();
         assert!(!layer.exists() && !blob_path.exists());
         let tmp = std::fs::read_dir(store.options.dir.join("tmp")).unwrap();

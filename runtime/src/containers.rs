@@ -157,7 +157,8 @@ fn random_id() -> std::io::Result<String> {
 
 impl Containers {
     /// Loads every record, learning from exit files what ended while berthd
-    /// was away. Unreadable records are returned to be logged (left on disk).
+    /// was away. Unreadable records are returned to be logged (left on disk:
+    /// see [`Containers::reclaim`]).
     pub fn open(options: Options) -> Result<(Containers, Vec<StoreError>), StoreError> {
         let records = RecordStore::open(&options.state_dir.join("records"))?;
         let (loaded, mut errors) = records.load_all()?;
@@ -234,6 +235,21 @@ impl Containers {
             }
         }
         errors
+    }
+
+    /// Removes what a container whose record did not parse (see
+    /// [`StoreError::corrupt_id`]) left: the runtime's container (killed)
+    /// and its shim, the rootfs, its dirs, then the record. `runtime` is
+    /// the handler holding its state, if any: one that does not know it
+    /// deletes nothing. Whatever fails keeps the record, for the next start.
+    pub fn reclaim(&self, id: &str, runtime: &OciRuntime) -> Result<(), Error> {
+        // Never a container berthd serves.
+        if lock(&self.index).by_id.contains_key(id) {
+            return Ok(());
+        }
+        lifecycle::remove(runtime, id, &self.run_dir_of(id), &self.state_dir_of(id))?;
+        self.records.remove(id)?;
+        Ok(())
     }
 
     pub fn runtime(&self, handler: &str) -> Option<OciRuntime> {
@@ -432,6 +448,7 @@ impl Containers {
             };
             match lifecycle::create(&runtime, &new) {
                 Ok(created) => {
+                    berth_failpoint::hit(berth_failpoint::CONTAINER_AFTER_SHIM);
                     record.pid = created.pid;
                     if let Err(err) = self.records.save(&record) {
                         // The record without its pid would not find the

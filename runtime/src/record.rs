@@ -187,6 +187,17 @@ pub enum StoreError {
     BadSignal(String),
 }
 
+impl StoreError {
+    /// The ID of the container whose record exists but does not parse.
+    pub fn corrupt_id(&self) -> Option<&str> {
+        let StoreError::Corrupt { path, .. } = self else {
+            return None;
+        };
+        let id = path.file_stem()?.to_str()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
+}
+
 /// Records as `<dir>/<id>.json`.
 #[derive(Debug, Clone)]
 pub struct RecordStore {
@@ -336,6 +347,15 @@ mod tests {
         let (records, errors) = store.load_all().unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(errors.len(), 1);
+        let junk = dir.path().join("records/junk.json").display().to_string();
+        assert!(errors[0].to_string().contains(&junk), "{}", errors[0]);
+        assert_eq!(errors[0].corrupt_id(), None, "not a container ID");
+        let id = "b".repeat(64);
+        std::fs::write(store.path(&id), "").unwrap();
+        let (_, errors) = store.load_all().unwrap();
+        let ids: Vec<_> = errors.iter().filter_map(StoreError::corrupt_id).collect();
+        assert_eq!(ids, vec![id.as_str()]);
+        std::fs::remove_file(store.path(&id)).unwrap();
         assert_eq!(records[0].state, ContainerState::Exited);
         assert_eq!(records[0].exit, Some(exit));
         assert_eq!(records[0].reason(), Some("Error"));

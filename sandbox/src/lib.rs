@@ -11,6 +11,7 @@ pub mod files;
 pub mod infra;
 pub mod netstat;
 pub mod ns;
+pub mod reclaim;
 pub mod record;
 pub mod spec;
 
@@ -129,13 +130,17 @@ pub struct Sandboxes {
     cni: Arc<Cni>,
     index: std::sync::Mutex<Index>,
     pod_cidr: RwLock<Option<String>>,
+    /// Pods whose record did not parse at open, for [`Sandboxes::reclaim_unreadable`].
+    unreadable: std::sync::Mutex<Vec<PodId>>,
 }
 
 impl Sandboxes {
     /// Loads every pod record. Returns the records it could not read, to be
-    /// logged: they are left on disk untouched.
+    /// logged: they stay on disk until [`Sandboxes::reclaim_unreadable`].
     pub fn open(options: Options, cni: Arc<Cni>) -> (Sandboxes, Vec<String>) {
         let (pods, errors) = record::load_all(&options.layout);
+        let loaded = pods.iter().map(|pod| pod.id.clone()).collect();
+        let unreadable = reclaim::unreadable(&options.layout, &loaded);
         let mut index = Index::default();
         for mut pod in pods {
             // After a reboot the run root is empty: the namespaces are gone.
@@ -162,8 +167,28 @@ impl Sandboxes {
             cni,
             index: std::sync::Mutex::new(index),
             pod_cidr: RwLock::new(None),
+            unreadable: std::sync::Mutex::new(unreadable),
         };
         (sandboxes, errors)
+    }
+
+    /// Tears down what the pods whose record [`Sandboxes::open`] could not
+    /// read left behind (see [`reclaim`]). They are unknown to every RPC, so
+    /// this may run while berthd serves.
+    pub async fn reclaim_unreadable(&self) {
+        let ids = std::mem::take(&mut *self.unreadable.lock().expect("lock poisoned"));
+        for id in ids {
+            let failures = reclaim::reclaim(&self.options.layout, &self.cni, &id).await;
+            if failures.is_empty() {
+                tracing::info!(pod = %id, "removed what the pod sandbox with an unreadable record left");
+            } else {
+                tracing::warn!(
+                    pod = %id,
+                    "cannot remove what the pod sandbox with an unreadable record left: {}",
+                    failures.join("; ")
+                );
+            }
+        }
     }
 
     pub fn cni(&self) -> &Arc<Cni> {
@@ -414,6 +439,7 @@ impl Sandboxes {
                 name: added.network,
                 ips: added.ips,
             });
+            berth_failpoint::hit(berth_failpoint::POD_AFTER_NETWORK);
         }
         let ips = pod
             .network
@@ -550,14 +576,14 @@ impl Sandboxes {
             return Ok(());
         };
         let failures = self.tear_down(&mut pod, true).await;
-        *slot.record() = pod.clone();
+        let name = pod.spec.reserved_name();
+        *slot.record() = pod;
         if !failures.is_empty() {
             return Err(Error::Teardown { pod: id, failures });
         }
         tracing::info!(pod = %id, "pod sandbox removed");
         let mut index = self.index.lock().expect("lock poisoned");
         index.pods.remove(&id);
-        let name = pod.spec.reserved_name();
         if index.names.get(&name) == Some(&id) {
             index.names.remove(&name);
         }

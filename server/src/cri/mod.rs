@@ -51,12 +51,12 @@ impl CriService {
         streaming: berth_streaming::StreamingServer,
     ) -> Result<Self, berth_runtime::record::StoreError> {
         let live = LiveConfig::new(config.clone());
-        let pods = Arc::new(pod::open(&config, live.clone()));
+        let pods = pod::open(&config, live.clone());
         let features = Arc::new(runtime_info::FeatureCache::default());
         for runtime in config.runtimes.values() {
             features.probe(&runtime.path);
         }
-        let containers = Arc::new(container::open(&config, live.clone())?);
+        let containers = container::open(&config, live.clone())?;
         let service = CriService {
             config: Arc::new(config),
             pods,
