@@ -392,6 +392,39 @@ impl Drop for Paths {
     }
 }
 
+/// The names in `dir`, sorted; none when it does not exist.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// StopPodSandbox then RemovePodSandbox, both required to succeed: how
+/// a test ends a pod (and the kubelet removes one).
+pub async fn stop_and_remove_pod(
+    client: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) {
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stop pod {id}: {e:?}"));
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("remove pod {id}: {e:?}"));
+}
+
 /// How many berth-shim processes have `dir` in their command line: the
 /// shims of a berthd whose paths are under `dir`.
 pub fn shims_under(dir: &Path) -> usize {
@@ -440,42 +473,7 @@ pub fn kill_processes_under(dir: &Path) {
 
 /// Every mount point at or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|path| path.starts_with(dir))
-        .collect();
-    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    mounts
-}
-
-fn unescape_mount_path(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(code)) => {
-                out.push(code);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    std::ffi::OsString::from_vec(out).into()
+    berth_runtime::overlay::mounts_under(dir).unwrap_or_default()
 }
 
 fn unmount_under(dir: &Path) {

@@ -13,8 +13,7 @@ use berth_proto::cri::{
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    RemoveContainerRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
 };
 use tonic::transport::Channel;
 
@@ -252,18 +251,7 @@ impl World {
     }
 
     pub async fn remove_pod(&mut self, pod: &str) {
-        self.client
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .unwrap();
-        self.client
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .unwrap();
+        crate::stop_and_remove_pod(&mut self.client, pod).await;
     }
 
     pub async fn exec(&mut self, id: &str, script: &str, timeout: i64) -> (i32, String, String) {

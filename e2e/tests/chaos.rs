@@ -111,18 +111,7 @@ async fn clean_up(client: &mut RuntimeServiceClient<Channel>) {
         .into_inner()
         .items;
     for pod in pods {
-        client
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("stop pod {}: {e:?}", pod.id));
-        client
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("remove pod {}: {e:?}", pod.id));
+        berth_e2e::stop_and_remove_pod(client, &pod.id).await;
     }
     let containers = client
         .list_containers(ListContainersRequest { filter: None })

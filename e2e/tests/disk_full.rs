@@ -28,19 +28,6 @@ fn fill(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// Names of the entries of `dir` (none when it does not exist).
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 fn no_space(status: &tonic::Status) -> bool {
     status.message().contains("No space left on device")
 }
@@ -92,7 +79,11 @@ async fn a_pull_onto_a_full_disk_fails_cleanly_and_succeeds_with_room() {
     assert!(listed.is_empty(), "{listed:?}");
     let store = berthd.paths().root().join("images");
     for sub in ["images", "layers", "tmp"] {
-        assert_eq!(entries(&store.join(sub)), Vec::<String>::new(), "{sub}");
+        assert_eq!(
+            berth_e2e::entries(&store.join(sub)),
+            Vec::<String>::new(),
+            "{sub}"
+        );
     }
 
     berthd.paths().resize_root_tmpfs(64 * MIB);
@@ -124,12 +115,15 @@ async fn a_create_onto_a_full_disk_fails_cleanly_and_succeeds_with_room() {
         .containers;
     assert!(listed.is_empty(), "{listed:?}");
     let run_root = world.paths().run_root();
-    assert_eq!(entries(&run_root.join("containers")), Vec::<String>::new());
     assert_eq!(
-        entries(&root.join("containers/state")),
+        berth_e2e::entries(&run_root.join("containers")),
         Vec::<String>::new()
     );
-    let records: Vec<String> = entries(&root.join("containers/records"));
+    assert_eq!(
+        berth_e2e::entries(&root.join("containers/state")),
+        Vec::<String>::new()
+    );
+    let records: Vec<String> = berth_e2e::entries(&root.join("containers/records"));
     assert!(records.is_empty(), "{records:?}");
     assert!(
         berth_e2e::mounts_under(&run_root.join("containers")).is_empty(),

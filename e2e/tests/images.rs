@@ -116,18 +116,6 @@ async fn layer_dirs(client: &mut ImageServiceClient<Channel>, name: &str) -> Vec
         .collect()
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn pull_status_list_remove_and_restart() {
     if !ready() {
@@ -219,7 +207,7 @@ async fn pull_status_list_remove_and_restart() {
     );
     let opaque = xattr(&l2.join("opaque"), "trusted.overlay.opaque");
     assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
-    assert_eq!(entries(&l2.join("opaque")), ["new"]);
+    assert_eq!(berth_e2e::entries(&l2.join("opaque")), ["new"]);
     let hello = std::fs::metadata(l2.join("data/hello")).unwrap();
     assert_eq!(
         hello.ino(),
@@ -275,8 +263,8 @@ async fn pull_status_list_remove_and_restart() {
     let seen = (
         rootfs.join("gone").exists(),
         rootfs.join("gone-dir").exists(),
-        entries(&rootfs.join("opaque")),
-        entries(&rootfs.join("data")).len(),
+        berth_e2e::entries(&rootfs.join("opaque")),
+        berth_e2e::entries(&rootfs.join("data")).len(),
         std::fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
         rootfs.join("bin/busybox").is_file(),
     );
@@ -348,7 +336,7 @@ async fn pull_status_list_remove_and_restart() {
     remove(&mut images, &image.id).await;
     assert!(list(&mut images).await.is_empty());
     let layers_dir = dirs[0].parent().unwrap().parent().unwrap();
-    assert_eq!(entries(layers_dir), Vec::<String>::new());
+    assert_eq!(berth_e2e::entries(layers_dir), Vec::<String>::new());
 }
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
@@ -457,7 +445,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn assert_store_empty(berthd: &Berthd) {
     let store = berthd.paths().root().join("images");
     for sub in ["images", "layers", "tmp"] {
-        assert_eq!(entries(&store.join(sub)), Vec::<String>::new(), "{sub}");
+        assert_eq!(
+            berth_e2e::entries(&store.join(sub)),
+            Vec::<String>::new(),
+            "{sub}"
+        );
     }
 }
 
@@ -712,13 +704,16 @@ async fn kill_9_mid_pull_then_restart_leaves_nothing() {
     let store = berthd.paths().root().join("images");
     wait_until("two layers done and the third stalled half way", || {
         fault.stalled()
-            && entries(&store.join("layers")).len() == 2
-            && !entries(&store.join("tmp")).is_empty()
+            && berth_e2e::entries(&store.join("layers")).len() == 2
+            && !berth_e2e::entries(&store.join("tmp")).is_empty()
     })
     .await;
     let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGKILL).await;
     assert!(pulling.await.unwrap().is_err());
-    assert_eq!(entries(&store.join("images")), Vec::<String>::new());
+    assert_eq!(
+        berth_e2e::entries(&store.join("images")),
+        Vec::<String>::new()
+    );
 
     let berthd = Berthd::start_in(
         paths,
@@ -808,7 +803,7 @@ async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
     assert_eq!(fetches[&layers[2]], 1, "{fetches:?}");
     assert_eq!(list(&mut images).await.len(), 1);
     let store = berthd.paths().root().join("images");
-    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+    assert_eq!(berth_e2e::entries(&store.join("tmp")), Vec::<String>::new());
 
     // One failure more than the default 3 retries: a clear error, no image.
     remove(&mut images, &name).await;
@@ -820,8 +815,11 @@ async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
     }
     assert_eq!(fault.fetches()[&layers[2]], 1 + 4);
     assert!(list(&mut images).await.is_empty());
-    assert_eq!(entries(&store.join("images")), Vec::<String>::new());
-    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+    assert_eq!(
+        berth_e2e::entries(&store.join("images")),
+        Vec::<String>::new()
+    );
+    assert_eq!(berth_e2e::entries(&store.join("tmp")), Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -845,7 +843,7 @@ async fn a_silent_registry_fails_the_pull_and_a_slow_one_does_not() {
     wait_until("the stalled connection closed", || fault.abandoned()).await;
     assert!(list(&mut images).await.is_empty());
     let store = berthd.paths().root().join("images");
-    assert_eq!(entries(&store.join("tmp")), Vec::<String>::new());
+    assert_eq!(berth_e2e::entries(&store.join("tmp")), Vec::<String>::new());
 
     // Eight pieces 600 ms apart: longer than the timeout in all, never silent that long.
     fault.inject(&layers[1], &[Fault::Drip(Duration::from_millis(600))]);
@@ -869,7 +867,7 @@ async fn a_cancelled_pull_stops_its_downloads_and_leaves_nothing() {
     };
     let tmp = berthd.paths().root().join("images/tmp");
     wait_until("the layer download stalled half way", || {
-        fault.stalled() && !entries(&tmp).is_empty()
+        fault.stalled() && !berth_e2e::entries(&tmp).is_empty()
     })
     .await;
     pulling.abort();
@@ -878,7 +876,7 @@ async fn a_cancelled_pull_stops_its_downloads_and_leaves_nothing() {
     })
     .await;
     wait_until("the half-unpacked layer removed", || {
-        entries(&tmp).is_empty()
+        berth_e2e::entries(&tmp).is_empty()
     })
     .await;
     let mut images = berthd.images().await;

@@ -9,8 +9,7 @@ use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
-    VersionRequest,
+    RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest, VersionRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, is_root};
@@ -233,21 +232,6 @@ async fn run_pod(
         .map(|r| r.into_inner().pod_sandbox_id)
 }
 
-async fn remove_pod(runtime: &mut Runtime, id: &str) {
-    runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-}
-
 async fn pull(images: &mut Images, name: &str) -> Result<String, tonic::Status> {
     images
         .pull_image(PullImageRequest {
@@ -371,7 +355,7 @@ async fn metrics_count_rpcs_errors_pulls_and_pods() {
     // The scrape itself is not an RPC; the stop is.
     let stop = [("operation", "StopPodSandbox"), ("code", "Ok")];
     assert_eq!(m.value("berth_operations_total", &stop), 1.0);
-    remove_pod(&mut runtime, &pod).await;
+    berth_e2e::stop_and_remove_pod(&mut runtime, &pod).await;
 }
 
 fn info(resp: &berth_e2e::cri::StatusResponse, key: &str) -> serde_json::Value {
@@ -502,7 +486,7 @@ async fn sighup_applies_live_settings_and_keeps_the_old_on_a_bad_file() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "still blocked: {err:?}");
-    remove_pod(&mut runtime, &pod).await;
+    berth_e2e::stop_and_remove_pod(&mut runtime, &pod).await;
     let m = Samples::parse(&setup.scrape().await);
     assert_eq!(
         m.value(

@@ -16,8 +16,8 @@ use berth_e2e::cri::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
     NamespaceMode, NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxFilter,
     PodSandboxMetadata, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest,
-    PortMapping, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StatusRequest,
-    StopPodSandboxRequest, UpdateRuntimeConfigRequest,
+    PortMapping, RunPodSandboxRequest, RuntimeConfig, StatusRequest, StopPodSandboxRequest,
+    UpdateRuntimeConfigRequest,
 };
 use berth_e2e::net::{BIN_DIR, Net, can_run_network, options_for, sh};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
@@ -81,21 +81,6 @@ async fn run(client: &mut Client, config: PodSandboxConfig) -> Result<String, to
         })
         .await
         .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn stop_and_remove(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
 }
 
 /// The pod's IPs and its verbose info.
@@ -203,8 +188,8 @@ async fn two_pods_get_ips_and_reach_each_other() {
     let shm = PathBuf::from(files["shm"].as_str().unwrap());
     assert!(mounts_under(&shm).contains(&shm), "shm is a mount");
 
-    stop_and_remove(&mut client, &a).await;
-    stop_and_remove(&mut client, &b).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &a).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &b).await;
     assert!(net.allocated().is_empty(), "{:?}", net.allocated());
 }
 
@@ -223,7 +208,7 @@ async fn dual_stack_pod_reports_ipv4_then_ipv6() {
     assert!(ips[1].starts_with("fd00:be:"), "{ips:?}");
     let hosts = std::fs::read_to_string(info["files"]["hosts"].as_str().unwrap()).unwrap();
     assert!(hosts.contains(&format!("{}\tdual", ips[1])), "{hosts}");
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -268,7 +253,7 @@ async fn bandwidth_annotations_shape_the_pod_interface() {
             .collect::<Vec<_>>()
     };
     assert_eq!(plugin_ifbs().len(), 1, "egress shaping uses an ifb device");
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
     assert_eq!(plugin_ifbs(), Vec::<String>::new());
 }
@@ -309,7 +294,7 @@ async fn pod_cidr_from_update_runtime_config_reaches_host_local() {
         ips[0].starts_with(&net.prefix) && (64..128).contains(&last),
         "{ips:?}"
     );
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -366,7 +351,7 @@ async fn host_port_mapping_reaches_a_listener_in_the_pod() {
     assert_eq!(reply.trim(), "hello-from-pod");
     let _ = listener.kill();
     let _ = listener.wait();
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     let rules = String::from_utf8_lossy(&sh(&["iptables-save"]).stdout).into_owned();
     assert!(!rules.contains(&id), "iptables rules for {id} left behind");
 }
@@ -409,7 +394,7 @@ async fn host_network_pod_uses_the_host_namespaces() {
             .unwrap()
             .trim()
     );
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_eq!(infra_cgroups(&id), Vec::<PathBuf>::new());
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists()
@@ -537,9 +522,9 @@ async fn stop_and_remove_of_fifty_pods_leaks_nothing() {
     for id in ids.clone() {
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
-            stop_and_remove(&mut client, &id).await;
+            berth_e2e::stop_and_remove_pod(&mut client, &id).await;
             // Both are idempotent.
-            stop_and_remove(&mut client, &id).await;
+            berth_e2e::stop_and_remove_pod(&mut client, &id).await;
         }));
     }
     for task in tasks {
@@ -691,7 +676,7 @@ async fn network_ready_flips_when_the_conf_dir_gets_a_config() {
     std::fs::write(net.conf_dir().join("10-test.conflist"), config).unwrap();
     wait_network_ready(&mut client, |m| m.is_none()).await;
     let id = run(&mut client, pod("late")).await.unwrap();
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
 }
 
 #[tokio::test]
@@ -751,8 +736,8 @@ async fn pods_survive_kill_9_and_restart_and_stay_controllable() {
     let err = run(&mut client, pod("keep-b")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     // Stop and remove by unique prefix.
-    stop_and_remove(&mut client, &a[..12]).await;
-    stop_and_remove(&mut client, &b).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &a[..12]).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &b).await;
     assert!(
         !std::fs::read_to_string(format!("/proc/{infra}/cmdline"))
             .is_ok_and(|c| c.contains("berth-shim"))
@@ -797,7 +782,7 @@ async fn pod_half_set_up_when_berthd_died_is_removed_cleanly_after_restart() {
     let err = run(&mut client, pod("half")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     let id = listed[0].id.clone();
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -837,7 +822,7 @@ async fn pods_from_before_a_reboot_are_not_ready_and_removable() {
     let mut client = berthd.runtime().await;
     let (_, _, state) = inspect(&mut client, &id).await;
     assert_eq!(state, PodSandboxState::SandboxNotready as i32);
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -1028,11 +1013,11 @@ async fn pod_rpcs_validate_reserve_and_filter() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    stop_and_remove(&mut client, &unknown).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &unknown).await;
 
-    stop_and_remove(&mut client, &one).await;
-    stop_and_remove(&mut client, &two).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &one).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &two).await;
     // Removal frees the name.
     let again = run(&mut client, host("one")).await.unwrap();
-    stop_and_remove(&mut client, &again).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &again).await;
 }

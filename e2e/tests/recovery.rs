@@ -30,8 +30,7 @@ use berth_e2e::cri::{
     ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
     PodSandboxStatusRequest, PullImageRequest, RemoveContainerRequest, RemoveImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
@@ -416,21 +415,6 @@ async fn stop_and_remove_container(client: &mut Runtime, container: &str) {
         .unwrap();
 }
 
-async fn stop_and_remove_pod(client: &mut Runtime, pod: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.into(),
-        })
-        .await
-        .unwrap();
-}
-
 async fn container_state(client: &mut Runtime, container: &str) -> i32 {
     client
         .container_status(ContainerStatusRequest {
@@ -675,7 +659,7 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
         stop_and_remove_container(&mut client, ctr).await;
     }
     for pod in [&pod_a, &pod_c, &pod_d, &pod_b] {
-        stop_and_remove_pod(&mut client, pod).await;
+        berth_e2e::stop_and_remove_pod(&mut client, pod).await;
     }
     assert!(pod_ids(&mut client).await.is_empty());
     assert!(container_ids(&mut client).await.is_empty());
@@ -746,7 +730,7 @@ async fn pods_outlive_a_killed_berthd_and_tear_down_without_leftovers() {
     stop_and_remove_container(&mut client, &created).await;
     for (pod, container) in &pods {
         stop_and_remove_container(&mut client, container).await;
-        stop_and_remove_pod(&mut client, pod).await;
+        berth_e2e::stop_and_remove_pod(&mut client, pod).await;
     }
     assert!(pod_ids(&mut client).await.is_empty());
     assert!(container_ids(&mut client).await.is_empty());
@@ -824,7 +808,7 @@ async fn crashes_at_failpoints_leave_what_a_retry_and_removal_clean_up() {
         stop_and_remove_container(&mut client, id).await;
     }
     for id in [stale_pod, &pod] {
-        stop_and_remove_pod(&mut client, id).await;
+        berth_e2e::stop_and_remove_pod(&mut client, id).await;
     }
     assert!(pod_ids(&mut client).await.is_empty());
     assert!(container_ids(&mut client).await.is_empty());

@@ -16,8 +16,8 @@ use berth_e2e::cri::{
     LinuxSandboxSecurityContext, ListContainerStatsRequest, ListMetricDescriptorsRequest,
     ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, PodSandboxStats, PodSandboxStatsFilter,
-    PodSandboxStatsRequest, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    PodSandboxStatsRequest, PodSandboxStatusRequest, PullImageRequest, RunPodSandboxRequest,
+    StartContainerRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root};
@@ -71,21 +71,6 @@ async fn run_pod(client: &mut Client, config: PodSandboxConfig) -> String {
         .unwrap()
         .into_inner()
         .pod_sandbox_id
-}
-
-async fn remove_pod(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
 }
 
 /// The test's cgroup parent: on drop (a failed assertion included) kills
@@ -545,7 +530,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
     assert_eq!(working.label_values, [mem.as_str(), "mem", image.as_str()]);
     assert!(working.value.unwrap().value > 30 * MIB, "{working:?}");
 
-    remove_pod(&mut client, &pod).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &pod).await;
 }
 
 fn sh(args: &[&str]) -> Output {
@@ -706,6 +691,6 @@ async fn pod_network_bytes_grow_after_traffic_between_two_pods() {
     assert_eq!(received.label_values, [a.as_str(), "POD", "", "eth0"]);
     assert!(received.value.unwrap().value >= a_rx2, "{received:?}");
 
-    remove_pod(&mut client, &a).await;
-    remove_pod(&mut client, &b).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &a).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &b).await;
 }
