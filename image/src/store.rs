@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -178,9 +179,14 @@ pub struct ImageStore {
     /// Like `registries`: a pull keeps the settings and client it started with.
     pull: RwLock<(PullSettings, Client)>,
     images: Mutex<BTreeMap<Digest, Image>>,
-    /// Pulls hold it shared, removals exclusive, so a removal never
-    /// collects a layer a pull in flight is about to use.
-    gc: tokio::sync::RwLock<()>,
+    /// Layers (chain hex) and blobs (digest hex) that pulls in flight use
+    /// but have not recorded in an image yet, with how many pulls use each:
+    /// garbage collection keeps them. Collection holds this lock while it
+    /// picks and moves away what to delete, so a pull never takes up a layer
+    /// being collected; a slow pull holds no lock a removal waits on.
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Makes each collected entry's name under `tmp/` unique.
+    doomed: AtomicUsize,
     /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
     layer_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
     /// Images held by [`Pin`]s, with their count. Locked after `images`.
@@ -255,7 +261,8 @@ impl ImageStore {
             options,
             registries: RwLock::new(Arc::new(registries)),
             images: Mutex::new(images),
-            gc: tokio::sync::RwLock::new(()),
+            in_flight: Mutex::new(HashMap::new()),
+            doomed: AtomicUsize::new(0),
             layer_locks: Mutex::new(HashMap::new()),
             pins: Mutex::new(HashMap::new()),
         };
@@ -382,7 +389,6 @@ impl ImageStore {
     /// Pulls `name` with `creds`, records it and returns it.
     pub async fn pull(&self, name: &str, creds: &Credentials) -> Result<Pulled, StoreError> {
         let candidates = self.qualified(name)?;
-        let _shared = self.gc.read().await;
         let (settings, client) = self.pull.read().expect("lock poisoned").clone();
         let mut last_err = None;
         for image in &candidates {
@@ -530,6 +536,15 @@ impl ImageStore {
             });
         }
         let chain_ids = ChainId::chain(diff_ids);
+        // Before any layer is looked at: collection keeps them from now on.
+        let _in_flight = self.mark_in_flight(
+            chain_ids
+                .iter()
+                .map(|c| c.0.hex())
+                .chain(blobs.iter().map(|(d, _)| d.hex()))
+                .chain([manifest.config.digest.hex()])
+                .collect(),
+        );
 
         // Layers in parallel, bounded; the first failure cancels the rest.
         let limit = Arc::new(tokio::sync::Semaphore::new(settings.parallelism.max(1)));
@@ -851,8 +866,6 @@ impl ImageStore {
         Ok(size)
     }
 
-    /// Removes the image `name` names (with all its names) and every layer
-    /// and blob no other image uses. An unknown name is not an error.
     /// [`ImageStore::get`], with the image kept from removal until the pin
     /// is dropped: CreateContainer holds it until its record names the
     /// image, so no RemoveImage slips in between. Never waits on a pull.
@@ -878,13 +891,16 @@ impl ImageStore {
         name: &str,
         users: impl FnOnce(&str) -> Vec<String>,
     ) -> Result<(), StoreError> {
-        let _exclusive = self.gc.write().await;
         let Some(image) = self.get(name) else {
             return Ok(());
         };
         // Under the lock pins are taken with: a create either pinned the
         // image before (and is seen here or among `users`) or finds it gone.
         let mut images = self.images.lock().unwrap();
+        if !images.contains_key(&image.id) {
+            // A concurrent removal got here first.
+            return Ok(());
+        }
         let mut containers = users(&image.id_hex());
         if self.pins.lock().unwrap().contains_key(&image.id) {
             containers.push("(one being created)".into());
@@ -902,9 +918,20 @@ impl ImageStore {
         self.collect_garbage()
     }
 
-    /// Removes layers and blobs no image record uses. Runs every step and
-    /// reports the first failure.
+    /// Marks layers and blobs as used by a pull in flight until the
+    /// returned guard drops.
+    fn mark_in_flight(&self, keys: Vec<String>) -> InFlight<'_> {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        for key in &keys {
+            *in_flight.entry(key.clone()).or_default() += 1;
+        }
+        InFlight { store: self, keys }
+    }
+
+    /// Removes layers and blobs neither an image record nor a pull in
+    /// flight uses. Runs every step and reports the first failure.
     fn collect_garbage(&self) -> Result<(), StoreError> {
+        let in_flight = self.in_flight.lock().unwrap();
         let (chains, blobs): (HashSet<String>, HashSet<String>) = {
             let images = self.images.lock().unwrap();
             (
@@ -919,6 +946,7 @@ impl ImageStore {
             )
         };
         let mut first_err = None;
+        let mut doomed = Vec::new();
         for (sub, keep) in [("layers", &chains), ("blobs/sha256", &blobs)] {
             let dir = self.options.dir.join(sub);
             let entries = match std::fs::read_dir(&dir) {
@@ -933,19 +961,28 @@ impl ImageStore {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if keep.contains(&name) {
+                if keep.contains(&name) || in_flight.contains_key(&name) {
                     continue;
                 }
                 // Rename first so a crash mid-delete never leaves a half layer under layers/.
-                let doomed = self.options.dir.join("tmp").join(format!("gc-{name}"));
-                let result =
-                    std::fs::rename(entry.path(), &doomed).and_then(|()| remove_all(&doomed));
-                if let Err(e) = result {
-                    first_err.get_or_insert(StoreError::Io {
-                        path: entry.path(),
-                        source: e,
-                    });
+                let n = self.doomed.fetch_add(1, Ordering::Relaxed);
+                let to = self.options.dir.join("tmp").join(format!("gc-{n}-{name}"));
+                match std::fs::rename(entry.path(), &to) {
+                    Ok(()) => doomed.push(to),
+                    Err(e) => {
+                        first_err.get_or_insert(StoreError::Io {
+                            path: entry.path(),
+                            source: e,
+                        });
+                    }
                 }
+            }
+        }
+        // Out of layers/ and blobs/ now: pulls need not wait for the deletion.
+        drop(in_flight);
+        for path in doomed {
+            if let Err(e) = remove_all(&path) {
+                first_err.get_or_insert(StoreError::Io { path, source: e });
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -1103,6 +1140,26 @@ fn unpack_stream(
     Ok((diff_id, count))
 }
 
+/// Layers and blobs a pull in flight uses; unpinned on drop.
+struct InFlight<'a> {
+    store: &'a ImageStore,
+    keys: Vec<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.store.in_flight.lock().unwrap();
+        for key in &self.keys {
+            if let Some(count) = in_flight.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.remove(key);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1164,5 +1221,34 @@ mod tests {
         assert!(err.contains(&conf.display().to_string()), "{err}");
         assert!(refused(&store, "b.example/x:1").await);
         assert_eq!(store.pull.read().unwrap().0, settings(2));
+    }
+
+    #[test]
+    fn collection_keeps_what_a_pull_in_flight_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(StoreOptions {
+            dir: dir.path().join("images"),
+            registries_config: None,
+            registries_config_required: false,
+            pull: settings(1),
+        })
+        .unwrap();
+        let (chain, blob) = ("a".repeat(64), "b".repeat(64));
+        let layer = store.options.dir.join("layers").join(&chain);
+        let blob_path = store.options.dir.join("blobs/sha256").join(&blob);
+        std::fs::create_dir_all(layer.join("diff")).unwrap();
+        std::fs::write(&blob_path, b"{}").unwrap();
+
+        let pulling = store.mark_in_flight(vec![chain.clone(), blob.clone()]);
+        // A second pull of the same layer, done before the first.
+        drop(store.mark_in_flight(vec![chain.clone()]));
+        store.collect_garbage().unwrap();
+        assert!(layer.exists() && blob_path.exists());
+
+        drop(pulling);
+        store.collect_garbage().unwrap();
+        assert!(!layer.exists() && !blob_path.exists());
+        let tmp = std::fs::read_dir(store.options.dir.join("tmp")).unwrap();
+        assert_eq!(tmp.count(), 0, "collected entries are deleted");
     }
 }

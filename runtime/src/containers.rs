@@ -174,7 +174,11 @@ impl Containers {
                     finished_at: now_nanos(),
                     oom_killed: false,
                 });
-                record.message = Some("its run dir is gone (the host rebooted?)".into());
+                record.message = Some(if record.pid == 0 {
+                    "berthd stopped before it finished creating it".into()
+                } else {
+                    "its run dir is gone (the host rebooted?)".into()
+                });
                 if let Err(err) = records.save(&record) {
                     errors.push(err);
                 }
@@ -191,15 +195,46 @@ impl Containers {
                 }),
             );
         }
-        Ok((
-            Containers {
-                options,
-                records,
-                index: Mutex::new(index),
-                observer: OnceLock::new(),
-            },
-            errors,
-        ))
+        let containers = Containers {
+            options,
+            records,
+            index: Mutex::new(index),
+            observer: OnceLock::new(),
+        };
+        errors.extend(containers.adopt_started());
+        Ok((containers, errors))
+    }
+
+    /// A berthd killed between the runtime's start and saving the record
+    /// left a started container recorded as created: the runtime knows.
+    /// Its start time is lost; now stands in for it.
+    fn adopt_started(&self) -> Vec<StoreError> {
+        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
+        let mut errors = Vec::new();
+        for slot in slots {
+            let record = lock(&slot.record).clone();
+            if record.state != ContainerState::Created || record.pid == 0 {
+                continue;
+            }
+            let state = self
+                .runtime_of(&record)
+                .and_then(|runtime| Ok(runtime.state(&record.id)?));
+            match state {
+                Ok(Some(state)) if state.status == "running" => {
+                    let mut record = lock(&slot.record);
+                    record.state = ContainerState::Running;
+                    record.started_at = Some(now_nanos());
+                    if let Err(err) = self.records.save(&record) {
+                        errors.push(err);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(container = %record.id, "cannot ask the runtime whether it was started: {err}")
+                }
+            }
+        }
+        errors
     }
 
     /// Removes what a container whose record did not parse (see

@@ -93,7 +93,29 @@ pub trait RuntimeHandlers: Send + Sync + std::fmt::Debug {
     fn default_name(&self) -> String;
 }
 
-type Slot = Arc<tokio::sync::Mutex<Pod>>;
+/// One pod. `op` serializes the operations that change it (Stop, Remove),
+/// which can wait minutes on a CNI plugin; `record` is the pod as last
+/// published, locked only to copy or replace it, so Status and List (of
+/// this pod or any other) never wait on an operation.
+struct PodSlot {
+    op: Arc<tokio::sync::Mutex<()>>,
+    record: std::sync::Mutex<Pod>,
+}
+
+type Slot = Arc<PodSlot>;
+
+fn slot(pod: Pod) -> Slot {
+    Arc::new(PodSlot {
+        op: Arc::new(tokio::sync::Mutex::new(())),
+        record: std::sync::Mutex::new(pod),
+    })
+}
+
+impl PodSlot {
+    fn record(&self) -> std::sync::MutexGuard<'_, Pod> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 #[derive(Default)]
 struct Index {
@@ -138,9 +160,7 @@ impl Sandboxes {
                 }
             }
             index.names.insert(pod.spec.reserved_name(), pod.id.clone());
-            index
-                .pods
-                .insert(pod.id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+            index.pods.insert(pod.id.clone(), slot(pod));
         }
         let sandboxes = Sandboxes {
             options,
@@ -210,8 +230,8 @@ impl Sandboxes {
         let (_, slot) = self
             .resolve(id)?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let pod = slot.lock().await;
-        Ok(pod.clone())
+        let pod = slot.record().clone();
+        Ok(pod)
     }
 
     /// Copies of every record.
@@ -224,11 +244,7 @@ impl Sandboxes {
             .values()
             .cloned()
             .collect();
-        let mut pods = Vec::with_capacity(slots.len());
-        for slot in slots {
-            pods.push(slot.lock().await.clone());
-        }
-        pods
+        slots.iter().map(|slot| slot.record().clone()).collect()
     }
 
     fn resolve_handler(&self, requested: &str) -> Result<String, Error> {
@@ -285,9 +301,7 @@ impl Sandboxes {
                     "pod sandbox ready"
                 );
                 let mut index = self.index.lock().expect("lock poisoned");
-                index
-                    .pods
-                    .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+                index.pods.insert(id.clone(), slot(pod));
                 Ok(id)
             }
             Err(error) => {
@@ -299,9 +313,7 @@ impl Sandboxes {
                     Err(error)
                 } else {
                     // Keep it visible as NotReady so Remove can finish the job.
-                    index
-                        .pods
-                        .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+                    index.pods.insert(id.clone(), slot(pod));
                     Err(Error::SetupAndTeardown {
                         pod: id,
                         error: Box::new(error),
@@ -542,8 +554,11 @@ impl Sandboxes {
         let Some((id, slot)) = self.resolve(id)? else {
             return Ok(());
         };
-        let mut pod = slot.lock().await;
+        let Some((_op, mut pod)) = self.begin_teardown(&id, &slot).await else {
+            return Ok(());
+        };
         let failures = self.tear_down(&mut pod, false).await;
+        *slot.record() = pod;
         if failures.is_empty() {
             Ok(())
         } else {
@@ -557,19 +572,47 @@ impl Sandboxes {
         let Some((id, slot)) = self.resolve(id)? else {
             return Ok(());
         };
-        let mut pod = slot.lock().await;
+        let Some((_op, mut pod)) = self.begin_teardown(&id, &slot).await else {
+            return Ok(());
+        };
         let failures = self.tear_down(&mut pod, true).await;
+        let name = pod.spec.reserved_name();
+        *slot.record() = pod;
         if !failures.is_empty() {
             return Err(Error::Teardown { pod: id, failures });
         }
         tracing::info!(pod = %id, "pod sandbox removed");
         let mut index = self.index.lock().expect("lock poisoned");
         index.pods.remove(&id);
-        let name = pod.spec.reserved_name();
         if index.names.get(&name) == Some(&id) {
             index.names.remove(&name);
         }
         Ok(())
+    }
+
+    /// Takes the pod's operation lock and returns a copy of its record to
+    /// tear down, published as not ready from now on (whatever happens, it
+    /// ends not ready). None when a Remove that held the lock meanwhile
+    /// removed the pod: tearing it down again would write its record back.
+    async fn begin_teardown(
+        &self,
+        id: &PodId,
+        slot: &Slot,
+    ) -> Option<(tokio::sync::OwnedMutexGuard<()>, Pod)> {
+        let op = Arc::clone(&slot.op).lock_owned().await;
+        let indexed = self
+            .index
+            .lock()
+            .expect("lock poisoned")
+            .pods
+            .get(id)
+            .is_some_and(|current| Arc::ptr_eq(current, slot));
+        if !indexed {
+            return None;
+        }
+        let mut record = slot.record();
+        record.state = State::NotReady;
+        Some((op, record.clone()))
     }
 
     /// CNI CHECK of the pod's attachment: None when there is nothing to check.
