@@ -102,7 +102,10 @@ pub struct Cni {
 }
 
 impl Cni {
+    /// Start-up: also removes the temp files of cache writes a crash cut
+    /// short (nothing else writes the cache yet).
     pub fn new(options: Options) -> Arc<Cni> {
+        remove_temp_files(&options.cache_dir);
         let cni = Arc::new(Cni {
             options,
             current: RwLock::new(Err(String::new())),
@@ -472,6 +475,20 @@ fn remove_cache(path: &Path) -> Result<(), Error> {
     }
 }
 
+fn remove_temp_files(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "tmp")
+            && let Err(err) = std::fs::remove_file(&path)
+        {
+            tracing::warn!("cannot remove {}: {err}", path.display());
+        }
+    }
+}
+
 /// Temp file, fsync, rename: a crash leaves the old file or the new one.
 fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
@@ -534,6 +551,27 @@ mod tests {
         assert_eq!(second["runtimeConfig"]["portMappings"][0]["hostPort"], 80);
         assert!(second["runtimeConfig"].get("bandwidth").is_none());
         assert_eq!(second["prevResult"], prev);
+    }
+
+    #[test]
+    fn start_up_removes_temp_files_a_crash_left_in_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("results");
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("a-eth0.tmp"), "{\"kind\"").unwrap();
+        std::fs::write(cache.join("b-eth0.json"), "{}").unwrap();
+        Cni::new(Options {
+            conf_dir: dir.path().join("net.d"),
+            bin_dirs: Vec::new(),
+            cache_dir: cache.clone(),
+            plugin_timeout: Duration::from_secs(1),
+        });
+        let mut left: Vec<_> = std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["b-eth0.json"]);
     }
 
     #[test]

@@ -1,23 +1,44 @@
 //! A minimal Distribution API server over an OCI layout, for fault
-//! injection only: it can stall a blob half way (to kill berthd mid-pull),
-//! counts blob fetches (to prove shared layers are fetched once), and can
+//! injection only: it answers chosen fetches of a manifest or blob with a
+//! fault (5xx, a connection dropped mid-body, a short body, a stall, a slow
+//! drip), counts fetches (to prove retries and that shared layers are
+//! fetched once), notices a client that gives up on a stalled fetch, and can
 //! demand Bearer tokens from its own token endpoint (Debian has no token
 //! server to pair with docker-registry). Everything else is tested against
 //! the real registry in [`crate::registry`].
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How one fetch of a manifest or blob goes wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// `500 Internal Server Error`.
+    ServerError,
+    /// Half the body, then the connection is closed.
+    DropMidBody,
+    /// The whole body under a Content-Length that promises more, then close.
+    ShortBody,
+    /// Half the body, then nothing until the client closes the connection
+    /// (or the registry is dropped).
+    Stall,
+    /// The body in eight pieces with this pause before each: slow, but
+    /// never silent for that long.
+    Drip(Duration),
+}
+
 #[derive(Default)]
 struct Shared {
-    /// Digest (`sha256:…`) to stall on its first fetch.
-    stall_once: Mutex<Option<String>>,
+    /// By digest (`sha256:…`): the faults for its next fetches, in order.
+    faults: Mutex<HashMap<String, VecDeque<Fault>>>,
     stalled: AtomicBool,
+    /// A client closed its connection during a stall.
+    abandoned: AtomicBool,
     fetches: Mutex<HashMap<String, usize>>,
     /// Token requests seen: the Authorization header each carried.
     token_requests: Mutex<Vec<String>>,
@@ -71,17 +92,34 @@ impl FaultRegistry {
         format!("{}/berth/{tag}:latest", self.host())
     }
 
-    /// Stalls the first fetch of `digest` after half its bytes, until dropped.
-    pub fn stall_once(&self, digest: &str) {
-        *self.shared.stall_once.lock().unwrap() = Some(digest.to_string());
+    /// Answers the next fetches of `digest` (a manifest or a blob) with
+    /// `faults`, one each, in order; later fetches succeed.
+    pub fn inject(&self, digest: &str, faults: &[Fault]) {
+        self.shared
+            .faults
+            .lock()
+            .unwrap()
+            .entry(digest.to_string())
+            .or_default()
+            .extend(faults);
     }
 
-    /// Whether a stalled fetch is in progress.
+    /// Stalls the next fetch of `digest` after half its bytes.
+    pub fn stall_once(&self, digest: &str) {
+        self.inject(digest, &[Fault::Stall]);
+    }
+
+    /// Whether a fetch has stalled.
     pub fn stalled(&self) -> bool {
         self.shared.stalled.load(Ordering::SeqCst)
     }
 
-    /// How many times each blob was fetched.
+    /// Whether a client closed the connection of a stalled fetch.
+    pub fn abandoned(&self) -> bool {
+        self.shared.abandoned.load(Ordering::SeqCst)
+    }
+
+    /// How many times each manifest (by digest) and blob was fetched.
     pub fn fetches(&self) -> HashMap<String, usize> {
         self.shared.fetches.lock().unwrap().clone()
     }
@@ -97,7 +135,8 @@ impl Drop for FaultRegistry {
     }
 }
 
-/// The manifests of `layout/index.json` by tag, and every blob by digest.
+/// The manifest a tag or digest names: its media type and file (named by
+/// its digest's hex).
 fn find_manifest(layout: &Path, reference: &str) -> Option<(String, PathBuf)> {
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).ok()?).ok()?;
@@ -176,61 +215,107 @@ fn serve(stream: TcpStream, layout: &Path, s: &Shared, auth: Auth, port: u16) {
             continue;
         }
         let parts: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
-        let result = match parts.as_slice() {
-            [""] => respond(&mut out, "200 OK", "", b"{}"),
+        let (file, headers) = match parts.as_slice() {
+            [""] => {
+                if respond(&mut out, "200 OK", "", b"{}").is_err() {
+                    return;
+                }
+                continue;
+            }
             // berth/<fixture>:<any tag> is the fixture's manifest.
-            [.., fixture, "manifests", reference] => match find_manifest(
-                layout,
-                if reference.starts_with("sha256:") {
+            [.., fixture, "manifests", reference] => {
+                let wanted = if reference.starts_with("sha256:") {
                     reference
                 } else {
                     fixture
-                },
-            ) {
-                Some((media_type, file)) => respond(
-                    &mut out,
-                    "200 OK",
-                    &format!("Content-Type: {media_type}\r\n"),
-                    &std::fs::read(file).unwrap(),
-                ),
-                None => respond(&mut out, "404 Not Found", "", b"{}"),
-            },
-            [.., "blobs", digest] => {
-                *s.fetches
-                    .lock()
-                    .unwrap()
-                    .entry(digest.to_string())
-                    .or_default() += 1;
-                let Ok(bytes) = std::fs::read(blob(layout, digest)) else {
-                    let _ = respond(&mut out, "404 Not Found", "", b"{}");
-                    continue;
                 };
-                let stall = {
-                    let mut once = s.stall_once.lock().unwrap();
-                    let hit = once.as_deref() == Some(*digest);
-                    if hit {
-                        *once = None;
-                    }
-                    hit
-                };
-                if stall {
-                    let head =
-                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", bytes.len());
-                    let _ = out.write_all(head.as_bytes());
-                    let _ = out.write_all(&bytes[..bytes.len() / 2]);
-                    let _ = out.flush();
-                    s.stalled.store(true, Ordering::SeqCst);
-                    while !s.stop.load(Ordering::SeqCst) {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    return;
+                match find_manifest(layout, wanted) {
+                    Some((media_type, file)) => (file, format!("Content-Type: {media_type}\r\n")),
+                    None => (PathBuf::new(), String::new()),
                 }
-                respond(&mut out, "200 OK", "", &bytes)
             }
-            _ => respond(&mut out, "404 Not Found", "", b"{}"),
+            [.., "blobs", digest] => (blob(layout, digest), String::new()),
+            _ => (PathBuf::new(), String::new()),
+        };
+        let Ok(bytes) = std::fs::read(&file) else {
+            if respond(&mut out, "404 Not Found", "", b"{}").is_err() {
+                return;
+            }
+            continue;
+        };
+        let digest = format!(
+            "sha256:{}",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        );
+        *s.fetches.lock().unwrap().entry(digest.clone()).or_default() += 1;
+        let fault = s
+            .faults
+            .lock()
+            .unwrap()
+            .get_mut(&digest)
+            .and_then(VecDeque::pop_front);
+        let head =
+            |length: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n{headers}\r\n");
+        let half = &bytes[..bytes.len() / 2];
+        let result = match fault {
+            None => respond(&mut out, "200 OK", &headers, &bytes),
+            Some(Fault::ServerError) => respond(&mut out, "500 Internal Server Error", "", b"{}"),
+            Some(Fault::DropMidBody) => {
+                let _ = out
+                    .write_all(head(bytes.len()).as_bytes())
+                    .and_then(|()| out.write_all(half));
+                return;
+            }
+            Some(Fault::ShortBody) => {
+                let _ = out
+                    .write_all(head(bytes.len() + 100).as_bytes())
+                    .and_then(|()| out.write_all(&bytes));
+                return;
+            }
+            Some(Fault::Stall) => {
+                let _ = out
+                    .write_all(head(bytes.len()).as_bytes())
+                    .and_then(|()| out.write_all(half))
+                    .and_then(|()| out.flush());
+                s.stalled.store(true, Ordering::SeqCst);
+                wait_for_close(&mut reader, s);
+                return;
+            }
+            Some(Fault::Drip(pause)) => {
+                let piece = bytes.len().div_ceil(8).max(1);
+                out.write_all(head(bytes.len()).as_bytes()).and_then(|()| {
+                    bytes.chunks(piece).try_for_each(|chunk| {
+                        std::thread::sleep(pause);
+                        out.write_all(chunk).and_then(|()| out.flush())
+                    })
+                })
+            }
         };
         if result.is_err() {
             return;
         }
+    }
+}
+
+/// Blocks until the client closes the connection (recorded as abandoned)
+/// or the registry is dropped.
+fn wait_for_close(reader: &mut BufReader<TcpStream>, s: &Shared) {
+    let _ = reader
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(20)));
+    let mut byte = [0u8; 1];
+    while !s.stop.load(Ordering::SeqCst) {
+        match reader.read(&mut byte) {
+            Ok(0) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            _ => break,
+        }
+    }
+    if !s.stop.load(Ordering::SeqCst) {
+        s.abandoned.store(true, Ordering::SeqCst);
     }
 }

@@ -25,6 +25,7 @@ pub use berth_proto::cri;
 
 pub mod bundles;
 pub mod fault_registry;
+pub mod net;
 pub mod registry;
 pub mod world;
 
@@ -157,6 +158,36 @@ impl Paths {
 
     pub fn root(&self) -> PathBuf {
         self.dir().join("root")
+    }
+
+    /// Puts [`Paths::root`] on a tmpfs of `bytes` (before berthd starts),
+    /// so a test can fill it; dropping the paths unmounts it.
+    pub fn mount_root_tmpfs(&self, bytes: u64) {
+        std::fs::create_dir_all(self.root()).expect("create root dir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(self.root())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            self.root().display()
+        );
+    }
+
+    /// Resizes the tmpfs of [`Paths::mount_root_tmpfs`].
+    pub fn resize_root_tmpfs(&self, bytes: u64) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(self.root())
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "resize the tmpfs on {}",
+            self.root().display()
+        );
     }
 
     pub fn run_root(&self) -> PathBuf {
@@ -361,6 +392,74 @@ impl Drop for Paths {
     }
 }
 
+/// The names in `dir`, sorted; none when it does not exist.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// PullImage of `name` without credentials; the image ref on success.
+pub async fn pull(
+    images: &mut ImageServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> Result<String, tonic::Status> {
+    images
+        .pull_image(cri::PullImageRequest {
+            image: Some(cri::ImageSpec {
+                image: name.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+/// StopPodSandbox then RemovePodSandbox, both required to succeed: how
+/// a test ends a pod (and the kubelet removes one).
+pub async fn stop_and_remove_pod(
+    client: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    id: &str,
+) {
+    client
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stop pod {id}: {e:?}"));
+    client
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("remove pod {id}: {e:?}"));
+}
+
+/// How many berth-shim processes have `dir` in their command line: the
+/// shims of a berthd whose paths are under `dir`.
+pub fn shims_under(dir: &Path) -> usize {
+    let needle = dir.as_os_str().as_encoded_bytes();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
+                cmd.windows(10).any(|w| w == b"berth-shim")
+                    && cmd.windows(needle.len()).any(|w| w == needle)
+            })
+        })
+        .count()
+}
+
 /// Kills every process whose command line mentions `dir`: shims and OCI
 /// runtimes that berthd under test left behind.
 pub fn kill_processes_under(dir: &Path) {
@@ -391,42 +490,7 @@ pub fn kill_processes_under(dir: &Path) {
 
 /// Every mount point at or below `dir`, deepest first.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|path| path.starts_with(dir))
-        .collect();
-    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    mounts
-}
-
-fn unescape_mount_path(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|digits| std::str::from_utf8(digits).ok())
-            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(code)) => {
-                out.push(code);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    std::ffi::OsString::from_vec(out).into()
+    berth_runtime::overlay::mounts_under(dir).unwrap_or_default()
 }
 
 fn unmount_under(dir: &Path) {

@@ -263,3 +263,15 @@ fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A registries.conf (v2) that reaches `host` over plain HTTP.
+pub fn insecure_conf(host: &str) -> String {
+    format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
+}
+
+/// Writes [`insecure_conf`] for `host` to `<dir>/registries.conf`.
+pub fn write_insecure_conf(dir: &Path, host: &str) -> PathBuf {
+    let path = dir.join("registries.conf");
+    std::fs::write(&path, insecure_conf(host)).expect("write registries.conf");
+    path
+}

@@ -12,9 +12,8 @@ use berth_proto::cri::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemoveContainerRequest,
+    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
 };
 use tonic::transport::Channel;
 
@@ -58,6 +57,11 @@ impl World {
 
     /// [`World::new`] with `extra` appended to berthd's config file.
     pub async fn with_config(tag: &str, extra: &str) -> World {
+        World::in_paths(tag, extra, Paths::create()).await
+    }
+
+    /// [`World::with_config`] with berthd's state in `paths`.
+    pub async fn in_paths(tag: &str, extra: &str, paths: Paths) -> World {
         let registry = Registry::start_empty(Security::Plain);
         registry.push("busybox", "berth/busybox:latest");
         let logs = tempfile::Builder::new()
@@ -65,28 +69,12 @@ impl World {
             .tempdir()
             .unwrap();
         let conf = logs.path().join("registries.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-                registry.host()
-            ),
-        )
-        .unwrap();
+        std::fs::write(&conf, registry::insecure_conf(&registry.host())).unwrap();
         std::fs::create_dir(logs.path().join("net.d")).unwrap();
         let options = options(&conf, &logs.path().join("net.d"), extra);
-        let berthd = Berthd::start_with(options.clone()).await;
+        let berthd = Berthd::start_in(paths, options.clone()).await;
         let image = registry.image("busybox");
-        berthd
-            .images()
-            .await
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
+        crate::pull(&mut berthd.images().await, &image)
             .await
             .unwrap();
         let client = berthd.runtime().await;
@@ -145,34 +133,7 @@ impl World {
     }
 
     pub fn container(&self, name: &str, script: &str) -> ContainerConfig {
-        ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: self.image.clone(),
-                ..Default::default()
-            }),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}.log"),
-            labels: HashMap::from([("app".to_string(), name.to_string())]),
-            // What the kubelet sends for a pod whose containers each have
-            // their own PID namespace.
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(NamespaceOption {
-                        network: NamespaceMode::Node as i32,
-                        pid: NamespaceMode::Container as i32,
-                        ipc: NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                resources: None,
-            }),
-            ..Default::default()
-        }
+        container_config(&self.image, name, script)
     }
 
     pub async fn create(
@@ -247,18 +208,7 @@ impl World {
     }
 
     pub async fn remove_pod(&mut self, pod: &str) {
-        self.client
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .unwrap();
-        self.client
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.into(),
-            })
-            .await
-            .unwrap();
+        crate::stop_and_remove_pod(&mut self.client, pod).await;
     }
 
     pub async fn exec(&mut self, id: &str, script: &str, timeout: i64) -> (i32, String, String) {
@@ -340,4 +290,36 @@ impl Drop for World {
 fn pod_name_of(config: &ContainerConfig) -> String {
     let name = &config.metadata.as_ref().unwrap().name;
     name.split('-').next().unwrap().to_string()
+}
+
+/// A container of `image` running `sh -c script`, logging to `<name>.log`,
+/// labelled `app=<name>`, with what the kubelet sends for a pod whose
+/// containers each have their own PID namespace.
+pub fn container_config(image: &str, name: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            resources: None,
+        }),
+        ..Default::default()
+    }
 }

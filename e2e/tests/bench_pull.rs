@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::cri::{ImageSpec, PullImageRequest};
+use berth_e2e::cri::ImageSpec;
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options};
 
@@ -96,14 +96,7 @@ async fn pull_benchmark_vs_containerd() {
 
     let conf = tempfile::tempdir().unwrap();
     let registries = conf.path().join("registries.conf");
-    std::fs::write(
-        &registries,
-        format!(
-            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-            reg.host()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&registries, berth_e2e::registry::insecure_conf(&reg.host())).unwrap();
     let berthd = Berthd::start_with(Options {
         config: format!(
             "log_level = \"warn\"\n[image]\nregistries_config = \"{}\"\n",
@@ -116,16 +109,7 @@ async fn pull_benchmark_vs_containerd() {
 
     let containerd = containerd_pull(&image);
     let start = Instant::now();
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    berth_e2e::pull(&mut images, &image).await.unwrap();
     let berth = start.elapsed();
     let rss = peak_rss_kib(berthd.pid());
     // The whole image really is there.

@@ -4,16 +4,17 @@
 //! cgroup parent, so tests run in parallel.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::{
     ContainerConfig, ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
-    CreateContainerRequest, ExecSyncRequest, Int64Value, LinuxContainerResources,
-    LinuxContainerSecurityContext, ListContainersRequest, RemoveContainerRequest,
-    ReopenContainerLogRequest, StartContainerRequest, StopContainerRequest,
+    CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerResources,
+    LinuxContainerSecurityContext, ListContainersRequest, ListImagesRequest, ListImagesResponse,
+    RemoveContainerRequest, RemoveImageRequest, ReopenContainerLogRequest, StartContainerRequest,
+    StopContainerRequest,
 };
-use berth_e2e::{Berthd, mounts_under};
+use berth_e2e::{Berthd, mounts_under, shims_under};
 use nix::sys::signal::Signal;
 
 use berth_e2e::world::{World, can_run_here};
@@ -26,20 +27,6 @@ fn sc(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
         .security_context
         .as_mut()
         .unwrap()
-}
-
-fn shims_under(dir: &Path) -> usize {
-    let needle = dir.as_os_str().as_encoded_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
-                cmd.windows(10).any(|w| w == b"berth-shim")
-                    && cmd.windows(needle.len()).any(|w| w == needle.as_slice())
-            })
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -698,5 +685,115 @@ async fn a_killed_shim_leaves_the_container_reported_exited() {
     let status = w.wait_exit(&id).await;
     assert_eq!((status.exit_code, status.reason.as_str()), (137, "Error"));
     assert!(status.message.contains("berth-shim"), "{status:?}");
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_or_failing_runtime_fails_create_and_leaves_nothing() {
+    if !can_run_here() {
+        return;
+    }
+    let scripts = tempfile::tempdir().unwrap();
+    let failing = scripts.path().join("failing-runc");
+    // Refuses every create as runc does a spec it cannot run; the rest is runc.
+    berth_e2e::write_script(
+        &failing,
+        "#!/bin/sh\nfor a; do\n  if [ \"$a\" = create ]; then\n    echo 'spec refused: no such device /dev/berth-e2e' >&2\n    exit 1\n  fi\ndone\nexec runc \"$@\"\n",
+    );
+    let mut w = World::with_config(
+        "badruntime",
+        &format!(
+            "[runtimes.missing]\npath = \"/nonexistent/runc\"\n[runtimes.failing]\npath = \"{}\"\n",
+            failing.display()
+        ),
+    )
+    .await;
+    let dir = w.paths().dir().to_path_buf();
+    for (handler, expected) in [
+        ("missing", "/nonexistent/runc"),
+        ("failing", "spec refused: no such device /dev/berth-e2e"),
+    ] {
+        let pod = w
+            .client
+            .run_pod_sandbox(berth_e2e::cri::RunPodSandboxRequest {
+                config: Some(w.pod_config(handler)),
+                runtime_handler: handler.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id;
+        let err = w
+            .create(&pod, w.container("app", "sleep 60"))
+            .await
+            .unwrap_err();
+        assert!(err.message().contains(expected), "{handler}: {err:?}");
+        let listed = w
+            .client
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(listed.is_empty(), "{handler}: {listed:?}");
+        assert_eq!(shims_under(&dir), 0, "{handler}");
+        assert!(
+            mounts_under(&w.paths().run_root().join("containers")).is_empty(),
+            "{handler}"
+        );
+        for sub in ["containers/records", "containers/state"] {
+            let left = std::fs::read_dir(w.paths().root().join(sub))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            assert_eq!(left, 0, "{handler}: {sub}");
+        }
+        w.remove_pod(&pod).await;
+    }
+    // Nothing of the failures stays in the way of the default runtime.
+    let pod = w.pod("good").await;
+    let id = w.run(&pod, w.container("app", "sleep 60")).await;
+    w.stop(&id, 0).await;
+    w.remove(&id).await;
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_image_in_use_by_a_container_is_not_removed() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("inuse").await;
+    let pod = w.pod("inuse").await;
+    let id = w.run(&pod, w.container("app", "sleep 600")).await;
+    let mut images = w.berthd().images().await;
+    let remove = RemoveImageRequest {
+        image: Some(ImageSpec {
+            image: w.image.clone(),
+            ..Default::default()
+        }),
+    };
+    let err = images.remove_image(remove.clone()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    assert!(err.message().contains(&id), "{}", err.message());
+    let listed = |images: ListImagesResponse| images.images.len();
+    let all = ListImagesRequest { filter: None };
+    assert_eq!(
+        listed(images.list_images(all).await.unwrap().into_inner()),
+        1
+    );
+    // Its layers are all still there under the running container.
+    let (code, out, _) = w
+        .exec(&id, "cat /bin/busybox >/dev/null && echo intact", 10)
+        .await;
+    assert_eq!((code, out.as_str()), (0, "intact\n"));
+
+    w.stop(&id, 0).await;
+    w.remove(&id).await;
+    images.remove_image(remove).await.unwrap();
+    let all = ListImagesRequest { filter: None };
+    assert_eq!(
+        listed(images.list_images(all).await.unwrap().into_inner()),
+        0
+    );
     w.remove_pod(&pod).await;
 }

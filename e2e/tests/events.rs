@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use berth_e2e::cri::{
     ContainerEventResponse, ContainerEventType, ContainerState, ContainerStatus,
-    ContainerStatusRequest, GetEventsRequest, LinuxContainerResources, StopContainerRequest,
-    UpdateContainerResourcesRequest,
+    ContainerStatusRequest, GetEventsRequest, LinuxContainerResources, PodSandboxStatusRequest,
+    StopContainerRequest, UpdateContainerResourcesRequest,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Streaming;
@@ -135,6 +135,22 @@ async fn two_subscribers_see_each_event_in_order_and_self_exits() {
     let pod = w.pod("ev").await;
 
     let id = w.run(&pod, w.container("ev-sleep", "sleep 1000")).await;
+    // PodSandboxStatus carries its containers' statuses too (EventedPLEG).
+    let statuses = w
+        .client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers_statuses;
+    let states: Vec<_> = statuses.iter().map(|s| (s.id.as_str(), s.state)).collect();
+    assert_eq!(
+        states,
+        [(id.as_str(), ContainerState::ContainerRunning as i32)]
+    );
     stop_remove(&mut w, &id).await;
     use ContainerEventType::*;
     for stream in [&mut first, &mut second] {

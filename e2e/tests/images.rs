@@ -3,13 +3,14 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::{
     AuthConfig, ImageFilter, ImageFsInfoRequest, ImageSpec, ImageStatusRequest,
     ImageStatusResponse, ListImagesRequest, PullImageRequest, RemoveImageRequest,
 };
-use berth_e2e::fault_registry::{self, FaultRegistry};
+use berth_e2e::fault_registry::{self, Fault, FaultRegistry};
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run};
 use tonic::Code;
@@ -31,19 +32,23 @@ fn spec(name: &str) -> Option<ImageSpec> {
 
 /// berthd with a registries.conf holding `registries` (TOML).
 async fn start_berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
+    start_berthd_with(registries, "").await
+}
+
+/// Like [`start_berthd`], with more `[image]` keys.
+async fn start_berthd_with(registries: &str, image_keys: &str) -> (Berthd, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("registries.conf");
     std::fs::write(&conf, registries).unwrap();
     let berthd = Berthd::start_with(Options {
-        config: format!("[image]\nregistries_config = \"{}\"\n", conf.display()),
+        config: format!(
+            "[image]\nregistries_config = \"{}\"\n{image_keys}",
+            conf.display()
+        ),
         ..Options::default()
     })
     .await;
     (berthd, dir)
-}
-
-fn insecure(host: &str) -> String {
-    format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
 }
 
 async fn pull(
@@ -107,18 +112,6 @@ async fn layer_dirs(client: &mut ImageServiceClient<Channel>, name: &str) -> Vec
         .collect()
 }
 
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
 #[tokio::test]
 async fn pull_status_list_remove_and_restart() {
     if !ready() {
@@ -128,7 +121,7 @@ async fn pull_status_list_remove_and_restart() {
     reg.push("layered", "berth/layered:latest");
     reg.push("layered", "berth/layered:v2");
     reg.push("layered-plus", "berth/layered-plus:latest");
-    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
     let mut images = berthd.images().await;
 
     // Absent: an empty answer, not an error.
@@ -210,7 +203,7 @@ async fn pull_status_list_remove_and_restart() {
     );
     let opaque = xattr(&l2.join("opaque"), "trusted.overlay.opaque");
     assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
-    assert_eq!(entries(&l2.join("opaque")), ["new"]);
+    assert_eq!(berth_e2e::entries(&l2.join("opaque")), ["new"]);
     let hello = std::fs::metadata(l2.join("data/hello")).unwrap();
     assert_eq!(
         hello.ino(),
@@ -266,8 +259,8 @@ async fn pull_status_list_remove_and_restart() {
     let seen = (
         rootfs.join("gone").exists(),
         rootfs.join("gone-dir").exists(),
-        entries(&rootfs.join("opaque")),
-        entries(&rootfs.join("data")).len(),
+        berth_e2e::entries(&rootfs.join("opaque")),
+        berth_e2e::entries(&rootfs.join("data")).len(),
         std::fs::read_to_string(rootfs.join("etc/hostname")).unwrap(),
         rootfs.join("bin/busybox").is_file(),
     );
@@ -339,7 +332,7 @@ async fn pull_status_list_remove_and_restart() {
     remove(&mut images, &image.id).await;
     assert!(list(&mut images).await.is_empty());
     let layers_dir = dirs[0].parent().unwrap().parent().unwrap();
-    assert_eq!(entries(layers_dir), Vec::<String>::new());
+    assert_eq!(berth_e2e::entries(layers_dir), Vec::<String>::new());
 }
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
@@ -362,7 +355,7 @@ async fn index_platform_and_zstd() {
     let registries = format!(
         "unqualified-search-registries = [\"{0}\"]\n{1}\n[aliases]\n\"zz\" = \"{0}/berth/zstd\"\n",
         reg.host(),
-        insecure(&reg.host())
+        berth_e2e::registry::insecure_conf(&reg.host())
     );
     let (berthd, _conf) = start_berthd(&registries).await;
     let mut images = berthd.images().await;
@@ -448,7 +441,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn assert_store_empty(berthd: &Berthd) {
     let store = berthd.paths().root().join("images");
     for sub in ["images", "layers", "tmp"] {
-        assert_eq!(entries(&store.join(sub)), Vec::<String>::new(), "{sub}");
+        assert_eq!(
+            berth_e2e::entries(&store.join(sub)),
+            Vec::<String>::new(),
+            "{sub}"
+        );
     }
 }
 
@@ -461,7 +458,7 @@ async fn malicious_layers_are_refused_and_nothing_is_written_outside() {
     for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
         reg.push(evil, &format!("berth/{evil}:latest"));
     }
-    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
     let mut images = berthd.images().await;
     let hostname_before = std::fs::read("/etc/hostname").ok();
     for evil in ["evil-dotdot", "evil-symlink", "evil-hardlink"] {
@@ -487,7 +484,7 @@ async fn corrupt_blob_and_wrong_digest_fail_and_leave_nothing() {
     }
     let reg = Registry::start_empty(Security::Plain);
     reg.push("layered", "berth/layered:latest");
-    let (berthd, _conf) = start_berthd(&insecure(&reg.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
     let mut images = berthd.images().await;
 
     // A digest the registry does not have.
@@ -540,7 +537,7 @@ async fn auth_blocked_and_mirrors() {
          [[registry]]\nprefix = \"fallback.example\"\nlocation = \"{1}\"\ninsecure = true\n\
          [[registry.mirror]]\nlocation = \"127.0.0.1:1\"\n\
          [[registry.mirror]]\nlocation = \"{2}\"\ninsecure = true\n",
-        insecure(&tls.host()),
+        berth_e2e::registry::insecure_conf(&tls.host()),
         plain.host(),
         tls.host(),
     );
@@ -597,7 +594,7 @@ async fn auth_blocked_and_mirrors() {
 
     // A registry token is sent as is.
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
-    let (berthd, _conf2) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf2) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let token = AuthConfig {
         registry_token: fault_registry::TOKEN.into(),
@@ -642,6 +639,21 @@ async fn bad_input_names_the_field() {
 
 /// The digest of layer `n` of fixture `tag`, read from the fixture layout.
 fn fixture_layer(tag: &str, n: usize) -> String {
+    let (_, manifest) = fixture_manifest(tag);
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The digest of fixture `tag`'s config.
+fn fixture_config(tag: &str) -> String {
+    let (_, manifest) = fixture_manifest(tag);
+    manifest["config"]["digest"].as_str().unwrap().to_string()
+}
+
+/// Fixture `tag`'s manifest digest and content, read from the fixture layout.
+fn fixture_manifest(tag: &str) -> (String, serde_json::Value) {
     let layout = registry::fixtures();
     let read = |digest: &str| -> serde_json::Value {
         let hex = digest.strip_prefix("sha256:").unwrap();
@@ -656,11 +668,8 @@ fn fixture_layer(tag: &str, n: usize) -> String {
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
         .unwrap();
-    let manifest = read(entry["digest"].as_str().unwrap());
-    manifest["layers"][n]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let digest = entry["digest"].as_str().unwrap();
+    (digest.to_string(), read(digest))
 }
 
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -681,7 +690,7 @@ async fn kill_9_mid_pull_then_restart_leaves_nothing() {
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
     fault.stall_once(&fixture_layer("layered", 0));
-    let (berthd, conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
     let pulling = {
@@ -691,13 +700,16 @@ async fn kill_9_mid_pull_then_restart_leaves_nothing() {
     let store = berthd.paths().root().join("images");
     wait_until("two layers done and the third stalled half way", || {
         fault.stalled()
-            && entries(&store.join("layers")).len() == 2
-            && !entries(&store.join("tmp")).is_empty()
+            && berth_e2e::entries(&store.join("layers")).len() == 2
+            && !berth_e2e::entries(&store.join("tmp")).is_empty()
     })
     .await;
     let (_, paths) = berthd.stop_with(nix::sys::signal::Signal::SIGKILL).await;
     assert!(pulling.await.unwrap().is_err());
-    assert_eq!(entries(&store.join("images")), Vec::<String>::new());
+    assert_eq!(
+        berth_e2e::entries(&store.join("images")),
+        Vec::<String>::new()
+    );
 
     let berthd = Berthd::start_in(
         paths,
@@ -722,7 +734,7 @@ async fn concurrent_pulls_fetch_shared_layers_once() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let (mut a, mut b) = (berthd.images().await, berthd.images().await);
     let (layered, plus) = (fault.image("layered"), fault.image("layered-plus"));
     let (ra, rb) = tokio::join!(pull(&mut a, &layered, None), pull(&mut b, &plus, None),);
@@ -745,7 +757,7 @@ async fn bearer_token_flow_anonymous_and_with_credentials() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
-    let (berthd, _conf) = start_berthd(&insecure(&fault.host())).await;
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     pull(&mut images, &fault.image("zstd"), None).await.unwrap();
     assert_eq!(fault.token_requests(), [""], "an anonymous token request");
@@ -760,4 +772,114 @@ async fn bearer_token_flow_anonymous_and_with_credentials() {
         .unwrap();
     // Basic dTpw is base64("u:p"): the credentials go to the token endpoint.
     assert_eq!(fault.token_requests()[1], "Basic dTpw");
+}
+
+#[tokio::test]
+async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
+    let mut images = berthd.images().await;
+    let name = fault.image("layered");
+    let (manifest, _) = fixture_manifest("layered");
+    let config = fixture_config("layered");
+    let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
+    fault.inject(&manifest, &[Fault::ServerError]);
+    fault.inject(&config, &[Fault::DropMidBody]);
+    fault.inject(&layers[0], &[Fault::ShortBody]);
+    fault.inject(&layers[1], &[Fault::DropMidBody, Fault::ServerError]);
+    pull(&mut images, &name, None).await.unwrap();
+    let fetches = fault.fetches();
+    assert_eq!(fetches[&manifest], 2, "{fetches:?}");
+    assert_eq!(fetches[&config], 2, "{fetches:?}");
+    assert_eq!(fetches[&layers[0]], 2, "{fetches:?}");
+    assert_eq!(fetches[&layers[1]], 3, "{fetches:?}");
+    assert_eq!(fetches[&layers[2]], 1, "{fetches:?}");
+    assert_eq!(list(&mut images).await.len(), 1);
+    let store = berthd.paths().root().join("images");
+    assert_eq!(berth_e2e::entries(&store.join("tmp")), Vec::<String>::new());
+
+    // One failure more than the default 3 retries: a clear error, no image.
+    remove(&mut images, &name).await;
+    fault.inject(&layers[2], &[Fault::ServerError; 4]);
+    let err = pull(&mut images, &name, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    for part in [fault.host().as_str(), layers[2].as_str(), "HTTP 500"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+    assert_eq!(fault.fetches()[&layers[2]], 1 + 4);
+    assert!(list(&mut images).await.is_empty());
+    assert_eq!(
+        berth_e2e::entries(&store.join("images")),
+        Vec::<String>::new()
+    );
+    assert_eq!(berth_e2e::entries(&store.join("tmp")), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_silent_registry_fails_the_pull_and_a_slow_one_does_not() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let (berthd, _conf) = start_berthd_with(
+        &berth_e2e::registry::insecure_conf(&fault.host()),
+        "pull_progress_timeout = 2\n",
+    )
+    .await;
+    let mut images = berthd.images().await;
+    let name = fault.image("layered");
+    let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
+
+    fault.stall_once(&layers[0]);
+    let err = pull(&mut images, &name, None).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    for part in [layers[0].as_str(), "no progress for 2s"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+    wait_until("the stalled connection closed", || fault.abandoned()).await;
+    assert!(list(&mut images).await.is_empty());
+    let store = berthd.paths().root().join("images");
+    assert_eq!(berth_e2e::entries(&store.join("tmp")), Vec::<String>::new());
+
+    // Eight pieces 600 ms apart: longer than the timeout in all, never silent that long.
+    fault.inject(&layers[1], &[Fault::Drip(Duration::from_millis(600))]);
+    pull(&mut images, &name, None).await.unwrap();
+    assert_eq!(list(&mut images).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_cancelled_pull_stops_its_downloads_and_leaves_nothing() {
+    if !ready() {
+        return;
+    }
+    let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
+    let layer = fixture_layer("layered", 0);
+    fault.stall_once(&layer);
+    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
+    let name = fault.image("layered");
+    let pulling = {
+        let (mut images, name) = (berthd.images().await, name.clone());
+        tokio::spawn(async move { pull(&mut images, &name, None).await })
+    };
+    let tmp = berthd.paths().root().join("images/tmp");
+    wait_until("the layer download stalled half way", || {
+        fault.stalled() && !berth_e2e::entries(&tmp).is_empty()
+    })
+    .await;
+    pulling.abort();
+    wait_until("berthd closed the registry connection", || {
+        fault.abandoned()
+    })
+    .await;
+    wait_until("the half-unpacked layer removed", || {
+        berth_e2e::entries(&tmp).is_empty()
+    })
+    .await;
+    let mut images = berthd.images().await;
+    assert!(list(&mut images).await.is_empty());
+    pull(&mut images, &name, None).await.unwrap();
+    assert_eq!(fault.fetches()[&layer], 2);
 }

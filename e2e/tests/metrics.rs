@@ -4,13 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest, StopPodSandboxRequest,
-    VersionRequest,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest, RunPodSandboxRequest,
+    StatusRequest, StopPodSandboxRequest, VersionRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, is_root};
@@ -20,7 +18,6 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 type Runtime = RuntimeServiceClient<Channel>;
-type Images = ImageServiceClient<Channel>;
 
 fn ready() -> bool {
     can_run(
@@ -189,10 +186,6 @@ impl Samples {
     }
 }
 
-fn insecure(host: &str) -> String {
-    format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
-}
-
 /// A host-network pod: no CNI plugin runs, so these tests need no bridge.
 fn host_pod(name: &str) -> PodSandboxConfig {
     let mode = |m: NamespaceMode| m as i32;
@@ -233,34 +226,6 @@ async fn run_pod(
         .map(|r| r.into_inner().pod_sandbox_id)
 }
 
-async fn remove_pod(runtime: &mut Runtime, id: &str) {
-    runtime
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    runtime
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-}
-
-async fn pull(images: &mut Images, name: &str) -> Result<String, tonic::Status> {
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: name.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
-}
-
 /// The size of every blob the registry stores for `name:latest`: manifest,
 /// config and layers (the fixtures are single-platform images).
 fn image_blob_bytes(image: &str) -> u64 {
@@ -295,7 +260,7 @@ async fn metrics_count_rpcs_errors_pulls_and_pods() {
     }
     let reg = Registry::start_empty(Security::Plain);
     reg.push("layered", "berth/layered:latest");
-    let setup = Setup::start(&insecure(&reg.host()), "").await;
+    let setup = Setup::start(&berth_e2e::registry::insecure_conf(&reg.host()), "").await;
     let mut runtime = setup.berthd.runtime().await;
     let mut images = setup.berthd.images().await;
 
@@ -315,8 +280,10 @@ async fn metrics_count_rpcs_errors_pulls_and_pods() {
     assert_eq!(err.code(), Code::NotFound);
     let pod = run_pod(&mut runtime, "counted", "").await.unwrap();
 
-    pull(&mut images, &reg.image("layered")).await.unwrap();
-    let err = pull(&mut images, &format!("{}/berth/absent:1", reg.host()))
+    berth_e2e::pull(&mut images, &reg.image("layered"))
+        .await
+        .unwrap();
+    let err = berth_e2e::pull(&mut images, &format!("{}/berth/absent:1", reg.host()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
@@ -353,7 +320,9 @@ async fn metrics_count_rpcs_errors_pulls_and_pods() {
     assert_eq!(m.value("berth_pods", &[("state", "notready")]), 0.0);
 
     // A second pull finds every layer in the store: only manifest and config come down.
-    pull(&mut images, &reg.image("layered")).await.unwrap();
+    berth_e2e::pull(&mut images, &reg.image("layered"))
+        .await
+        .unwrap();
     runtime
         .stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.clone(),
@@ -371,7 +340,7 @@ async fn metrics_count_rpcs_errors_pulls_and_pods() {
     // The scrape itself is not an RPC; the stop is.
     let stop = [("operation", "StopPodSandbox"), ("code", "Ok")];
     assert_eq!(m.value("berth_operations_total", &stop), 1.0);
-    remove_pod(&mut runtime, &pod).await;
+    berth_e2e::stop_and_remove_pod(&mut runtime, &pod).await;
 }
 
 fn info(resp: &berth_e2e::cri::StatusResponse, key: &str) -> serde_json::Value {
@@ -399,7 +368,11 @@ async fn sighup_applies_live_settings_and_keeps_the_old_on_a_bad_file() {
     let reg = Registry::start_empty(Security::Plain);
     reg.push("layered", "berth/layered:latest");
     reg.push("layered-plus", "berth/layered-plus:latest");
-    let setup = Setup::start(&insecure(&reg.host()), "log_level = \"info\"").await;
+    let setup = Setup::start(
+        &berth_e2e::registry::insecure_conf(&reg.host()),
+        "log_level = \"info\"",
+    )
+    .await;
     let mut runtime = setup.berthd.runtime().await;
     let mut images = setup.berthd.images().await;
 
@@ -448,7 +421,7 @@ async fn sighup_applies_live_settings_and_keeps_the_old_on_a_bad_file() {
         &setup.registries,
         format!(
             "{}\n[[registry]]\nprefix = \"{}/berth/layered-plus\"\nblocked = true\n",
-            insecure(&reg.host()),
+            berth_e2e::registry::insecure_conf(&reg.host()),
             reg.host()
         ),
     )
@@ -462,11 +435,13 @@ async fn sighup_applies_live_settings_and_keeps_the_old_on_a_bad_file() {
 
     runtime.version(VersionRequest::default()).await.unwrap();
     assert!(setup.berthd.log().contains("rpc done"), "debug is on now");
-    let err = pull(&mut images, &reg.image("layered-plus"))
+    let err = berth_e2e::pull(&mut images, &reg.image("layered-plus"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    pull(&mut images, &reg.image("layered")).await.unwrap();
+    berth_e2e::pull(&mut images, &reg.image("layered"))
+        .await
+        .unwrap();
     let pod = run_pod(&mut runtime, "handler", "crun").await.unwrap();
     let resp = status(&mut runtime).await;
     assert_eq!(names(&resp), ["", "crun", "runc"]);
@@ -498,11 +473,11 @@ async fn sighup_applies_live_settings_and_keeps_the_old_on_a_bad_file() {
     let resp = status(&mut runtime).await;
     assert_eq!(info(&resp, "config")["log_level"], "debug");
     assert_eq!(names(&resp), ["", "crun", "runc"]);
-    let err = pull(&mut images, &reg.image("layered-plus"))
+    let err = berth_e2e::pull(&mut images, &reg.image("layered-plus"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "still blocked: {err:?}");
-    remove_pod(&mut runtime, &pod).await;
+    berth_e2e::stop_and_remove_pod(&mut runtime, &pod).await;
     let m = Samples::parse(&setup.scrape().await);
     assert_eq!(
         m.value(

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
@@ -16,164 +16,15 @@ use berth_e2e::cri::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
     NamespaceMode, NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxFilter,
     PodSandboxMetadata, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest,
-    PortMapping, RemovePodSandboxRequest, RunPodSandboxRequest, RuntimeConfig, StatusRequest,
-    StopPodSandboxRequest, UpdateRuntimeConfigRequest,
+    PortMapping, RunPodSandboxRequest, RuntimeConfig, StatusRequest, StopPodSandboxRequest,
+    UpdateRuntimeConfigRequest,
 };
+use berth_e2e::net::{BIN_DIR, Net, can_run_network, options_for, sh};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
 use nix::sys::signal::Signal;
 use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
-
-const BIN_DIR: &str = "/usr/lib/cni";
-
-fn can_run_network() -> bool {
-    can_run(
-        is_root()
-            && have_command("nsenter")
-            && have_command("busybox")
-            && have_command("iptables-save")
-            && Path::new(BIN_DIR).join("bridge").exists(),
-        "root, nsenter, busybox, iptables and the CNI plugins in /usr/lib/cni",
-    )
-}
-
-/// A private pod network: conf dir, bridge, /24 subnet, host-local store.
-struct Net {
-    dir: tempfile::TempDir,
-    name: String,
-    bridge: String,
-    /// The first three octets of the subnet.
-    prefix: String,
-}
-
-impl Net {
-    /// `index` is unique per test in this file; the pid keeps concurrent
-    /// runs of the suite apart.
-    fn new(index: u8) -> Net {
-        Self::build(index, None, false)
-    }
-
-    fn with_plugins(index: u8, extra: Option<&str>) -> Net {
-        Self::build(index, extra, false)
-    }
-
-    /// With `ipv6`, host-local also hands out an address from a ULA /64.
-    fn build(index: u8, extra: Option<&str>, ipv6: bool) -> Net {
-        let pid = std::process::id();
-        let dir = tempfile::Builder::new()
-            .prefix("berth-e2e-net-")
-            .tempdir()
-            .unwrap();
-        let name = format!("berth-e2e-{pid}-{index}");
-        let bridge = format!("bp{}x{index}", pid % 100_000);
-        let prefix = format!("10.{}.{index}", 224 + pid % 16);
-        let net = Net {
-            dir,
-            name,
-            bridge,
-            prefix,
-        };
-        std::fs::create_dir(net.conf_dir()).unwrap();
-        let extra = extra.map(|p| format!(",{p}")).unwrap_or_default();
-        let (v6_range, v6_route) = if ipv6 {
-            (
-                format!(
-                    r#", [{{ "subnet": "fd00:be:{:x}:{index}::/64" }}]"#,
-                    pid % 0xffff
-                ),
-                r#", { "dst": "::/0" }"#.to_string(),
-            )
-        } else {
-            (String::new(), String::new())
-        };
-        let conflist = format!(
-            r#"{{
-  "cniVersion": "1.0.0",
-  "name": "{name}",
-  "plugins": [
-    {{
-      "type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": true,
-      "ipam": {{
-        "type": "host-local", "dataDir": "{data}",
-        "routes": [{{ "dst": "0.0.0.0/0" }}{v6_route}],
-        "ranges": [[{{ "subnet": "{prefix}.0/24" }}]{v6_range}]
-      }}
-    }},
-    {{ "type": "portmap", "capabilities": {{ "portMappings": true }} }}{extra}
-  ]
-}}"#,
-            name = net.name,
-            bridge = net.bridge,
-            data = net.data_dir().display(),
-            prefix = net.prefix,
-        );
-        std::fs::write(net.conf_dir().join("10-test.conflist"), conflist).unwrap();
-        net
-    }
-
-    fn conf_dir(&self) -> PathBuf {
-        self.dir.path().join("net.d")
-    }
-
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("ipam")
-    }
-
-    fn gateway(&self) -> String {
-        format!("{}.1", self.prefix)
-    }
-
-    fn options(&self) -> Options {
-        options_for(&self.conf_dir())
-    }
-
-    /// Addresses host-local still holds.
-    fn allocated(&self) -> Vec<String> {
-        let dir = self.data_dir().join(&self.name);
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "lock" && !n.starts_with("last_reserved_ip"))
-            .collect()
-    }
-
-    /// Interfaces (the host ends of pod veths) on the bridge.
-    fn ports(&self) -> String {
-        let out = sh(&["ip", "-o", "link", "show", "master", &self.bridge]);
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-fn options_for(conf_dir: &Path) -> Options {
-    Options {
-        config: format!(
-            "[cni]\nconf_dir = \"{}\"\nbin_dirs = [\"{BIN_DIR}\"]\nplugin_timeout = 30\n",
-            conf_dir.display()
-        ),
-        ..Options::default()
-    }
-}
-
-fn sh(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
-}
 
 fn mode(m: NamespaceMode) -> i32 {
     m as i32
@@ -230,21 +81,6 @@ async fn run(client: &mut Client, config: PodSandboxConfig) -> Result<String, to
         })
         .await
         .map(|r| r.into_inner().pod_sandbox_id)
-}
-
-async fn stop_and_remove(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
 }
 
 /// The pod's IPs and its verbose info.
@@ -352,8 +188,8 @@ async fn two_pods_get_ips_and_reach_each_other() {
     let shm = PathBuf::from(files["shm"].as_str().unwrap());
     assert!(mounts_under(&shm).contains(&shm), "shm is a mount");
 
-    stop_and_remove(&mut client, &a).await;
-    stop_and_remove(&mut client, &b).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &a).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &b).await;
     assert!(net.allocated().is_empty(), "{:?}", net.allocated());
 }
 
@@ -372,7 +208,7 @@ async fn dual_stack_pod_reports_ipv4_then_ipv6() {
     assert!(ips[1].starts_with("fd00:be:"), "{ips:?}");
     let hosts = std::fs::read_to_string(info["files"]["hosts"].as_str().unwrap()).unwrap();
     assert!(hosts.contains(&format!("{}\tdual", ips[1])), "{hosts}");
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -417,7 +253,7 @@ async fn bandwidth_annotations_shape_the_pod_interface() {
             .collect::<Vec<_>>()
     };
     assert_eq!(plugin_ifbs().len(), 1, "egress shaping uses an ifb device");
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
     assert_eq!(plugin_ifbs(), Vec::<String>::new());
 }
@@ -458,7 +294,7 @@ async fn pod_cidr_from_update_runtime_config_reaches_host_local() {
         ips[0].starts_with(&net.prefix) && (64..128).contains(&last),
         "{ips:?}"
     );
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -515,7 +351,7 @@ async fn host_port_mapping_reaches_a_listener_in_the_pod() {
     assert_eq!(reply.trim(), "hello-from-pod");
     let _ = listener.kill();
     let _ = listener.wait();
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     let rules = String::from_utf8_lossy(&sh(&["iptables-save"]).stdout).into_owned();
     assert!(!rules.contains(&id), "iptables rules for {id} left behind");
 }
@@ -558,7 +394,7 @@ async fn host_network_pod_uses_the_host_namespaces() {
             .unwrap()
             .trim()
     );
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_eq!(infra_cgroups(&id), Vec::<PathBuf>::new());
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists()
@@ -686,9 +522,9 @@ async fn stop_and_remove_of_fifty_pods_leaks_nothing() {
     for id in ids.clone() {
         let mut client = client.clone();
         tasks.push(tokio::spawn(async move {
-            stop_and_remove(&mut client, &id).await;
+            berth_e2e::stop_and_remove_pod(&mut client, &id).await;
             // Both are idempotent.
-            stop_and_remove(&mut client, &id).await;
+            berth_e2e::stop_and_remove_pod(&mut client, &id).await;
         }));
     }
     for task in tasks {
@@ -840,7 +676,7 @@ async fn network_ready_flips_when_the_conf_dir_gets_a_config() {
     std::fs::write(net.conf_dir().join("10-test.conflist"), config).unwrap();
     wait_network_ready(&mut client, |m| m.is_none()).await;
     let id = run(&mut client, pod("late")).await.unwrap();
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
 }
 
 #[tokio::test]
@@ -900,8 +736,8 @@ async fn pods_survive_kill_9_and_restart_and_stay_controllable() {
     let err = run(&mut client, pod("keep-b")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     // Stop and remove by unique prefix.
-    stop_and_remove(&mut client, &a[..12]).await;
-    stop_and_remove(&mut client, &b).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &a[..12]).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &b).await;
     assert!(
         !std::fs::read_to_string(format!("/proc/{infra}/cmdline"))
             .is_ok_and(|c| c.contains("berth-shim"))
@@ -946,7 +782,7 @@ async fn pod_half_set_up_when_berthd_died_is_removed_cleanly_after_restart() {
     let err = run(&mut client, pod("half")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     let id = listed[0].id.clone();
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -986,7 +822,7 @@ async fn pods_from_before_a_reboot_are_not_ready_and_removable() {
     let mut client = berthd.runtime().await;
     let (_, _, state) = inspect(&mut client, &id).await;
     assert_eq!(state, PodSandboxState::SandboxNotready as i32);
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert_no_leaks(&berthd, &net, &[id]);
 }
 
@@ -1016,7 +852,7 @@ fn drop_nat_rules_naming(id: &str) {
 /// unique to this run (the returned marker), and berthd options that search
 /// its dir first with `timeout` seconds per plugin.
 fn hanging_plugin(net: &Net, timeout: u64) -> (String, Options) {
-    let bin = net.dir.path().join("bin");
+    let bin = net.dir().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let plugin = bin.join("berth-hang");
     let marker = format!("600.{}{}", std::process::id(), net.prefix.replace('.', ""));
@@ -1177,11 +1013,11 @@ async fn pod_rpcs_validate_reserve_and_filter() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    stop_and_remove(&mut client, &unknown).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &unknown).await;
 
-    stop_and_remove(&mut client, &one).await;
-    stop_and_remove(&mut client, &two).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &one).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &two).await;
     // Removal frees the name.
     let again = run(&mut client, host("one")).await.unwrap();
-    stop_and_remove(&mut client, &again).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &again).await;
 }

@@ -10,14 +10,12 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    ContainerConfig, ContainerMetadata, ContainerStats, ContainerStatsFilter,
-    ContainerStatsRequest, CreateContainerRequest, ExecSyncRequest, ImageSpec,
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListContainerStatsRequest, ListMetricDescriptorsRequest,
-    ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest, NamespaceMode, NamespaceOption,
-    PodSandboxConfig, PodSandboxMetadata, PodSandboxStats, PodSandboxStatsFilter,
-    PodSandboxStatsRequest, PodSandboxStatusRequest, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ContainerStats, ContainerStatsFilter, ContainerStatsRequest, CreateContainerRequest,
+    ExecSyncRequest, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListContainerStatsRequest,
+    ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest, ListPodSandboxStatsRequest,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStats,
+    PodSandboxStatsFilter, PodSandboxStatsRequest, PodSandboxStatusRequest, RunPodSandboxRequest,
+    StartContainerRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root};
@@ -71,21 +69,6 @@ async fn run_pod(client: &mut Client, config: PodSandboxConfig) -> String {
         .unwrap()
         .into_inner()
         .pod_sandbox_id
-}
-
-async fn remove_pod(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
 }
 
 /// The test's cgroup parent: on drop (a failed assertion included) kills
@@ -208,35 +191,6 @@ async fn until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
     }
 }
 
-fn container_config(image: &str, name: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: format!("{name}.log"),
-        labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            resources: None,
-        }),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
     if !can_run(
@@ -252,14 +206,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
         .tempdir()
         .unwrap();
     let conf = logs.path().join("registries.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[registry]]\nlocation = \"{}\"\ninsecure = true\n",
-            registry.host()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&conf, berth_e2e::registry::insecure_conf(&registry.host())).unwrap();
     std::fs::create_dir(logs.path().join("net.d")).unwrap();
     let berthd = Berthd::start_with(Options {
         config: format!(
@@ -271,16 +218,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
     })
     .await;
     let image = registry.image("busybox");
-    berthd
-        .images()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    berth_e2e::pull(&mut berthd.images().await, &image)
         .await
         .unwrap();
     let mut client = berthd.runtime().await;
@@ -300,7 +238,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
         let id = client
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(&image, name, script)),
+                config: Some(berth_e2e::world::container_config(&image, name, script)),
                 sandbox_config: Some(sandbox.clone()),
             })
             .await
@@ -545,7 +483,7 @@ async fn container_and_pod_stats_follow_cpu_memory_and_the_writable_layer() {
     assert_eq!(working.label_values, [mem.as_str(), "mem", image.as_str()]);
     assert!(working.value.unwrap().value > 30 * MIB, "{working:?}");
 
-    remove_pod(&mut client, &pod).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &pod).await;
 }
 
 fn sh(args: &[&str]) -> Output {
@@ -706,6 +644,6 @@ async fn pod_network_bytes_grow_after_traffic_between_two_pods() {
     assert_eq!(received.label_values, [a.as_str(), "POD", "", "eth0"]);
     assert!(received.value.unwrap().value >= a_rx2, "{received:?}");
 
-    remove_pod(&mut client, &a).await;
-    remove_pod(&mut client, &b).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &a).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &b).await;
 }

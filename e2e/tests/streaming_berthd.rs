@@ -242,18 +242,7 @@ async fn port_forward_through_berthd_over_spdy_and_websocket() {
     spdy.data(data, b"hello on the host", false).await;
     spdy.read_until(data, "hello on the host").await;
     drop(spdy);
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: host_pod.clone(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: host_pod,
-        })
-        .await
-        .unwrap();
+    berth_e2e::stop_and_remove_pod(&mut client, &host_pod).await;
 
     client
         .stop_pod_sandbox(StopPodSandboxRequest {

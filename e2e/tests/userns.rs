@@ -13,8 +13,8 @@ use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     IdMapping, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
     NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
-    PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
-    StopPodSandboxRequest, UserNamespace as CriUserNamespace,
+    PodSandboxStatusRequest, RunPodSandboxRequest, StatusRequest,
+    UserNamespace as CriUserNamespace,
 };
 use berth_e2e::{Berthd, Options, Paths, can_run, have_command, is_root, mounts_under};
 use berth_proto::cri;
@@ -167,21 +167,6 @@ async fn inspect(client: &mut Client, id: &str) -> (cri::PodSandboxStatus, serde
         .into_inner();
     let info = serde_json::from_str(&resp.info["info"]).unwrap();
     (resp.status.unwrap(), info)
-}
-
-async fn stop_and_remove(client: &mut Client, id: &str) {
-    client
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
-    client
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.into(),
-        })
-        .await
-        .unwrap();
 }
 
 fn path(value: &serde_json::Value) -> Option<PathBuf> {
@@ -451,7 +436,7 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
         std::fs::read_link(proc.join("ns/user")).unwrap(),
         PathBuf::from(ns_id(&pin))
     );
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
     assert!(!pin.exists());
     assert_eq!(
         mounts_under(&berthd.paths().run_root()),
@@ -632,5 +617,5 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
         0
     );
     containers.remove(&c);
-    stop_and_remove(&mut client, &id).await;
+    berth_e2e::stop_and_remove_pod(&mut client, &id).await;
 }

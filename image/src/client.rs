@@ -45,6 +45,27 @@ pub enum ClientError {
     },
     #[error("registry {registry}: bad auth challenge {challenge:?}")]
     Challenge { registry: String, challenge: String },
+    #[error("registry {registry}: {what}: no progress for {timeout:?}")]
+    Stalled {
+        registry: String,
+        what: String,
+        timeout: Duration,
+    },
+}
+
+impl ClientError {
+    /// Whether trying again may succeed: the connection failed or dropped,
+    /// or the registry answered 5xx, 408 or 429. A stall is not retried:
+    /// the progress timeout bounds how long a pull may hang.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Http { source, .. } => {
+                source.is_connect() || source.is_request() || source.is_body() || source.is_decode()
+            }
+            ClientError::Status { status, .. } => *status >= 500 || matches!(status, 408 | 429),
+            _ => false,
+        }
+    }
 }
 
 /// The largest manifest, index or config accepted (as containers/image).
@@ -89,16 +110,18 @@ impl Credentials {
 pub struct Client {
     verified: reqwest::Client,
     unverified: reqwest::Client,
+    progress_timeout: Duration,
 }
 
 impl Client {
-    pub fn new() -> Client {
+    /// A registry that sends nothing for `progress_timeout` (no response
+    /// head, no body bytes) fails the request instead of hanging the pull.
+    pub fn new(progress_timeout: Duration) -> Client {
         let build = |verify: bool| {
             reqwest::Client::builder()
                 .user_agent(concat!("berth/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(30))
-                // A registry that stops sending fails the pull instead of hanging it.
-                .read_timeout(Duration::from_secs(120))
+                .connect_timeout(Duration::from_secs(30).min(progress_timeout))
+                .read_timeout(progress_timeout)
                 .danger_accept_invalid_certs(!verify)
                 .build()
                 .expect("TLS backend initialises")
@@ -106,6 +129,7 @@ impl Client {
         Client {
             verified: build(true),
             unverified: build(false),
+            progress_timeout,
         }
     }
 
@@ -123,14 +147,11 @@ impl Client {
             &self.verified
         };
         let registry = endpoint.host.clone();
+        let timeout = self.progress_timeout;
         let err = |what: &str| {
             let registry = registry.clone();
             let what = what.to_string();
-            move |source| ClientError::Http {
-                registry,
-                what,
-                source,
-            }
+            move |source| http_error(registry, what, timeout, source)
         };
         let mut base = format!("https://{}", endpoint.host);
         let ping = match http.get(format!("{base}/v2/")).send().await {
@@ -150,6 +171,7 @@ impl Client {
             registry: registry.clone(),
             repo: endpoint.path.clone(),
             authorization: None,
+            progress_timeout: self.progress_timeout,
         };
         if !creds.registry_token.is_empty() {
             session.authorization = Some(format!("Bearer {}", creds.registry_token));
@@ -169,12 +191,6 @@ impl Client {
     }
 }
 
-impl Default for Client {
-    fn default() -> Self {
-        Client::new()
-    }
-}
-
 /// An authenticated conversation with one repository on one registry.
 pub struct Session {
     http: reqwest::Client,
@@ -182,6 +198,7 @@ pub struct Session {
     registry: String,
     repo: String,
     authorization: Option<String>,
+    progress_timeout: Duration,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +212,15 @@ struct TokenResponse {
 impl Session {
     pub fn registry(&self) -> &str {
         &self.registry
+    }
+
+    fn http_error(&self, what: &str, source: reqwest::Error) -> ClientError {
+        http_error(
+            self.registry.clone(),
+            what.into(),
+            self.progress_timeout,
+            source,
+        )
     }
 
     async fn answer(&self, challenge: &str, creds: &Credentials) -> Result<String, ClientError> {
@@ -227,11 +253,7 @@ impl Session {
             params.into_iter().filter(|(k, _)| k == "service").collect();
         query.push(("scope".into(), format!("repository:{}:pull", self.repo)));
         let what = "token request";
-        let http_err = |source| ClientError::Http {
-            registry: self.registry.clone(),
-            what: what.into(),
-            source,
-        };
+        let http_err = |source| self.http_error(what, source);
         let resp = if !creds.identity_token.is_empty() {
             let mut form = query.clone();
             form.push(("grant_type".into(), "refresh_token".into()));
@@ -288,11 +310,10 @@ impl Session {
         if let Some(accept) = accept {
             req = req.header(ACCEPT, accept);
         }
-        let resp = req.send().await.map_err(|source| ClientError::Http {
-            registry: self.registry.clone(),
-            what: what.into(),
-            source,
-        })?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| self.http_error(what, source))?;
         let status = resp.status();
         match status {
             s if s.is_success() => Ok(resp),
@@ -354,13 +375,7 @@ impl Session {
                     }
                 }
                 Ok(None) => return Ok(body),
-                Err(source) => {
-                    return Err(ClientError::Http {
-                        registry: self.registry.clone(),
-                        what: what.into(),
-                        source,
-                    });
-                }
+                Err(source) => return Err(self.http_error(what, source)),
             }
         }
     }
@@ -372,9 +387,26 @@ impl Session {
     }
 
     pub fn stream_error(&self, digest: &Digest, source: reqwest::Error) -> ClientError {
+        self.http_error(&format!("blob {digest}"), source)
+    }
+}
+
+fn http_error(
+    registry: String,
+    what: String,
+    timeout: Duration,
+    source: reqwest::Error,
+) -> ClientError {
+    if source.is_timeout() {
+        ClientError::Stalled {
+            registry,
+            what,
+            timeout,
+        }
+    } else {
         ClientError::Http {
-            registry: self.registry.clone(),
-            what: format!("blob {digest}"),
+            registry,
+            what,
             source,
         }
     }

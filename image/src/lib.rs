@@ -19,4 +19,4 @@ pub mod unpack;
 pub use client::{ClientError, Credentials};
 pub use digest::{ChainId, Digest};
 pub use reference::{ImageRef, ParsedRef};
-pub use store::{Image, ImageStore, Pulled, StoreError, StoreOptions};
+pub use store::{Image, ImageStore, Pin, PullSettings, Pulled, StoreError, StoreOptions};

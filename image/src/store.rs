@@ -18,6 +18,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -75,9 +76,20 @@ pub enum StoreError {
     },
     #[error("image store {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("image {image} is in use by container(s) {}: remove them first", .containers.join(", "))]
+    InUse {
+        image: String,
+        containers: Vec<String>,
+    },
 }
 
 impl StoreError {
+    /// Whether the failed step may succeed if tried again (see
+    /// [`ClientError::is_transient`]).
+    fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Client { source, .. } if source.is_transient())
+    }
+
     fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
         move |source| StoreError::Io {
             path: path.to_path_buf(),
@@ -96,9 +108,24 @@ pub struct StoreOptions {
     pub registries_config: Option<PathBuf>,
     /// Whether a missing `registries_config` is an error.
     pub registries_config_required: bool,
-    /// Layers downloaded and unpacked at once per pull.
-    pub pull_parallelism: usize,
+    pub pull: PullSettings,
 }
+
+/// What [`ImageStore::reload`] can change for the pulls that start after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullSettings {
+    /// Layers downloaded and unpacked at once per pull.
+    pub parallelism: usize,
+    /// How often a registry request that failed transiently (dropped
+    /// connection, 5xx, 408, 429) is tried again, with doubling back-off.
+    pub retries: u32,
+    /// A registry that sends nothing for this long fails the pull.
+    pub progress_timeout: Duration,
+}
+
+/// The first pause before a transient failure is tried again; it doubles
+/// with each further try.
+const RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// One image: its ID is its config digest; every name it was pulled under is kept.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,14 +176,39 @@ pub struct ImageStore {
     options: StoreOptions,
     /// Replaced whole by [`ImageStore::reload`]; a pull keeps the one it started with.
     registries: RwLock<Arc<RegistriesConfig>>,
-    pull_parallelism: AtomicUsize,
-    client: Client,
+    /// Like `registries`: a pull keeps the settings and client it started with.
+    pull: RwLock<(PullSettings, Client)>,
     images: Mutex<BTreeMap<Digest, Image>>,
-    /// Pulls hold it shared, removals exclusive, so a removal never
-    /// collects a layer a pull in flight is about to use.
-    gc: tokio::sync::RwLock<()>,
+    /// Layers (chain hex) and blobs (digest hex) that pulls in flight use
+    /// but have not recorded in an image yet, with how many pulls use each:
+    /// garbage collection keeps them. Collection holds this lock while it
+    /// picks and moves away what to delete, so a pull never takes up a layer
+    /// being collected; a slow pull holds no lock a removal waits on.
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// Makes each collected entry's name under `tmp/` unique.
+    doomed: AtomicUsize,
     /// One lock per chain ID being fetched: concurrent pulls sharing a layer fetch it once.
     layer_locks: Mutex<HashMap<ChainId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Images held by [`Pin`]s, with their count. Locked after `images`.
+    pins: Mutex<HashMap<Digest, usize>>,
+}
+
+/// Keeps one image from removal while alive (see [`ImageStore::get_pinned`]).
+pub struct Pin<'a> {
+    store: &'a ImageStore,
+    id: Digest,
+}
+
+impl Drop for Pin<'_> {
+    fn drop(&mut self) {
+        let mut pins = self.store.pins.lock().unwrap();
+        if let Some(count) = pins.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 impl ImageStore {
@@ -177,6 +229,7 @@ impl ImageStore {
             remove_all(&path).map_err(StoreError::io(&path))?;
         }
         let mut images = BTreeMap::new();
+        let mut unreadable = false;
         let records = dir.join("images");
         for entry in std::fs::read_dir(&records).map_err(StoreError::io(&records))? {
             let path = entry.map_err(StoreError::io(&records))?.path();
@@ -186,38 +239,56 @@ impl ImageStore {
                 remove_all(&path).map_err(StoreError::io(&path))?;
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(StoreError::io(&path))?;
-            let image: Image = serde_json::from_slice(&bytes).map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: io::Error::new(io::ErrorKind::InvalidData, e),
-            })?;
-            images.insert(image.id.clone(), image);
+            // One corrupt or half-written record must not keep the node's
+            // runtime down (CRI-O skips too): the image is left out and a
+            // pull of it rewrites the record. Which layers it had is
+            // unknown, and running containers may use them: no garbage
+            // collection at this start.
+            let read = std::fs::read(&path).map_err(|e| e.to_string());
+            match read.and_then(|b| serde_json::from_slice::<Image>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(image) => {
+                    images.insert(image.id.clone(), image);
+                }
+                Err(err) => {
+                    tracing::warn!("skipping unreadable image record {}: {err}", path.display());
+                    unreadable = true;
+                }
+            }
         }
         let store = ImageStore {
-            pull_parallelism: AtomicUsize::new(options.pull_parallelism),
+            pull: RwLock::new((options.pull, Client::new(options.pull.progress_timeout))),
             options,
             registries: RwLock::new(Arc::new(registries)),
-            client: Client::new(),
             images: Mutex::new(images),
-            gc: tokio::sync::RwLock::new(()),
+            in_flight: Mutex::new(HashMap::new()),
+            doomed: AtomicUsize::new(0),
             layer_locks: Mutex::new(HashMap::new()),
+            pins: Mutex::new(HashMap::new()),
         };
-        store.collect_garbage()?;
+        if !unreadable {
+            store.collect_garbage()?;
+        }
         Ok(store)
     }
 
-    /// Re-reads the registries config and sets the pull parallelism for
-    /// pulls that start from now on. A config that does not load changes
+    /// Re-reads the registries config and applies `settings` for pulls
+    /// that start from now on. A config that does not load changes
     /// nothing. Returns whether the registries config differs.
     pub fn reload(
         &self,
         registries_config: Option<&Path>,
         required: bool,
-        pull_parallelism: usize,
+        settings: PullSettings,
     ) -> Result<bool, StoreError> {
         let registries = RegistriesConfig::load(registries_config, required)?;
-        self.pull_parallelism
-            .store(pull_parallelism, Ordering::Relaxed);
+        {
+            let mut pull = self.pull.write().expect("lock poisoned");
+            if pull.0.progress_timeout != settings.progress_timeout {
+                pull.1 = Client::new(settings.progress_timeout);
+            }
+            pull.0 = settings;
+        }
         let mut current = self.registries.write().expect("lock poisoned");
         let changed = **current != registries;
         *current = Arc::new(registries);
@@ -318,10 +389,10 @@ impl ImageStore {
     /// Pulls `name` with `creds`, records it and returns it.
     pub async fn pull(&self, name: &str, creds: &Credentials) -> Result<Pulled, StoreError> {
         let candidates = self.qualified(name)?;
-        let _shared = self.gc.read().await;
+        let (settings, client) = self.pull.read().expect("lock poisoned").clone();
         let mut last_err = None;
         for image in &candidates {
-            match self.pull_one(image, creds).await {
+            match self.pull_one(image, creds, &settings, &client).await {
                 Ok(pulled) => return Ok(pulled),
                 Err(err) => last_err = Some(err),
             }
@@ -329,7 +400,13 @@ impl ImageStore {
         Err(last_err.expect("at least one candidate registry"))
     }
 
-    async fn pull_one(&self, image: &ImageRef, creds: &Credentials) -> Result<Pulled, StoreError> {
+    async fn pull_one(
+        &self,
+        image: &ImageRef,
+        creds: &Credentials,
+        settings: &PullSettings,
+        client: &Client,
+    ) -> Result<Pulled, StoreError> {
         let shown = image.to_string();
         let endpoints = match self.registries().source(image) {
             Source::Blocked(prefix) => {
@@ -342,17 +419,24 @@ impl ImageStore {
         };
         let mut last_err = None;
         for endpoint in &endpoints {
-            let session = match self.client.session(endpoint, creds).await {
-                Ok(session) => session,
-                Err(source) => {
-                    last_err = Some(StoreError::Client {
+            let shown = &shown;
+            let connect = || async move {
+                client
+                    .session(endpoint, creds)
+                    .await
+                    .map_err(|source| StoreError::Client {
                         image: shown.clone(),
                         source,
-                    });
+                    })
+            };
+            let session = match retrying(settings.retries, connect).await {
+                Ok(session) => session,
+                Err(err) => {
+                    last_err = Some(err);
                     continue;
                 }
             };
-            match self.pull_from(image, &session).await {
+            match self.pull_from(image, &session, settings).await {
                 // A mirror that lacks the image, refuses us or is down: try
                 // the next one, then the origin. Bad content stops the pull.
                 Err(err @ StoreError::Client { .. }) => last_err = Some(err),
@@ -362,7 +446,13 @@ impl ImageStore {
         Err(last_err.expect("at least one endpoint"))
     }
 
-    async fn pull_from(&self, image: &ImageRef, session: &Session) -> Result<Pulled, StoreError> {
+    async fn pull_from(
+        &self,
+        image: &ImageRef,
+        session: &Session,
+        settings: &PullSettings,
+    ) -> Result<Pulled, StoreError> {
+        let retries = settings.retries;
         let shown = image.to_string();
         let client_err = |source| StoreError::Client {
             image: shown.clone(),
@@ -377,7 +467,11 @@ impl ImageStore {
             (None, Some(t)) => t.clone(),
             (None, None) => "latest".to_string(),
         };
-        let (content_type, body) = session.manifest(&reference).await.map_err(client_err)?;
+        let reference = &reference;
+        let (content_type, body) = retrying(retries, || async move {
+            session.manifest(reference).await.map_err(client_err)
+        })
+        .await?;
         let top_digest = Digest::of(&body);
         if let Some(want) = &image.digest
             && *want != top_digest
@@ -395,10 +489,11 @@ impl ImageStore {
             Manifest::Index(list) => {
                 let chosen = crate::manifest::select(&shown, &list, &Platform::host())
                     .map_err(manifest_err)?;
-                let (ct, body) = session
-                    .manifest(&chosen.digest.to_string())
-                    .await
-                    .map_err(client_err)?;
+                let platform_digest = &chosen.digest.to_string();
+                let (ct, body) = retrying(retries, || async move {
+                    session.manifest(platform_digest).await.map_err(client_err)
+                })
+                .await?;
                 self.verify(&shown, "platform manifest", &chosen.digest, &body)?;
                 blobs.push((chosen.digest.clone(), body.clone()));
                 match Manifest::parse(&shown, &ct, &body).map_err(manifest_err)? {
@@ -412,14 +507,18 @@ impl ImageStore {
                 }
             }
         };
-        let config_resp = session
-            .blob(&manifest.config.digest)
-            .await
-            .map_err(client_err)?;
-        let config_bytes = session
-            .read_capped(config_resp, &format!("config {}", manifest.config.digest))
-            .await
-            .map_err(client_err)?;
+        let manifest = &manifest;
+        let config_bytes = retrying(retries, || async move {
+            let resp = session
+                .blob(&manifest.config.digest)
+                .await
+                .map_err(client_err)?;
+            session
+                .read_capped(resp, &format!("config {}", manifest.config.digest))
+                .await
+                .map_err(client_err)
+        })
+        .await?;
         self.verify(&shown, "config", &manifest.config.digest, &config_bytes)?;
         let config: ImageConfig = serde_json::from_slice(&config_bytes).map_err(|source| {
             manifest_err(ManifestError::Json {
@@ -437,11 +536,18 @@ impl ImageStore {
             });
         }
         let chain_ids = ChainId::chain(diff_ids);
+        // Before any layer is looked at: collection keeps them from now on.
+        let _in_flight = self.mark_in_flight(
+            chain_ids
+                .iter()
+                .map(|c| c.0.hex())
+                .chain(blobs.iter().map(|(d, _)| d.hex()))
+                .chain([manifest.config.digest.hex()])
+                .collect(),
+        );
 
         // Layers in parallel, bounded; the first failure cancels the rest.
-        let limit = Arc::new(tokio::sync::Semaphore::new(
-            self.pull_parallelism.load(Ordering::Relaxed).max(1),
-        ));
+        let limit = Arc::new(tokio::sync::Semaphore::new(settings.parallelism.max(1)));
         let jobs =
             manifest
                 .layers
@@ -453,7 +559,7 @@ impl ImageStore {
                     let shown = shown.clone();
                     async move {
                         let _permit = limit.acquire().await.expect("semaphore never closed");
-                        self.ensure_layer(&shown, session, desc, diff_id, chain)
+                        self.ensure_layer(&shown, session, retries, desc, diff_id, chain)
                             .await
                     }
                 });
@@ -557,6 +663,7 @@ impl ImageStore {
         &self,
         image: &str,
         session: &Session,
+        retries: u32,
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &ChainId,
@@ -569,9 +676,11 @@ impl ImageStore {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        let result = self
-            .fetch_layer_once(image, session, desc, diff_id, chain)
-            .await;
+        let result = retrying(retries, || async move {
+            self.fetch_layer_once(image, session, desc, diff_id, chain)
+                .await
+        })
+        .await;
         drop(_held);
         // Forget the lock once nobody else waits on it.
         let mut locks = self.layer_locks.lock().unwrap();
@@ -598,21 +707,29 @@ impl ImageStore {
         {
             return Ok((record, 0));
         }
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!("{}-", chain.0.hex()))
-            .tempdir_in(self.options.dir.join("tmp"))
-            .map_err(StoreError::io(&self.options.dir))?;
+        // Shared with the blocking tasks that write and walk it: a pull
+        // cancelled mid-layer removes the dir only once they have stopped.
+        let tmp = Arc::new(
+            tempfile::Builder::new()
+                .prefix(&format!("{}-", chain.0.hex()))
+                .tempdir_in(self.options.dir.join("tmp"))
+                .map_err(StoreError::io(&self.options.dir))?,
+        );
         let diff = tmp.path().join("diff");
         std::fs::create_dir(&diff).map_err(StoreError::io(&diff))?;
         let uncompressed = self
-            .stream_layer(image, session, desc, diff_id, &diff)
+            .stream_layer(image, session, desc, diff_id, &tmp)
             .await?;
         let usage = {
-            let diff = diff.clone();
-            tokio::task::spawn_blocking(move || unpack::usage(&diff))
-                .await
-                .expect("usage walk does not panic")
-                .map_err(StoreError::io(tmp.path()))?
+            let (diff, held) = (diff.clone(), tmp.clone());
+            tokio::task::spawn_blocking(move || {
+                let usage = unpack::usage(&diff);
+                drop(held);
+                usage
+            })
+            .await
+            .expect("usage walk does not panic")
+            .map_err(StoreError::io(tmp.path()))?
         };
         let record = LayerRecord {
             chain_id: chain.clone(),
@@ -627,7 +744,9 @@ impl ImageStore {
         write_atomic(&tmp_meta, &json).map_err(StoreError::io(&tmp_meta))?;
         // A half-removed layer of a failed earlier attempt cannot be here:
         // layers without layer.json are only ever in tmp/.
-        let tmp = tmp.keep();
+        let tmp = Arc::into_inner(tmp)
+            .expect("the blocking tasks have finished")
+            .keep();
         std::fs::rename(&tmp, &dir).map_err(|source| {
             let _ = std::fs::remove_dir_all(&tmp);
             StoreError::Io {
@@ -648,7 +767,7 @@ impl ImageStore {
         session: &Session,
         desc: &Descriptor,
         diff_id: &Digest,
-        dest: &Path,
+        tmp: &Arc<tempfile::TempDir>,
     ) -> Result<u64, StoreError> {
         let compression = Compression::of(desc).map_err(|source| StoreError::Manifest {
             image: image.into(),
@@ -662,8 +781,12 @@ impl ImageStore {
                 source,
             })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
-        let dest = dest.to_path_buf();
-        let unpacker = tokio::task::spawn_blocking(move || unpack_stream(rx, compression, &dest));
+        let tmp = tmp.clone();
+        let unpacker = tokio::task::spawn_blocking(move || {
+            let unpacked = unpack_stream(rx, compression, &tmp.path().join("diff"));
+            drop(tmp);
+            unpacked
+        });
 
         let mut hasher = Sha256::new();
         let mut stream = resp.bytes_stream();
@@ -743,22 +866,72 @@ impl ImageStore {
         Ok(size)
     }
 
-    /// Removes the image `name` names (with all its names) and every layer
-    /// and blob no other image uses. An unknown name is not an error.
-    pub async fn remove(&self, name: &str) -> Result<(), StoreError> {
-        let _exclusive = self.gc.write().await;
+    /// [`ImageStore::get`], with the image kept from removal until the pin
+    /// is dropped: CreateContainer holds it until its record names the
+    /// image, so no RemoveImage slips in between. Never waits on a pull.
+    pub fn get_pinned(&self, name: &str) -> Option<(Image, Pin<'_>)> {
+        let image = self.get(name)?;
+        let images = self.images.lock().unwrap();
+        // Still recorded: a removal that ran since `get` finished before this.
+        images.get(&image.id)?;
+        *self
+            .pins
+            .lock()
+            .unwrap()
+            .entry(image.id.clone())
+            .or_default() += 1;
+        let id = image.id.clone();
+        Some((image, Pin { store: self, id }))
+    }
+
+    /// Removes the image `name` names unless `users` (given the image ID in
+    /// hex) names containers that use it; an unknown name is not an error.
+    pub async fn remove(
+        &self,
+        name: &str,
+        users: impl FnOnce(&str) -> Vec<String>,
+    ) -> Result<(), StoreError> {
         let Some(image) = self.get(name) else {
             return Ok(());
         };
+        // Under the lock pins are taken with: a create either pinned the
+        // image before (and is seen here or among `users`) or finds it gone.
+        let mut images = self.images.lock().unwrap();
+        if !images.contains_key(&image.id) {
+            // A concurrent removal got here first.
+            return Ok(());
+        }
+        let mut containers = users(&image.id_hex());
+        if self.pins.lock().unwrap().contains_key(&image.id) {
+            containers.push("(one being created)".into());
+        }
+        if !containers.is_empty() {
+            return Err(StoreError::InUse {
+                image: name.to_string(),
+                containers,
+            });
+        }
         let path = self.record_path(&image.id);
         remove_all(&path).map_err(StoreError::io(&path))?;
-        self.images.lock().unwrap().remove(&image.id);
+        images.remove(&image.id);
+        drop(images);
         self.collect_garbage()
     }
 
-    /// Removes layers and blobs no image record uses. Runs every step and
-    /// reports the first failure.
+    /// Marks layers and blobs as used by a pull in flight until the
+    /// returned guard drops.
+    fn mark_in_flight(&self, keys: Vec<String>) -> InFlight<'_> {
+        let mut in_flight = self.in_flight.lock().unwrap();
+        for key in &keys {
+            *in_flight.entry(key.clone()).or_default() += 1;
+        }
+        InFlight { store: self, keys }
+    }
+
+    /// Removes layers and blobs neither an image record nor a pull in
+    /// flight uses. Runs every step and reports the first failure.
     fn collect_garbage(&self) -> Result<(), StoreError> {
+        let in_flight = self.in_flight.lock().unwrap();
         let (chains, blobs): (HashSet<String>, HashSet<String>) = {
             let images = self.images.lock().unwrap();
             (
@@ -773,6 +946,7 @@ impl ImageStore {
             )
         };
         let mut first_err = None;
+        let mut doomed = Vec::new();
         for (sub, keep) in [("layers", &chains), ("blobs/sha256", &blobs)] {
             let dir = self.options.dir.join(sub);
             let entries = match std::fs::read_dir(&dir) {
@@ -787,19 +961,28 @@ impl ImageStore {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if keep.contains(&name) {
+                if keep.contains(&name) || in_flight.contains_key(&name) {
                     continue;
                 }
                 // Rename first so a crash mid-delete never leaves a half layer under layers/.
-                let doomed = self.options.dir.join("tmp").join(format!("gc-{name}"));
-                let result =
-                    std::fs::rename(entry.path(), &doomed).and_then(|()| remove_all(&doomed));
-                if let Err(e) = result {
-                    first_err.get_or_insert(StoreError::Io {
-                        path: entry.path(),
-                        source: e,
-                    });
+                let n = self.doomed.fetch_add(1, Ordering::Relaxed);
+                let to = self.options.dir.join("tmp").join(format!("gc-{n}-{name}"));
+                match std::fs::rename(entry.path(), &to) {
+                    Ok(()) => doomed.push(to),
+                    Err(e) => {
+                        first_err.get_or_insert(StoreError::Io {
+                            path: entry.path(),
+                            source: e,
+                        });
+                    }
                 }
+            }
+        }
+        // Out of layers/ and blobs/ now: pulls need not wait for the deletion.
+        drop(in_flight);
+        for path in doomed {
+            if let Err(e) = remove_all(&path) {
+                first_err.get_or_insert(StoreError::Io { path, source: e });
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -837,6 +1020,26 @@ impl ImageStore {
     pub fn dir(&self) -> &Path {
         &self.options.dir
     }
+}
+
+/// Runs `attempt`, and again after a doubling pause while it fails
+/// transiently, at most `retries` more times.
+async fn retrying<T, F>(retries: u32, mut attempt: impl FnMut() -> F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = RETRY_DELAY;
+    for _ in 0..retries {
+        match attempt().await {
+            Err(err) if err.is_transient() => {
+                tracing::warn!("{err}; trying again in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            done => return done,
+        }
+    }
+    attempt().await
 }
 
 fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
@@ -937,9 +1140,37 @@ fn unpack_stream(
     Ok((diff_id, count))
 }
 
+/// Layers and blobs a pull in flight uses; unpinned on drop.
+struct InFlight<'a> {
+    store: &'a ImageStore,
+    keys: Vec<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.store.in_flight.lock().unwrap();
+        for key in &self.keys {
+            if let Some(count) = in_flight.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.remove(key);
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(parallelism: usize) -> PullSettings {
+        PullSettings {
+            parallelism,
+            retries: 3,
+            progress_timeout: Duration::from_secs(300),
+        }
+    }
 
     fn blocked(prefix: &str) -> String {
         format!("[[registry]]\nprefix = \"{prefix}\"\nblocked = true\n")
@@ -961,14 +1192,17 @@ mod tests {
             dir: dir.path().join("images"),
             registries_config: Some(conf.clone()),
             registries_config_required: true,
-            pull_parallelism: 4,
+            pull: settings(4),
         })
         .unwrap();
         assert!(refused(&store, "a.example/x:1").await);
 
         std::fs::write(&conf, blocked("b.example")).unwrap();
-        assert!(store.reload(Some(&conf), true, 2).unwrap());
-        assert!(!store.reload(Some(&conf), true, 2).unwrap(), "same content");
+        assert!(store.reload(Some(&conf), true, settings(2)).unwrap());
+        assert!(
+            !store.reload(Some(&conf), true, settings(2)).unwrap(),
+            "same content"
+        );
         assert!(refused(&store, "b.example/x:1").await);
         // Unblocked now (checked on the config: a pull would go to the network).
         assert!(
@@ -980,9 +1214,41 @@ mod tests {
         );
 
         std::fs::write(&conf, "[[registry]\nbroken").unwrap();
-        let err = store.reload(Some(&conf), true, 8).unwrap_err().to_string();
+        let err = store
+            .reload(Some(&conf), true, settings(8))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&conf.display().to_string()), "{err}");
         assert!(refused(&store, "b.example/x:1").await);
-        assert_eq!(store.pull_parallelism.load(Ordering::Relaxed), 2);
+        assert_eq!(store.pull.read().unwrap().0, settings(2));
+    }
+
+    #[test]
+    fn collection_keeps_what_a_pull_in_flight_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(StoreOptions {
+            dir: dir.path().join("images"),
+            registries_config: None,
+            registries_config_required: false,
+            pull: settings(1),
+        })
+        .unwrap();
+        let (chain, blob) = ("a".repeat(64), "b".repeat(64));
+        let layer = store.options.dir.join("layers").join(&chain);
+        let blob_path = store.options.dir.join("blobs/sha256").join(&blob);
+        std::fs::create_dir_all(layer.join("diff")).unwrap();
+        std::fs::write(&blob_path, b"{}").unwrap();
+
+        let pulling = store.mark_in_flight(vec![chain.clone(), blob.clone()]);
+        // A second pull of the same layer, done before the first.
+        drop(store.mark_in_flight(vec![chain.clone()]));
+        store.collect_garbage().unwrap();
+        assert!(layer.exists() && blob_path.exists());
+
+        drop(pulling);
+        store.collect_garbage().unwrap();
+        assert!(!layer.exists() && !blob_path.exists());
+        let tmp = std::fs::read_dir(store.options.dir.join("tmp")).unwrap();
+        assert_eq!(tmp.count(), 0, "collected entries are deleted");
     }
 }

@@ -7,7 +7,7 @@
 //! `*at` calls that do not follow it. Any attempt fails the whole layer.
 
 use std::ffi::OsStr;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> {
         source: e.into(),
     })?;
     let mut archive = tar::Archive::new(reader);
+    let mut block = vec![0u8; HOLE_BLOCK];
     let mut dir_times: Vec<(PathBuf, i64)> = Vec::new();
     for entry in archive.entries().map_err(UnpackError::Read)? {
         let mut entry = entry.map_err(UnpackError::Read)?;
@@ -154,7 +155,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> {
                 )
                 .map_err(|e| at(e.into()))?;
                 let mut file = std::fs::File::from(fd);
-                io::copy(&mut entry, &mut file).map_err(at)?;
+                copy_sparse(&mut entry, &mut file, &mut block).map_err(at)?;
                 set_owner_mode(&file, &header).map_err(at)?;
                 set_xattrs(&file, &mut entry).map_err(at)?;
                 rustix::fs::futimens(&file, &times(mtime)).map_err(|e| at(e.into()))?;
@@ -225,6 +226,44 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<(), UnpackError> {
         }
     }
     Ok(())
+}
+
+/// The granularity of holes [`copy_sparse`] leaves.
+const HOLE_BLOCK: usize = 64 * 1024;
+static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
+
+/// Copies a file's content, leaving every all-zero block as a hole: a
+/// sparse entry (whose holes the tar reader hands out as zeros) or a
+/// zero-filled one takes only the disk space of its data, so a 10 GB
+/// sparse file in a layer cannot fill the disk. Slice equality is memcmp.
+fn copy_sparse(
+    reader: &mut impl Read,
+    file: &mut std::fs::File,
+    block: &mut [u8],
+) -> io::Result<()> {
+    let mut len = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < block.len() {
+            match reader.read(&mut block[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        if block[..filled] == ZEROS[..filled] {
+            file.seek(io::SeekFrom::Current(filled as i64))?;
+        } else {
+            file.write_all(&block[..filled])?;
+        }
+        len += filled as u64;
+    }
+    // A trailing hole is only a seek: the length makes it part of the file.
+    file.set_len(len)
 }
 
 /// Measures a layer dir: bytes allocated and inodes, each hardlinked inode once.

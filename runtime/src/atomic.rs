@@ -28,6 +28,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     result
 }
 
+/// Whether `path` is a temporary file of [`write_atomic`]: one left in a
+/// directory nothing is writing to is what a kill left half written.
+pub fn is_temporary(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix('.'))
+        .and_then(|n| n.rsplit_once(".tmp"))
+        .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,5 +50,18 @@ mod tests {
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn temporary_names_are_recognised() {
+        assert!(is_temporary(Path::new("/r/.abc.json.tmp4242")));
+        for name in [
+            "/r/abc.json",
+            "/r/.abc.json.tmp",
+            "/r/abc.json.tmp12",
+            "/r/.x.tmpy",
+        ] {
+            assert!(!is_temporary(Path::new(name)), "{name}");
+        }
     }
 }

@@ -157,7 +157,8 @@ fn random_id() -> std::io::Result<String> {
 
 impl Containers {
     /// Loads every record, learning from exit files what ended while berthd
-    /// was away. Unreadable records are returned to be logged (left on disk).
+    /// was away. Unreadable records are returned to be logged (left on disk:
+    /// see [`Containers::reclaim`]).
     pub fn open(options: Options) -> Result<(Containers, Vec<StoreError>), StoreError> {
         let records = RecordStore::open(&options.state_dir.join("records"))?;
         let (loaded, mut errors) = records.load_all()?;
@@ -173,7 +174,11 @@ impl Containers {
                     finished_at: now_nanos(),
                     oom_killed: false,
                 });
-                record.message = Some("its run dir is gone (the host rebooted?)".into());
+                record.message = Some(if record.pid == 0 {
+                    "berthd stopped before it finished creating it".into()
+                } else {
+                    "its run dir is gone (the host rebooted?)".into()
+                });
                 if let Err(err) = records.save(&record) {
                     errors.push(err);
                 }
@@ -190,15 +195,61 @@ impl Containers {
                 }),
             );
         }
-        Ok((
-            Containers {
-                options,
-                records,
-                index: Mutex::new(index),
-                observer: OnceLock::new(),
-            },
-            errors,
-        ))
+        let containers = Containers {
+            options,
+            records,
+            index: Mutex::new(index),
+            observer: OnceLock::new(),
+        };
+        errors.extend(containers.adopt_started());
+        Ok((containers, errors))
+    }
+
+    /// A berthd killed between the runtime's start and saving the record
+    /// left a started container recorded as created: the runtime knows.
+    /// Its start time is lost; now stands in for it.
+    fn adopt_started(&self) -> Vec<StoreError> {
+        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
+        let mut errors = Vec::new();
+        for slot in slots {
+            let record = lock(&slot.record).clone();
+            if record.state != ContainerState::Created || record.pid == 0 {
+                continue;
+            }
+            let state = self
+                .runtime_of(&record)
+                .and_then(|runtime| Ok(runtime.state(&record.id)?));
+            match state {
+                Ok(Some(state)) if state.status == "running" => {
+                    let mut record = lock(&slot.record);
+                    record.state = ContainerState::Running;
+                    record.started_at = Some(now_nanos());
+                    if let Err(err) = self.records.save(&record) {
+                        errors.push(err);
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(container = %record.id, "cannot ask the runtime whether it was started: {err}")
+                }
+            }
+        }
+        errors
+    }
+
+    /// Removes what a container whose record did not parse (see
+    /// [`StoreError::corrupt_id`]) left: the runtime's container (killed)
+    /// and its shim, the rootfs, its dirs, then the record. `runtime` is
+    /// the handler holding its state, if any: one that does not know it
+    /// deletes nothing. Whatever fails keeps the record, for the next start.
+    pub fn reclaim(&self, id: &str, runtime: &OciRuntime) -> Result<(), Error> {
+        // Never a container berthd serves.
+        if lock(&self.index).by_id.contains_key(id) {
+            return Ok(());
+        }
+        lifecycle::remove(runtime, id, &self.run_dir_of(id), &self.state_dir_of(id))?;
+        self.records.remove(id)?;
+        Ok(())
     }
 
     pub fn runtime(&self, handler: &str) -> Option<OciRuntime> {
@@ -397,8 +448,20 @@ impl Containers {
             };
             match lifecycle::create(&runtime, &new) {
                 Ok(created) => {
+                    berth_failpoint::hit(berth_failpoint::CONTAINER_AFTER_SHIM);
                     record.pid = created.pid;
-                    self.records.save(&record)?;
+                    if let Err(err) = self.records.save(&record) {
+                        // The record without its pid would not find the
+                        // shim again: undo the container (a full disk, say).
+                        let _ = lifecycle::remove(
+                            &runtime,
+                            &record.id,
+                            &record.run_dir,
+                            &record.state_dir,
+                        );
+                        let _ = self.records.remove(&record.id);
+                        return Err(err.into());
+                    }
                     Ok(())
                 }
                 Err(err) => {

@@ -228,11 +228,20 @@ pub fn mount(
 /// id-mapped mounts a crash left staged): a dir still holding a mount must
 /// never be removed recursively, as that would delete through the mount.
 pub fn unmount_all_under(dir: &Path) -> Result<(), OverlayError> {
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| OverlayError::Create {
-            path: "/proc/self/mountinfo".into(),
-            source,
-        })?;
+    let mounts = mounts_under(dir).map_err(|source| OverlayError::Create {
+        path: "/proc/self/mountinfo".into(),
+        source,
+    })?;
+    for target in mounts {
+        unmount(&target)?;
+    }
+    Ok(())
+}
+
+/// The mount points at or below `dir` in this mount namespace, deepest
+/// first, each once.
+pub fn mounts_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
     let mut mounts: Vec<PathBuf> = info
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
@@ -241,10 +250,7 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), OverlayError> {
         .collect();
     mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     mounts.dedup();
-    for target in mounts {
-        unmount(&target)?;
-    }
-    Ok(())
+    Ok(mounts)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.

@@ -187,6 +187,17 @@ pub enum StoreError {
     BadSignal(String),
 }
 
+impl StoreError {
+    /// The ID of the container whose record exists but does not parse.
+    pub fn corrupt_id(&self) -> Option<&str> {
+        let StoreError::Corrupt { path, .. } = self else {
+            return None;
+        };
+        let id = path.file_stem()?.to_str()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
+}
+
 /// Records as `<dir>/<id>.json`.
 #[derive(Debug, Clone)]
 pub struct RecordStore {
@@ -235,6 +246,11 @@ impl RecordStore {
         let (mut records, mut errors) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
             let path = entry.path();
+            if crate::atomic::is_temporary(&path) {
+                // Only one berthd uses the dir: nobody is writing this any more.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().is_none_or(|e| e != "json") {
                 continue;
             }
@@ -303,6 +319,17 @@ mod tests {
     }
 
     #[test]
+    fn load_all_removes_half_written_temporary_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordStore::open(&dir.path().join("records")).unwrap();
+        let temp = dir.path().join("records/.abc.json.tmp77");
+        std::fs::write(&temp, "{\"id\":").unwrap();
+        let (records, errors) = store.load_all().unwrap();
+        assert!(records.is_empty() && errors.is_empty());
+        assert!(!temp.exists());
+    }
+
+    #[test]
     fn load_all_picks_up_exits_written_while_we_were_away() {
         let dir = tempfile::tempdir().unwrap();
         let store = RecordStore::open(&dir.path().join("records")).unwrap();
@@ -320,6 +347,15 @@ mod tests {
         let (records, errors) = store.load_all().unwrap();
         assert_eq!(records.len(), 1);
         assert_eq!(errors.len(), 1);
+        let junk = dir.path().join("records/junk.json").display().to_string();
+        assert!(errors[0].to_string().contains(&junk), "{}", errors[0]);
+        assert_eq!(errors[0].corrupt_id(), None, "not a container ID");
+        let id = "b".repeat(64);
+        std::fs::write(store.path(&id), "").unwrap();
+        let (_, errors) = store.load_all().unwrap();
+        let ids: Vec<_> = errors.iter().filter_map(StoreError::corrupt_id).collect();
+        assert_eq!(ids, vec![id.as_str()]);
+        std::fs::remove_file(store.path(&id)).unwrap();
         assert_eq!(records[0].state, ContainerState::Exited);
         assert_eq!(records[0].exit, Some(exit));
         assert_eq!(records[0].reason(), Some("Error"));

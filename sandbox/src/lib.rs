@@ -11,6 +11,7 @@ pub mod files;
 pub mod infra;
 pub mod netstat;
 pub mod ns;
+pub mod reclaim;
 pub mod record;
 pub mod spec;
 
@@ -92,7 +93,29 @@ pub trait RuntimeHandlers: Send + Sync + std::fmt::Debug {
     fn default_name(&self) -> String;
 }
 
-type Slot = Arc<tokio::sync::Mutex<Pod>>;
+/// One pod. `op` serializes the operations that change it (Stop, Remove),
+/// which can wait minutes on a CNI plugin; `record` is the pod as last
+/// published, locked only to copy or replace it, so Status and List (of
+/// this pod or any other) never wait on an operation.
+struct PodSlot {
+    op: Arc<tokio::sync::Mutex<()>>,
+    record: std::sync::Mutex<Pod>,
+}
+
+type Slot = Arc<PodSlot>;
+
+fn slot(pod: Pod) -> Slot {
+    Arc::new(PodSlot {
+        op: Arc::new(tokio::sync::Mutex::new(())),
+        record: std::sync::Mutex::new(pod),
+    })
+}
+
+impl PodSlot {
+    fn record(&self) -> std::sync::MutexGuard<'_, Pod> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 #[derive(Default)]
 struct Index {
@@ -107,13 +130,17 @@ pub struct Sandboxes {
     cni: Arc<Cni>,
     index: std::sync::Mutex<Index>,
     pod_cidr: RwLock<Option<String>>,
+    /// Pods whose record did not parse at open, for [`Sandboxes::reclaim_unreadable`].
+    unreadable: std::sync::Mutex<Vec<PodId>>,
 }
 
 impl Sandboxes {
     /// Loads every pod record. Returns the records it could not read, to be
-    /// logged: they are left on disk untouched.
+    /// logged: they stay on disk until [`Sandboxes::reclaim_unreadable`].
     pub fn open(options: Options, cni: Arc<Cni>) -> (Sandboxes, Vec<String>) {
         let (pods, errors) = record::load_all(&options.layout);
+        let loaded = pods.iter().map(|pod| pod.id.clone()).collect();
+        let unreadable = reclaim::unreadable(&options.layout, &loaded);
         let mut index = Index::default();
         for mut pod in pods {
             // After a reboot the run root is empty: the namespaces are gone.
@@ -133,17 +160,35 @@ impl Sandboxes {
                 }
             }
             index.names.insert(pod.spec.reserved_name(), pod.id.clone());
-            index
-                .pods
-                .insert(pod.id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+            index.pods.insert(pod.id.clone(), slot(pod));
         }
         let sandboxes = Sandboxes {
             options,
             cni,
             index: std::sync::Mutex::new(index),
             pod_cidr: RwLock::new(None),
+            unreadable: std::sync::Mutex::new(unreadable),
         };
         (sandboxes, errors)
+    }
+
+    /// Tears down what the pods whose record [`Sandboxes::open`] could not
+    /// read left behind (see [`reclaim`]). They are unknown to every RPC, so
+    /// this may run while berthd serves.
+    pub async fn reclaim_unreadable(&self) {
+        let ids = std::mem::take(&mut *self.unreadable.lock().expect("lock poisoned"));
+        for id in ids {
+            let failures = reclaim::reclaim(&self.options.layout, &self.cni, &id).await;
+            if failures.is_empty() {
+                tracing::info!(pod = %id, "removed what the pod sandbox with an unreadable record left");
+            } else {
+                tracing::warn!(
+                    pod = %id,
+                    "cannot remove what the pod sandbox with an unreadable record left: {}",
+                    failures.join("; ")
+                );
+            }
+        }
     }
 
     pub fn cni(&self) -> &Arc<Cni> {
@@ -185,8 +230,8 @@ impl Sandboxes {
         let (_, slot) = self
             .resolve(id)?
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
-        let pod = slot.lock().await;
-        Ok(pod.clone())
+        let pod = slot.record().clone();
+        Ok(pod)
     }
 
     /// Copies of every record.
@@ -199,11 +244,7 @@ impl Sandboxes {
             .values()
             .cloned()
             .collect();
-        let mut pods = Vec::with_capacity(slots.len());
-        for slot in slots {
-            pods.push(slot.lock().await.clone());
-        }
-        pods
+        slots.iter().map(|slot| slot.record().clone()).collect()
     }
 
     fn resolve_handler(&self, requested: &str) -> Result<String, Error> {
@@ -260,9 +301,7 @@ impl Sandboxes {
                     "pod sandbox ready"
                 );
                 let mut index = self.index.lock().expect("lock poisoned");
-                index
-                    .pods
-                    .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+                index.pods.insert(id.clone(), slot(pod));
                 Ok(id)
             }
             Err(error) => {
@@ -274,9 +313,7 @@ impl Sandboxes {
                     Err(error)
                 } else {
                     // Keep it visible as NotReady so Remove can finish the job.
-                    index
-                        .pods
-                        .insert(id.clone(), Arc::new(tokio::sync::Mutex::new(pod)));
+                    index.pods.insert(id.clone(), slot(pod));
                     Err(Error::SetupAndTeardown {
                         pod: id,
                         error: Box::new(error),
@@ -402,6 +439,7 @@ impl Sandboxes {
                 name: added.network,
                 ips: added.ips,
             });
+            berth_failpoint::hit(berth_failpoint::POD_AFTER_NETWORK);
         }
         let ips = pod
             .network
@@ -516,8 +554,11 @@ impl Sandboxes {
         let Some((id, slot)) = self.resolve(id)? else {
             return Ok(());
         };
-        let mut pod = slot.lock().await;
+        let Some((_op, mut pod)) = self.begin_teardown(&id, &slot).await else {
+            return Ok(());
+        };
         let failures = self.tear_down(&mut pod, false).await;
+        *slot.record() = pod;
         if failures.is_empty() {
             Ok(())
         } else {
@@ -531,19 +572,47 @@ impl Sandboxes {
         let Some((id, slot)) = self.resolve(id)? else {
             return Ok(());
         };
-        let mut pod = slot.lock().await;
+        let Some((_op, mut pod)) = self.begin_teardown(&id, &slot).await else {
+            return Ok(());
+        };
         let failures = self.tear_down(&mut pod, true).await;
+        let name = pod.spec.reserved_name();
+        *slot.record() = pod;
         if !failures.is_empty() {
             return Err(Error::Teardown { pod: id, failures });
         }
         tracing::info!(pod = %id, "pod sandbox removed");
         let mut index = self.index.lock().expect("lock poisoned");
         index.pods.remove(&id);
-        let name = pod.spec.reserved_name();
         if index.names.get(&name) == Some(&id) {
             index.names.remove(&name);
         }
         Ok(())
+    }
+
+    /// Takes the pod's operation lock and returns a copy of its record to
+    /// tear down, published as not ready from now on (whatever happens, it
+    /// ends not ready). None when a Remove that held the lock meanwhile
+    /// removed the pod: tearing it down again would write its record back.
+    async fn begin_teardown(
+        &self,
+        id: &PodId,
+        slot: &Slot,
+    ) -> Option<(tokio::sync::OwnedMutexGuard<()>, Pod)> {
+        let op = Arc::clone(&slot.op).lock_owned().await;
+        let indexed = self
+            .index
+            .lock()
+            .expect("lock poisoned")
+            .pods
+            .get(id)
+            .is_some_and(|current| Arc::ptr_eq(current, slot));
+        if !indexed {
+            return None;
+        }
+        let mut record = slot.record();
+        record.state = State::NotReady;
+        Some((op, record.clone()))
     }
 
     /// CNI CHECK of the pod's attachment: None when there is nothing to check.

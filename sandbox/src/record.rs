@@ -193,7 +193,16 @@ pub fn load_all(layout: &Layout) -> (Vec<Pod>, Vec<String>) {
     };
     for entry in entries.flatten() {
         let path = entry.path().join("pod.json");
-        match std::fs::read(&path)
+        let bytes = match std::fs::read(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                if let Err(err) = remove_unrecorded(layout, &entry.path()) {
+                    errors.push(err);
+                }
+                continue;
+            }
+            other => other,
+        };
+        match bytes
             .map_err(|e| e.to_string())
             .and_then(|bytes| serde_json::from_slice::<Pod>(&bytes).map_err(|e| e.to_string()))
         {
@@ -202,6 +211,33 @@ pub fn load_all(layout: &Layout) -> (Vec<Pod>, Vec<String>) {
         }
     }
     (pods, errors)
+}
+
+/// A pod dir without a record is what a kill left of a RunPodSandbox before
+/// its first record write or of a removal after the record went: nothing
+/// in it was set up (namespaces are pinned only after the record is
+/// written and unpinned before it is removed), so both dirs go.
+fn remove_unrecorded(layout: &Layout, state_dir: &Path) -> Result<(), String> {
+    let run_dir = layout
+        .run_root
+        .join("pods")
+        .join(state_dir.file_name().unwrap_or_default());
+    for dir in [run_dir.as_path(), state_dir] {
+        match std::fs::remove_dir_all(dir) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "{} has no pod record and cannot be removed: {err}",
+                    dir.display()
+                ));
+            }
+            _ => {}
+        }
+    }
+    tracing::info!(
+        "removed {}: a pod dir without a record",
+        state_dir.display()
+    );
+    Ok(())
 }
 
 /// Temp file, fsync, rename: a crash leaves the old file or the new one.
@@ -225,4 +261,29 @@ pub fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<
         file.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_dir_without_a_record_is_removed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: dir.path().join("root"),
+            run_root: dir.path().join("run"),
+        };
+        let id = PodId::random().unwrap();
+        let state = layout.state_dir(&id);
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("pod.json.tmp"), "{\"half").unwrap();
+        std::fs::create_dir_all(layout.run_dir(&id)).unwrap();
+
+        let (pods, errors) = load_all(&layout);
+        assert!(pods.is_empty());
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(!state.exists());
+        assert!(!layout.run_dir(&id).exists());
+    }
 }

@@ -114,6 +114,12 @@ pub struct ImageSettings {
     pub registries_config: PathBuf,
     /// Layers one pull downloads and unpacks at once.
     pub pull_parallelism: usize,
+    /// How often a registry request that failed transiently (dropped
+    /// connection, 5xx, 408, 429) is tried again, with doubling back-off.
+    pub pull_retries: u32,
+    /// Seconds a registry may send nothing before the pull fails
+    /// (containerd's `image_pull_progress_timeout` is 5 minutes too).
+    pub pull_progress_timeout: u64,
 }
 
 impl Default for ImageSettings {
@@ -121,6 +127,8 @@ impl Default for ImageSettings {
         ImageSettings {
             registries_config: PathBuf::from(DEFAULT_REGISTRIES_CONFIG),
             pull_parallelism: 4,
+            pull_retries: 3,
+            pull_progress_timeout: 300,
         }
     }
 }
@@ -502,6 +510,21 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
+    if config.image.pull_retries > 10 {
+        return Err(invalid(
+            "image.pull_retries",
+            format!(
+                "expected a number of retries from 0 to 10, got {}",
+                config.image.pull_retries
+            ),
+        ));
+    }
+    if config.image.pull_progress_timeout == 0 {
+        return Err(invalid(
+            "image.pull_progress_timeout",
+            "expected a number of seconds above 0".into(),
+        ));
+    }
     if !config.image.registries_config.is_absolute() {
         return Err(invalid(
             "image.registries_config",
@@ -755,6 +778,29 @@ mod tests {
         let text = toml::to_string_pretty(&loaded.config).unwrap();
         let back: Config = toml::from_str(&text).unwrap();
         assert_eq!(back, loaded.config);
+    }
+
+    #[test]
+    fn pull_retries_and_progress_timeout_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.image.pull_retries, 3);
+        assert_eq!(loaded.config.image.pull_progress_timeout, 300);
+        for (text, key) in [
+            ("[image]\npull_retries = 11\n", "image.pull_retries"),
+            ("[image]\npull_retries = -1\n", "pull_retries"),
+            (
+                "[image]\npull_progress_timeout = 0\n",
+                "image.pull_progress_timeout",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = load(&sources(dir.path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -157,6 +157,13 @@ async fn run(
     log: logging::LevelHandle,
 ) -> Result<(), ServeError> {
     use std::os::unix::fs::DirBuilderExt;
+    if let Some(name) = berth_failpoint::armed() {
+        if berth_failpoint::ALL.contains(&name) {
+            tracing::warn!("failpoint {name} armed: berthd kills itself with SIGKILL there");
+        } else {
+            tracing::warn!("{} names no failpoint: {name:?}", berth_failpoint::ENV);
+        }
+    }
     // First: SIGHUP's default action would end the process.
     let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
     for dir in [&config.root, &config.run_root] {

@@ -67,11 +67,27 @@ impl Reloader {
                 new.image.registries_config.display()
             ));
         }
-        if new.image.pull_parallelism != old.image.pull_parallelism {
-            changes.push(format!(
-                "image.pull_parallelism {} -> {}",
-                old.image.pull_parallelism, new.image.pull_parallelism
-            ));
+        let pull_keys = [
+            (
+                "pull_parallelism",
+                old.image.pull_parallelism.to_string(),
+                new.image.pull_parallelism.to_string(),
+            ),
+            (
+                "pull_retries",
+                old.image.pull_retries.to_string(),
+                new.image.pull_retries.to_string(),
+            ),
+            (
+                "pull_progress_timeout",
+                old.image.pull_progress_timeout.to_string(),
+                new.image.pull_progress_timeout.to_string(),
+            ),
+        ];
+        for (key, old, new) in pull_keys {
+            if old != new {
+                changes.push(format!("image.{key} {old} -> {new}"));
+            }
         }
         applied.image = new.image.clone();
         changes.extend(runtime_changes(&old, &new));

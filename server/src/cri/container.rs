@@ -28,8 +28,9 @@ use crate::config::Config;
 use crate::live::LiveConfig;
 
 /// Opens the container records (`<root>/containers`); runtime handlers are
-/// looked up in the live config, so a reload's new handlers apply.
-pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreError> {
+/// looked up in the live config, so a reload's new handlers apply. What
+/// containers with an unreadable record left is removed in the background.
+pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Arc<Containers>, StoreError> {
     // berth-shim ships next to berthd.
     let shim = berth_runtime::oci::default_shim_path().unwrap_or_else(|_| "berth-shim".into());
     let run_root = config.run_root.clone();
@@ -45,14 +46,58 @@ pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Containers, StoreE
         run_dir: config.run_root.join("containers"),
         runtimes,
     })?;
-    for error in errors {
+    for error in &errors {
         tracing::warn!("skipping unreadable container record: {error}");
+    }
+    let containers = Arc::new(containers);
+    let unreadable: Vec<String> = errors
+        .iter()
+        .filter_map(StoreError::corrupt_id)
+        .map(str::to_string)
+        .collect();
+    if !unreadable.is_empty() {
+        let reclaiming = Arc::clone(&containers);
+        let mut handlers: Vec<String> = config.runtimes.keys().cloned().collect();
+        handlers.insert(0, config.default_runtime.clone());
+        tokio::task::spawn_blocking(move || reclaim(&reclaiming, &handlers, unreadable));
     }
     Ok(containers)
 }
 
+/// Removes what the containers `ids` left, each with the handler whose
+/// state dir knows it (the first of `handlers` when none does).
+fn reclaim(containers: &Containers, handlers: &[String], ids: Vec<String>) {
+    for id in ids {
+        let runtimes: Vec<OciRuntime> = handlers
+            .iter()
+            .filter_map(|name| containers.runtime(name))
+            .collect();
+        let Some(runtime) = runtimes
+            .iter()
+            .find(|runtime| runtime.root.join(&id).exists())
+            .or(runtimes.first())
+        else {
+            tracing::warn!(container = %id, "no runtime handler to remove what the container with an unreadable record left");
+            continue;
+        };
+        match containers.reclaim(&id, runtime) {
+            Ok(()) => tracing::info!(
+                container = %id,
+                "removed what the container with an unreadable record left"
+            ),
+            Err(err) => tracing::warn!(
+                container = %id,
+                "cannot remove what the container with an unreadable record left: {err}"
+            ),
+        }
+    }
+}
+
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::NotFound(_) => Status::not_found(message),
         Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),
@@ -292,7 +337,9 @@ impl CriService {
                 pod.id, meta.name
             )));
         }
-        let image = self.images.get(&image_name).ok_or_else(|| {
+        // Until the record names the image, a RemoveImage would not see
+        // this container among its users: the pin stands in for it.
+        let (image, _pin) = self.images.get_pinned(&image_name).ok_or_else(|| {
             Status::not_found(format!(
                 "image {image_name:?} of container {:?} is not in the image store: pull it first",
                 meta.name

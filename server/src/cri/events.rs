@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_proto::cri::{
-    ContainerEventResponse, ContainerEventType, ContainerStatusRequest, GetEventsRequest,
-    PodSandboxStatusRequest,
+    ContainerEventResponse, ContainerEventType, GetEventsRequest, PodSandboxStatusRequest,
 };
 use berth_runtime::containers::{Event, EventKind};
 use tokio::sync::{broadcast, mpsc};
@@ -81,35 +80,26 @@ impl CriService {
     async fn event_response(&self, event: Event) -> ContainerEventResponse {
         let record = event.record;
         // A pod being removed may be gone already: no pod status then.
-        let pod_sandbox_status = self
+        let pod = self
             .pod_sandbox_status(PodSandboxStatusRequest {
                 pod_sandbox_id: record.pod_id.clone(),
                 verbose: false,
             })
             .await
-            .ok()
-            .and_then(|r| r.status);
-        let mut containers_statuses = Vec::new();
+            .ok();
+        let pod_sandbox_status = pod.as_ref().and_then(|r| r.status.clone());
+        let mut containers_statuses: Vec<_> = pod
+            .map(|r| r.containers_statuses)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.id != record.id)
+            .collect();
         if event.kind != EventKind::Deleted {
             let user = berth_runtime::spec::read(&record.run_dir)
                 .ok()
                 .as_ref()
                 .and_then(berth_runtime::cri_spec::container_user);
-            containers_statuses.push(cri_status(&record, user));
-        }
-        for container_id in self.containers.of_pod(&record.pod_id) {
-            if container_id == record.id {
-                continue;
-            }
-            if let Ok(response) = self
-                .container_status(ContainerStatusRequest {
-                    container_id,
-                    verbose: false,
-                })
-                .await
-            {
-                containers_statuses.extend(response.status);
-            }
+            containers_statuses.insert(0, cri_status(&record, user));
         }
         ContainerEventResponse {
             container_id: record.id,

@@ -2,8 +2,9 @@
 //! ImageFsInfo, mapped onto `berth_image::ImageStore` as CRI-O answers them.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use berth_image::{ClientError, Credentials, ImageStore, StoreError, StoreOptions};
+use berth_image::{ClientError, Credentials, ImageStore, PullSettings, StoreError, StoreOptions};
 use berth_proto::cri::{
     AuthConfig, FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest,
     ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
@@ -23,8 +24,16 @@ pub fn open_store(config: &Config) -> Result<ImageStore, StoreError> {
         dir: config.root.join("images"),
         registries_config: Some(registries.clone()),
         registries_config_required: registries_required(config),
-        pull_parallelism: config.image.pull_parallelism,
+        pull: pull_settings(config),
     })
+}
+
+fn pull_settings(config: &Config) -> PullSettings {
+    PullSettings {
+        parallelism: config.image.pull_parallelism,
+        retries: config.image.pull_retries,
+        progress_timeout: Duration::from_secs(config.image.pull_progress_timeout),
+    }
 }
 
 /// The default file is optional; a path the operator set must exist.
@@ -32,25 +41,29 @@ fn registries_required(config: &Config) -> bool {
     config.image.registries_config.as_os_str() != DEFAULT_REGISTRIES_CONFIG
 }
 
-/// Applies `config`'s registries config and pull parallelism to the store
+/// Applies `config`'s registries config and pull settings to the store
 /// for the pulls that start from now on; on error the store keeps the old.
 /// Returns whether the registries config's content changed.
 pub fn reload_store(images: &ImageStore, config: &Config) -> Result<bool, StoreError> {
     images.reload(
         Some(&config.image.registries_config),
         registries_required(config),
-        config.image.pull_parallelism,
+        pull_settings(config),
     )
 }
 
 fn status(err: StoreError) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match &err {
         StoreError::Reference(_) => Status::invalid_argument(message),
         StoreError::Blocked { .. } => Status::permission_denied(message),
         StoreError::Client { source, .. } => match source {
             ClientError::Unauthorized { .. } => Status::unauthenticated(message),
             ClientError::NotFound { .. } => Status::not_found(message),
+            ClientError::Stalled { .. } => Status::deadline_exceeded(message),
             _ => Status::unavailable(message),
         },
         StoreError::Manifest { .. } => Status::failed_precondition(message),
@@ -59,6 +72,9 @@ fn status(err: StoreError) -> Status {
         }
         StoreError::Unpack { .. } => Status::failed_precondition(message),
         StoreError::Registries(_) | StoreError::Io { .. } => Status::internal(message),
+        // CRI-O passes containers/storage's "image used by container" error
+        // on as is: UNKNOWN.
+        StoreError::InUse { .. } => Status::unknown(message),
     }
 }
 
@@ -195,7 +211,16 @@ impl CriService {
         req: RemoveImageRequest,
     ) -> Result<RemoveImageResponse, Status> {
         let name = image_name(req.image.as_ref())?;
-        self.images.remove(name).await.map_err(status)?;
+        let containers = &self.containers;
+        let users = |id: &str| {
+            containers
+                .list()
+                .into_iter()
+                .filter(|c| c.image_id == id)
+                .map(|c| c.id)
+                .collect()
+        };
+        self.images.remove(name, users).await.map_err(status)?;
         Ok(RemoveImageResponse {})
     }
 

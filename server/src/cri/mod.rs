@@ -51,12 +51,12 @@ impl CriService {
         streaming: berth_streaming::StreamingServer,
     ) -> Result<Self, berth_runtime::record::StoreError> {
         let live = LiveConfig::new(config.clone());
-        let pods = Arc::new(pod::open(&config, live.clone()));
+        let pods = pod::open(&config, live.clone());
         let features = Arc::new(runtime_info::FeatureCache::default());
         for runtime in config.runtimes.values() {
             features.probe(&runtime.path);
         }
-        let containers = Arc::new(container::open(&config, live.clone())?);
+        let containers = container::open(&config, live.clone())?;
         let service = CriService {
             config: Arc::new(config),
             pods,
@@ -82,6 +82,19 @@ impl CriService {
 }
 
 pub use image::{open_store, reload_store};
+
+/// Whether `err` or one of its causes is a full disk or quota: every RPC
+/// answers RESOURCE_EXHAUSTED for it, whichever step ran out of room.
+fn out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(err), |e| e.source()).any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
+}
 pub use stream::start_server;
 
 /// Emits a tonic service trait impl in which each listed RPC forwards its

@@ -27,8 +27,9 @@ use crate::live::LiveConfig;
 /// How often the CNI conf dir is re-read.
 const CNI_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Loads the CNI config and every pod record; starts the conf dir watch.
-pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
+/// Loads the CNI config and every pod record; starts the conf dir watch
+/// and the teardown of what pods with an unreadable record left.
+pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Arc<Sandboxes> {
     let layout = Layout {
         root: config.root.clone(),
         run_root: config.run_root.clone(),
@@ -56,11 +57,17 @@ pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Sandboxes {
     for error in errors {
         tracing::warn!("skipping unreadable pod record {error}");
     }
+    let pods = Arc::new(pods);
+    let reclaiming = Arc::clone(&pods);
+    tokio::spawn(async move { reclaiming.reclaim_unreadable().await });
     pods
 }
 
 pub(super) fn status(err: Error) -> Status {
     let message = err.to_string();
+    if super::out_of_space(&err) {
+        return Status::resource_exhausted(message);
+    }
     match err {
         Error::Invalid(_) | Error::UnknownHandler { .. } | Error::Ambiguous { .. } => {
             Status::invalid_argument(message)
@@ -366,10 +373,22 @@ impl CriService {
             });
             info.insert("info".to_string(), verbose.to_string());
         }
+        // As CRI-O: the statuses a kubelet with EventedPLEG reads from here.
+        let mut containers_statuses = Vec::new();
+        for container_id in self.containers.of_pod(pod.id.as_str()) {
+            let request = berth_proto::cri::ContainerStatusRequest {
+                container_id,
+                verbose: false,
+            };
+            // One removed meanwhile is simply not there any more.
+            if let Ok(response) = self.container_status(request).await {
+                containers_statuses.extend(response.status);
+            }
+        }
         Ok(PodSandboxStatusResponse {
             status: Some(pod_status(&pod)),
             info,
-            containers_statuses: Vec::new(),
+            containers_statuses,
             timestamp: now_nanos(),
         })
     }
