@@ -6,6 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use std::time::{Duration, Instant};
+
+use berth_proto::cri::StatusRequest;
+use berth_proto::cri::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::Channel;
+
 use crate::{Options, can_run, have_command, is_root};
 
 pub const BIN_DIR: &str = "/usr/lib/cni";
@@ -161,4 +167,36 @@ pub fn sh(args: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run {args:?}: {e}"))
+}
+
+/// Polls Status until `want` accepts NetworkReady's message (`None` when
+/// ready); returns that message. The conf dir is re-read once a second.
+pub async fn wait_network_ready(
+    client: &mut RuntimeServiceClient<Channel>,
+    want: impl Fn(Option<&str>) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = client
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+        let network = status
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "NetworkReady")
+            .unwrap();
+        let message = (!network.status).then(|| {
+            assert_eq!(network.reason, "NetworkPluginNotReady");
+            network.message.clone()
+        });
+        if want(message.as_deref()) {
+            return message;
+        }
+        assert!(Instant::now() < deadline, "NetworkReady stayed {message:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

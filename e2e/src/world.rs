@@ -119,6 +119,33 @@ impl World {
         }
     }
 
+    /// [`World::pod_config`] with the pod's own network namespace, for a
+    /// world that joined a network.
+    pub fn networked_pod_config(&self, name: &str) -> PodSandboxConfig {
+        let mut config = self.pod_config(name);
+        let context = config
+            .linux
+            .as_mut()
+            .and_then(|l| l.security_context.as_mut());
+        if let Some(modes) = context.and_then(|c| c.namespace_options.as_mut()) {
+            modes.network = NamespaceMode::Pod as i32;
+        }
+        config
+    }
+
+    /// Makes `net` this world's CNI network and waits until berthd says
+    /// NetworkReady.
+    pub async fn join_network(&mut self, net: &crate::net::Net) {
+        for entry in std::fs::read_dir(net.conf_dir()).unwrap().flatten() {
+            std::fs::copy(
+                entry.path(),
+                self.logs.path().join("net.d").join(entry.file_name()),
+            )
+            .unwrap();
+        }
+        crate::net::wait_network_ready(&mut self.client, |m| m.is_none()).await;
+    }
+
     pub async fn pod(&mut self, name: &str) -> String {
         let config = self.pod_config(name);
         self.client

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
-    CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest, NamespaceMode,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StatusRequest, StopPodSandboxRequest,
+    CreateContainerRequest, ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
 };
 use berth_e2e::net::{Net, can_run_network, sh};
 use berth_e2e::world::{World, can_run_here};
@@ -44,16 +43,10 @@ fn churn(
     let configs: Vec<_> = (0..1000)
         .map(|i| {
             let name = format!("chaos-{lane}-{i}");
-            let mut pod = w.pod_config(&name);
-            let modes = pod
-                .linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap();
-            modes.namespace_options.as_mut().unwrap().network = NamespaceMode::Pod as i32;
-            (pod, w.container(&format!("c-{lane}-{i}"), "sleep 600"))
+            (
+                w.networked_pod_config(&name),
+                w.container(&format!("c-{lane}-{i}"), "sleep 600"),
+            )
         })
         .collect();
     async move {
@@ -129,29 +122,6 @@ async fn clean_up(client: &mut RuntimeServiceClient<Channel>) {
     }
 }
 
-/// The conf dir is polled once a second.
-async fn wait_network_ready(client: &mut RuntimeServiceClient<Channel>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = client
-            .status(StatusRequest { verbose: false })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap();
-        if status
-            .conditions
-            .iter()
-            .any(|c| c.r#type == "NetworkReady" && c.status)
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "network not ready: {status:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_moments_leaves_everything_removable_and_nothing_behind() {
     if !can_run_here() || !can_run_network() {
@@ -171,12 +141,7 @@ async fn kill_9_at_random_moments_leaves_everything_removable_and_nothing_behind
     let mut rng = Rng(seed);
     let mut w = World::new("chaos").await;
     let net = Net::new(200);
-    std::fs::copy(
-        net.conf_dir().join("10-test.conflist"),
-        w.logs.path().join("net.d/10-test.conflist"),
-    )
-    .unwrap();
-    wait_network_ready(&mut w.client).await;
+    w.join_network(&net).await;
     for round in 0..ROUNDS {
         let mut lanes = tokio::task::JoinSet::new();
         for lane in 0..LANES {

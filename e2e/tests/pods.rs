@@ -16,7 +16,7 @@ use berth_e2e::cri::{
     DnsConfig, LinuxPodSandboxConfig, LinuxSandboxSecurityContext, ListPodSandboxRequest,
     NamespaceMode, NamespaceOption, NetworkConfig, PodSandboxConfig, PodSandboxFilter,
     PodSandboxMetadata, PodSandboxState, PodSandboxStateValue, PodSandboxStatusRequest,
-    PortMapping, RunPodSandboxRequest, RuntimeConfig, StatusRequest, StopPodSandboxRequest,
+    PortMapping, RunPodSandboxRequest, RuntimeConfig, StopPodSandboxRequest,
     UpdateRuntimeConfigRequest,
 };
 use berth_e2e::net::{BIN_DIR, Net, can_run_network, options_for, sh};
@@ -613,7 +613,7 @@ async fn missing_plugin_or_bad_config_fails_clearly_and_leaks_nothing() {
 
     // Not JSON at all: the network is not ready and says which file is bad.
     std::fs::write(net.conf_dir().join("10-test.conflist"), "{ nope").unwrap();
-    let message = wait_network_ready(&mut client, |m| {
+    let message = berth_e2e::net::wait_network_ready(&mut client, |m| {
         m.is_some_and(|m| m.contains("invalid JSON"))
     })
     .await;
@@ -629,35 +629,6 @@ async fn missing_plugin_or_bad_config_fails_clearly_and_leaks_nothing() {
 }
 
 /// Polls Status until the NetworkReady message (None when ready) satisfies `want`.
-async fn wait_network_ready(
-    client: &mut Client,
-    want: impl Fn(Option<&str>) -> bool,
-) -> Option<String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let status = client
-            .status(StatusRequest { verbose: false })
-            .await
-            .unwrap()
-            .into_inner();
-        let network = status
-            .status
-            .unwrap()
-            .conditions
-            .into_iter()
-            .find(|c| c.r#type == "NetworkReady")
-            .unwrap();
-        let message = (!network.status).then(|| {
-            assert_eq!(network.reason, "NetworkPluginNotReady");
-            network.message.clone()
-        });
-        if want(message.as_deref()) {
-            return message;
-        }
-        assert!(Instant::now() < deadline, "NetworkReady stayed {message:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test]
 async fn network_ready_flips_when_the_conf_dir_gets_a_config() {
@@ -669,12 +640,12 @@ async fn network_ready_flips_when_the_conf_dir_gets_a_config() {
     std::fs::remove_file(net.conf_dir().join("10-test.conflist")).unwrap();
     let berthd = Berthd::start_with(net.options()).await;
     let mut client = berthd.runtime().await;
-    let message = wait_network_ready(&mut client, |m| m.is_some())
+    let message = berth_e2e::net::wait_network_ready(&mut client, |m| m.is_some())
         .await
         .unwrap();
     assert!(message.contains("no valid CNI network config"), "{message}");
     std::fs::write(net.conf_dir().join("10-test.conflist"), config).unwrap();
-    wait_network_ready(&mut client, |m| m.is_none()).await;
+    berth_e2e::net::wait_network_ready(&mut client, |m| m.is_none()).await;
     let id = run(&mut client, pod("late")).await.unwrap();
     berth_e2e::stop_and_remove_pod(&mut client, &id).await;
 }

@@ -194,12 +194,12 @@ pub struct ImageStore {
 }
 
 /// Keeps one image from removal while alive (see [`ImageStore::get_pinned`]).
-pub struct Pin<'a> {
-    store: &'a ImageStore,
+pub struct Pin {
+    store: Arc<ImageStore>,
     id: Digest,
 }
 
-impl Drop for Pin<'_> {
+impl Drop for Pin {
     fn drop(&mut self) {
         let mut pins = self.store.pins.lock().unwrap();
         if let Some(count) = pins.get_mut(&self.id) {
@@ -869,7 +869,7 @@ impl ImageStore {
     /// [`ImageStore::get`], with the image kept from removal until the pin
     /// is dropped: CreateContainer holds it until its record names the
     /// image, so no RemoveImage slips in between. Never waits on a pull.
-    pub fn get_pinned(&self, name: &str) -> Option<(Image, Pin<'_>)> {
+    pub fn get_pinned(self: &Arc<Self>, name: &str) -> Option<(Image, Pin)> {
         let image = self.get(name)?;
         let images = self.images.lock().unwrap();
         // Still recorded: a removal that ran since `get` finished before this.
@@ -881,7 +881,8 @@ impl ImageStore {
             .entry(image.id.clone())
             .or_default() += 1;
         let id = image.id.clone();
-        Some((image, Pin { store: self, id }))
+        let store = Arc::clone(self);
+        Some((image, Pin { store, id }))
     }
 
     /// Removes the image `name` names unless `users` (given the image ID in

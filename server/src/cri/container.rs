@@ -339,7 +339,7 @@ impl CriService {
         }
         // Until the record names the image, a RemoveImage would not see
         // this container among its users: the pin stands in for it.
-        let (image, _pin) = self.images.get_pinned(&image_name).ok_or_else(|| {
+        let (image, pin) = self.images.get_pinned(&image_name).ok_or_else(|| {
             Status::not_found(format!(
                 "image {image_name:?} of container {:?} is not in the image store: pull it first",
                 meta.name
@@ -355,6 +355,11 @@ impl CriService {
             "k8s_{}_{}_{}_{}_{}",
             meta.name, pod.spec.name, pod.spec.namespace, pod.spec.uid, meta.attempt
         );
+        if let Some(id) = self.abandoned.claim(&reserved_name)
+            && self.containers.get(&id).is_ok()
+        {
+            return Ok(CreateContainerResponse { container_id: id });
+        }
         let id = self.containers.reserve(&reserved_name).map_err(status)?;
         let prepared = self.prepare(&id, &config, request.sandbox_config, &pod, &image_cfg);
         let (spec, log_path, stdin_once) = match prepared {
@@ -384,7 +389,7 @@ impl CriService {
             run_dir: PathBuf::new(),
             rootfs: PathBuf::new(),
             stop_signal: image_cfg.stop_signal.clone(),
-            reserved_name,
+            reserved_name: reserved_name.clone(),
             state_dir: PathBuf::new(),
             tty: config.tty,
             stdin: config.stdin,
@@ -395,9 +400,15 @@ impl CriService {
         let layers = self.images.lower_dirs(&image);
         let containers = self.containers.clone();
         let own = berth_runtime::spec::own_oom_score_adj();
-        let created = blocking(move || containers.create(record, layers, spec, own)).await?;
-        tracing::info!(container = %created.id, pod = %created.pod_id, name = %meta.name, "container created");
-        Ok(CreateContainerResponse { container_id: id })
+        let name = meta.name;
+        let create = async move {
+            let created = blocking(move || containers.create(record, layers, spec, own)).await?;
+            drop(pin);
+            tracing::info!(container = %created.id, pod = %created.pod_id, name = %name, "container created");
+            Ok(created.id)
+        };
+        let container_id = self.abandoned.run(reserved_name, create).await?;
+        Ok(CreateContainerResponse { container_id })
     }
 
     /// The container's spec, log path and stdin_once, from the request,

@@ -2,6 +2,7 @@
 //! methods of [`CriService`]; `runtime_service.rs` and `image_service.rs` only
 //! wire the generated tonic traits to them.
 
+mod abandoned;
 mod checkpoint;
 mod container;
 mod events;
@@ -39,6 +40,8 @@ pub struct CriService {
     events: events::Broadcast,
     /// The cgroup layout and the previous CPU sample of each container and pod.
     stats: Arc<berth_runtime::stats::Stats>,
+    /// Pods and containers made after their caller gave up, for the retry.
+    abandoned: Arc<abandoned::Abandoned>,
 }
 
 impl CriService {
@@ -67,6 +70,7 @@ impl CriService {
             containers,
             events: events::channel(),
             stats: Arc::new(berth_runtime::stats::Stats::new()),
+            abandoned: Arc::default(),
         };
         service.start_events();
         Ok(service)

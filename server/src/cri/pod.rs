@@ -287,10 +287,21 @@ impl CriService {
                 )));
             }
         }
-        let id = self.pods.run(spec).await.map_err(status)?;
-        Ok(RunPodSandboxResponse {
-            pod_sandbox_id: id.to_string(),
-        })
+        let name = spec.reserved_name();
+        if let Some(id) = self.abandoned.claim(&name)
+            && self.pods.get(&id).await.is_ok()
+        {
+            return Ok(RunPodSandboxResponse { pod_sandbox_id: id });
+        }
+        let pods = self.pods.clone();
+        let create = async move {
+            pods.run(spec)
+                .await
+                .map(|id| id.to_string())
+                .map_err(status)
+        };
+        let pod_sandbox_id = self.abandoned.run(name, create).await?;
+        Ok(RunPodSandboxResponse { pod_sandbox_id })
     }
 
     pub(super) async fn stop_pod_sandbox(
