@@ -422,6 +422,39 @@ pub async fn pull(
         .map(|r| r.into_inner().image_ref)
 }
 
+/// The IDs ListPodSandbox answers, sorted.
+pub async fn pod_ids(client: &mut RuntimeServiceClient<tonic::transport::Channel>) -> Vec<String> {
+    let listed = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None });
+    let items = listed.await.expect("ListPodSandbox").into_inner().items;
+    sorted(items.into_iter().map(|p| p.id))
+}
+
+/// The IDs ListContainers answers, sorted.
+pub async fn container_ids(
+    client: &mut RuntimeServiceClient<tonic::transport::Channel>,
+) -> Vec<String> {
+    let listed = client.list_containers(cri::ListContainersRequest { filter: None });
+    let containers = listed
+        .await
+        .expect("ListContainers")
+        .into_inner()
+        .containers;
+    sorted(containers.into_iter().map(|c| c.id))
+}
+
+/// The IDs ListImages answers, sorted.
+pub async fn image_ids(images: &mut ImageServiceClient<tonic::transport::Channel>) -> Vec<String> {
+    let listed = images.list_images(cri::ListImagesRequest { filter: None });
+    let all = listed.await.expect("ListImages").into_inner().images;
+    sorted(all.into_iter().map(|i| i.id))
+}
+
+fn sorted(ids: impl Iterator<Item = String>) -> Vec<String> {
+    let mut ids: Vec<String> = ids.collect();
+    ids.sort();
+    ids
+}
+
 /// StopPodSandbox then RemovePodSandbox, both required to succeed: how
 /// a test ends a pod (and the kubelet removes one).
 pub async fn stop_and_remove_pod(

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 use berth_e2e::cri::{
     ContainerConfig, ContainerFilter, ContainerState, ContainerStateValue, ContainerStatusRequest,
     CreateContainerRequest, ExecSyncRequest, ImageSpec, Int64Value, LinuxContainerResources,
-    LinuxContainerSecurityContext, ListContainersRequest, ListImagesRequest, ListImagesResponse,
-    RemoveContainerRequest, RemoveImageRequest, ReopenContainerLogRequest, StartContainerRequest,
-    StopContainerRequest,
+    LinuxContainerSecurityContext, ListContainersRequest, RemoveContainerRequest,
+    RemoveImageRequest, ReopenContainerLogRequest, StartContainerRequest, StopContainerRequest,
 };
 use berth_e2e::{Berthd, mounts_under, shims_under};
 use nix::sys::signal::Signal;
@@ -366,13 +365,7 @@ async fn kill_9_berthd_with_running_containers() {
     w.client = berthd.runtime().await;
     w.berthd = Some(berthd);
 
-    let listed = w
-        .client
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = berth_e2e::container_ids(&mut w.client).await;
     assert_eq!(listed.len(), N);
     for (i, id) in ids.iter().enumerate() {
         let status = w.status(id).await;
@@ -390,13 +383,7 @@ async fn kill_9_berthd_with_running_containers() {
 
     // Stopping and removing the pod after the restart takes its containers along.
     w.remove_pod(&pod).await;
-    let listed = w
-        .client
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = berth_e2e::container_ids(&mut w.client).await;
     assert!(listed.is_empty());
     assert_eq!(shims_under(w.paths().dir()), 0);
     assert!(mounts_under(w.paths().dir()).is_empty());
@@ -498,13 +485,7 @@ async fn list_stays_answering_during_a_slow_stop() {
     // While the stop waits for its timeout, others are served: List and
     // Status, and a second Stop of the same container waits its turn.
     assert!(!stop.is_finished());
-    let listed = w
-        .client
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = berth_e2e::container_ids(&mut w.client).await;
     assert_eq!(listed.len(), 2);
     assert!(!stop.is_finished());
     assert_eq!(
@@ -728,13 +709,7 @@ async fn a_missing_or_failing_runtime_fails_create_and_leaves_nothing() {
             .await
             .unwrap_err();
         assert!(err.message().contains(expected), "{handler}: {err:?}");
-        let listed = w
-            .client
-            .list_containers(ListContainersRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .containers;
+        let listed = berth_e2e::container_ids(&mut w.client).await;
         assert!(listed.is_empty(), "{handler}: {listed:?}");
         assert_eq!(shims_under(&dir), 0, "{handler}");
         assert!(
@@ -775,12 +750,7 @@ async fn an_image_in_use_by_a_container_is_not_removed() {
     let err = images.remove_image(remove.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
     assert!(err.message().contains(&id), "{}", err.message());
-    let listed = |images: ListImagesResponse| images.images.len();
-    let all = ListImagesRequest { filter: None };
-    assert_eq!(
-        listed(images.list_images(all).await.unwrap().into_inner()),
-        1
-    );
+    assert_eq!(berth_e2e::image_ids(&mut images).await.len(), 1);
     // Its layers are all still there under the running container.
     let (code, out, _) = w
         .exec(&id, "cat /bin/busybox >/dev/null && echo intact", 10)
@@ -790,10 +760,6 @@ async fn an_image_in_use_by_a_container_is_not_removed() {
     w.stop(&id, 0).await;
     w.remove(&id).await;
     images.remove_image(remove).await.unwrap();
-    let all = ListImagesRequest { filter: None };
-    assert_eq!(
-        listed(images.list_images(all).await.unwrap().into_inner()),
-        0
-    );
+    assert!(berth_e2e::image_ids(&mut images).await.is_empty());
     w.remove_pod(&pod).await;
 }

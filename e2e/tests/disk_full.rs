@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use berth_e2e::cri::{ImageSpec, ListContainersRequest, ListImagesRequest, PullImageRequest};
+use berth_e2e::cri::{ImageSpec, ListImagesRequest, PullImageRequest};
 use berth_e2e::fault_registry::{Auth, FaultRegistry};
 use berth_e2e::world::{self, World};
 use berth_e2e::{Berthd, Options, Paths, registry};
@@ -99,13 +99,7 @@ async fn a_create_onto_a_full_disk_fails_cleanly_and_succeeds_with_room() {
     let err = world.create(&pod, config.clone()).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
     assert!(no_space(&err), "{}", err.message());
-    let listed = world
-        .client
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers;
+    let listed = berth_e2e::container_ids(&mut world.client).await;
     assert!(listed.is_empty(), "{listed:?}");
     let run_root = world.paths().run_root();
     assert_eq!(

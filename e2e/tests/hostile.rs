@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, Device,
-    ExecSyncRequest, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext,
-    ListContainersRequest, ListPodSandboxRequest, Mount, PodSandboxConfig, RunPodSandboxRequest,
-    SecurityProfile, StopContainerRequest, security_profile::ProfileType,
+    ExecSyncRequest, KeyValue, LinuxContainerResources, LinuxContainerSecurityContext, Mount,
+    PodSandboxConfig, RunPodSandboxRequest, SecurityProfile, StopContainerRequest,
+    security_profile::ProfileType,
 };
 use berth_e2e::world::{World, can_run_here};
 use tonic::Code;
@@ -21,36 +21,6 @@ use tonic::Code;
 /// A kubelet-sized label value: 1 MiB.
 fn huge() -> String {
     "v".repeat(1 << 20)
-}
-
-async fn pod_ids(w: &mut World) -> Vec<String> {
-    let mut ids: Vec<String> = w
-        .client
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
-async fn container_ids(w: &mut World) -> Vec<String> {
-    let mut ids: Vec<String> = w
-        .client
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    ids.sort();
-    ids
 }
 
 /// Files and dirs under `dir` (recursively), to see that nothing was made.
@@ -93,7 +63,7 @@ async fn absurd_requests_are_refused_naming_the_field_and_change_nothing() {
     let mut w = World::new("hostile").await;
 
     // RunPodSandbox.
-    let pods_before = pod_ids(&mut w).await;
+    let pods_before = berth_e2e::pod_ids(&mut w.client).await;
     let logs_before = tree(w.logs.path());
     type PodCase = (&'static str, fn(&mut PodSandboxConfig), &'static str);
     let pod_cases: Vec<PodCase> = vec![
@@ -165,7 +135,7 @@ async fn absurd_requests_are_refused_naming_the_field_and_change_nothing() {
         .unwrap_err();
     assert_invalid("unknown runtime handler", &status, "runtime handler");
     assert!(status.message().contains("no-such-handler"), "{status:?}");
-    assert_eq!(pod_ids(&mut w).await, pods_before);
+    assert_eq!(berth_e2e::pod_ids(&mut w.client).await, pods_before);
     assert_eq!(tree(w.logs.path()), logs_before);
 
     // The same pod name is free: no refused request kept it reserved.
@@ -173,7 +143,7 @@ async fn absurd_requests_are_refused_naming_the_field_and_change_nothing() {
 
     // CreateContainer.
     let pod_logs = w.logs.path().join("hp");
-    let containers_before = container_ids(&mut w).await;
+    let containers_before = berth_e2e::container_ids(&mut w.client).await;
     let pod_logs_before = tree(&pod_logs);
     let outside = w.logs.path().join("outside.log");
     let profile = w.logs.path().join("no-such-profile.json");
@@ -333,7 +303,10 @@ async fn absurd_requests_are_refused_naming_the_field_and_change_nothing() {
             assert!(status.message().contains(&path), "{status:?}");
         }
     }
-    assert_eq!(container_ids(&mut w).await, containers_before);
+    assert_eq!(
+        berth_e2e::container_ids(&mut w.client).await,
+        containers_before
+    );
     assert_eq!(tree(&pod_logs), pod_logs_before);
     assert!(!outside.exists());
     // The container name is free: no refused request kept it reserved.

@@ -27,8 +27,7 @@ use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, ImageStatusRequest, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    ListContainersRequest, ListImagesRequest, ListPodSandboxRequest, NamespaceMode,
-    NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxState,
     PodSandboxStatusRequest, RemoveContainerRequest, RemoveImageRequest, RunPodSandboxRequest,
     StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
 };
@@ -481,48 +480,6 @@ async fn image_id(images: &mut Images, image: &str) -> Option<String> {
         .map(|i| i.id)
 }
 
-async fn pod_ids(client: &mut Runtime) -> Vec<String> {
-    let mut ids: Vec<String> = client
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
-async fn container_ids(client: &mut Runtime) -> Vec<String> {
-    let mut ids: Vec<String> = client
-        .list_containers(ListContainersRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .containers
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
-async fn image_ids(images: &mut Images) -> Vec<String> {
-    let mut ids: Vec<String> = images
-        .list_images(ListImagesRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .images
-        .into_iter()
-        .map(|i| i.id)
-        .collect();
-    ids.sort();
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn corrupt_records_are_reported_and_the_rest_is_served() {
     if !can_run_here() {
@@ -563,7 +520,7 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
     let mut images = berthd.images().await;
     let mut client = berthd.runtime().await;
     // Served: the records are loaded (the socket opens before).
-    let served_pods = pod_ids(&mut client).await;
+    let served_pods = berth_e2e::pod_ids(&mut client).await;
     let log = berthd.log();
     for (what, path) in [
         ("pod", &pod_record),
@@ -595,8 +552,14 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
 
     // The intact objects are listed; the broken ones are gone.
     assert_eq!(served_pods, vec![pod_a.clone()]);
-    assert_eq!(container_ids(&mut client).await, vec![ctr_b.clone()]);
-    assert_eq!(image_ids(&mut images).await, vec![busybox_id.clone()]);
+    assert_eq!(
+        berth_e2e::container_ids(&mut client).await,
+        vec![ctr_b.clone()]
+    );
+    assert_eq!(
+        berth_e2e::image_ids(&mut images).await,
+        vec![busybox_id.clone()]
+    );
     let err = client
         .pod_sandbox_status(PodSandboxStatusRequest {
             pod_sandbox_id: pod_b.clone(),
@@ -645,8 +608,8 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
     for pod in [&pod_a, &pod_c, &pod_d, &pod_b] {
         berth_e2e::stop_and_remove_pod(&mut client, pod).await;
     }
-    assert!(pod_ids(&mut client).await.is_empty());
-    assert!(container_ids(&mut client).await.is_empty());
+    assert!(berth_e2e::pod_ids(&mut client).await.is_empty());
+    assert!(berth_e2e::container_ids(&mut client).await.is_empty());
     images
         .remove_image(RemoveImageRequest {
             image: Some(ImageSpec {
@@ -656,7 +619,7 @@ async fn corrupt_records_are_reported_and_the_rest_is_served() {
         })
         .await
         .unwrap();
-    assert_eq!(image_ids(&mut images).await, vec![busybox_id]);
+    assert_eq!(berth_e2e::image_ids(&mut images).await, vec![busybox_id]);
     assert_no_leftovers(&f, &berthd);
 }
 
@@ -694,7 +657,7 @@ async fn pods_outlive_a_killed_berthd_and_tear_down_without_leftovers() {
     stop_and_remove_container(&mut client, &lost_container).await;
     let mut expected_pods: Vec<String> = pods.iter().map(|(p, _)| p.clone()).collect();
     expected_pods.sort();
-    assert_eq!(pod_ids(&mut client).await, expected_pods);
+    assert_eq!(berth_e2e::pod_ids(&mut client).await, expected_pods);
     for (pod, container) in &pods {
         assert_eq!(
             pod_state(&mut client, pod).await,
@@ -716,8 +679,8 @@ async fn pods_outlive_a_killed_berthd_and_tear_down_without_leftovers() {
         stop_and_remove_container(&mut client, container).await;
         berth_e2e::stop_and_remove_pod(&mut client, pod).await;
     }
-    assert!(pod_ids(&mut client).await.is_empty());
-    assert!(container_ids(&mut client).await.is_empty());
+    assert!(berth_e2e::pod_ids(&mut client).await.is_empty());
+    assert!(berth_e2e::container_ids(&mut client).await.is_empty());
     assert_no_leftovers(&f, &berthd);
 }
 
@@ -744,7 +707,7 @@ async fn crashes_at_failpoints_leave_what_a_retry_and_removal_clean_up() {
     // removes the old sandbox later).
     let berthd = Berthd::start_in(paths, armed(berth_failpoint::CONTAINER_AFTER_SHIM)).await;
     let mut client = berthd.runtime().await;
-    let stale_pods = pod_ids(&mut client).await;
+    let stale_pods = berth_e2e::pod_ids(&mut client).await;
     assert_eq!(stale_pods.len(), 1);
     let stale_pod = &stale_pods[0];
     assert_eq!(
@@ -771,7 +734,7 @@ async fn crashes_at_failpoints_leave_what_a_retry_and_removal_clean_up() {
     // creates attempt 1, starts it and later removes the stale one.
     let berthd = Berthd::start_in(paths, f.options.clone()).await;
     let mut client = berthd.runtime().await;
-    let stale_containers = container_ids(&mut client).await;
+    let stale_containers = berth_e2e::container_ids(&mut client).await;
     assert_eq!(stale_containers.len(), 1);
     let stale_container = &stale_containers[0];
     assert_eq!(
@@ -794,8 +757,8 @@ async fn crashes_at_failpoints_leave_what_a_retry_and_removal_clean_up() {
     for id in [stale_pod, &pod] {
         berth_e2e::stop_and_remove_pod(&mut client, id).await;
     }
-    assert!(pod_ids(&mut client).await.is_empty());
-    assert!(container_ids(&mut client).await.is_empty());
+    assert!(berth_e2e::pod_ids(&mut client).await.is_empty());
+    assert!(berth_e2e::container_ids(&mut client).await.is_empty());
     assert_no_leftovers(&f, &berthd);
 }
 
