@@ -475,50 +475,86 @@ pub async fn stop_and_remove_pod(
         .unwrap_or_else(|e| panic!("remove pod {id}: {e:?}"));
 }
 
-/// How many berth-shim processes have `dir` in their command line: the
-/// shims of a berthd whose paths are under `dir`.
-pub fn shims_under(dir: &Path) -> usize {
-    let needle = dir.as_os_str().as_encoded_bytes();
+/// Pids of the processes whose command line holds every one of `needles`.
+pub fn pids_mentioning(needles: &[&[u8]]) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
+        return Vec::new();
     };
     entries
         .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline")).is_ok_and(|cmd| {
-                cmd.windows(10).any(|w| w == b"berth-shim")
-                    && cmd.windows(needle.len()).any(|w| w == needle)
-            })
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let all = needles
+                .iter()
+                .all(|n| cmd.windows(n.len()).any(|w| w == *n));
+            all.then_some(pid)
         })
-        .count()
+        .collect()
+}
+
+/// How many berth-shim processes have `dir` in their command line: the
+/// shims of a berthd whose paths are under `dir`.
+pub fn shims_under(dir: &Path) -> usize {
+    pids_mentioning(&[b"berth-shim", dir.as_os_str().as_encoded_bytes()]).len()
 }
 
 /// Kills every process whose command line mentions `dir`: shims and OCI
 /// runtimes that berthd under test left behind.
 pub fn kill_processes_under(dir: &Path) {
-    let needle = dir.as_os_str().as_encoded_bytes();
-    let me = std::process::id();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid as u32 == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
+    let me = std::process::id() as i32;
+    for pid in pids_mentioning(&[dir.as_os_str().as_encoded_bytes()]) {
+        if pid != me {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
+}
+
+/// Every file (not dir) below `dir`, recursively; none when it does not exist.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+/// Cgroup dirs left below the cgroup parent `parent`, in any hierarchy.
+pub fn cgroups_under(parent: &str) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let dir = entry.path().join(parent.trim_start_matches('/'));
+        if let Ok(children) = std::fs::read_dir(&dir) {
+            left.extend(
+                children
+                    .flatten()
+                    .filter(|c| c.path().is_dir())
+                    .map(|c| c.path()),
+            );
+        }
+    }
+    left
+}
+
+/// RunPodSandbox with the default handler; the pod's ID.
+pub async fn run_pod(
+    client: &mut RuntimeServiceClient<tonic::transport::Channel>,
+    config: cri::PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    client
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
 }
 
 /// Every mount point at or below `dir`, deepest first.

@@ -275,3 +275,38 @@ pub fn write_insecure_conf(dir: &Path, host: &str) -> PathBuf {
     std::fs::write(&path, insecure_conf(host)).expect("write registries.conf");
     path
 }
+
+/// The digest of layer `n` of fixture `tag`, read from the fixture layout.
+pub fn fixture_layer(tag: &str, n: usize) -> String {
+    let (_, manifest) = fixture_manifest(tag);
+    manifest["layers"][n]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The digest of fixture `tag`'s config.
+pub fn fixture_config(tag: &str) -> String {
+    let (_, manifest) = fixture_manifest(tag);
+    manifest["config"]["digest"].as_str().unwrap().to_string()
+}
+
+/// Fixture `tag`'s manifest digest and content, read from the fixture layout.
+pub fn fixture_manifest(tag: &str) -> (String, serde_json::Value) {
+    let layout = fixtures();
+    let read = |digest: &str| -> serde_json::Value {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
+            .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .unwrap();
+    let digest = entry["digest"].as_str().unwrap();
+    (digest.to_string(), read(digest))
+}

@@ -276,21 +276,7 @@ impl World {
 
     /// Cgroup dirs left under this world's cgroup parent, in any hierarchy.
     pub fn cgroups_left(&self) -> Vec<PathBuf> {
-        let mut left = Vec::new();
-        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let dir = entry
-                .path()
-                .join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(children) = std::fs::read_dir(&dir) {
-                left.extend(
-                    children
-                        .flatten()
-                        .filter(|c| c.path().is_dir())
-                        .map(|c| c.path()),
-                );
-            }
-        }
-        left
+        crate::cgroups_under(&self.cgroup_parent)
     }
 
     pub fn paths(&self) -> &Paths {

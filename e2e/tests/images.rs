@@ -637,41 +637,6 @@ async fn bad_input_names_the_field() {
     remove(&mut images, "never/pulled:1").await;
 }
 
-/// The digest of layer `n` of fixture `tag`, read from the fixture layout.
-fn fixture_layer(tag: &str, n: usize) -> String {
-    let (_, manifest) = fixture_manifest(tag);
-    manifest["layers"][n]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The digest of fixture `tag`'s config.
-fn fixture_config(tag: &str) -> String {
-    let (_, manifest) = fixture_manifest(tag);
-    manifest["config"]["digest"].as_str().unwrap().to_string()
-}
-
-/// Fixture `tag`'s manifest digest and content, read from the fixture layout.
-fn fixture_manifest(tag: &str) -> (String, serde_json::Value) {
-    let layout = registry::fixtures();
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap()
-    };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    let digest = entry["digest"].as_str().unwrap();
-    (digest.to_string(), read(digest))
-}
-
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while !done() {
@@ -689,7 +654,7 @@ async fn kill_9_mid_pull_then_restart_leaves_nothing() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    fault.stall_once(&fixture_layer("layered", 0));
+    fault.stall_once(&registry::fixture_layer("layered", 0));
     let (berthd, conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
@@ -743,12 +708,12 @@ async fn concurrent_pulls_fetch_shared_layers_once() {
     let fetches = fault.fetches();
     for n in 0..3 {
         assert_eq!(
-            fetches[&fixture_layer("layered", n)],
+            fetches[&registry::fixture_layer("layered", n)],
             1,
             "layer {n}: {fetches:?}"
         );
     }
-    assert_eq!(fetches[&fixture_layer("layered-plus", 3)], 1);
+    assert_eq!(fetches[&registry::fixture_layer("layered-plus", 3)], 1);
 }
 
 #[tokio::test]
@@ -783,9 +748,11 @@ async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
     let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
-    let (manifest, _) = fixture_manifest("layered");
-    let config = fixture_config("layered");
-    let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
+    let (manifest, _) = registry::fixture_manifest("layered");
+    let config = registry::fixture_config("layered");
+    let layers: Vec<String> = (0..3)
+        .map(|n| registry::fixture_layer("layered", n))
+        .collect();
     fault.inject(&manifest, &[Fault::ServerError]);
     fault.inject(&config, &[Fault::DropMidBody]);
     fault.inject(&layers[0], &[Fault::ShortBody]);
@@ -831,7 +798,9 @@ async fn a_silent_registry_fails_the_pull_and_a_slow_one_does_not() {
     .await;
     let mut images = berthd.images().await;
     let name = fault.image("layered");
-    let layers: Vec<String> = (0..3).map(|n| fixture_layer("layered", n)).collect();
+    let layers: Vec<String> = (0..3)
+        .map(|n| registry::fixture_layer("layered", n))
+        .collect();
 
     fault.stall_once(&layers[0]);
     let err = pull(&mut images, &name, None).await.unwrap_err();
@@ -856,7 +825,7 @@ async fn a_cancelled_pull_stops_its_downloads_and_leaves_nothing() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let layer = fixture_layer("layered", 0);
+    let layer = registry::fixture_layer("layered", 0);
     fault.stall_once(&layer);
     let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&fault.host())).await;
     let name = fault.image("layered");

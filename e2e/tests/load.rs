@@ -22,8 +22,8 @@ use berth_e2e::cri::{
     LinuxSandboxSecurityContext, ListContainerStatsRequest, ListContainersRequest,
     ListImagesRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
-    PullImageRequest, RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    PullImageRequest, RemoveImageRequest, RemovePodSandboxRequest, StartContainerRequest,
+    StopPodSandboxRequest,
 };
 use berth_e2e::fault_registry::{self, FaultRegistry};
 use berth_e2e::net::{BIN_DIR, Net};
@@ -220,21 +220,7 @@ impl Fixture {
 
     /// Cgroup dirs left under the pods' cgroup parent, in any hierarchy.
     fn cgroups_left(&self) -> Vec<PathBuf> {
-        let mut left = Vec::new();
-        for entry in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let dir = entry
-                .path()
-                .join(self.cgroup_parent.trim_start_matches('/'));
-            if let Ok(children) = std::fs::read_dir(&dir) {
-                left.extend(
-                    children
-                        .flatten()
-                        .filter(|c| c.path().is_dir())
-                        .map(|c| c.path()),
-                );
-            }
-        }
-        left
+        berth_e2e::cgroups_under(&self.cgroup_parent)
     }
 
     /// Everything pods and containers could leave behind; `ids` are the
@@ -273,10 +259,9 @@ impl Fixture {
             assert!(!rules.contains(id.as_str()), "iptables rules for {id} left");
         }
         // Records, CNI cache, shim sockets and exit files.
-        let mut files = Vec::new();
-        walk(&paths.run_root(), &mut files);
+        let mut files = berth_e2e::files_under(&paths.run_root());
         for sub in ["pods", "cni", "containers"] {
-            walk(&paths.root().join(sub), &mut files);
+            files.extend(berth_e2e::files_under(&paths.root().join(sub)));
         }
         files.retain(|f| {
             let name = f.file_name().unwrap().to_string_lossy();
@@ -300,20 +285,6 @@ impl Drop for Fixture {
     }
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            walk(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
-}
-
 fn namespaces(host_network: bool, shared_pid: bool) -> NamespaceOption {
     let mode = |m: NamespaceMode| m as i32;
     NamespaceOption {
@@ -330,16 +301,6 @@ fn namespaces(host_network: bool, shared_pid: bool) -> NamespaceOption {
         ipc: mode(NamespaceMode::Pod),
         ..Default::default()
     }
-}
-
-async fn run_pod(client: &mut Client, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
 }
 
 async fn stop_and_remove(client: &mut Client, id: &str) -> Result<(), tonic::Status> {
@@ -364,7 +325,7 @@ async fn start_pod(
     containers: Vec<ContainerConfig>,
 ) -> Result<String, String> {
     let name = pod.metadata.as_ref().unwrap().name.clone();
-    let id = run_pod(client, pod.clone())
+    let id = berth_e2e::run_pod(client, pod.clone())
         .await
         .map_err(|e| format!("RunPodSandbox {name}: {e:?}"))?;
     for config in containers {
@@ -625,17 +586,6 @@ fn hang_plugin(net: &Net) -> String {
     marker
 }
 
-fn count_processes_mentioning(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|entry| {
-            std::fs::read(entry.path().join("cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        })
-        .count()
-}
-
 /// Fails fast when an RPC is stuck behind another object's hung plugin or
 /// stalled pull, rather than waiting for that step's timeout.
 async fn answers<T>(what: &str, call: impl std::future::Future<Output = T>) -> T {
@@ -656,7 +606,7 @@ async fn a_hung_cni_plugin_blocks_only_its_own_pod() {
     // Long enough that nothing below can finish by the plugin timing out.
     let fx = Fixture::new(net, "hang", 300).await;
     let mut client = fx.berthd().runtime().await;
-    let slowdel = run_pod(&mut client, fx.pod("slowdel", false))
+    let slowdel = berth_e2e::run_pod(&mut client, fx.pod("slowdel", false))
         .await
         .unwrap();
     let other_config = fx.pod("other", false);
@@ -672,14 +622,14 @@ async fn a_hung_cni_plugin_blocks_only_its_own_pod() {
     std::fs::write(&hang_del, "").unwrap();
     let adding = {
         let (mut client, config) = (client.clone(), fx.pod("slowadd", false));
-        tokio::spawn(async move { run_pod(&mut client, config).await })
+        tokio::spawn(async move { berth_e2e::run_pod(&mut client, config).await })
     };
     let stopping = {
         let (mut client, id) = (client.clone(), slowdel.clone());
         tokio::spawn(async move { stop_and_remove(&mut client, &id).await })
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count_processes_mentioning(&marker) < 2 {
+    while berth_e2e::pids_mentioning(&[marker.as_bytes()]).len() < 2 {
         assert!(
             Instant::now() < deadline,
             "ADD and DEL never reached the hanging plugin"
@@ -802,7 +752,7 @@ async fn a_stalled_pull_blocks_no_other_image_rpc() {
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
     // The last layer is the layered image's own: no other image waits on it.
-    fault.stall_once(&fixture_layer("layered", 2));
+    fault.stall_once(&registry::fixture_layer("layered", 2));
     let conf = tempfile::tempdir().unwrap();
     let registries = conf.path().join("registries.conf");
     std::fs::write(
@@ -825,16 +775,19 @@ async fn a_stalled_pull_blocks_no_other_image_rpc() {
     let (stalled, other) = (fault.image("layered"), fault.image("busybox"));
     let pulling = {
         let (mut images, name) = (images.clone(), stalled.clone());
-        tokio::spawn(async move { pull(&mut images, &name).await })
+        tokio::spawn(async move { berth_e2e::pull(&mut images, &name).await })
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     while !fault.stalled() {
         assert!(Instant::now() < deadline, "the pull never stalled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    answers("PullImage of another image", pull(&mut images, &other))
-        .await
-        .unwrap();
+    answers(
+        "PullImage of another image",
+        berth_e2e::pull(&mut images, &other),
+    )
+    .await
+    .unwrap();
     let status = answers("ImageStatus", image_status(&mut images, &other)).await;
     assert!(status.is_some(), "{other} not found after its pull");
     // The stalled image is not there yet: an empty answer, not an error.
@@ -864,19 +817,6 @@ async fn a_stalled_pull_blocks_no_other_image_rpc() {
     assert!(!pulling.is_finished(), "the stalled pull finished");
 }
 
-async fn pull(images: &mut ImageClient, name: &str) -> Result<String, tonic::Status> {
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: name.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().image_ref)
-}
-
 async fn image_status(images: &mut ImageClient, name: &str) -> Option<berth_e2e::cri::Image> {
     images
         .image_status(ImageStatusRequest {
@@ -891,29 +831,6 @@ async fn image_status(images: &mut ImageClient, name: &str) -> Option<berth_e2e:
         .into_inner()
         .image
         .filter(|i| !i.id.is_empty())
-}
-
-/// The digest of layer `n` of fixture `tag`, read from the fixture layout.
-fn fixture_layer(tag: &str, n: usize) -> String {
-    let layout = registry::fixtures();
-    let read = |digest: &str| -> serde_json::Value {
-        let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap()
-    };
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let entry = index["manifests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
-        .unwrap();
-    let manifest = read(entry["digest"].as_str().unwrap());
-    manifest["layers"][n]["digest"]
-        .as_str()
-        .unwrap()
-        .to_string()
 }
 
 /// Whether a CNI plugin berthd started on this run root still runs (a
@@ -1030,7 +947,9 @@ async fn a_container_started_just_before_kill_9_is_running_after_restart() {
     let mut fx = Fixture::new(Net::new(104), "started", 30).await;
     let mut client = fx.berthd().runtime().await;
     let pod_config = fx.pod("started", false);
-    let pod = run_pod(&mut client, pod_config.clone()).await.unwrap();
+    let pod = berth_e2e::run_pod(&mut client, pod_config.clone())
+        .await
+        .unwrap();
     let container = client
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),

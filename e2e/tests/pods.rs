@@ -73,16 +73,6 @@ fn with_modes(
     config
 }
 
-async fn run(client: &mut Client, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
 /// The pod's IPs and its verbose info.
 async fn inspect(client: &mut Client, id: &str) -> (Vec<String>, serde_json::Value, i32) {
     let resp = client
@@ -124,8 +114,8 @@ async fn two_pods_get_ips_and_reach_each_other() {
     });
     a.linux.as_mut().unwrap().sysctls =
         HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]);
-    let a = run(&mut client, a).await.unwrap();
-    let b = run(&mut client, pod("beta")).await.unwrap();
+    let a = berth_e2e::run_pod(&mut client, a).await.unwrap();
+    let b = berth_e2e::run_pod(&mut client, pod("beta")).await.unwrap();
     assert_eq!(a.len(), 64);
     let (a_ips, a_info, state) = inspect(&mut client, &a).await;
     assert_eq!(state, PodSandboxState::SandboxReady as i32);
@@ -201,7 +191,7 @@ async fn dual_stack_pod_reports_ipv4_then_ipv6() {
     let net = Net::build(7, None, true);
     let berthd = Berthd::start_with(net.options()).await;
     let mut client = berthd.runtime().await;
-    let id = run(&mut client, pod("dual")).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, pod("dual")).await.unwrap();
     let (ips, info, _) = inspect(&mut client, &id).await;
     assert_eq!(ips.len(), 2, "{ips:?}");
     assert!(ips[0].starts_with(&net.prefix), "{ips:?}");
@@ -228,7 +218,7 @@ async fn bandwidth_annotations_shape_the_pod_interface() {
         ("kubernetes.io/ingress-bandwidth".into(), "1M".into()),
         ("kubernetes.io/egress-bandwidth".into(), "2M".into()),
     ]);
-    let id = run(&mut client, config).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, config).await.unwrap();
     // Ingress is shaped by a tbf on the host end of the pod's veth.
     let ports = net.ports();
     let veth = ports
@@ -287,7 +277,9 @@ async fn pod_cidr_from_update_runtime_config_reaches_host_local() {
         })
         .await
         .unwrap();
-    let id = run(&mut client, pod("ranged")).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, pod("ranged"))
+        .await
+        .unwrap();
     let (ips, _, _) = inspect(&mut client, &id).await;
     let last: u8 = ips[0].rsplit('.').next().unwrap().parse().unwrap();
     assert!(
@@ -317,7 +309,7 @@ async fn host_port_mapping_reaches_a_listener_in_the_pod() {
         host_port: host_port as i32,
         host_ip: String::new(),
     }];
-    let id = run(&mut client, config).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, config).await.unwrap();
     let (_, info, _) = inspect(&mut client, &id).await;
     let mut listener = Command::new("nsenter")
         .arg(format!("--net={}", netns(&info)))
@@ -366,7 +358,7 @@ async fn host_network_pod_uses_the_host_namespaces() {
     let berthd = Berthd::start_with(options_for(empty.path())).await;
     let mut client = berthd.runtime().await;
     let config = with_modes(pod("hostnet"), NamespaceMode::Node, NamespaceMode::Pod);
-    let id = run(&mut client, config).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, config).await.unwrap();
     let (ips, info, state) = inspect(&mut client, &id).await;
     assert_eq!(state, PodSandboxState::SandboxReady as i32);
     assert!(ips.is_empty(), "{ips:?}");
@@ -422,10 +414,9 @@ fn assert_no_leaks(berthd: &Berthd, net: &Net, ids: &[String]) {
     }
     let run_root = berthd.paths().run_root();
     assert_eq!(mounts_under(&run_root), Vec::<PathBuf>::new());
-    let mut files = Vec::new();
-    walk(&run_root, &mut files);
-    walk(&berthd.paths().root().join("pods"), &mut files);
-    walk(&berthd.paths().root().join("cni"), &mut files);
+    let mut files = berth_e2e::files_under(&run_root);
+    files.extend(berth_e2e::files_under(&berthd.paths().root().join("pods")));
+    files.extend(berth_e2e::files_under(&berthd.paths().root().join("cni")));
     files.retain(|f| {
         let name = f.file_name().unwrap().to_string_lossy();
         !(name == "berth.sock" || name == "berth.sock.lock")
@@ -442,20 +433,6 @@ fn infra_cgroups(id: &str) -> Vec<PathBuf> {
         .map(|mount| mount.join("berth").join(format!("berth-{id}")))
         .filter(|path| path.exists())
         .collect()
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            walk(&path, out);
-        } else {
-            out.push(path);
-        }
-    }
 }
 
 #[tokio::test]
@@ -480,7 +457,7 @@ async fn stop_and_remove_of_fifty_pods_leaks_nothing() {
             host_ip: String::new(),
         }];
         tasks.push(tokio::spawn(async move {
-            run(&mut client, config).await.unwrap()
+            berth_e2e::run_pod(&mut client, config).await.unwrap()
         }));
     }
     let mut ids = Vec::new();
@@ -555,7 +532,9 @@ async fn missing_plugin_or_bad_config_fails_clearly_and_leaks_nothing() {
     let net = Net::with_plugins(4, Some(r#"{ "type": "berth-no-such-plugin" }"#));
     let berthd = Berthd::start_with(net.options()).await;
     let mut client = berthd.runtime().await;
-    let err = run(&mut client, pod("doomed")).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, pod("doomed"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
     assert!(
         err.message().contains("berth-no-such-plugin"),
@@ -572,7 +551,9 @@ async fn missing_plugin_or_bad_config_fails_clearly_and_leaks_nothing() {
     assert!(listed.is_empty());
     assert_no_leaks(&berthd, &net, &[]);
     // The name was freed: the same pod can be retried (and fails the same way).
-    let err = run(&mut client, pod("doomed")).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, pod("doomed"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal);
 
     // A plugin's own JSON error reaches the caller.
@@ -587,7 +568,9 @@ async fn missing_plugin_or_bad_config_fails_clearly_and_leaks_nothing() {
     // The watch picks the new file up within its poll interval.
     let deadline = Instant::now() + Duration::from_secs(15);
     let err = loop {
-        let err = run(&mut client, pod("bad-ipam")).await.unwrap_err();
+        let err = berth_e2e::run_pod(&mut client, pod("bad-ipam"))
+            .await
+            .unwrap_err();
         if !err.message().contains("berth-no-such-plugin") || Instant::now() > deadline {
             break err;
         }
@@ -618,7 +601,9 @@ async fn missing_plugin_or_bad_config_fails_clearly_and_leaks_nothing() {
     })
     .await;
     assert!(message.unwrap().contains("10-test.conflist"));
-    let err = run(&mut client, pod("no-net")).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, pod("no-net"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(
         err.message().contains("no valid CNI network config"),
@@ -646,7 +631,7 @@ async fn network_ready_flips_when_the_conf_dir_gets_a_config() {
     assert!(message.contains("no valid CNI network config"), "{message}");
     std::fs::write(net.conf_dir().join("10-test.conflist"), config).unwrap();
     berth_e2e::net::wait_network_ready(&mut client, |m| m.is_none()).await;
-    let id = run(&mut client, pod("late")).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, pod("late")).await.unwrap();
     berth_e2e::stop_and_remove_pod(&mut client, &id).await;
 }
 
@@ -659,13 +644,15 @@ async fn pods_survive_kill_9_and_restart_and_stay_controllable() {
     let options = net.options();
     let berthd = Berthd::start_with(options.clone()).await;
     let mut client = berthd.runtime().await;
-    let a = run(
+    let a = berth_e2e::run_pod(
         &mut client,
         with_modes(pod("keep-a"), NamespaceMode::Pod, NamespaceMode::Pod),
     )
     .await
     .unwrap();
-    let b = run(&mut client, pod("keep-b")).await.unwrap();
+    let b = berth_e2e::run_pod(&mut client, pod("keep-b"))
+        .await
+        .unwrap();
     let (a_ips, a_info, _) = inspect(&mut client, &a).await;
     let (b_ips, _, _) = inspect(&mut client, &b).await;
     let infra = a_info["pid"].as_i64().unwrap();
@@ -704,7 +691,9 @@ async fn pods_survive_kill_9_and_restart_and_stay_controllable() {
         &b_ips[0],
     ]);
     assert!(out.status.success(), "{out:?}");
-    let err = run(&mut client, pod("keep-b")).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, pod("keep-b"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     // Stop and remove by unique prefix.
     berth_e2e::stop_and_remove_pod(&mut client, &a[..12]).await;
@@ -727,9 +716,11 @@ async fn pod_half_set_up_when_berthd_died_is_removed_cleanly_after_restart() {
     let (marker, options) = hanging_plugin(&net, 30);
     let berthd = Berthd::start_with(options.clone()).await;
     let mut client = berthd.runtime().await;
-    let pending = tokio::spawn(async move { run(&mut client, pod("half")).await });
+    let pending = tokio::spawn(async move { berth_e2e::run_pod(&mut client, pod("half")).await });
     let deadline = Instant::now() + Duration::from_secs(20);
-    while net.ports().trim().is_empty() || !processes_mention(Path::new(&marker)) {
+    while net.ports().trim().is_empty()
+        || berth_e2e::pids_mentioning(&[marker.as_bytes()]).is_empty()
+    {
         assert!(
             Instant::now() < deadline,
             "ADD never reached the hanging plugin"
@@ -750,7 +741,9 @@ async fn pod_half_set_up_when_berthd_died_is_removed_cleanly_after_restart() {
         .items;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].state, PodSandboxState::SandboxNotready as i32);
-    let err = run(&mut client, pod("half")).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, pod("half"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     let id = listed[0].id.clone();
     berth_e2e::stop_and_remove_pod(&mut client, &id).await;
@@ -773,7 +766,7 @@ async fn pods_from_before_a_reboot_are_not_ready_and_removable() {
         host_port: 0,
         host_ip: String::new(),
     }];
-    let id = run(&mut client, config).await.unwrap();
+    let id = berth_e2e::run_pod(&mut client, config).await.unwrap();
     drop(client);
     let (_, paths) = berthd.stop_with(Signal::SIGKILL).await;
     // A reboot: the run root's mounts and files are gone, and with the last
@@ -851,7 +844,9 @@ async fn a_plugin_past_its_timeout_fails_the_pod_and_leaks_nothing() {
     let (marker, options) = hanging_plugin(&net, 1);
     let berthd = Berthd::start_with(options).await;
     let mut client = berthd.runtime().await;
-    let err = run(&mut client, pod("slow")).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, pod("slow"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Internal, "{err:?}");
     assert!(
         err.message().contains("berth-hang ADD timed out"),
@@ -859,18 +854,10 @@ async fn a_plugin_past_its_timeout_fails_the_pod_and_leaks_nothing() {
         err.message()
     );
     assert!(
-        !processes_mention(Path::new(&marker)),
+        berth_e2e::pids_mentioning(&[marker.as_bytes()]).is_empty(),
         "the plugin was not killed"
     );
     assert_no_leaks(&berthd, &net, &[]);
-}
-
-fn processes_mention(path: &Path) -> bool {
-    let needle = path.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-        std::fs::read(entry.path().join("cmdline"))
-            .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
-    })
 }
 
 #[tokio::test]
@@ -886,10 +873,12 @@ async fn pod_rpcs_validate_reserve_and_filter() {
 
     let mut first = host("one");
     first.labels = HashMap::from([("app".into(), "x".into())]);
-    let one = run(&mut client, first.clone()).await.unwrap();
-    let two = run(&mut client, host("two")).await.unwrap();
+    let one = berth_e2e::run_pod(&mut client, first.clone())
+        .await
+        .unwrap();
+    let two = berth_e2e::run_pod(&mut client, host("two")).await.unwrap();
 
-    let err = run(&mut client, first).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, first).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
     assert!(err.message().contains("is reserved"), "{}", err.message());
     assert!(err.message().contains(&one), "{}", err.message());
@@ -910,7 +899,7 @@ async fn pod_rpcs_validate_reserve_and_filter() {
 
     let mut no_uid = host("nouid");
     no_uid.metadata.as_mut().unwrap().uid.clear();
-    let err = run(&mut client, no_uid).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, no_uid).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(
         err.message().contains("config.metadata.uid"),
@@ -921,7 +910,9 @@ async fn pod_rpcs_validate_reserve_and_filter() {
     let mut bad_sysctl = host("sysctl");
     bad_sysctl.linux.as_mut().unwrap().sysctls =
         HashMap::from([("net.ipv4.ip_forward".into(), "1".into())]);
-    let err = run(&mut client, bad_sysctl).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, bad_sysctl)
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("sysctls"), "{}", err.message());
 
@@ -989,6 +980,6 @@ async fn pod_rpcs_validate_reserve_and_filter() {
     berth_e2e::stop_and_remove_pod(&mut client, &one).await;
     berth_e2e::stop_and_remove_pod(&mut client, &two).await;
     // Removal frees the name.
-    let again = run(&mut client, host("one")).await.unwrap();
+    let again = berth_e2e::run_pod(&mut client, host("one")).await.unwrap();
     berth_e2e::stop_and_remove_pod(&mut client, &again).await;
 }

@@ -4,7 +4,6 @@
 //! block StopContainer or the shim, and nothing may be left behind: no
 //! zombie of berthd or a shim, no runtime process, no shim.
 
-use std::path::Path;
 use std::time::Duration;
 
 use berth_e2e::cri::{
@@ -23,25 +22,12 @@ fn state_and_parent(pid: &str) -> Option<(char, i32)> {
     Some((state, fields.next()?.parse().ok()?))
 }
 
-/// Pids of processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &Path, also: &str) -> Vec<i32> {
-    let needle = needle.as_os_str().as_encoded_bytes();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let hit = cmd.windows(needle.len()).any(|w| w == needle)
-                && cmd.windows(also.len()).any(|w| w == also.as_bytes());
-            hit.then_some(pid)
-        })
-        .collect()
-}
-
 /// Zombies whose parent is berthd or one of this world's shims.
 fn zombies(w: &World) -> Vec<i32> {
-    let mut parents = processes_mentioning(w.paths().dir(), "berth-shim");
+    let mut parents = berth_e2e::pids_mentioning(&[
+        w.paths().dir().as_os_str().as_encoded_bytes(),
+        b"berth-shim",
+    ]);
     parents.push(w.berthd().pid().as_raw());
     std::fs::read_dir("/proc")
         .unwrap()
@@ -139,7 +125,8 @@ async fn a_probe_storm_and_unread_output_never_block_stop_or_leak() {
     .await
     .expect("ExecSync outlived its container");
 
-    let runtimes = processes_mentioning(w.paths().dir(), "exec");
+    let runtimes =
+        berth_e2e::pids_mentioning(&[w.paths().dir().as_os_str().as_encoded_bytes(), b"exec"]);
     assert!(
         runtimes.is_empty(),
         "runtime exec processes left: {runtimes:?}"

@@ -146,16 +146,6 @@ fn pod(name: &str, network: NamespaceMode, user: Option<CriUserNamespace>) -> Po
     }
 }
 
-async fn run(client: &mut Client, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
-}
-
 async fn inspect(client: &mut Client, id: &str) -> (cri::PodSandboxStatus, serde_json::Value) {
     let resp = client
         .pod_sandbox_status(PodSandboxStatusRequest {
@@ -330,7 +320,7 @@ async fn pod_user_namespace_maps_root_and_owns_the_rootfs_writes() {
     );
 
     let user = pod_userns();
-    let id = run(
+    let id = berth_e2e::run_pod(
         &mut client,
         pod("userns", NamespaceMode::Pod, Some(user.clone())),
     )
@@ -537,7 +527,7 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
         ),
     ];
     for (i, (user, network, named)) in cases.into_iter().enumerate() {
-        let err = run(&mut client, pod(&format!("bad-{i}"), network, Some(user)))
+        let err = berth_e2e::run_pod(&mut client, pod(&format!("bad-{i}"), network, Some(user)))
             .await
             .unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
@@ -568,7 +558,7 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
         "net.ipv4.ip_unprivileged_port_start".into(),
         "not-a-number".into(),
     );
-    let err = run(&mut client, config).await.unwrap_err();
+    let err = berth_e2e::run_pod(&mut client, config).await.unwrap_err();
     assert!(
         err.message().contains("ip_unprivileged_port_start"),
         "{err:?}"
@@ -581,7 +571,7 @@ async fn bad_user_namespaces_are_refused_and_node_mode_is_the_host() {
 
     // NODE (explicit) is the host's user namespace, as no option at all.
     let node = userns(NamespaceMode::Node, vec![], vec![]);
-    let id = run(
+    let id = berth_e2e::run_pod(
         &mut client,
         pod("node", NamespaceMode::Node, Some(node.clone())),
     )
