@@ -763,3 +763,34 @@ async fn an_image_in_use_by_a_container_is_not_removed() {
     assert!(berth_e2e::image_ids(&mut images).await.is_empty());
     w.remove_pod(&pod).await;
 }
+
+/// The pod's sysctls are checked once, when the pod is made: a UTS sysctl
+/// the pod accepted must not make every CreateContainer in it fail.
+#[tokio::test]
+async fn a_pods_uts_sysctl_reaches_its_containers() {
+    if !can_run_here() || !berth_e2e::net::can_run_network() {
+        return;
+    }
+    let net = berth_e2e::net::Net::new(11);
+    let mut w = World::new("sysctl").await;
+    w.join_network(&net).await;
+    let mut config = w.networked_pod_config("sysctl");
+    config.linux.as_mut().unwrap().sysctls = HashMap::from([
+        ("kernel.domainname".into(), "berth.example".into()),
+        ("net/ipv4/ip_unprivileged_port_start".into(), "99".into()),
+    ]);
+    let pod = berth_e2e::run_pod(&mut w.client, config).await.unwrap();
+    let script = "cat /proc/sys/kernel/domainname /proc/sys/net/ipv4/ip_unprivileged_port_start";
+    // World::run sends the world's host-network pod config as the
+    // request's copy: the pod's record is what counts.
+    let id = w.run(&pod, w.container("sysctl-reader", script)).await;
+    let status = w.wait_exit(&id).await;
+    assert_eq!(status.exit_code, 0, "{status:?}");
+    let lines: Vec<String> = World::log_text(&PathBuf::from(&status.log_path))
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert_eq!(lines, ["berth.example", "99"]);
+    w.remove(&id).await;
+    berth_e2e::stop_and_remove_pod(&mut w.client, &pod).await;
+}

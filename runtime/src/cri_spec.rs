@@ -34,6 +34,12 @@ pub struct PodFacts {
     /// Empty: the runtime's default.
     pub cgroup_parent: PathBuf,
     pub files: PodFiles,
+    /// The pod's hostname, from its record.
+    pub hostname: String,
+    /// The pod's sysctls in the OCI form, from its record: the pod checked
+    /// them when it was made, so they are not checked again here (against
+    /// the request's own copy of the pod config, which may differ).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// The caller's settings and facts beyond the request.
@@ -213,7 +219,6 @@ pub fn convert(
     let user = user_request(sc)?;
     let namespaces = namespaces(sc, pod, options)?;
     let user_namespace = user_namespace(sc, pod, options)?;
-    let sysctls = sysctls(pod_linux.map(|l| &l.sysctls), &pod.network, &pod.ipc)?;
     let mounts = mounts(&config.mounts, options.features)?;
     // Host paths enter a user-namespaced pod as id-mapped copies
     // (`mounts::idmap`), which cannot take part in the host's propagation.
@@ -292,7 +297,7 @@ pub fn convert(
             user,
             tty: config.tty,
             stdin: config.stdin,
-            hostname: sandbox.hostname.clone(),
+            hostname: pod.hostname.clone(),
             namespaces,
             user_namespace,
             pod_files: pod.files.clone(),
@@ -307,7 +312,7 @@ pub fn convert(
             // for an unmasked /proc.
             masked_paths: Some(sc.masked_paths.clone()),
             readonly_paths: Some(sc.readonly_paths.clone()),
-            sysctls,
+            sysctls: pod.sysctls.clone(),
             resources,
             cgroups_path,
             annotations: config
@@ -653,54 +658,6 @@ fn namespaces(
     })
 }
 
-/// Validates a pod's sysctls: only namespaced ones, and only for namespaces
-/// the pod does not share with the host. Names with `/` separators are
-/// turned into the dotted form (as the kubelet does).
-pub fn sysctls(
-    requested: Option<&std::collections::HashMap<String, String>>,
-    network: &Namespace,
-    ipc: &Namespace,
-) -> Result<BTreeMap<String, String>, CriSpecError> {
-    let mut out = BTreeMap::new();
-    for (name, value) in requested.into_iter().flatten() {
-        let field = format!("linux.sysctls[{name:?}]");
-        let name = if name.contains('/') {
-            name.chars()
-                .map(|c| match c {
-                    '/' => '.',
-                    '.' => '/',
-                    c => c,
-                })
-                .collect()
-        } else {
-            name.clone()
-        };
-        let ipc_sysctl = name.starts_with("kernel.shm")
-            || name.starts_with("kernel.msg")
-            || name == "kernel.sem"
-            || name.starts_with("fs.mqueue.");
-        if name.starts_with("net.") {
-            if *network == Namespace::Host {
-                return Err(invalid(
-                    field,
-                    "a network sysctl cannot be set for a pod in the host's network namespace",
-                ));
-            }
-        } else if ipc_sysctl {
-            if *ipc == Namespace::Host {
-                return Err(invalid(
-                    field,
-                    "an IPC sysctl cannot be set for a pod in the host's IPC namespace",
-                ));
-            }
-        } else {
-            return Err(invalid(field, "not a namespaced sysctl"));
-        }
-        out.insert(name, value.clone());
-    }
-    Ok(out)
-}
-
 fn mounts(
     requested: &[cri::Mount],
     features: HandlerFeatures,
@@ -889,6 +846,8 @@ mod tests {
             user: None,
             cgroup_parent: "/berth/pod".into(),
             files: PodFiles::default(),
+            hostname: "h".into(),
+            sysctls: BTreeMap::new(),
         }
     }
 
@@ -1174,30 +1133,25 @@ mod tests {
     }
 
     #[test]
-    fn only_namespaced_sysctls() {
-        let net = Namespace::Path("/n".into());
-        let one = |name: &str, network: &Namespace, ipc: &Namespace| {
-            let map = [(name.to_string(), "1".to_string())].into_iter().collect();
-            sysctls(Some(&map), network, ipc)
-        };
-        assert!(one("net.ipv4.ip_forward", &net, &net).is_ok());
-        assert_eq!(
-            one("net/ipv4/conf/eth0.1/forwarding", &net, &net)
-                .unwrap()
-                .keys()
-                .next()
-                .unwrap(),
-            "net.ipv4.conf.eth0/1.forwarding"
-        );
-        assert!(one("kernel.shm_rmid_forced", &net, &net).is_ok());
-        assert!(one("fs.mqueue.msg_max", &net, &net).is_ok());
-        let e = one("kernel.panic", &net, &net).unwrap_err().to_string();
-        assert!(
-            e.contains("kernel.panic") && e.contains("not a namespaced"),
-            "{e}"
-        );
-        assert!(one("net.ipv4.ip_forward", &Namespace::Host, &net).is_err());
-        assert!(one("kernel.msgmax", &net, &Namespace::Host).is_err());
+    fn sysctls_and_hostname_come_from_the_pod_record() {
+        // The request's copy of the pod config says otherwise: the record,
+        // checked when the pod was made, wins.
+        let mut sandbox = sandbox();
+        sandbox.hostname = "other".into();
+        sandbox.linux.get_or_insert_default().sysctls =
+            [("kernel.panic".to_string(), "1".to_string())].into();
+        let mut pod = pod();
+        pod.sysctls = [("kernel.domainname".to_string(), "example".to_string())].into();
+        let c = convert(
+            &cri::ContainerConfig::default(),
+            &sandbox,
+            &ImageConfig::default(),
+            &pod,
+            &Options::new("c"),
+        )
+        .unwrap();
+        assert_eq!(c.spec.sysctls, pod.sysctls);
+        assert_eq!(c.spec.hostname, "h");
     }
 
     #[test]

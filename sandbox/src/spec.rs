@@ -399,6 +399,30 @@ impl PodSpec {
         Ok(())
     }
 
+    /// The pod's sysctls as an OCI spec names them, for its containers:
+    /// dots separate the parts, and a dot inside a part (an interface
+    /// name) becomes a `/`, as the kubelet converts them.
+    pub fn oci_sysctls(&self) -> BTreeMap<String, String> {
+        self.sysctls
+            .iter()
+            .map(|(key, value)| {
+                let key = if key.contains('/') {
+                    key.trim_matches('/')
+                        .chars()
+                        .map(|c| match c {
+                            '/' => '.',
+                            '.' => '/',
+                            c => c,
+                        })
+                        .collect()
+                } else {
+                    key.clone()
+                };
+                (key, value.clone())
+            })
+            .collect()
+    }
+
     /// The pod's sysctls as `/proc/sys` paths, after checking each one is
     /// namespaced and its namespace belongs to the pod (as runc and CRI-O
     /// refuse otherwise).
@@ -639,6 +663,19 @@ mod tests {
         assert_eq!(parse_quantity("100"), Some(100));
         assert_eq!(parse_quantity("10X"), None);
         assert_eq!(parse_quantity(""), None);
+    }
+
+    #[test]
+    fn oci_sysctls_swap_separators_of_slashed_names() {
+        let mut s = spec();
+        s.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
+        s.sysctls
+            .insert("net/ipv4/conf/eth0.1/forwarding".into(), "0".into());
+        s.sysctls.insert("kernel.domainname".into(), "d".into());
+        let oci = s.oci_sysctls();
+        assert_eq!(oci["net.ipv4.ip_forward"], "1");
+        assert_eq!(oci["net.ipv4.conf.eth0/1.forwarding"], "0");
+        assert_eq!(oci["kernel.domainname"], "d");
     }
 
     #[test]

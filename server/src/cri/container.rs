@@ -224,6 +224,8 @@ fn pod_facts(pod: &berth_sandbox::Pod) -> PodFacts {
             resolv_conf: Some(pod.files.resolv_conf.clone()),
             shm: Some(pod.files.shm.clone()),
         },
+        hostname: pod.spec.hostname.clone(),
+        sysctls: pod.spec.oci_sysctls(),
     }
 }
 
