@@ -279,6 +279,181 @@ fn seccomp_profiles() {
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
 }
 
+/// A static probe that makes the syscalls busybox cannot, each in a child
+/// of its own (so a successful `unshare` changes nothing else), and prints
+/// `<name>=<errno>` per call, 0 for success.
+const SYSPROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static long call(const char *name) {
+    if (!strcmp(name, "io_uring_setup")) return syscall(SYS_io_uring_setup, 1, 0);
+    if (!strcmp(name, "unshare_user")) return syscall(SYS_unshare, CLONE_NEWUSER);
+    if (!strcmp(name, "keyctl")) return syscall(SYS_keyctl, 0, -3, 0);
+    if (!strcmp(name, "bpf")) return syscall(SYS_bpf, 0, 0, 0);
+    if (!strcmp(name, "perf_event_open")) return syscall(SYS_perf_event_open, 0, 0, -1, -1, 0);
+    /* No syscall has this number on x86_64 or arm64, and it is below the
+       highest one the profile names (above that, runc answers ENOSYS). */
+    if (!strcmp(name, "unknown")) return syscall(400);
+    if (!strcmp(name, "clone")) return syscall(SYS_clone, SIGCHLD, 0, 0, 0, 0);
+    if (!strcmp(name, "clone_newuser")) return syscall(SYS_clone, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0);
+    if (!strcmp(name, "clone_newns")) return syscall(SYS_clone, CLONE_NEWNS | SIGCHLD, 0, 0, 0, 0);
+    if (!strcmp(name, "clone3")) return syscall(SYS_clone3, 0, 0);
+    if (!strcmp(name, "getpid")) return syscall(SYS_getpid);
+    errno = EINVAL;
+    return -2;
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        fflush(stdout);
+        pid_t child = fork();
+        if (child == 0) {
+            long ret = call(argv[i]);
+            int err = ret < 0 ? errno : 0;
+            if (ret == 0 && !strncmp(argv[i], "clone", 5)) _exit(0);
+            if (ret > 0 && !strncmp(argv[i], "clone", 5)) waitpid(ret, 0, 0);
+            printf("%s=%d\n", argv[i], ret == -2 ? -1 : err);
+            fflush(stdout);
+            _exit(0);
+        }
+        waitpid(child, 0, 0);
+    }
+    return 0;
+}
+"#;
+
+const PROBES: &[&str] = &[
+    "io_uring_setup",
+    "unshare_user",
+    "keyctl",
+    "bpf",
+    "perf_event_open",
+    "unknown",
+    "clone",
+    "clone_newuser",
+    "clone_newns",
+    "clone3",
+    "getpid",
+];
+
+/// Builds the probe into the layer's `/bin/sysprobe`; false without a C
+/// compiler (cargo itself links with `cc`, so it is there wherever we build).
+fn build_sysprobe(world: &World) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("sysprobe.c");
+    std::fs::write(&source, SYSPROBE_C).unwrap();
+    let out = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(world.layer.join("bin/sysprobe"))
+        .arg(&source)
+        .output();
+    match out {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => panic!(
+            "cc -static sysprobe.c: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(err) => berth_e2e::can_run(false, &format!("needs cc for the syscall probe: {err}")),
+    }
+}
+
+#[test]
+fn runtime_default_is_an_allow_list_refusing_with_eperm() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    if !build_sysprobe(&world) {
+        return;
+    }
+    let run = |profile_type: i32, add_caps: &[&str]| -> HashMap<String, i32> {
+        let sc = cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type,
+                localhost_ref: String::new(),
+            }),
+            capabilities: Some(cri::Capability {
+                add_capabilities: strings(add_caps),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let script = format!("sysprobe {}", PROBES.join(" "));
+        let (code, text) = world.output(world.convert(&script, sc, |_, _, _, _| {}).unwrap());
+        assert_eq!(code, 0, "{text}");
+        let results: HashMap<String, i32> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect();
+        assert_eq!(results.len(), PROBES.len(), "{text}");
+        results
+    };
+    const EPERM: i32 = 1;
+    const ENOSYS: i32 = 38;
+    // RuntimeDefault, with CRI-O's default capabilities.
+    let confined = run(0, &[]);
+    for refused in [
+        "io_uring_setup",
+        "unshare_user",
+        "keyctl",
+        "bpf",
+        "perf_event_open",
+        "unknown",
+        "clone_newuser",
+        "clone_newns",
+    ] {
+        assert_eq!(confined[refused], EPERM, "{refused}: {confined:?}");
+    }
+    assert_eq!(confined["clone3"], ENOSYS, "{confined:?}");
+    assert_eq!(
+        (confined["clone"], confined["getpid"]),
+        (0, 0),
+        "{confined:?}"
+    );
+
+    // Unconfined, the same calls reach the kernel: the EPERMs above are the
+    // profile's.
+    let unconfined = run(1, &[]);
+    assert_eq!(unconfined["unknown"], ENOSYS, "{unconfined:?}");
+    assert_ne!(unconfined["io_uring_setup"], EPERM, "{unconfined:?}");
+    assert_ne!(unconfined["clone3"], ENOSYS, "{unconfined:?}");
+    assert_eq!(unconfined["unshare_user"], 0, "{unconfined:?}");
+
+    // CAP_SYS_ADMIN unlocks namespaces, in clone too, and the real clone3.
+    let admin = run(0, &["SYS_ADMIN"]);
+    for unlocked in ["unshare_user", "clone_newuser", "clone_newns", "clone"] {
+        assert_eq!(admin[unlocked], 0, "{unlocked}: {admin:?}");
+    }
+    assert_ne!(admin["clone3"], ENOSYS, "{admin:?}");
+    assert_eq!(admin["io_uring_setup"], EPERM, "{admin:?}");
+    assert_eq!(admin["unknown"], EPERM, "{admin:?}");
+
+    // A busybox workload runs as before.
+    let workload = "set -e; mkdir -p /tmp/w/d; cd /tmp/w; echo data > f; cat f >/dev/null; \
+                    chmod 600 f; chown 1234:1234 f; ln -s f l; readlink l >/dev/null; \
+                    cp f d/g; mv d/g d/h; ls -la d >/dev/null; tar cf t.tar f d; \
+                    rm -r d; tar xf t.tar; sha256sum f >/dev/null; find . >/dev/null; \
+                    (sleep 0.1 &) ; wait; ps >/dev/null; date >/dev/null; id >/dev/null; \
+                    hostname >/dev/null; df / >/dev/null; touch -d 2020-01-01 f; \
+                    echo x | awk '{print $1}' | sed s/x/y/ | grep -q y; \
+                    kill -0 $$; ulimit -n >/dev/null; uname -a >/dev/null; echo workload-ok";
+    let (code, text) = world.output(
+        world
+            .convert(workload, Default::default(), |_, _, _, _| {})
+            .unwrap(),
+    );
+    assert_eq!((code, text.as_str()), (0, "workload-ok"));
+}
+
 #[test]
 fn no_new_privs_stops_setuid() {
     if !can_run() {

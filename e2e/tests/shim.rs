@@ -784,3 +784,80 @@ fn tty_takes_attach_input_and_resize() {
     );
     world.remove(&c);
 }
+
+#[test]
+fn a_symlink_at_the_log_path_is_never_written_through() {
+    if !can_run() {
+        return;
+    }
+    let world = World::new();
+    let host_file = world.paths.dir().join("host-file");
+    std::fs::write(&host_file, "untouched\n").unwrap();
+    let host_text = || std::fs::read_to_string(&host_file).unwrap();
+
+    // At start: create fails, naming the log file, and leaves nothing behind.
+    let c = world.new_container(world.spec(&["echo", "hello"]));
+    std::os::unix::fs::symlink(&host_file, &c.log_path).unwrap();
+    let err = lifecycle::create(&world.runtime, &c)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("open log file") && err.contains(c.log_path.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!c.run_dir.exists());
+    assert!(berth_e2e::mounts_under(world.paths.dir()).is_empty());
+    assert_eq!(host_text(), "untouched\n");
+
+    // On reopen: refused with a clear answer; output keeps going to the
+    // file the shim had open.
+    let c = world.run(world.spec(&[
+        "sh",
+        "-c",
+        "i=0; while true; do echo line$i; i=$((i+1)); usleep 1000; done",
+    ]));
+    let lines = |path: &Path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let wait_lines = |path: &Path, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines(path) < n {
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} lines in {path:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_lines(&c.log_path, 20);
+    let rotated = c.log_path.with_extension("log.1");
+    std::fs::rename(&c.log_path, &rotated).unwrap();
+    std::os::unix::fs::symlink(&host_file, &c.log_path).unwrap();
+    let err = shim::control(&c.run_dir, "reopen").unwrap_err().to_string();
+    assert!(
+        err.contains("reopen log file") && err.contains(c.log_path.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(shim_log(&c).contains("reopen log file"), "{}", shim_log(&c));
+    let before = lines(&rotated);
+    wait_lines(&rotated, before + 20);
+    assert_eq!(host_text(), "untouched\n");
+    // Once the path is fixed, a reopen works again.
+    std::fs::remove_file(&c.log_path).unwrap();
+    shim::control(&c.run_dir, "reopen").unwrap();
+    wait_lines(&c.log_path, 5);
+    world
+        .runtime
+        .stop(
+            &c.id,
+            &c.run_dir,
+            parse_signal("KILL").unwrap(),
+            Duration::ZERO,
+        )
+        .unwrap();
+    assert_eq!(host_text(), "untouched\n");
+    world.remove(&c);
+}

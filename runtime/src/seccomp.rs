@@ -1,83 +1,150 @@
-//! The `RuntimeDefault` seccomp profile.
+//! The `RuntimeDefault` seccomp profile, and `Localhost` profiles.
 //!
-//! A deny list rather than Docker's allow list: the syscalls Docker's default
-//! profile withholds from a container without extra capabilities, refused
-//! with EPERM, plus new user namespaces through `clone`. It is far shorter to
-//! carry and to review, and a syscall the kernel adds later is allowed rather
-//! than refused (the trade-off Docker's list makes the other way).
+//! RuntimeDefault is an allow list with default EPERM, as CRI-O, containerd
+//! and Docker ship: a syscall the kernel adds later is refused until the
+//! list names it. The list is data (`seccomp/default.profile`, in a compact
+//! format of our own described at its top), evaluated against the
+//! container's capabilities and this machine's architecture.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
-    LinuxSeccompOperator, LinuxSyscallBuilder,
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
+    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
 
-/// Refused outright.
-const DENIED: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "ptrace",
-    "query_module",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "stime",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "sysfs",
-    "_sysctl",
-    "umount",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vm86",
-    "vm86old",
-];
+const DEFAULT_PROFILE: &str = include_str!("seccomp/default.profile");
 
-const CLONE_NEWUSER: u64 = 0x1000_0000;
 const EPERM: u32 = 1;
 const ENOSYS: u32 = 38;
+
+/// One rule of the default profile.
+#[derive(Debug)]
+struct Rule {
+    conditions: Vec<Condition>,
+    /// Refuse with this errno; `None`: allow.
+    errno: Option<u32>,
+    args: Vec<LinuxSeccompArg>,
+    names: Vec<String>,
+}
+
+#[derive(Debug)]
+enum Condition {
+    Cap(String),
+    NoCap(String),
+    Arch(Vec<String>),
+}
+
+impl Rule {
+    fn applies(&self, capabilities: &[String]) -> bool {
+        let holds = |cap: &String| capabilities.iter().any(|have| have == cap);
+        self.conditions.iter().all(|c| match c {
+            Condition::Cap(cap) => holds(cap),
+            Condition::NoCap(cap) => !holds(cap),
+            Condition::Arch(arches) => arches.iter().any(|a| a == std::env::consts::ARCH),
+        })
+    }
+}
+
+/// Parses the default profile's format; the error names the line.
+fn parse_profile(text: &str) -> Result<Vec<Rule>, String> {
+    let mut rules: Vec<Rule> = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split('#').next().unwrap_or("");
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |what: String| format!("line {}: {what}", i + 1);
+        if line.starts_with(char::is_whitespace) {
+            let rule = rules
+                .last_mut()
+                .ok_or_else(|| bad("continues no rule".into()))?;
+            rule.names
+                .extend(line.split_whitespace().map(str::to_string));
+            continue;
+        }
+        // The head ends at the first ": " (an argument's value holds ':').
+        let (head, names) = match line.split_once(": ") {
+            Some(parts) => parts,
+            None => (
+                line.trim_end()
+                    .strip_suffix(':')
+                    .ok_or_else(|| bad("no ':' after the conditions".into()))?,
+                "",
+            ),
+        };
+        let mut rule = Rule {
+            conditions: Vec::new(),
+            errno: None,
+            args: Vec::new(),
+            names: names.split_whitespace().map(str::to_string).collect(),
+        };
+        for word in head.split_whitespace() {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            match key {
+                "always" => {}
+                "cap" => rule.conditions.push(Condition::Cap(value.into())),
+                "nocap" => rule.conditions.push(Condition::NoCap(value.into())),
+                "arch" => rule.conditions.push(Condition::Arch(
+                    value.split(',').map(str::to_string).collect(),
+                )),
+                "errno" => {
+                    rule.errno = Some(match value {
+                        "EPERM" => EPERM,
+                        "ENOSYS" => ENOSYS,
+                        _ => return Err(bad(format!("unknown errno {value:?}"))),
+                    })
+                }
+                _ if key.starts_with("arg") => {
+                    let index: usize = key[3..]
+                        .parse()
+                        .map_err(|_| bad(format!("bad argument index in {word:?}")))?;
+                    rule.args.push(parse_arg(index, value).map_err(bad)?);
+                }
+                _ => return Err(bad(format!("unknown condition {word:?}"))),
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+/// `eq:v`, `ne:v` or `masked_eq:v:mask` for argument `index`.
+fn parse_arg(index: usize, spec: &str) -> Result<LinuxSeccompArg, String> {
+    let number = |s: &str| {
+        match s.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16),
+            None => s.parse(),
+        }
+        .map_err(|_| format!("bad number {s:?}"))
+    };
+    let parts: Vec<&str> = spec.split(':').collect();
+    let builder = LinuxSeccompArgBuilder::default().index(index);
+    let builder = match parts.as_slice() {
+        ["eq", v] => builder
+            .op(LinuxSeccompOperator::ScmpCmpEq)
+            .value(number(v)?),
+        ["ne", v] => builder
+            .op(LinuxSeccompOperator::ScmpCmpNe)
+            .value(number(v)?),
+        // OCI (as libseccomp) takes the mask first, then the value.
+        ["masked_eq", v, mask] => builder
+            .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
+            .value(number(mask)?)
+            .value_two(number(v)?),
+        _ => return Err(format!("bad argument test {spec:?}")),
+    };
+    builder.build().map_err(|e| e.to_string())
+}
+
+fn default_rules() -> &'static [Rule] {
+    static RULES: OnceLock<Vec<Rule>> = OnceLock::new();
+    RULES.get_or_init(|| {
+        parse_profile(DEFAULT_PROFILE)
+            .unwrap_or_else(|e| panic!("the built-in seccomp profile: {e}"))
+    })
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum SeccompProfile {
@@ -99,45 +166,51 @@ pub enum SeccompError {
     Invalid { path: PathBuf, reason: String },
 }
 
-/// The filter for `profile`; `None` when unconfined.
-pub fn filter(profile: &SeccompProfile) -> Option<LinuxSeccomp> {
+/// The filter for `profile`, for a container holding `capabilities`
+/// (`CAP_*` names, its bounding set); `None` when unconfined.
+pub fn filter(profile: &SeccompProfile, capabilities: &[String]) -> Option<LinuxSeccomp> {
     match profile {
         SeccompProfile::Unconfined => None,
         SeccompProfile::Localhost(filter) => Some((**filter).clone()),
-        SeccompProfile::RuntimeDefault => Some(runtime_default()),
+        SeccompProfile::RuntimeDefault => Some(runtime_default(capabilities)),
     }
 }
 
-fn runtime_default() -> LinuxSeccomp {
-    let errno = |names: &[&str], ret: u32| {
+fn runtime_default(capabilities: &[String]) -> LinuxSeccomp {
+    let mut allowed: Vec<String> = Vec::new();
+    let mut syscalls: Vec<LinuxSyscall> = Vec::new();
+    for rule in default_rules().iter().filter(|r| r.applies(capabilities)) {
+        if rule.errno.is_none() && rule.args.is_empty() {
+            allowed.extend(rule.names.iter().cloned());
+            continue;
+        }
+        let mut builder = LinuxSyscallBuilder::default().names(rule.names.clone());
+        builder = match rule.errno {
+            None => builder.action(LinuxSeccompAction::ScmpActAllow),
+            Some(errno) => builder
+                .action(LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(errno),
+        };
+        if !rule.args.is_empty() {
+            builder = builder.args(rule.args.clone());
+        }
+        syscalls.push(builder.build().expect("static syscall rule"));
+    }
+    // One rule for the plain allow list, each name once (a syscall two
+    // capabilities unlock is named twice).
+    allowed.sort();
+    allowed.dedup();
+    syscalls.insert(
+        0,
         LinuxSyscallBuilder::default()
-            .names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .action(LinuxSeccompAction::ScmpActErrno)
-            .errno_ret(ret)
-    };
-    let syscalls = vec![
-        errno(DENIED, EPERM).build().expect("static syscall rule"),
-        // clone's flags are its first argument on x86 and arm64.
-        errno(&["clone"], EPERM)
-            .args(vec![
-                LinuxSeccompArgBuilder::default()
-                    .index(0usize)
-                    .value(CLONE_NEWUSER)
-                    .value_two(CLONE_NEWUSER)
-                    .op(LinuxSeccompOperator::ScmpCmpMaskedEq)
-                    .build()
-                    .expect("static arg rule"),
-            ])
+            .names(allowed)
+            .action(LinuxSeccompAction::ScmpActAllow)
             .build()
             .expect("static syscall rule"),
-        // clone3's flags sit behind a pointer seccomp cannot read: make libc
-        // fall back to clone, as Docker does.
-        errno(&["clone3"], ENOSYS)
-            .build()
-            .expect("static syscall rule"),
-    ];
+    );
     LinuxSeccompBuilder::default()
-        .default_action(LinuxSeccompAction::ScmpActAllow)
+        .default_action(LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(EPERM)
         .architectures(native_arches())
         .syscalls(syscalls)
         .build()
@@ -300,6 +373,152 @@ mod tests {
             .map(|s| s.names()[0].as_str())
             .collect();
         assert_eq!(names, ["read", "reboot"]);
+    }
+
+    /// The rules of the RuntimeDefault filter that name `syscall`.
+    fn rules_for(filter: &LinuxSeccomp, syscall: &str) -> Vec<LinuxSyscall> {
+        filter
+            .syscalls()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|s| s.names().iter().any(|n| n == syscall))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn runtime_default_is_an_allow_list_that_follows_capabilities() {
+        let defaults: Vec<String> = ["CAP_CHOWN", "CAP_KILL", "CAP_SETUID"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let p = runtime_default(&defaults);
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(p.default_errno_ret(), Some(EPERM));
+        assert!(!p.architectures().as_ref().unwrap().is_empty());
+        for allowed in ["read", "execve", "openat", "wait4", "rt_sigreturn"] {
+            let rules = rules_for(&p, allowed);
+            assert_eq!(rules.len(), 1, "{allowed}");
+            assert_eq!(rules[0].action(), LinuxSeccompAction::ScmpActAllow);
+            assert!(rules[0].args().is_none(), "{allowed}");
+        }
+        for refused in [
+            "io_uring_setup",
+            "io_uring_enter",
+            "keyctl",
+            "add_key",
+            "bpf",
+            "perf_event_open",
+            "unshare",
+            "mount",
+            "setns",
+            "ptrace",
+            "reboot",
+            "init_module",
+            "kexec_load",
+            "clock_settime",
+            "open_by_handle_at",
+        ] {
+            assert!(rules_for(&p, refused).is_empty(), "{refused} is allowed");
+        }
+        // clone without namespace flags; clone3 makes libc fall back to it.
+        let clone = rules_for(&p, "clone");
+        assert_eq!(clone.len(), 1);
+        let arg = &clone[0].args().as_ref().unwrap()[0];
+        assert_eq!(
+            (arg.index(), arg.value(), arg.value_two(), arg.op()),
+            (
+                0,
+                0x7e02_0000,
+                Some(0),
+                LinuxSeccompOperator::ScmpCmpMaskedEq
+            )
+        );
+        let clone3 = rules_for(&p, "clone3");
+        assert_eq!(clone3[0].action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(clone3[0].errno_ret(), Some(ENOSYS));
+        // Only the plain allow list and the rules with a condition on
+        // arguments or an errno: each name once in the former.
+        let plain = &p.syscalls().as_ref().unwrap()[0];
+        let mut names = plain.names().clone();
+        names.dedup();
+        assert_eq!(names.len(), plain.names().len());
+
+        let with = |caps: &[&str]| {
+            let caps: Vec<String> = defaults
+                .iter()
+                .cloned()
+                .chain(caps.iter().map(|s| s.to_string()))
+                .collect();
+            runtime_default(&caps)
+        };
+        let admin = with(&["CAP_SYS_ADMIN"]);
+        for unlocked in ["mount", "unshare", "setns", "bpf", "perf_event_open"] {
+            assert_eq!(rules_for(&admin, unlocked).len(), 1, "{unlocked}");
+        }
+        let clone = rules_for(&admin, "clone");
+        assert!(clone.len() == 1 && clone[0].args().is_none());
+        assert_eq!(
+            rules_for(&admin, "clone3")[0].action(),
+            LinuxSeccompAction::ScmpActAllow
+        );
+        let ptrace = with(&["CAP_SYS_PTRACE"]);
+        for unlocked in ["ptrace", "process_vm_readv", "process_vm_writev"] {
+            assert_eq!(rules_for(&ptrace, unlocked).len(), 1, "{unlocked}");
+        }
+        for (cap, syscall) in [
+            ("CAP_SYS_MODULE", "init_module"),
+            ("CAP_SYS_BOOT", "reboot"),
+            ("CAP_SYS_TIME", "clock_settime"),
+            ("CAP_SYSLOG", "syslog"),
+            ("CAP_SYS_NICE", "mbind"),
+            ("CAP_SYS_RAWIO", "iopl"),
+            ("CAP_SYS_PACCT", "acct"),
+            ("CAP_SYS_CHROOT", "chroot"),
+            ("CAP_BPF", "bpf"),
+            ("CAP_PERFMON", "perf_event_open"),
+        ] {
+            assert!(rules_for(&p, syscall).is_empty(), "{syscall}");
+            assert_eq!(rules_for(&with(&[cap]), syscall).len(), 1, "{cap}");
+        }
+        // Two capabilities that unlock the same syscall name it once.
+        let both = with(&["CAP_SYS_ADMIN", "CAP_BPF"]);
+        assert_eq!(rules_for(&both, "bpf").len(), 1);
+        // Each architecture has its own entries.
+        let native = if cfg!(target_arch = "aarch64") {
+            "set_tls"
+        } else {
+            "arch_prctl"
+        };
+        assert_eq!(rules_for(&p, native).len(), 1);
+        let foreign = if cfg!(target_arch = "aarch64") {
+            "arch_prctl"
+        } else {
+            "set_tls"
+        };
+        assert!(rules_for(&p, foreign).is_empty());
+    }
+
+    #[test]
+    fn the_profile_format_names_the_bad_line() {
+        assert!(parse_profile("# only a comment\n\n").unwrap().is_empty());
+        let rules =
+            parse_profile("always: a\n  b c\narg0=masked_eq:0x1:0xff errno=ENOSYS: d\n").unwrap();
+        assert_eq!(rules[0].names, ["a", "b", "c"]);
+        assert_eq!(rules[1].errno, Some(ENOSYS));
+        assert_eq!(rules[1].args[0].value(), 0xff);
+        for (text, line) in [
+            ("  a\n", "line 1"),
+            ("always: a\nbogus=1: b\n", "line 2"),
+            ("always\n", "line 1"),
+            ("errno=EWHAT: a\n", "line 1"),
+            ("arg0=lt:1: a\n", "line 1"),
+            ("argx=eq:1: a\n", "line 1"),
+        ] {
+            let err = parse_profile(text).unwrap_err();
+            assert!(err.starts_with(line), "{text:?}: {err}");
+        }
     }
 
     #[test]

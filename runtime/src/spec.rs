@@ -501,6 +501,11 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     } else {
         (DEFAULT_CAPABILITIES.into_iter().collect(), HashSet::new())
     };
+    // The RuntimeDefault seccomp profile depends on the bounding set.
+    let cap_names: Vec<String> = caps
+        .iter()
+        .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(str::to_owned))
+        .collect();
     let capabilities = LinuxCapabilitiesBuilder::default()
         .bounding(caps.clone())
         .effective(caps.clone())
@@ -760,7 +765,9 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         );
 
     // Privileged containers run unconfined, as in CRI-O.
-    if let Some(filter) = crate::seccomp::filter(&spec.seccomp).filter(|_| !spec.privileged) {
+    if let Some(filter) =
+        crate::seccomp::filter(&spec.seccomp, &cap_names).filter(|_| !spec.privileged)
+    {
         linux = linux.seccomp(filter);
     }
     let builder = SpecBuilder::default()
@@ -1099,7 +1106,7 @@ mod tests {
             .as_array()
             .unwrap();
         assert_eq!(bounding.len(), DEFAULT_CAPABILITIES.len());
-        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(json["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         assert!(json["linux"]["maskedPaths"].as_array().unwrap().len() > 5);
     }
 

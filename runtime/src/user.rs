@@ -47,7 +47,15 @@ pub enum UserError {
         rootfs: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} in the rootfs {rootfs} is not a regular file")]
+    NotRegular { path: &'static str, rootfs: PathBuf },
+    #[error("{path} in the rootfs {rootfs} is larger than {MAX_DB_SIZE} bytes")]
+    TooLarge { path: &'static str, rootfs: PathBuf },
 }
+
+/// The most of `/etc/passwd` or `/etc/group` read; any sane image's is far
+/// smaller.
+const MAX_DB_SIZE: u64 = 4 << 20;
 
 struct PasswdEntry {
     name: String,
@@ -140,7 +148,9 @@ pub fn resolve(
 }
 
 /// Reads `path` (relative) with every component resolved inside `rootfs`;
-/// `None` when it does not exist.
+/// `None` when it does not exist. The image chooses what sits there, and we
+/// read it as host root: only a regular file of bounded size is read, and
+/// the open never blocks (a FIFO) nor reaches a device's driver.
 fn read_in_root(rootfs: &Path, path: &'static str) -> Result<Option<String>, UserError> {
     let err = |source| UserError::Read {
         path,
@@ -151,7 +161,8 @@ fn read_in_root(rootfs: &Path, path: &'static str) -> Result<Option<String>, Use
     let c_path = std::ffi::CString::new(path).expect("static path without NUL");
     // The kernel's struct open_how: flags, mode, resolve (libc's is non-exhaustive).
     let how: [u64; 3] = [
-        (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+        // O_NONBLOCK: opening a FIFO without a writer must not hang.
+        (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
         0,
         libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
     ];
@@ -174,12 +185,29 @@ fn read_in_root(rootfs: &Path, path: &'static str) -> Result<Option<String>, Use
     }
     // SAFETY: openat2 returned a fresh descriptor we own.
     let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    let meta = file.metadata().map_err(err)?;
+    if !meta.file_type().is_file() {
+        return Err(UserError::NotRegular {
+            path,
+            rootfs: rootfs.to_path_buf(),
+        });
+    }
+    let too_large = || UserError::TooLarge {
+        path,
+        rootfs: rootfs.to_path_buf(),
+    };
+    if meta.len() > MAX_DB_SIZE {
+        return Err(too_large());
+    }
     let mut text = String::new();
-    // /etc/passwd of any sane image is small; a huge one is cut, not read whole.
+    // The cap holds even if the file grows after the fstat.
     (&mut file)
-        .take(4 << 20)
+        .take(MAX_DB_SIZE + 1)
         .read_to_string(&mut text)
         .map_err(err)?;
+    if text.len() as u64 > MAX_DB_SIZE {
+        return Err(too_large());
+    }
     Ok(Some(text))
 }
 
@@ -332,5 +360,57 @@ mod tests {
         )
         .unwrap();
         assert!(image(root.path(), "0:0").is_ok());
+    }
+
+    /// Runs `resolve` on a thread, so a hang fails the test instead of
+    /// stalling it.
+    fn resolve_soon(root: &Path) -> Result<ResolvedUser, UserError> {
+        let root = root.to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(image(&root, "0")));
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("resolve returns instead of blocking")
+    }
+
+    #[test]
+    fn fifos_devices_and_huge_files_at_etc_passwd_are_refused() {
+        use std::os::unix::fs::FileTypeExt;
+        let root = rootfs();
+        let passwd = root.path().join("etc/passwd");
+        std::fs::remove_file(&passwd).unwrap();
+        let c_path = std::ffi::CString::new(passwd.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        assert!(std::fs::metadata(&passwd).unwrap().file_type().is_fifo());
+        let err = resolve_soon(root.path()).unwrap_err();
+        assert!(matches!(err, UserError::NotRegular { .. }), "{err}");
+        assert!(err.to_string().contains("etc/passwd"), "{err}");
+        std::fs::remove_file(&passwd).unwrap();
+
+        // A device node an image ships: /dev/zero's numbers (1, 5), which
+        // would read forever if it were opened and read. Needs root.
+        // SAFETY: mknod on a NUL-terminated path.
+        let made =
+            unsafe { libc::mknod(c_path.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 5)) }
+                == 0;
+        if made {
+            let err = resolve_soon(root.path()).unwrap_err();
+            // Where /tmp is mounted nodev the open itself is refused.
+            assert!(
+                matches!(err, UserError::NotRegular { .. } | UserError::Read { .. }),
+                "{err}"
+            );
+            assert!(err.to_string().contains("etc/passwd"), "{err}");
+            std::fs::remove_file(&passwd).unwrap();
+        } else {
+            eprintln!("skipping the device node case: mknod needs root");
+        }
+
+        let group = root.path().join("etc/group");
+        let file = std::fs::File::options().write(true).open(&group).unwrap();
+        file.set_len(MAX_DB_SIZE + 1).unwrap();
+        let err = resolve_soon(root.path()).unwrap_err();
+        assert!(matches!(err, UserError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("etc/group"), "{err}");
     }
 }

@@ -105,20 +105,29 @@ impl LogFile {
     }
 
     /// Opens the path again (creating it); the old file keeps every record
-    /// written before this call.
+    /// written before this call. On failure the old file stays in use.
     pub fn reopen(&mut self) -> std::io::Result<()> {
         self.file = open_append(&self.path)?;
         Ok(())
     }
 }
 
+/// Opens the log for appending as root, in a directory the kubelet manages:
+/// a symlink in the last component is refused (never written through to
+/// the file it names), and so is anything but a regular file. O_NONBLOCK
+/// keeps the open of a FIFO from waiting for a reader; it changes nothing
+/// for a regular file.
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -137,6 +146,37 @@ mod tests {
             &format_timestamp(4_102_444_800, 123_456_789),
             b"2100-01-01T00:00:00.123456789Z"
         );
+    }
+
+    #[test]
+    fn the_log_is_never_opened_through_a_symlink_nor_as_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("host-file");
+        std::fs::write(&target, "host\n").unwrap();
+        let path = dir.path().join("c.log");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = LogFile::open(&path, 16)
+            .err()
+            .expect("a symlink is refused");
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        std::fs::remove_file(&path).unwrap();
+
+        let mut log = LogFile::open(&path, 16).unwrap();
+        std::fs::rename(&path, dir.path().join("c.log.1")).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        assert!(log.reopen().is_err());
+        // The old file stays in use.
+        log.write_chunk(b"stdout", b"after\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "host\n");
+        let rotated = std::fs::read_to_string(dir.path().join("c.log.1")).unwrap();
+        assert!(rotated.ends_with(" stdout F after\n"), "{rotated:?}");
+        std::fs::remove_file(&path).unwrap();
+
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // No reader: refused at once instead of blocking.
+        assert!(log.reopen().is_err());
     }
 
     #[test]

@@ -611,10 +611,15 @@ impl Monitor {
         }
         let command = std::str::from_utf8(&line[..len]).unwrap_or("").trim();
         let answer = match command.split_whitespace().collect::<Vec<_>>().as_slice() {
-            ["reopen"] => self
-                .log
-                .reopen()
-                .map_err(|e| format!("reopen log file {}: {e}", self.config.log_path.display())),
+            // On failure the old file stays in use, so no output is lost.
+            ["reopen"] => self.log.reopen().map_err(|e| {
+                let message = format!(
+                    "reopen log file {} (still writing to the old one): {e}",
+                    self.config.log_path.display()
+                );
+                eprintln!("berth-shim {}: {message}", self.config.id);
+                message
+            }),
             ["resize", rows, cols] => self.resize(rows, cols),
             _ => Err(format!("unknown command {command:?}")),
         };
