@@ -11,6 +11,10 @@ use super::frame::FrameError;
 /// would otherwise cost memory without bound).
 pub const MAX_HEADER_BLOCK: usize = 256 << 10;
 
+/// Header blocks with more pairs are refused: the Kubernetes protocols send
+/// a handful, and every pair costs two allocations.
+pub const MAX_HEADER_PAIRS: usize = 256;
+
 /// Header names of the dictionary, each stored with a 4-byte length prefix.
 const DICTIONARY_WORDS: &[&str] = &[
     "options",
@@ -146,7 +150,13 @@ pub fn decode_block(mut data: &[u8]) -> Result<HeaderBlock, FrameError> {
             data.len()
         )));
     }
+    if count > MAX_HEADER_PAIRS {
+        return Err(FrameError::Headers(format!(
+            "header block has {count} pairs, more than {MAX_HEADER_PAIRS}"
+        )));
+    }
     let mut out = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::with_capacity(count);
     for _ in 0..count {
         let n = len(&mut data)?;
         let name = take(&mut data, n)?;
@@ -164,7 +174,7 @@ pub fn decode_block(mut data: &[u8]) -> Result<HeaderBlock, FrameError> {
         }
         let value = String::from_utf8(value.to_vec())
             .map_err(|_| FrameError::Headers(format!("header {name:?}: value is not UTF-8")))?;
-        if out.iter().any(|(n, _): &(String, String)| n == name) {
+        if !seen.insert(name) {
             return Err(FrameError::Headers(format!("duplicate header {name:?}")));
         }
         out.push((name.to_string(), value));
@@ -320,6 +330,33 @@ mod tests {
         let empty = encode_block(&[(String::new(), "1".into())]);
         assert!(decode_block(&empty).is_err());
         assert!(HeaderDecoder::default().decode(b"not zlib at all").is_err());
+    }
+
+    /// Distinct 4-letter names filling a block just under the size cap.
+    fn many_distinct_names() -> HeaderBlock {
+        let per_pair = 4 + 4 + 4;
+        let count = (MAX_HEADER_BLOCK - 4) / per_pair;
+        (0..count)
+            .map(|i| {
+                let name: String = (0..4)
+                    .map(|d| (b'a' + (i / 26usize.pow(d) % 26) as u8) as char)
+                    .collect();
+                (name, String::new())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_block_of_many_distinct_names_is_refused_quickly() {
+        let block = many_distinct_names();
+        assert!(block.len() > 20_000);
+        let packed = HeaderEncoder::default().encode(&block);
+        let started = std::time::Instant::now();
+        let got = HeaderDecoder::default().decode(&packed);
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+        let err = got.unwrap_err().to_string();
+        assert!(err.contains("pairs"), "{err}");
     }
 
     #[test]
