@@ -794,3 +794,79 @@ async fn a_pods_uts_sysctl_reaches_its_containers() {
     w.remove(&id).await;
     berth_e2e::stop_and_remove_pod(&mut w.client, &pod).await;
 }
+
+/// A local user (or a host-network pod) opening idle connections to the
+/// streaming server: berthd keeps at most a bounded number of them, closes
+/// each that has not upgraded within its timeout, and meanwhile CRI calls
+/// answer; afterwards a new exec works.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_streaming_connections_are_bounded_and_closed() {
+    use berth_e2e::cri::{ExecRequest, VersionRequest};
+    use berth_e2e::stream_client::SpdyClient;
+    use std::io::Read;
+
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("idle").await;
+    let pod = w.pod("idle").await;
+    let id = w.run(&pod, w.container("idle-sleeper", "sleep 600")).await;
+    let exec = ExecRequest {
+        container_id: id.clone(),
+        cmd: vec!["echo".into(), "still-here".into()],
+        stdout: true,
+        ..Default::default()
+    };
+    let url = w.client.exec(exec.clone()).await.unwrap().into_inner().url;
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+
+    let idle = tokio::task::spawn_blocking(move || {
+        (0..2000)
+            .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    let fds = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let berthd_fds = fds(w.berthd().pid().as_raw());
+    assert!(berthd_fds < 1000, "berthd holds {berthd_fds} descriptors");
+    let started = Instant::now();
+    w.client.version(VersionRequest::default()).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // Every idle connection is closed by berthd: over the cap at once, the
+    // others at the upgrade timeout (10 s).
+    let closed = tokio::task::spawn_blocking(move || {
+        idle.into_iter()
+            .filter(|mut tcp| {
+                tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                match tcp.read(&mut [0u8; 1]) {
+                    Ok(n) => n == 0,
+                    Err(e) => !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                }
+            })
+            .count()
+    });
+    let closed = closed.await.unwrap();
+    assert_eq!(closed, 2000);
+
+    let url = w.client.exec(exec).await.unwrap().into_inner().url;
+    let (client, head) = SpdyClient::connect(&url, "v4.channel.k8s.io").await;
+    let mut client = client.unwrap_or_else(|| panic!("no upgrade: {head}"));
+    let error = client.open(&[("streamtype", "error")]).await;
+    let stdout = client.open(&[("streamtype", "stdout")]).await;
+    let data = client.collect(&[error, stdout]).await;
+    assert_eq!(String::from_utf8_lossy(&data[&stdout]), "still-here\n");
+    w.remove(&id).await;
+}

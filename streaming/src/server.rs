@@ -32,6 +32,14 @@ pub struct Config {
     pub stream_creation_timeout: Duration,
     /// Serve HTTPS with this certificate and key instead of HTTP.
     pub tls: Option<TlsFiles>,
+    /// How long a connection may take from accept to its upgrade (TLS
+    /// handshake and request included); then it is closed, so idle or
+    /// trickling connections cannot hold the server's file descriptors.
+    pub upgrade_timeout: Duration,
+    /// Connections at once that have not upgraded yet; more are closed as
+    /// soon as they are accepted. Upgraded sessions are bounded apart, by
+    /// their single-use tokens.
+    pub max_pending_connections: usize,
 }
 
 /// PEM files: the certificate chain (leaf first) and its private key.
@@ -48,6 +56,8 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(4 * 3600),
             stream_creation_timeout: Duration::from_secs(30),
             tls: None,
+            upgrade_timeout: Duration::from_secs(10),
+            max_pending_connections: 256,
         }
     }
 }
@@ -189,25 +199,54 @@ async fn accept_loop(
     tls: Option<tokio_rustls::TlsAcceptor>,
     inner: Arc<Inner>,
 ) {
+    let pending = Arc::new(tokio::sync::Semaphore::new(
+        inner.config.max_pending_connections,
+    ));
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                tcp
+            }
+            Err(error) => {
+                // EMFILE and ENFILE persist until descriptors are freed:
+                // retrying at once would spin a worker thread.
+                tracing::warn!(%error, "streaming server: accept failed; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                continue;
+            }
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            drop(tcp);
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let inner = inner.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            match tls {
-                None => serve_http(tcp, inner).await,
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        serve_http(stream, inner).await;
+            let limit = inner.config.upgrade_timeout;
+            let serve = async {
+                match tls {
+                    None => serve_http(tcp, inner).await,
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            serve_http(stream, inner).await;
+                        }
                     }
                 }
-            }
+            };
+            // An upgraded session lives on in its own task: this only
+            // bounds the handshake and the request.
+            let _ = tokio::time::timeout(limit, serve).await;
+            drop(permit);
         });
     }
 }
+
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 async fn serve_http<IO>(io: IO, inner: Arc<Inner>)
 where
