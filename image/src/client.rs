@@ -282,7 +282,9 @@ impl Session {
                 status: status.as_u16(),
             });
         }
-        let body = resp.bytes().await.map_err(http_err)?;
+        // Capped as a manifest is: a hostile token server must not be able
+        // to make berthd buffer an endless body.
+        let body = self.read_capped(resp, what).await?;
         let token: TokenResponse = serde_json::from_slice(&body).map_err(|_| bad())?;
         let token = if token.token.is_empty() {
             token.access_token
@@ -466,6 +468,66 @@ fn parse_params(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plain-HTTP registry whose token server answers 8 MiB.
+    async fn endless_token_server() -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let realm = format!("http://{addr}/token");
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let realm = realm.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        // A TLS ClientHello (the first try is HTTPS): hang up.
+                        if !head.starts_with(b"G") {
+                            return;
+                        }
+                    }
+                    if head.starts_with(b"GET /v2/ ") {
+                        let reply = format!(
+                            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"t\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = tcp.write_all(reply.as_bytes()).await;
+                    } else if head.starts_with(b"GET /token") {
+                        let size = 8 << 20;
+                        let reply = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n"
+                        );
+                        let _ = tcp.write_all(reply.as_bytes()).await;
+                        let _ = tcp.write_all(&vec![b' '; size]).await;
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_token_body_over_the_cap_is_refused() {
+        let host = endless_token_server().await;
+        let endpoint = Endpoint {
+            host,
+            path: "library/x".into(),
+            insecure: true,
+        };
+        let err = Client::new(Duration::from_secs(10))
+            .session(&endpoint, &Credentials::default())
+            .await
+            .err()
+            .expect("the session is refused");
+        assert!(
+            matches!(&err, ClientError::TooLarge { what, .. } if what == "token request"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn challenge_params() {

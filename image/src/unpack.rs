@@ -420,6 +420,14 @@ fn chown_at(parent: &OwnedFd, name: &OsStr, header: &tar::Header) -> io::Result<
     .map_err(Into::into)
 }
 
+/// The xattrs an image may set: its own `user.*` ones and file
+/// capabilities. Never `trusted.*` (an image's `trusted.overlay.*` would
+/// forge whiteouts, opaque dirs or redirects in the container's overlay)
+/// nor other `security.*` labels, which belong to the host's policy.
+fn xattr_allowed(name: &str) -> bool {
+    name.starts_with("user.") || name == "security.capability"
+}
+
 fn set_xattrs<R: Read>(fd: impl AsFd, entry: &mut tar::Entry<'_, R>) -> io::Result<()> {
     let Some(exts) = entry.pax_extensions()? else {
         return Ok(());
@@ -427,7 +435,9 @@ fn set_xattrs<R: Read>(fd: impl AsFd, entry: &mut tar::Entry<'_, R>) -> io::Resu
     for ext in exts {
         let ext = ext?;
         let Ok(key) = ext.key() else { continue };
-        if let Some(name) = key.strip_prefix(PAX_XATTR) {
+        if let Some(name) = key.strip_prefix(PAX_XATTR)
+            && xattr_allowed(name)
+        {
             rustix::fs::fsetxattr(&fd, name, ext.value_bytes(), XattrFlags::empty())?;
         }
     }
@@ -586,6 +596,45 @@ mod tests {
             std::fs::read_link(dest.path().join("etc/shadow")).unwrap(),
             Path::new("/etc/shadow")
         );
+    }
+
+    #[test]
+    fn only_user_xattrs_and_file_capabilities_are_kept() {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder
+            .append_pax_extensions([
+                ("SCHILY.xattr.user.note", &b"kept"[..]),
+                ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+                ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+                ("SCHILY.xattr.trusted.other", &b"x"[..]),
+            ])
+            .unwrap();
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        builder
+            .append_data(&mut header, "forged", std::io::empty())
+            .unwrap();
+        let data = builder.into_inner().unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        unpack(&data[..], dest.path()).unwrap();
+        let dir = dest.path().join("forged");
+        let mut buf = [0u8; 16];
+        let n = rustix::fs::getxattr(&dir, "user.note", &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"kept");
+        for name in [
+            "trusted.overlay.opaque",
+            "trusted.overlay.redirect",
+            "trusted.other",
+        ] {
+            assert!(
+                rustix::fs::getxattr(&dir, name, &mut buf).is_err(),
+                "{name} was set"
+            );
+        }
+        assert!(xattr_allowed("security.capability"));
+        assert!(!xattr_allowed("security.selinux"));
     }
 
     #[test]
