@@ -194,6 +194,8 @@ fn facts(info: &serde_json::Value, user: Option<&CriUserNamespace>) -> PodFacts 
             resolv_conf: path(&files["resolv_conf"]),
             shm: path(&files["shm"]),
         },
+        hostname: String::new(),
+        sysctls: Default::default(),
     }
 }
 
