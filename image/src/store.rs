@@ -219,9 +219,16 @@ impl ImageStore {
             options.registries_config_required,
         )?;
         let dir = &options.dir;
+        // Root only: layers ship setuid binaries, device nodes and
+        // world-writable dirs that no host user may reach.
         for sub in ["blobs/sha256", "layers", "images", "tmp"] {
             let path = dir.join(sub);
-            std::fs::create_dir_all(&path).map_err(StoreError::io(&path))?;
+            std::os::unix::fs::DirBuilderExt::mode(
+                std::fs::DirBuilder::new().recursive(true),
+                0o700,
+            )
+            .create(&path)
+            .map_err(StoreError::io(&path))?;
         }
         let tmp = dir.join("tmp");
         for entry in std::fs::read_dir(&tmp).map_err(StoreError::io(&tmp))? {

@@ -2,10 +2,12 @@
 //! the new content, never half of one.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `data` to `path` through a temporary file in the same directory,
-/// fsynced, renamed over `path`, and the directory fsynced.
+/// fsynced, renamed over `path`, and the directory fsynced. The file is
+/// 0600: specs and records carry the process env, the pod's secrets.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
@@ -16,7 +18,12 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     tmp_name.push(format!(".tmp{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(data)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod mounts;
 pub mod oci;
 pub mod overlay;
+pub mod private;
 pub mod record;
 pub mod seccomp;
 pub mod shim;

@@ -81,8 +81,10 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
             source,
         }
     };
-    std::fs::create_dir_all(&new.run_dir).map_err(dir_err(&new.run_dir))?;
-    std::fs::create_dir_all(&new.state_dir).map_err(dir_err(&new.state_dir))?;
+    let run_dir_owner = new.spec.user_namespace.as_ref().and_then(|u| u.host_root());
+    private_run_dir(&new.run_dir, run_dir_owner).map_err(dir_err(&new.run_dir))?;
+    crate::private::dir(&new.state_dir, crate::private::PRIVATE)
+        .map_err(dir_err(&new.state_dir))?;
     let rootfs = rootfs_of(&new.run_dir);
     let (upper, work) = (upper_dir(&new.state_dir), new.state_dir.join("work"));
     match &new.spec.user_namespace {
@@ -191,6 +193,24 @@ pub fn remove(
         })
     }
 }
+
+/// Makes the run dir (the bundle, holding `config.json` and the rootfs
+/// mount point) reachable by root only: 0700. In a pod's user namespace
+/// runc resolves the rootfs path as the pod's root (host ids `owner`),
+/// which root's modes and groups do not let through, so the dir is that
+/// root's with mode 0100: it may traverse, not list or write; no other
+/// host user may enter (root's own access needs no mode bits).
+fn private_run_dir(run_dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
+    crate::private::dir(run_dir, crate::private::PRIVATE)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(run_dir, Some(uid), Some(gid))?;
+        crate::private::dir(run_dir, USERNS_RUN_DIR_MODE)?;
+    }
+    Ok(())
+}
+
+/// See [`private_run_dir`].
+pub const USERNS_RUN_DIR_MODE: u32 = 0o100;
 
 /// A container's writable layer (the overlay's upper dir) in its state dir.
 pub fn upper_dir(state_dir: &Path) -> PathBuf {

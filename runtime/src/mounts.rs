@@ -52,12 +52,14 @@ pub fn idmap(mounts: &mut [BindMount], dir: &Path, userns: &Path) -> Result<(), 
         } else {
             std::fs::File::create(&staged).map_err(err)?;
         }
-        crate::overlay::bind_idmapped(&m.host_path, &staged, userns, true).map_err(|source| {
-            MountError::Idmap {
+        // runc binds the staged copy with its flags: nosuid or nodev here
+        // would change the volume the container asked for.
+        crate::overlay::bind_idmapped(&m.host_path, &staged, userns, true, false).map_err(
+            |source| MountError::Idmap {
                 path: m.host_path.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         m.host_path = staged;
     }
     Ok(())

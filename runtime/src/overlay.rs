@@ -53,15 +53,18 @@ struct MountAttr {
 const OPEN_TREE_CLONE: libc::c_uint = 1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
 
 /// Attaches at `target` (an existing dir, or file for a file) a bind mount
 /// of `source` (with its submounts when `recursive`) whose ids are mapped
-/// through the user namespace `userns`.
+/// through the user namespace `userns`; `nosuid_nodev` also sets those.
 pub fn bind_idmapped(
     source: &Path,
     target: &Path,
     userns: &Path,
     recursive: bool,
+    nosuid_nodev: bool,
 ) -> Result<(), OverlayError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
@@ -91,7 +94,11 @@ pub fn bind_idmapped(
     // SAFETY: a fresh fd nobody else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: MOUNT_ATTR_IDMAP
+            | match nosuid_nodev {
+                true => MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                false => 0,
+            },
         attr_clr: 0,
         propagation: 0,
         userns_fd: userns_file.as_raw_fd() as u64,
@@ -160,7 +167,12 @@ pub fn mount_idmapped(
                 path: dir.clone(),
                 source,
             })?;
-            bind_idmapped(lower, &dir, userns, false)?;
+            // Staged layers are nobody's root: nosuid,nodev, so a setuid
+            // binary or device node of the image is inert through them.
+            // The overlay over them is the container's root and stays
+            // suid and dev: exec and device opens are checked against the
+            // overlay's own mount, so in-container setuid keeps working.
+            bind_idmapped(lower, &dir, userns, false, true)?;
             mapped.push(dir);
         }
         mount(&mapped, upper, work, target)

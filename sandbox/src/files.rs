@@ -66,9 +66,10 @@ pub fn hosts(host_network: bool, hostname: &str, ips: &[IpAddr]) -> Vec<u8> {
 }
 
 /// No fsync: these files matter only while the pod's namespaces exist, and
-/// those do not survive the power loss an fsync would guard against.
+/// those do not survive the power loss an fsync would guard against. 0644:
+/// every user in the container reads them.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    crate::record::write_via_temp(path, bytes, false).map_err(|source| FileError::Write {
+    crate::record::write_via_temp(path, bytes, false, 0o644).map_err(|source| FileError::Write {
         path: path.to_path_buf(),
         source,
     })

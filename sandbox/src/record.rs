@@ -241,21 +241,28 @@ fn remove_unrecorded(layout: &Layout, state_dir: &Path) -> Result<(), String> {
 }
 
 /// Temp file, fsync, rename: a crash leaves the old file or the new one.
+/// 0600: a record holds the pod's config, annotations included.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_via_temp(path, bytes, true)
+    write_via_temp(path, bytes, true, 0o600)
 }
 
-/// Temp file and rename, so readers never see half a file. `sync` also
-/// makes the content durable before the rename (records need that; files
-/// that die with the pod at a reboot do not).
-pub fn write_via_temp(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+/// Temp file and rename, so readers never see half a file, with `mode`.
+/// `sync` also makes the content durable before the rename (records need
+/// that; files that die with the pod at a reboot do not).
+pub fn write_via_temp(path: &Path, bytes: &[u8], sync: bool, mode: u32) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
-    let mut file = std::fs::File::create(&tmp)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
     file.write_all(bytes)?;
     if sync {
         file.sync_all()?;

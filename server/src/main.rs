@@ -9,6 +9,7 @@ mod metrics;
 mod notify;
 mod reload;
 mod rpc_trace;
+mod state_dirs;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -110,11 +111,8 @@ fn main() -> ExitCode {
 enum ServeError {
     #[error(transparent)]
     Listen(#[from] listener::ListenError),
-    #[error("cannot create directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    StateDir(#[from] state_dirs::StateDirError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -156,7 +154,6 @@ async fn run(
     (sources, overrides): (Sources, Overrides),
     log: logging::LevelHandle,
 ) -> Result<(), ServeError> {
-    use std::os::unix::fs::DirBuilderExt;
     if let Some(name) = berth_failpoint::armed() {
         if berth_failpoint::ALL.contains(&name) {
             tracing::warn!("failpoint {name} armed: berthd kills itself with SIGKILL there");
@@ -166,16 +163,7 @@ async fn run(
     }
     // First: SIGHUP's default action would end the process.
     let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
-    for dir in [&config.root, &config.run_root] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(dir)
-            .map_err(|source| ServeError::StateDir {
-                path: dir.clone(),
-                source,
-            })?;
-    }
+    state_dirs::secure(&config.root, &config.run_root)?;
     let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
     let images = cri::open_store(&config)?;
     let socket_lock_path = PathBuf::from(format!("{}.lock", config.listen.display()));
