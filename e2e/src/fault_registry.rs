@@ -20,6 +20,8 @@ use std::time::Duration;
 pub enum Fault {
     /// `500 Internal Server Error`.
     ServerError,
+    /// `404 Not Found`: a mirror that lacks the image.
+    NotFound,
     /// Half the body, then the connection is closed.
     DropMidBody,
     /// The whole body under a Content-Length that promises more, then close.
@@ -42,6 +44,8 @@ struct Shared {
     fetches: Mutex<HashMap<String, usize>>,
     /// Token requests seen: the Authorization header each carried.
     token_requests: Mutex<Vec<String>>,
+    /// Every request's Authorization header, empty when it had none.
+    authorizations: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
@@ -127,6 +131,11 @@ impl FaultRegistry {
     pub fn token_requests(&self) -> Vec<String> {
         self.shared.token_requests.lock().unwrap().clone()
     }
+
+    /// The Authorization header of every request so far, token requests included.
+    pub fn authorizations(&self) -> Vec<String> {
+        self.shared.authorizations.lock().unwrap().clone()
+    }
 }
 
 impl Drop for FaultRegistry {
@@ -183,6 +192,7 @@ fn serve(stream: TcpStream, layout: &Path, s: &Shared, auth: Auth, port: u16) {
                 authorization = v.trim().to_string();
             }
         }
+        s.authorizations.lock().unwrap().push(authorization.clone());
         let path = request_line
             .split_whitespace()
             .nth(1)
@@ -260,6 +270,7 @@ fn serve(stream: TcpStream, layout: &Path, s: &Shared, auth: Auth, port: u16) {
         let result = match fault {
             None => respond(&mut out, "200 OK", &headers, &bytes),
             Some(Fault::ServerError) => respond(&mut out, "500 Internal Server Error", "", b"{}"),
+            Some(Fault::NotFound) => respond(&mut out, "404 Not Found", "", b"{}"),
             Some(Fault::DropMidBody) => {
                 let _ = out
                     .write_all(head(bytes.len()).as_bytes())

@@ -739,6 +739,100 @@ async fn bearer_token_flow_anonymous_and_with_credentials() {
     assert_eq!(fault.token_requests()[1], "Basic dTpw");
 }
 
+/// Credentials are scoped as containers/image scopes them, and tighter:
+/// they go to the registry they were given for, never to its mirrors nor
+/// to another unqualified-search registry.
+#[tokio::test]
+async fn credentials_go_only_to_the_registry_they_were_given_for() {
+    if !ready() {
+        return;
+    }
+    let origin = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
+    let mirror = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::Bearer);
+    let (o, m) = (origin.host(), mirror.host());
+    let conf = format!(
+        "unqualified-search-registries = [\"{m}\", \"{o}\"]\n\
+         [[registry]]\nlocation = \"{o}\"\ninsecure = true\n\
+         [[registry.mirror]]\nlocation = \"{m}\"\ninsecure = true\n\
+         [[registry]]\nlocation = \"{m}\"\ninsecure = true\n"
+    );
+    let (berthd, _conf) = start_berthd(&conf).await;
+    let mut images = berthd.images().await;
+    let basic = "Basic dTpw"; // base64("u:p")
+    let creds = |server_address: &str| AuthConfig {
+        username: "u".into(),
+        password: "p".into(),
+        server_address: server_address.into(),
+        ..Default::default()
+    };
+    let (manifest, _) = registry::fixture_manifest("zstd");
+    let sent_basic = |r: &FaultRegistry| r.authorizations().iter().any(|a| a == basic);
+
+    // The mirror serves it, with an anonymous token.
+    pull(&mut images, &origin.image("zstd"), Some(creds("")))
+        .await
+        .unwrap();
+    assert!(
+        !mirror.authorizations().is_empty(),
+        "the mirror served the pull"
+    );
+    assert!(!sent_basic(&mirror), "{:?}", mirror.authorizations());
+    assert!(origin.authorizations().is_empty());
+    remove(&mut images, &origin.image("zstd")).await;
+
+    // A mirror without the image: the origin gets the credentials.
+    mirror.inject(&manifest, &[fault_registry::Fault::NotFound]);
+    pull(&mut images, &origin.image("zstd"), Some(creds("")))
+        .await
+        .unwrap();
+    assert!(sent_basic(&origin), "{:?}", origin.authorizations());
+    assert!(!sent_basic(&mirror), "{:?}", mirror.authorizations());
+    remove(&mut images, &origin.image("zstd")).await;
+
+    // A short name, with credentials for the second search registry: the
+    // first one (the mirror's own name) lacks it and must not see them;
+    // then the origin's mirror lacks it too, and the origin gets them.
+    let before = origin.authorizations().len();
+    mirror.inject(
+        &manifest,
+        &[
+            fault_registry::Fault::NotFound,
+            fault_registry::Fault::NotFound,
+        ],
+    );
+    pull(
+        &mut images,
+        "berth/zstd:latest",
+        Some(creds(&format!("http://{o}/v2/"))),
+    )
+    .await
+    .unwrap();
+    assert!(!sent_basic(&mirror), "{:?}", mirror.authorizations());
+    assert!(
+        origin.authorizations()[before..].iter().any(|a| a == basic),
+        "{:?}",
+        origin.authorizations()
+    );
+    remove(&mut images, &format!("{o}/berth/zstd:latest")).await;
+
+    // A short name's credentials are docker.io's, as the kubelet looks
+    // them up: no search registry here gets them.
+    let (before_o, before_m) = (origin.authorizations().len(), mirror.authorizations().len());
+    pull(&mut images, "berth/zstd:latest", Some(creds("")))
+        .await
+        .unwrap();
+    assert!(
+        !origin.authorizations()[before_o..]
+            .iter()
+            .any(|a| a == basic)
+    );
+    assert!(
+        !mirror.authorizations()[before_m..]
+            .iter()
+            .any(|a| a == basic)
+    );
+}
+
 #[tokio::test]
 async fn transient_registry_faults_are_retried_and_persistent_ones_reported() {
     if !ready() {

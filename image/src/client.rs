@@ -43,6 +43,11 @@ pub enum ClientError {
         what: String,
         limit: usize,
     },
+    #[error(
+        "registry {registry}: token realm {realm} is plain HTTP; credentials are sent over \
+         plain HTTP only for a registry configured insecure"
+    )]
+    PlainHttpRealm { registry: String, realm: String },
     #[error("registry {registry}: bad auth challenge {challenge:?}")]
     Challenge { registry: String, challenge: String },
     #[error("registry {registry}: {what}: no progress for {timeout:?}")]
@@ -80,6 +85,9 @@ pub struct Credentials {
     pub identity_token: String,
     /// A bearer token to send as is (`registry_token`).
     pub registry_token: String,
+    /// The registry they were given for (`server_address`); empty: the
+    /// image's own. They are sent to that registry only.
+    pub server_address: String,
 }
 
 impl Credentials {
@@ -170,6 +178,7 @@ impl Client {
             base,
             registry: registry.clone(),
             repo: endpoint.path.clone(),
+            insecure: endpoint.insecure,
             authorization: None,
             progress_timeout: self.progress_timeout,
         };
@@ -197,6 +206,8 @@ pub struct Session {
     base: String,
     registry: String,
     repo: String,
+    /// Configured insecure: plain HTTP may carry its credentials.
+    insecure: bool,
     authorization: Option<String>,
     progress_timeout: Duration,
 }
@@ -254,6 +265,17 @@ impl Session {
         query.push(("scope".into(), format!("repository:{}:pull", self.repo)));
         let what = "token request";
         let http_err = |source| self.http_error(what, source);
+        let sends_credentials = !creds.identity_token.is_empty()
+            || !creds.username.is_empty()
+            || !creds.password.is_empty();
+        // The realm is the registry's (or a man in the middle's) choice: a
+        // secure registry's secrets must not leave over plain HTTP.
+        if sends_credentials && !self.insecure && !starts_with_ignore_case(&realm, "https://") {
+            return Err(ClientError::PlainHttpRealm {
+                registry: self.registry.clone(),
+                realm,
+            });
+        }
         let resp = if !creds.identity_token.is_empty() {
             let mut form = query.clone();
             form.push(("grant_type".into(), "refresh_token".into()));
@@ -414,6 +436,11 @@ fn http_error(
     }
 }
 
+fn starts_with_ignore_case(text: &str, prefix: &str) -> bool {
+    text.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
 fn basic(creds: &Credentials) -> String {
     let raw = format!("{}:{}", creds.username, creds.password);
     format!(
@@ -467,6 +494,8 @@ fn parse_params(text: &str) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     /// A plain-HTTP registry whose token server answers 8 MiB.
@@ -527,6 +556,90 @@ mod tests {
             matches!(&err, ClientError::TooLarge { what, .. } if what == "token request"),
             "{err}"
         );
+    }
+
+    /// A plain-HTTP token server that records each request's head.
+    async fn recording_token_server() -> (String, Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let body = r#"{"token":"t"}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(reply.as_bytes()).await;
+            }
+        });
+        (realm, heads)
+    }
+
+    fn session_on(insecure: bool) -> Session {
+        Session {
+            http: reqwest::Client::new(),
+            base: "https://registry.test".into(),
+            registry: "registry.test".into(),
+            repo: "team/app".into(),
+            insecure,
+            authorization: None,
+            progress_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_never_go_to_a_plain_http_realm_of_a_secure_registry() {
+        let (realm, heads) = recording_token_server().await;
+        let challenge = format!("Bearer realm=\"{realm}\",service=\"s\"");
+        let basic = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+            ..Credentials::default()
+        };
+        let refresh = Credentials {
+            identity_token: "refresh-secret".into(),
+            ..Credentials::default()
+        };
+        for creds in [&basic, &refresh] {
+            let err = session_on(false)
+                .answer(&challenge, creds)
+                .await
+                .expect_err("the credentials are withheld");
+            assert!(
+                matches!(&err, ClientError::PlainHttpRealm { realm: r, .. } if *r == realm),
+                "{err}"
+            );
+        }
+        assert!(
+            heads.lock().unwrap().is_empty(),
+            "no request reached the realm"
+        );
+
+        // Anonymous tokens carry no secret: a plain-HTTP realm may serve them.
+        let anonymous = session_on(false)
+            .answer(&challenge, &Credentials::default())
+            .await
+            .unwrap();
+        assert_eq!(anonymous, "Bearer t");
+        assert!(!heads.lock().unwrap()[0].contains("uthorization"));
+
+        // A registry configured insecure has accepted plain HTTP.
+        session_on(true).answer(&challenge, &basic).await.unwrap();
+        assert!(heads.lock().unwrap()[1].contains("Basic dTpw"));
     }
 
     #[test]

@@ -6,6 +6,37 @@ use crate::digest::Digest;
 
 pub const DOCKER_IO: &str = "docker.io";
 
+/// A registry as credentials name it: a lower-case `host[:port]`, with
+/// docker.io's other names folded into `docker.io`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RegistryHost(String);
+
+impl RegistryHost {
+    pub fn new(host: &str) -> RegistryHost {
+        let host = host.to_ascii_lowercase();
+        match host.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => RegistryHost(DOCKER_IO.into()),
+            _ => RegistryHost(host),
+        }
+    }
+
+    /// The registry of a docker-config style server address
+    /// (`https://index.docker.io/v1/`, `quay.io`, `host:5000/team`).
+    pub fn from_server_address(address: &str) -> RegistryHost {
+        let rest = address
+            .strip_prefix("https://")
+            .or_else(|| address.strip_prefix("http://"))
+            .unwrap_or(address);
+        RegistryHost::new(rest.split('/').next().unwrap_or(""))
+    }
+}
+
+impl fmt::Display for RegistryHost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReferenceError {
     #[error("invalid image reference {0:?}: {1}")]
@@ -99,6 +130,12 @@ impl ParsedRef {
         })
     }
 
+    /// The registry whose credentials apply: the reference's own, or
+    /// docker.io for a short name, as the kubelet's keyring looks them up.
+    pub fn credential_registry(&self) -> RegistryHost {
+        RegistryHost::new(self.domain.as_deref().unwrap_or(DOCKER_IO))
+    }
+
     /// Qualifies with `domain`; docker.io gets its `library/` namespace, and
     /// a reference with neither tag nor digest means `:latest`.
     pub fn qualify(&self, domain: &str) -> ImageRef {
@@ -159,6 +196,32 @@ impl fmt::Display for ImageRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_registries() {
+        for address in [
+            "https://index.docker.io/v1/",
+            "docker.io",
+            "registry-1.docker.io",
+            "Index.Docker.IO",
+        ] {
+            assert_eq!(
+                RegistryHost::from_server_address(address).to_string(),
+                "docker.io"
+            );
+        }
+        assert_eq!(
+            RegistryHost::from_server_address("http://Host:5000/team/app").to_string(),
+            "host:5000"
+        );
+        let short = ParsedRef::parse("busybox").unwrap();
+        assert_eq!(short.credential_registry(), RegistryHost::new(DOCKER_IO));
+        let qualified = ParsedRef::parse("quay.io/team/app:1").unwrap();
+        assert_eq!(
+            qualified.credential_registry(),
+            RegistryHost::new("quay.io")
+        );
+    }
 
     fn q(s: &str) -> String {
         let p = ParsedRef::parse(s).unwrap();

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::reference::{DOCKER_IO, ImageRef};
+use crate::reference::{DOCKER_IO, ImageRef, RegistryHost};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistriesError {
@@ -69,6 +69,12 @@ pub struct Endpoint {
     pub path: String,
     /// Plain HTTP, or HTTPS without certificate verification.
     pub insecure: bool,
+}
+
+impl Endpoint {
+    pub fn registry(&self) -> RegistryHost {
+        RegistryHost::new(&self.host)
+    }
 }
 
 /// Where to pull `image` from, or why not.

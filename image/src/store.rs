@@ -29,7 +29,7 @@ use crate::client::{Client, ClientError, Credentials, Session};
 use crate::digest::{ChainId, Digest};
 use crate::fsutil::{remove_all, write_atomic};
 use crate::manifest::{Compression, Descriptor, ImageConfig, Manifest, ManifestError, Platform};
-use crate::reference::{ImageRef, ParsedRef, ReferenceError};
+use crate::reference::{ImageRef, ParsedRef, ReferenceError, RegistryHost};
 use crate::registries::{RegistriesConfig, RegistriesError, Source};
 use crate::unpack::{self, UnpackError, Usage};
 
@@ -396,10 +396,16 @@ impl ImageStore {
     /// Pulls `name` with `creds`, records it and returns it.
     pub async fn pull(&self, name: &str, creds: &Credentials) -> Result<Pulled, StoreError> {
         let candidates = self.qualified(name)?;
+        let given_for = if creds.server_address.is_empty() {
+            ParsedRef::parse(name)?.credential_registry()
+        } else {
+            RegistryHost::from_server_address(&creds.server_address)
+        };
         let (settings, client) = self.pull.read().expect("lock poisoned").clone();
         let mut last_err = None;
         for image in &candidates {
-            match self.pull_one(image, creds, &settings, &client).await {
+            let pull = self.pull_one(image, (creds, &given_for), &settings, &client);
+            match pull.await {
                 Ok(pulled) => return Ok(pulled),
                 Err(err) => last_err = Some(err),
             }
@@ -410,7 +416,7 @@ impl ImageStore {
     async fn pull_one(
         &self,
         image: &ImageRef,
-        creds: &Credentials,
+        (creds, given_for): (&Credentials, &RegistryHost),
         settings: &PullSettings,
         client: &Client,
     ) -> Result<Pulled, StoreError> {
@@ -424,9 +430,24 @@ impl ImageStore {
             }
             Source::Endpoints(endpoints) => endpoints,
         };
+        let anonymous = Credentials::default();
         let mut last_err = None;
         for endpoint in &endpoints {
             let shown = &shown;
+            // Credentials go to the registry they were given for only: not
+            // to a mirror, a rewritten location or another search registry.
+            let creds = if endpoint.registry() == *given_for {
+                creds
+            } else {
+                if !creds.is_empty() {
+                    tracing::debug!(
+                        registry = %endpoint.host,
+                        given_for = %given_for,
+                        "credentials withheld from a registry they were not given for"
+                    );
+                }
+                &anonymous
+            };
             let connect = || async move {
                 client
                     .session(endpoint, creds)

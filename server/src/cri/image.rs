@@ -61,7 +61,9 @@ fn status(err: StoreError) -> Status {
         StoreError::Reference(_) => Status::invalid_argument(message),
         StoreError::Blocked { .. } => Status::permission_denied(message),
         StoreError::Client { source, .. } => match source {
-            ClientError::Unauthorized { .. } => Status::unauthenticated(message),
+            ClientError::Unauthorized { .. } | ClientError::PlainHttpRealm { .. } => {
+                Status::unauthenticated(message)
+            }
             ClientError::NotFound { .. } => Status::not_found(message),
             ClientError::Stalled { .. } => Status::deadline_exceeded(message),
             _ => Status::unavailable(message),
@@ -95,6 +97,7 @@ fn credentials(auth: Option<&AuthConfig>) -> Result<Credentials, Status> {
         password: auth.password.clone(),
         identity_token: auth.identity_token.clone(),
         registry_token: auth.registry_token.clone(),
+        server_address: auth.server_address.clone(),
     };
     if !auth.auth.is_empty() {
         let decoded = Credentials::from_auth_field(&auth.auth).ok_or_else(|| {
