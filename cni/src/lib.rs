@@ -476,39 +476,20 @@ fn remove_cache(path: &Path) -> Result<(), Error> {
 }
 
 fn remove_temp_files(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "tmp")
-            && let Err(err) = std::fs::remove_file(&path)
-        {
-            tracing::warn!("cannot remove {}: {err}", path.display());
-        }
+    if let Err(err) = berth_host::atomic::remove_temporaries(dir) {
+        tracing::warn!("cannot remove temporary files in {}: {err}", dir.display());
     }
 }
 
-/// Temp file, fsync, rename: a crash leaves the old file or the new one.
-/// Root only: a cached config carries the pod's annotations.
+/// Durable, and root only: a cached config carries the pod's annotations.
 fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    berth_host::atomic::write_private(path, bytes)
 }
 
 #[cfg(test)]
@@ -568,7 +549,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = dir.path().join("results");
         std::fs::create_dir_all(&cache).unwrap();
-        std::fs::write(cache.join("a-eth0.tmp"), "{\"kind\"").unwrap();
+        std::fs::write(cache.join(".a-eth0.json.tmp77-3"), "{\"kind\"").unwrap();
         std::fs::write(cache.join("b-eth0.json"), "{}").unwrap();
         Cni::new(Options {
             conf_dir: dir.path().join("net.d"),

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use berth_host::atomic::write_private;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::client::{Client, ClientError, Credentials, Session};
 use crate::digest::{ChainId, Digest};
-use crate::fsutil::{remove_all, write_atomic};
+use crate::fsutil::remove_all;
 use crate::manifest::{Compression, Descriptor, ImageConfig, Manifest, ManifestError, Platform};
 use crate::reference::{ImageRef, ParsedRef, ReferenceError, RegistryHost};
 use crate::registries::{RegistriesConfig, RegistriesError, Source};
@@ -597,7 +598,7 @@ impl ImageStore {
         for (digest, bytes) in &blobs {
             let path = self.blob_path(digest);
             if !path.exists() {
-                write_atomic(&path, bytes).map_err(StoreError::io(&path))?;
+                write_private(&path, bytes).map_err(StoreError::io(&path))?;
             }
         }
         let repo_digest = image.with_digest(&top_digest);
@@ -612,7 +613,7 @@ impl ImageStore {
             chain_ids: chain_ids.clone(),
             size: layers.iter().map(|(l, _)| l.uncompressed).sum(),
             config,
-            pulled_at: now_ns(),
+            pulled_at: berth_host::now_nanos(),
         };
         let downloaded = blobs.iter().map(|(_, b)| b.len() as u64).sum::<u64>()
             + layers.iter().map(|(_, fetched)| fetched).sum::<u64>();
@@ -684,7 +685,7 @@ impl ImageStore {
     fn write_record(&self, record: &Image) -> Result<(), StoreError> {
         let path = self.record_path(&record.id);
         let json = serde_json::to_vec_pretty(record).expect("image records serialize");
-        write_atomic(&path, &json).map_err(StoreError::io(&path))
+        write_private(&path, &json).map_err(StoreError::io(&path))
     }
 
     async fn ensure_layer(
@@ -769,7 +770,7 @@ impl ImageStore {
         };
         let json = serde_json::to_vec_pretty(&record).expect("layer records serialize");
         let tmp_meta = tmp.path().join("layer.json");
-        write_atomic(&tmp_meta, &json).map_err(StoreError::io(&tmp_meta))?;
+        write_private(&tmp_meta, &json).map_err(StoreError::io(&tmp_meta))?;
         // A half-removed layer of a failed earlier attempt cannot be here:
         // layers without layer.json are only ever in tmp/.
         let tmp = Arc::into_inner(tmp)
@@ -1075,12 +1076,6 @@ fn push_unique<T: PartialEq>(list: &mut Vec<T>, item: T) {
     if !list.contains(&item) {
         list.push(item);
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i64)
 }
 
 /// What the downloader hands the unpacker.

@@ -141,20 +141,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
-
-fn random_id() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 impl Containers {
     /// Loads every record, learning from exit files what ended while berthd
     /// was away. Unreadable records are returned to be logged (left on disk:
@@ -171,7 +157,7 @@ impl Containers {
                 record.exit = Some(ExitRecord {
                     exit_code: 255,
                     signal: None,
-                    finished_at: now_nanos(),
+                    finished_at: berth_host::now_nanos(),
                     oom_killed: false,
                 });
                 record.message = Some(if record.pid == 0 {
@@ -223,7 +209,7 @@ impl Containers {
                 Ok(Some(state)) if state.status == "running" => {
                     let mut record = lock(&slot.record);
                     record.state = ContainerState::Running;
-                    record.started_at = Some(now_nanos());
+                    record.started_at = Some(berth_host::now_nanos());
                     if let Err(err) = self.records.save(&record) {
                         errors.push(err);
                     }
@@ -266,28 +252,12 @@ impl Containers {
 
     /// The slot of a full ID or unique prefix; `None` when nothing matches.
     fn resolve(&self, id: &str) -> Result<Option<Arc<Slot>>, Error> {
-        if id.is_empty() {
-            return Ok(None);
-        }
         let index = lock(&self.index);
-        if let Some(slot) = index.by_id.get(id) {
-            return Ok(Some(Arc::clone(slot)));
-        }
-        let mut matches = index
-            .by_id
-            .range(id.to_string()..)
-            .take_while(|(key, _)| key.starts_with(id));
-        let Some((_, slot)) = matches.next() else {
-            return Ok(None);
-        };
-        let others = matches.count();
-        if others > 0 {
-            return Err(Error::Ambiguous {
-                prefix: id.to_string(),
-                count: others + 1,
-            });
-        }
-        Ok(Some(Arc::clone(slot)))
+        let found = berth_host::id::by_prefix(&index.by_id, id).map_err(|a| Error::Ambiguous {
+            prefix: a.prefix,
+            count: a.count,
+        })?;
+        Ok(found.map(|(_, slot)| Arc::clone(slot)))
     }
 
     fn slot(&self, id: &str) -> Result<Arc<Slot>, Error> {
@@ -305,7 +275,7 @@ impl Containers {
             observer(Event {
                 kind,
                 record: record.clone(),
-                at: now_nanos(),
+                at: berth_host::now_nanos(),
             });
         }
     }
@@ -390,7 +360,7 @@ impl Containers {
             });
         }
         let id = loop {
-            let id = random_id().map_err(Error::Id)?;
+            let id = berth_host::id::random_hex_id().map_err(Error::Id)?;
             if !index.by_id.contains_key(&id) {
                 break id;
             }
@@ -433,7 +403,7 @@ impl Containers {
             record.state_dir = self.state_dir_of(&record.id);
             record.rootfs = lifecycle::rootfs_of(&record.run_dir);
             record.state = ContainerState::Created;
-            record.created_at = now_nanos();
+            record.created_at = berth_host::now_nanos();
             record.pid = 0;
             self.records.save(&record)?;
             let new = NewContainer {
@@ -510,7 +480,7 @@ impl Containers {
         }
         // Taken before the runtime call: a process that exits at once must
         // not report a finish before its start.
-        let started_at = now_nanos();
+        let started_at = berth_host::now_nanos();
         self.runtime_of(&record)?.start(&record.id)?;
         self.update(&slot, |r| {
             r.state = ContainerState::Running;
@@ -636,7 +606,7 @@ impl Containers {
             update::apply_hugepages(&record.id, &cgroup, limits, host).map_err(failed)?;
         }
         update::merge_resources(&mut spec["linux"]["resources"], resources);
-        crate::atomic::write_atomic(&spec_path, spec.to_string().as_bytes()).map_err(io)?;
+        berth_host::atomic::write_private(&spec_path, spec.to_string().as_bytes()).map_err(io)?;
         self.update(&slot, edit)
     }
 

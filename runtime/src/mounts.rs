@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use berth_host::mountinfo;
 use nix::mount::MsFlags;
 
 use crate::spec::{BindMount, Propagation};
@@ -83,16 +84,20 @@ pub fn prepare(mounts: &mut [BindMount]) -> Result<(), MountError> {
         if m.propagation == Propagation::Private {
             continue;
         }
-        let info =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
-        let (mount_point, shared, slave) = holding_mount(&info, &m.host_path)
+        let mounts = mountinfo::read().map_err(MountError::MountInfo)?;
+        let holding = mountinfo::holding(&mounts, &m.host_path)
             .ok_or_else(|| MountError::NoMount(m.host_path.clone()))?;
+        let (mount_point, shared, slave) = (
+            &holding.mount_point,
+            holding.is_shared(),
+            holding.is_slave(),
+        );
         // rshared needs a shared host mount; rslave a shared or slave one.
         let ok = shared || (slave && m.propagation == Propagation::HostToContainer);
         if !ok {
             nix::mount::mount(
                 None::<&str>,
-                &mount_point,
+                mount_point,
                 None::<&str>,
                 MsFlags::MS_SHARED,
                 None::<&str>,
@@ -107,79 +112,9 @@ pub fn prepare(mounts: &mut [BindMount]) -> Result<(), MountError> {
     Ok(())
 }
 
-/// The mount point holding `path` (the deepest one, the last mounted if
-/// stacked) and whether it is shared and whether it is a slave.
-fn holding_mount(mountinfo: &str, path: &Path) -> Option<(PathBuf, bool, bool)> {
-    let mut best: Option<(PathBuf, bool, bool)> = None;
-    for line in mountinfo.lines() {
-        let (fields, _) = line.split_once(" - ")?;
-        let fields: Vec<&str> = fields.split(' ').collect();
-        let mount_point = PathBuf::from(unescape(fields.get(4)?));
-        if !path.starts_with(&mount_point) {
-            continue;
-        }
-        let optional = fields.get(6..).unwrap_or_default();
-        let shared = optional.iter().any(|o| o.starts_with("shared:"));
-        let slave = optional.iter().any(|o| o.starts_with("master:"));
-        if best
-            .as_ref()
-            .is_none_or(|(b, _, _)| mount_point.components().count() >= b.components().count())
-        {
-            best = Some((mount_point, shared, slave));
-        }
-    }
-    best
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            out.push(
-                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
-            );
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const INFO: &str = "\
-27 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-40 27 0:40 / /mnt/a\\040b rw shared:5 - tmpfs tmpfs rw
-41 27 0:41 / /var/lib/x rw master:3 - tmpfs tmpfs rw
-";
-
-    #[test]
-    fn the_deepest_mount_holds_a_path() {
-        assert_eq!(
-            holding_mount(INFO, Path::new("/mnt/a b/c")),
-            Some(("/mnt/a b".into(), true, false))
-        );
-        assert_eq!(
-            holding_mount(INFO, Path::new("/var/lib/x/y")),
-            Some(("/var/lib/x".into(), false, true))
-        );
-        assert_eq!(
-            holding_mount(INFO, Path::new("/var/lib/xy")),
-            Some(("/".into(), false, false))
-        );
-    }
 
     #[test]
     fn host_paths_are_created_and_symlinks_followed() {

@@ -131,7 +131,7 @@ impl OciRuntime {
             source,
         };
         std::fs::create_dir_all(&self.root).map_err(io)?;
-        crate::atomic::write_atomic(
+        berth_host::atomic::write_private(
             &options.run_dir.join(shim::CONFIG_FILE),
             &serde_json::to_vec(&config).expect("shim config serializes"),
         )

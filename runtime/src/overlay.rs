@@ -253,41 +253,8 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), OverlayError> {
 /// The mount points at or below `dir` in this mount namespace, deepest
 /// first, each once.
 pub fn mounts_under(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mut mounts: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape)
-        .filter(|path| path.starts_with(dir))
-        .collect();
-    mounts.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    mounts.dedup();
-    Ok(mounts)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let code = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (bytes[i], code) {
-            (b'\\', Some(code)) => {
-                out.push(code);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    let mounts = berth_host::mountinfo::read()?;
+    Ok(berth_host::mountinfo::mount_points_under(&mounts, dir))
 }
 
 /// Unmounts `target`; nothing mounted there (or no `target`) is success.

@@ -106,7 +106,7 @@ impl ContainerRecord {
         self.exit(ExitRecord {
             exit_code: if killed { 137 } else { 255 },
             signal: killed.then_some(nix::sys::signal::Signal::SIGKILL as i32),
-            finished_at: crate::containers::now_nanos(),
+            finished_at: berth_host::now_nanos(),
             oom_killed: false,
         });
         self.message = Some(if killed {
@@ -222,7 +222,8 @@ impl RecordStore {
     pub fn save(&self, record: &ContainerRecord) -> Result<(), StoreError> {
         let path = self.path(&record.id);
         let bytes = serde_json::to_vec(record).expect("record serializes");
-        crate::atomic::write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path, source })
+        berth_host::atomic::write_private(&path, &bytes)
+            .map_err(|source| StoreError::Io { path, source })
     }
 
     /// Removing an absent record is success.
@@ -246,7 +247,7 @@ impl RecordStore {
         let (mut records, mut errors) = (Vec::new(), Vec::new());
         for entry in entries.flatten() {
             let path = entry.path();
-            if crate::atomic::is_temporary(&path) {
+            if berth_host::atomic::is_temporary(&path) {
                 // Only one berthd uses the dir: nobody is writing this any more.
                 let _ = std::fs::remove_file(&path);
                 continue;

@@ -908,7 +908,8 @@ fn host_devices() -> std::io::Result<Vec<LinuxDevice>> {
 pub fn write(bundle: &Path, spec: &Spec) -> Result<(), SpecError> {
     let path = bundle.join("config.json");
     let bytes = serde_json::to_vec(spec).expect("OCI spec serializes");
-    crate::atomic::write_atomic(&path, &bytes).map_err(|source| SpecError::Write { path, source })
+    berth_host::atomic::write_private(&path, &bytes)
+        .map_err(|source| SpecError::Write { path, source })
 }
 
 /// Reads `config.json` back from `bundle` (ContainerStatus's verbose info and user).

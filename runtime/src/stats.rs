@@ -29,26 +29,18 @@ impl Layout {
 
     fn parse(mountinfo: &str) -> Layout {
         let mut layout = Layout::default();
-        for line in mountinfo.lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let Some(dash) = fields.iter().position(|f| *f == "-") else {
-                continue;
-            };
-            let (Some(fstype), Some(mount)) = (fields.get(dash + 1), fields.get(4)) else {
-                continue;
-            };
-            let mount = PathBuf::from(mount);
-            match *fstype {
-                "cgroup2" => layout.unified = Some(mount),
+        for mount in berth_host::mountinfo::parse(mountinfo) {
+            match mount.fstype.as_str() {
+                "cgroup2" => layout.unified = Some(mount.mount_point),
                 "cgroup" => {
-                    let options = fields.get(dash + 3).copied().unwrap_or_default();
-                    for option in options.split(',') {
-                        match option {
-                            "cpuacct" => layout.cpuacct_v1 = Some(mount.clone()),
-                            "memory" => layout.memory_v1 = Some(mount.clone()),
-                            "pids" => layout.pids_v1 = Some(mount.clone()),
-                            _ => {}
-                        }
+                    for option in mount.super_options.split(',') {
+                        let slot = match option {
+                            "cpuacct" => &mut layout.cpuacct_v1,
+                            "memory" => &mut layout.memory_v1,
+                            "pids" => &mut layout.pids_v1,
+                            _ => continue,
+                        };
+                        *slot = Some(mount.mount_point.clone());
                     }
                 }
                 _ => {}
@@ -290,7 +282,7 @@ impl Stats {
 
     /// The container `id` whose cgroup is `cgroup` (relative to the roots).
     pub fn container(&self, id: &str, cgroup: &Path) -> Sample {
-        let at = crate::containers::now_nanos();
+        let at = berth_host::now_nanos();
         let usage = self.layout.read(cgroup);
         let nano_cores = usage.map_or(0, |u| self.containers.nano_cores(id, at, u.cpu_ns));
         Sample {
@@ -303,7 +295,7 @@ impl Stats {
     /// The pod `id`, its usage the sum of `cgroups` (its infra process's and
     /// its containers'): a pod's cgroup parent may be shared with others.
     pub fn pod(&self, id: &str, cgroups: &[PathBuf]) -> Sample {
-        let at = crate::containers::now_nanos();
+        let at = berth_host::now_nanos();
         let usage = cgroups
             .iter()
             .filter_map(|cgroup| self.layout.read(cgroup))

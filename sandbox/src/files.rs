@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use berth_host::atomic::Durability;
 use nix::mount::{MntFlags, MsFlags};
 
 use crate::spec::Dns;
@@ -69,10 +70,13 @@ pub fn hosts(host_network: bool, hostname: &str, ips: &[IpAddr]) -> Vec<u8> {
 /// those do not survive the power loss an fsync would guard against. 0644:
 /// every user in the container reads them.
 pub fn write(path: &Path, bytes: &[u8]) -> Result<(), FileError> {
-    crate::record::write_via_temp(path, bytes, false, 0o644).map_err(|source| FileError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .and_then(|()| berth_host::atomic::write(path, bytes, 0o644, Durability::Volatile))
+        .map_err(|source| FileError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A private tmpfs of `size` bytes, as /dev/shm is mounted in containers.

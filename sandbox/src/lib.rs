@@ -203,26 +203,12 @@ impl Sandboxes {
 
     /// The ID a full ID or unique prefix names, if any.
     fn resolve(&self, id: &str) -> Result<Option<(PodId, Slot)>, Error> {
-        if id.is_empty() {
-            return Ok(None);
-        }
         let index = self.index.lock().expect("lock poisoned");
-        let mut matches = index
-            .pods
-            .iter()
-            .filter(|(key, _)| key.as_str().starts_with(id));
-        let Some((first, slot)) = matches.next() else {
-            return Ok(None);
-        };
-        let found = (first.clone(), Arc::clone(slot));
-        let others = matches.count();
-        if others > 0 {
-            return Err(Error::Ambiguous {
-                prefix: id.to_string(),
-                count: others + 1,
-            });
-        }
-        Ok(Some(found))
+        let found = berth_host::id::by_prefix(&index.pods, id).map_err(|a| Error::Ambiguous {
+            prefix: a.prefix,
+            count: a.count,
+        })?;
+        Ok(found.map(|(id, slot)| (id.clone(), Arc::clone(slot))))
     }
 
     /// A copy of the pod's record; NOT_FOUND for an unknown ID.
@@ -359,7 +345,7 @@ impl Sandboxes {
         };
         Pod {
             id: id.clone(),
-            created_at: now_nanos(),
+            created_at: berth_host::now_nanos(),
             state: State::NotReady,
             complete: false,
             runtime_handler,
@@ -639,11 +625,4 @@ async fn blocking<T: Send + 'static>(
             what: "a blocking task failed".into(),
             source: std::io::Error::other(err.to_string()),
         })
-}
-
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
 }

@@ -17,13 +17,17 @@ pub struct PodId(String);
 
 impl PodId {
     pub fn random() -> std::io::Result<PodId> {
-        use std::io::Read;
-        let mut bytes = [0u8; 32];
-        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-        Ok(PodId(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+        berth_host::id::random_hex_id().map(PodId)
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// Prefix lookup in the pod index; PodId orders as its string does.
+impl std::borrow::Borrow<str> for PodId {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -179,9 +183,14 @@ impl Layout {
     }
 }
 
+/// Durable and 0600: a record holds the pod's config, annotations included.
 pub fn save(layout: &Layout, pod: &Pod) -> std::io::Result<()> {
     let bytes = serde_json::to_vec_pretty(pod).expect("records serialize");
-    atomic_write(&layout.record(&pod.id), &bytes)
+    let path = layout.record(&pod.id);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    berth_host::atomic::write_private(&path, &bytes)
 }
 
 /// Every record under `<root>/pods`; unreadable ones are reported, not fatal.
@@ -238,36 +247,6 @@ fn remove_unrecorded(layout: &Layout, state_dir: &Path) -> Result<(), String> {
         state_dir.display()
     );
     Ok(())
-}
-
-/// Temp file, fsync, rename: a crash leaves the old file or the new one.
-/// 0600: a record holds the pod's config, annotations included.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_via_temp(path, bytes, true, 0o600)
-}
-
-/// Temp file and rename, so readers never see half a file, with `mode`.
-/// `sync` also makes the content durable before the rename (records need
-/// that; files that die with the pod at a reboot do not).
-pub fn write_via_temp(path: &Path, bytes: &[u8], sync: bool, mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    if sync {
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use super::{
     ATTACH_SOCKET, CONFIG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, EXIT_FILE, ExitRecord, PID_FILE,
     RUNTIME_LOG, SHIM_PID_FILE, STREAM_STDERR, STREAM_STDOUT, ShimConfig,
 };
-use crate::atomic::write_atomic;
+use berth_host::atomic::write_private;
 
 /// Bytes read from the container per chunk (as conmon's buffer).
 const CHUNK: usize = 8192;
@@ -698,7 +698,7 @@ impl Monitor {
         let bytes = serde_json::to_vec(&record).expect("exit record serializes");
         let _ = std::fs::remove_file(ATTACH_SOCKET);
         let _ = std::fs::remove_file(CONTROL_SOCKET);
-        match write_atomic(&self.run_dir.join(EXIT_FILE), &bytes) {
+        match write_private(&self.run_dir.join(EXIT_FILE), &bytes) {
             Ok(()) => 0,
             Err(err) => {
                 eprintln!("berth-shim {}: write exit file: {err}", self.config.id);

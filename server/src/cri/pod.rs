@@ -251,13 +251,6 @@ fn pod_status(pod: &Pod) -> PodSandboxStatus {
     }
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or_default()
-}
-
 impl CriService {
     pub(super) async fn run_pod_sandbox(
         &self,
@@ -400,7 +393,7 @@ impl CriService {
             status: Some(pod_status(&pod)),
             info,
             containers_statuses,
-            timestamp: now_nanos(),
+            timestamp: berth_host::now_nanos(),
         })
     }
 

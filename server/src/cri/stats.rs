@@ -70,7 +70,7 @@ fn container_stats(
     let sample = cgroup_parent
         .map(|parent| stats.container(&record.id, &container_cgroup(parent, &record.id)))
         .unwrap_or_else(|| Sample {
-            at: berth_runtime::containers::now_nanos(),
+            at: berth_host::now_nanos(),
             ..Sample::default()
         });
     let upper = upper_dir(&record.state_dir);

@@ -1,0 +1,14 @@
+//! Host plumbing that every Berth crate shares, one copy of each:
+//! [`atomic`] file writes, [`mountinfo`] parsing, random [`id`]s and
+//! prefix lookup, and the wall clock in [`now_nanos`].
+
+pub mod atomic;
+pub mod id;
+pub mod mountinfo;
+
+/// Nanoseconds since the Unix epoch, as CRI timestamps are given.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
