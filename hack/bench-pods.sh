@@ -21,7 +21,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 bash hack/setup.sh
-cargo build --release --locked -q -p berthd -p berth-runtime --bins
+cargo build --release --locked -q -p berthd -p berth-shim --bins
 cargo build --release --locked -q -p berth-e2e --example pod_bench
 BENCH=target/release/examples/pod_bench
 

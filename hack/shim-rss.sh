@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-10}
 
-cargo build --quiet --profile shim -p berth-runtime --bin berth-shim
+cargo build --quiet --profile shim -p berth-shim
 SHIM=$PWD/target/shim/berth-shim
 RUNC=$(command -v runc)
 CONMON=$(command -v conmon)

@@ -111,7 +111,7 @@ pub fn bin_dir() -> &'static Path {
                 "-p",
                 "berthd",
                 "-p",
-                "berth-runtime",
+                "berth-shim",
                 "--bins",
             ])
             .status()

@@ -14,8 +14,8 @@ use berth_e2e::bundles::Bundles;
 use berth_runtime::lifecycle::{self, NewContainer};
 use berth_runtime::oci::{EXEC_OUTPUT_CAP, OciRuntime, wait_exit};
 use berth_runtime::record::parse_signal;
-use berth_runtime::shim::{self, ExitRecord};
 use berth_runtime::spec::{ContainerSpec, Resources};
+use berth_shim_protocol::{self as shim, ExitRecord};
 
 fn can_run() -> bool {
     berth_e2e::can_run(

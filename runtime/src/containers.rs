@@ -18,9 +18,9 @@ use std::time::Duration;
 use crate::lifecycle::{self, ContainerError, NewContainer, RemoveError};
 use crate::oci::{ExecOutput, OciRuntime, RuntimeError};
 use crate::record::{ContainerRecord, ContainerState, RecordStore, StoreError};
-use crate::shim::ExitRecord;
 use crate::spec::ContainerSpec;
 use crate::update::{self, UpdateError};
+use berth_shim_protocol::ExitRecord;
 
 /// A runtime handler by name, as configured now (handlers can change while
 /// berthd runs: a config reload).
@@ -674,7 +674,7 @@ impl Containers {
     /// Has the shim reopen the container's log file (after log rotation).
     pub fn reopen_log(&self, id: &str) -> Result<(), Error> {
         let running = self.running(id)?;
-        crate::shim::control(&running.run_dir, "reopen").map_err(|source| Error::Reopen {
+        berth_shim_protocol::control(&running.run_dir, "reopen").map_err(|source| Error::Reopen {
             id: running.id,
             source,
         })

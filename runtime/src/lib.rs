@@ -1,5 +1,6 @@
-//! Containers: OCI spec generation, the OCI runtime driver, container records
-//! and the `berth-shim` monitor.
+//! Containers: OCI spec generation, the OCI runtime driver and container
+//! records. The `berth-shim` monitor is its own crate; this one speaks to it
+//! through `berth_shim_protocol`.
 //!
 //! What berthd calls, from its container RPCs (blocking functions: run them on
 //! `spawn_blocking`):
@@ -7,7 +8,8 @@
 //!   [`lifecycle::remove`];
 //! - [`oci::OciRuntime`]: `start`, `stop` (stop signal, then SIGKILL),
 //!   `kill`, `state`, `exec_sync`;
-//! - [`shim::control`] (`reopen`, `resize`) and [`shim::ExitRecord::read`];
+//! - `berth_shim_protocol::control` (`reopen`, `resize`) and
+//!   `berth_shim_protocol::ExitRecord::read`;
 //! - [`update`] (UpdateContainerResources' checks and OCI fields);
 //! - [`record::RecordStore`] for the records reloaded after a restart;
 //! - [`containers::Containers`]: the index, name reservation and per-container
@@ -22,7 +24,6 @@
 pub mod containers;
 pub mod cri_spec;
 pub mod features;
-pub mod init;
 pub mod lifecycle;
 pub mod mounts;
 pub mod oci;
@@ -30,7 +31,6 @@ pub mod overlay;
 pub mod private;
 pub mod record;
 pub mod seccomp;
-pub mod shim;
 pub mod spec;
 pub mod stats;
 pub mod update;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
-use crate::shim::{self, ExitRecord, ShimConfig};
+use berth_shim_protocol::{self as shim, ExitRecord, ShimConfig};
 
 /// Output per stream kept by [`OciRuntime::exec_sync`]; the rest is counted, not kept.
 pub const EXEC_OUTPUT_CAP: usize = 16 << 20;

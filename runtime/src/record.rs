@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shim::ExitRecord;
+use berth_shim_protocol::ExitRecord;
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -83,7 +83,10 @@ impl ContainerRecord {
         }
         // Only a shim known by its pid file can be known to be dead.
         if self.state != ContainerState::Running
-            || !self.run_dir.join(crate::shim::SHIM_PID_FILE).exists()
+            || !self
+                .run_dir
+                .join(berth_shim_protocol::SHIM_PID_FILE)
+                .exists()
             || crate::oci::shim_alive(&self.run_dir)
         {
             return Ok(false);

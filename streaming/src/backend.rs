@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use berth_runtime::oci::OciRuntime;
-use berth_runtime::shim;
+use berth_shim_protocol as shim;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::protocol::TermSize;

@@ -520,7 +520,7 @@ impl CriService {
         let mut info = HashMap::new();
         if request.verbose {
             let shim_pid =
-                std::fs::read_to_string(record.run_dir.join(berth_runtime::shim::SHIM_PID_FILE))
+                std::fs::read_to_string(record.run_dir.join(berth_shim_protocol::SHIM_PID_FILE))
                     .ok()
                     .and_then(|s| s.trim().parse::<i32>().ok());
             let verbose = serde_json::json!({

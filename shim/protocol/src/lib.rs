@@ -1,5 +1,6 @@
-//! The contract between berthd and `berth-shim monitor`, and the monitor
-//! itself.
+//! The contract between berthd and `berth-shim monitor`: the run dir's
+//! files, `shim.json`, the exit record, and the attach and control sockets.
+//! A crate of its own so that berthd links this and none of the monitor.
 //!
 //! berthd prepares a container's run dir, which is also its OCI bundle
 //! (`config.json`), writes [`ShimConfig`] to `shim.json` in it and runs
@@ -20,9 +21,6 @@
 //! socket takes one command line per connection and answers `ok\n` or
 //! `error <message>\n`: `reopen` (reopen the log file) or `resize <rows>
 //! <cols>` (tty only).
-
-pub mod logfmt;
-pub mod monitor;
 
 use std::path::{Path, PathBuf};
 

@@ -18,12 +18,13 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 
-use super::logfmt::LogFile;
-use super::{
+use berth_host::atomic::write_private;
+use berth_shim_protocol::{
     ATTACH_SOCKET, CONFIG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, EXIT_FILE, ExitRecord, PID_FILE,
     RUNTIME_LOG, SHIM_PID_FILE, STREAM_STDERR, STREAM_STDOUT, ShimConfig,
 };
-use berth_host::atomic::write_private;
+
+use crate::logfmt::LogFile;
 
 /// Bytes read from the container per chunk (as conmon's buffer).
 const CHUNK: usize = 8192;
@@ -662,7 +663,7 @@ impl Monitor {
 
     fn finish(&mut self, status: WaitStatus) -> i32 {
         let finished_at = {
-            let (secs, nanos) = super::logfmt::now();
+            let (secs, nanos) = crate::logfmt::now();
             secs * 1_000_000_000 + i64::from(nanos)
         };
         // Whatever is already in the pipes belongs in the log; later writers
