@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use berth_proto::cri;
 
 use crate::features::HandlerFeatures;
+use crate::resources::{Host, Mode};
 use crate::seccomp::{self, SeccompProfile};
 use crate::spec::{
     ALL_CAPABILITIES, BindMount, CapabilitySets, ContainerSpec, DEFAULT_CAPABILITIES, Device,
@@ -741,48 +742,8 @@ fn resources(r: Option<&cri::LinuxContainerResources>) -> Result<Resources, CriS
     let Some(r) = r else {
         return Ok(Resources::default());
     };
-    let field = |name: &str| format!("linux.resources.{name}");
-    if !r.unified.is_empty() {
-        return Err(unsupported(
-            field("unified"),
-            "cgroup v2 unified settings are not supported",
-        ));
-    }
-    if r.memory_swap_limit_in_bytes != 0 && r.memory_swap_limit_in_bytes != r.memory_limit_in_bytes
-    {
-        return Err(unsupported(
-            field("memory_swap_limit_in_bytes"),
-            "swap for containers is not supported",
-        ));
-    }
-    // As CRI-O (and UpdateContainerResources): a lower limit would kill
-    // the container as it starts.
-    let limit = r.memory_limit_in_bytes;
-    if limit != 0 && limit < crate::update::MIN_MEMORY_LIMIT {
-        return Err(invalid(
-            field("memory_limit_in_bytes"),
-            format!(
-                "{limit} is too low: it must be at least {} bytes",
-                crate::update::MIN_MEMORY_LIMIT
-            ),
-        ));
-    }
-    let positive = |v: i64| (v > 0).then_some(v);
-    Ok(Resources {
-        cpu_shares: positive(r.cpu_shares).map(|v| v as u64),
-        cpu_quota: positive(r.cpu_quota),
-        cpu_period: positive(r.cpu_period).map(|v| v as u64),
-        cpuset_cpus: Some(r.cpuset_cpus.clone()).filter(|s| !s.is_empty()),
-        cpuset_mems: Some(r.cpuset_mems.clone()).filter(|s| !s.is_empty()),
-        memory_limit: positive(r.memory_limit_in_bytes),
-        hugepage_limits: r
-            .hugepage_limits
-            .iter()
-            .map(|h| (h.page_size.clone(), h.limit))
-            .collect(),
-        pids_limit: None,
-        oom_score_adj: Some(r.oom_score_adj.clamp(-1000, 1000) as i32),
-    })
+    crate::resources::check(r, &Host::probe(), Mode::Create)
+        .map_err(|e| invalid(format!("linux.resources.{}", e.field), e.message))
 }
 
 fn has_parent_dir(path: &str) -> bool {
@@ -1374,17 +1335,17 @@ mod tests {
             }),
             ..Default::default()
         };
-        for limit in [1, -1, crate::update::MIN_MEMORY_LIMIT - 1] {
+        for limit in [1, -1, crate::resources::MIN_MEMORY_LIMIT - 1] {
             let e = err(&memory(limit));
             assert!(
                 e.starts_with("linux.resources.memory_limit_in_bytes:"),
                 "{e}"
             );
         }
-        let ok = run(&memory(crate::update::MIN_MEMORY_LIMIT)).unwrap();
+        let ok = run(&memory(crate::resources::MIN_MEMORY_LIMIT)).unwrap();
         assert_eq!(
             ok.spec.resources.memory_limit,
-            Some(crate::update::MIN_MEMORY_LIMIT)
+            Some(crate::resources::MIN_MEMORY_LIMIT)
         );
     }
 }

@@ -30,6 +30,7 @@ pub mod oci;
 pub mod overlay;
 pub mod private;
 pub mod record;
+pub mod resources;
 pub mod seccomp;
 pub mod spec;
 pub mod stats;

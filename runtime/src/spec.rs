@@ -1,7 +1,7 @@
 //! OCI runtime spec generation from plain inputs (the server converts CRI
 //! requests, the image config and the sandbox's paths into [`ContainerSpec`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
@@ -142,8 +142,12 @@ pub struct Resources {
     pub cpuset_cpus: Option<String>,
     pub cpuset_mems: Option<String>,
     pub memory_limit: Option<i64>,
+    /// Memory plus swap; -1 for no limit.
+    pub memory_swap: Option<i64>,
     /// Page size (`2MB`, `1GB`) and limit in bytes.
     pub hugepage_limits: Vec<(String, u64)>,
+    /// cgroup v2 files by name (`memory.high`).
+    pub unified: BTreeMap<String, String>,
     pub pids_limit: Option<i64>,
     pub oom_score_adj: Option<i32>,
 }
@@ -685,10 +689,9 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     let mut memory = LinuxMemoryBuilder::default();
     if let Some(limit) = r.memory_limit.filter(|l| *l > 0) {
         memory = memory.limit(limit);
-        // No swapping past the limit, as CRI-O, where the kernel accounts swap.
-        if swap_accounted() {
-            memory = memory.swap(limit);
-        }
+    }
+    if let Some(swap) = r.memory_swap {
+        memory = memory.swap(swap);
     }
     let (mut linux_devices, mut devices) = devices(&spec.devices)?;
     if spec.privileged {
@@ -722,6 +725,9 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         );
+    if !r.unified.is_empty() {
+        resources = resources.unified(r.unified.clone().into_iter().collect::<HashMap<_, _>>());
+    }
     if let Some(limit) = r.pids_limit.filter(|l| *l > 0) {
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
@@ -917,11 +923,6 @@ pub fn read(bundle: &Path) -> std::io::Result<Spec> {
     let bytes = std::fs::read(bundle.join("config.json"))?;
     serde_json::from_slice(&bytes)
         .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidData, err))
-}
-
-fn swap_accounted() -> bool {
-    Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
-        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
 }
 
 #[cfg(test)]

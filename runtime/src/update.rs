@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use berth_proto::cri::LinuxContainerResources;
 use serde_json::{Map, Value, json};
 
-/// CRI-O's lower bound for a memory limit.
-pub const MIN_MEMORY_LIMIT: i64 = 12 << 20;
+pub use crate::resources::Host;
+use crate::resources::{Mode, check};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -24,209 +24,45 @@ pub enum UpdateError {
     },
 }
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> UpdateError {
-    UpdateError::Invalid {
-        field: field.into(),
-        message: message.into(),
-    }
-}
-
-/// What the host's cgroups offer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Host {
-    /// Only cgroup v2 (no v1 hierarchies): the `unified` keys apply.
-    pub v2: bool,
-    /// The kernel accounts swap (v1 `memory.memsw.*`, or v2).
-    pub swap: bool,
-    /// The hugetlb controller is there.
-    pub hugetlb: bool,
-}
-
-impl Host {
-    pub fn probe() -> Host {
-        let root = Path::new("/sys/fs/cgroup");
-        let v2 = root.join("cgroup.controllers").exists();
-        let v2_controllers =
-            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        Host {
-            v2,
-            swap: v2 || root.join("memory/memory.memsw.limit_in_bytes").exists(),
-            hugetlb: if v2 {
-                v2_controllers.split_whitespace().any(|c| c == "hugetlb")
-            } else {
-                root.join("hugetlb").is_dir()
-            },
-        }
-    }
-}
-
-/// A cpuset list: `0`, `0-3`, `0,2-4`.
-fn valid_cpuset(list: &str) -> bool {
-    list.split(',').all(|part| {
-        let mut ends = part.splitn(2, '-');
-        let first = ends.next().unwrap_or_default();
-        let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-        match ends.next() {
-            None => number(first),
-            Some(last) => {
-                number(first)
-                    && number(last)
-                    && first.parse::<u32>().ok() <= last.parse::<u32>().ok()
-            }
-        }
-    })
-}
-
-/// `2MB`, `1GB`, `64KB` → the size in kB the kernel names its files with.
-fn page_size_kb(size: &str) -> Option<u64> {
-    let split = size.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = size.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    let factor = match unit {
-        "KB" => 1,
-        "MB" => 1 << 10,
-        "GB" => 1 << 20,
-        _ => return None,
-    };
-    Some(number * factor).filter(|kb| *kb > 0)
-}
-
-/// The OCI `linux.resources` fields to change, checked against the host.
+/// The OCI `linux.resources` fields to change, checked against the host
+/// by the rules CreateContainer uses ([`crate::resources::check`]).
 pub fn resources(cri: &LinuxContainerResources, host: &Host) -> Result<Value, UpdateError> {
+    let r = check(cri, host, Mode::Update).map_err(|e| UpdateError::Invalid {
+        field: e.field,
+        message: e.message,
+    })?;
     let mut cpu = Map::new();
-    if cri.cpu_shares < 0 {
-        return Err(invalid("cpu_shares", "must not be negative"));
-    }
-    if cri.cpu_shares > 0 {
-        cpu.insert("shares".into(), json!(cri.cpu_shares));
-    }
-    // The kernel takes periods of 1 ms to 1 s and quotas of at least 1 ms.
-    match cri.cpu_period {
-        0 => {}
-        1_000..=1_000_000 => {
-            cpu.insert("period".into(), json!(cri.cpu_period));
+    let put = |section: &mut Map<String, Value>, key: &str, value: Option<Value>| {
+        if let Some(value) = value {
+            section.insert(key.into(), value);
         }
-        other => {
-            return Err(invalid(
-                "cpu_period",
-                format!("{other} is outside 1000..=1000000 µs"),
-            ));
-        }
-    }
-    match cri.cpu_quota {
-        0 => {}
-        -1 | 1_000.. => {
-            cpu.insert("quota".into(), json!(cri.cpu_quota));
-        }
-        other => {
-            return Err(invalid(
-                "cpu_quota",
-                format!("{other} is neither -1 (no limit) nor at least 1000 µs"),
-            ));
-        }
-    }
-    for (field, key, list) in [
-        ("cpuset_cpus", "cpus", &cri.cpuset_cpus),
-        ("cpuset_mems", "mems", &cri.cpuset_mems),
-    ] {
-        if list.is_empty() {
-            continue;
-        }
-        if !valid_cpuset(list) {
-            return Err(invalid(field, format!("{list:?} is not a cpu list")));
-        }
-        cpu.insert(key.into(), json!(list));
-    }
-
+    };
+    put(&mut cpu, "shares", r.cpu_shares.map(|v| json!(v)));
+    put(&mut cpu, "quota", r.cpu_quota.map(|v| json!(v)));
+    put(&mut cpu, "period", r.cpu_period.map(|v| json!(v)));
+    put(&mut cpu, "cpus", r.cpuset_cpus.map(|v| json!(v)));
+    put(&mut cpu, "mems", r.cpuset_mems.map(|v| json!(v)));
     let mut memory = Map::new();
-    let limit = cri.memory_limit_in_bytes;
-    if limit < 0 {
-        return Err(invalid("memory_limit_in_bytes", "must not be negative"));
-    }
-    if limit > 0 && limit < MIN_MEMORY_LIMIT {
-        return Err(invalid(
-            "memory_limit_in_bytes",
-            format!("{limit} is too low: it must be at least {MIN_MEMORY_LIMIT} bytes"),
-        ));
-    }
-    let swap = cri.memory_swap_limit_in_bytes;
-    if swap < -1 {
-        return Err(invalid(
-            "memory_swap_limit_in_bytes",
-            "must be -1 (no limit), 0 or a byte count",
-        ));
-    }
-    if swap > 0 && limit > 0 && swap < limit {
-        return Err(invalid(
-            "memory_swap_limit_in_bytes",
-            format!("{swap} is below memory_limit_in_bytes {limit} (it counts memory plus swap)"),
-        ));
-    }
-    if limit > 0 {
-        memory.insert("limit".into(), json!(limit));
-    }
-    if swap != 0 {
-        if !host.swap {
-            return Err(invalid(
-                "memory_swap_limit_in_bytes",
-                "this host's kernel does not account swap",
-            ));
-        }
-        memory.insert("swap".into(), json!(swap));
-    } else if limit > 0 && host.swap {
-        // No swapping past the limit, as at creation.
-        memory.insert("swap".into(), json!(limit));
-    }
-
-    let mut hugepages = Vec::new();
-    for (i, page) in cri.hugepage_limits.iter().enumerate() {
-        let field = format!("hugepage_limits[{i}].page_size");
-        let Some(kb) = page_size_kb(&page.page_size) else {
-            return Err(invalid(
-                field,
-                format!("{:?} is not a page size like 2MB", page.page_size),
-            ));
-        };
-        if !host.hugetlb {
-            return Err(invalid(field, "this host has no hugetlb cgroup controller"));
-        }
-        if !Path::new(&format!("/sys/kernel/mm/hugepages/hugepages-{kb}kB")).exists() {
-            return Err(invalid(
-                field,
-                format!("this host has no {} huge pages", page.page_size),
-            ));
-        }
-        hugepages.push(json!({ "pageSize": page.page_size, "limit": page.limit }));
-    }
-
-    let mut unified = Map::new();
-    for (key, value) in &cri.unified {
-        if !host.v2 {
-            return Err(invalid(
-                format!("unified[{key:?}]"),
-                "cgroup v2 keys need a host with only cgroup v2; this one has v1 hierarchies",
-            ));
-        }
-        let well_formed = key.split_once('.').is_some_and(|(controller, file)| {
-            !controller.is_empty() && !file.is_empty() && !key.contains('/')
-        });
-        if !well_formed || key.starts_with("cgroup.") {
-            return Err(invalid(
-                format!("unified[{key:?}]"),
-                "not a controller file like memory.high",
-            ));
-        }
-        unified.insert(key.clone(), json!(value));
-    }
-
+    put(&mut memory, "limit", r.memory_limit.map(|v| json!(v)));
+    put(&mut memory, "swap", r.memory_swap.map(|v| json!(v)));
+    let unified: Map<String, Value> = r
+        .unified
+        .into_iter()
+        .map(|(key, value)| (key, json!(value)))
+        .collect();
     let mut out = Map::new();
     for (key, section) in [("cpu", cpu), ("memory", memory), ("unified", unified)] {
         if !section.is_empty() {
             out.insert(key.into(), Value::Object(section));
         }
     }
-    if !hugepages.is_empty() {
-        out.insert("hugepageLimits".into(), Value::Array(hugepages));
+    if !r.hugepage_limits.is_empty() {
+        let pages = r
+            .hugepage_limits
+            .iter()
+            .map(|(size, limit)| json!({ "pageSize": size, "limit": limit }))
+            .collect();
+        out.insert("hugepageLimits".into(), Value::Array(pages));
     }
     Ok(Value::Object(out))
 }
@@ -457,8 +293,5 @@ mod tests {
                 {"pageSize": "2MB", "limit": 3},
             ], "memory": {"limit": 4}})
         );
-        assert_eq!(page_size_kb("2MB"), Some(2048));
-        assert_eq!(page_size_kb("1GB"), Some(1 << 20));
-        assert_eq!(page_size_kb("2M"), None);
     }
 }
