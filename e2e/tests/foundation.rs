@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use berth_e2e::cri::{
-    CgroupDriver, CheckpointContainerRequest, RuntimeConfigRequest, StatusRequest, VersionRequest,
+    CgroupDriver, CheckpointContainerRequest, ContainerStatusRequest, PodSandboxStatusRequest,
+    RuntimeConfigRequest, StatusRequest, VersionRequest,
 };
 use berth_e2e::{Berthd, Options, Paths, command};
 use nix::sys::signal::Signal;
@@ -358,6 +359,20 @@ async fn json_logs_trace_each_rpc_with_latency_and_code() {
         .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
+    client
+        .container_status(ContainerStatusRequest {
+            container_id: "feedbeef".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: "cafe".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
     let (status, paths) = berthd.stop_with(Signal::SIGTERM).await;
     assert!(status.success());
     let log = std::fs::read_to_string(paths.log_file()).unwrap();
@@ -378,4 +393,9 @@ async fn json_logs_trace_each_rpc_with_latency_and_code() {
     let run = rpc("CheckpointContainer");
     assert_eq!(run["code"], "InvalidArgument");
     assert!(run["latency_us"].is_u64());
+    // Each RPC's records carry the IDs it names.
+    let status = rpc("ContainerStatus");
+    assert_eq!(status["code"], "NotFound");
+    assert_eq!(status["span"]["container_id"], "feedbeef", "{status}");
+    assert_eq!(rpc("PodSandboxStatus")["span"]["pod_id"], "cafe");
 }

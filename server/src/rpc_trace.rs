@@ -58,7 +58,14 @@ where
         } else {
             "other".to_owned()
         };
-        let span = tracing::info_span!("rpc", rpc = %rpc);
+        // The handler records the IDs once it has decoded the request (see
+        // `cri::span_ids`); declared here so every RPC's records carry them.
+        let span = tracing::info_span!(
+            "rpc",
+            rpc = %rpc,
+            pod_id = tracing::field::Empty,
+            container_id = tracing::field::Empty,
+        );
         let started = Instant::now();
         let future = {
             let _entered = span.enter();

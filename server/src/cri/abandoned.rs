@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::Status;
+use tracing::Instrument;
 
 /// How long a finished but unclaimed creation is offered to a retry; the
 /// object itself stays (the kubelet finds it by listing, or removes it).
@@ -31,6 +32,8 @@ impl Abandoned {
     {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = Arc::clone(self);
+        // The creation's records keep the RPC's span after its caller left.
+        let create = create.in_current_span();
         tokio::spawn(async move {
             let result = create.await;
             // The receiver is gone: nobody learnt of the object.

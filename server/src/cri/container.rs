@@ -134,7 +134,8 @@ fn pod_status(err: berth_sandbox::Error) -> Status {
 pub(super) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Status> {
-    tokio::task::spawn_blocking(work)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|err| Status::internal(format!("a container task failed: {err}")))?
         .map_err(status)
@@ -360,6 +361,7 @@ impl CriService {
         if let Some(id) = self.abandoned.claim(&reserved_name)
             && self.containers.get(&id).is_ok()
         {
+            super::span_ids::record_ids("", &id);
             return Ok(CreateContainerResponse { container_id: id });
         }
         let id = self.containers.reserve(&reserved_name).map_err(status)?;
@@ -410,6 +412,7 @@ impl CriService {
             Ok(created.id)
         };
         let container_id = self.abandoned.run(reserved_name, create).await?;
+        super::span_ids::record_ids("", &container_id);
         Ok(CreateContainerResponse { container_id })
     }
 
@@ -626,7 +629,9 @@ impl CriService {
             .into_iter()
             .map(|id| {
                 let containers = self.containers.clone();
+                let span = tracing::info_span!("container", container_id = %id);
                 tokio::task::spawn_blocking(move || {
+                    let _entered = span.entered();
                     let result = if remove {
                         containers.remove(&id)
                     } else {

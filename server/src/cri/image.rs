@@ -232,12 +232,11 @@ impl CriService {
         _req: ImageFsInfoRequest,
     ) -> Result<ImageFsInfoResponse, Status> {
         let images = self.images.clone();
-        let usage = tokio::task::spawn_blocking(move || images.usage())
+        let span = tracing::Span::current();
+        let usage = tokio::task::spawn_blocking(move || span.in_scope(|| images.usage()))
             .await
             .map_err(|e| Status::internal(format!("measuring the image store: {e}")))?;
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i64);
+        let timestamp = berth_host::now_nanos();
         Ok(ImageFsInfoResponse {
             image_filesystems: vec![FilesystemUsage {
                 timestamp,

@@ -13,6 +13,7 @@ mod pod;
 mod resources;
 mod runtime_info;
 mod runtime_service;
+pub(crate) mod span_ids;
 mod stats;
 mod stream;
 
@@ -118,7 +119,9 @@ macro_rules! cri_service_impl {
                     &self,
                     request: tonic::Request<$hreq>,
                 ) -> Result<tonic::Response<$hres>, tonic::Status> {
-                    $crate::cri::CriService::$h(self, request.into_inner())
+                    let request = request.into_inner();
+                    $crate::cri::span_ids::record(&request);
+                    $crate::cri::CriService::$h(self, request)
                         .await
                         .map(tonic::Response::new)
                 }

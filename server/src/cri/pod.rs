@@ -284,6 +284,7 @@ impl CriService {
         if let Some(id) = self.abandoned.claim(&name)
             && self.pods.get(&id).await.is_ok()
         {
+            super::span_ids::record_ids(&id, "");
             return Ok(RunPodSandboxResponse { pod_sandbox_id: id });
         }
         let pods = self.pods.clone();
@@ -294,6 +295,7 @@ impl CriService {
                 .map_err(status)
         };
         let pod_sandbox_id = self.abandoned.run(name, create).await?;
+        super::span_ids::record_ids(&pod_sandbox_id, "");
         Ok(RunPodSandboxResponse { pod_sandbox_id })
     }
 
