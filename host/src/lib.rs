@@ -3,6 +3,7 @@
 //! prefix lookup, and the wall clock in [`now_nanos`].
 
 pub mod atomic;
+pub mod cgroup;
 pub mod id;
 pub mod mountinfo;
 

@@ -559,7 +559,6 @@ impl Containers {
         &self,
         id: &str,
         resources: &serde_json::Value,
-        host: &update::Host,
         edit: impl FnOnce(&mut ContainerRecord),
     ) -> Result<(), Error> {
         let slot = self.slot(id)?;
@@ -603,7 +602,7 @@ impl Containers {
         }
         if let Some(serde_json::Value::Array(limits)) = &hugepages {
             let cgroup = PathBuf::from(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
-            update::apply_hugepages(&record.id, &cgroup, limits, host).map_err(failed)?;
+            update::apply_hugepages(&record.id, &cgroup, limits).map_err(failed)?;
         }
         update::merge_resources(&mut spec["linux"]["resources"], resources);
         berth_host::atomic::write_private(&spec_path, spec.to_string().as_bytes()).map_err(io)?;

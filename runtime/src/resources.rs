@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use berth_host::cgroup::{self, Layout};
 use berth_proto::cri::LinuxContainerResources;
 
 use crate::spec::Resources;
@@ -50,18 +51,11 @@ pub struct Host {
 
 impl Host {
     pub fn probe() -> Host {
-        let root = Path::new("/sys/fs/cgroup");
-        let v2 = root.join("cgroup.controllers").exists();
-        let v2_controllers =
-            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let layout = Layout::host();
         Host {
-            v2,
-            swap: v2 || root.join("memory/memory.memsw.limit_in_bytes").exists(),
-            hugetlb: if v2 {
-                v2_controllers.split_whitespace().any(|c| c == "hugetlb")
-            } else {
-                root.join("hugetlb").is_dir()
-            },
+            v2: layout.mode() == cgroup::Mode::Unified,
+            swap: layout.swap_accounted(),
+            hugetlb: layout.has_controller("hugetlb"),
         }
     }
 }

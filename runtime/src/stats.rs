@@ -10,43 +10,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Where each controller's files are on this host.
+use berth_host::cgroup::Layout;
+
+/// Reads cgroup usage where this host's layout puts each controller.
 #[derive(Debug, Clone, Default)]
-pub struct Layout {
-    cpuacct_v1: Option<PathBuf>,
-    memory_v1: Option<PathBuf>,
-    pids_v1: Option<PathBuf>,
-    unified: Option<PathBuf>,
+pub struct Cgroups {
+    layout: Layout,
 }
 
-impl Layout {
-    /// Reads `/proc/self/mountinfo`.
-    pub fn detect() -> Layout {
-        std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|info| Layout::parse(&info))
-            .unwrap_or_default()
-    }
-
-    fn parse(mountinfo: &str) -> Layout {
-        let mut layout = Layout::default();
-        for mount in berth_host::mountinfo::parse(mountinfo) {
-            match mount.fstype.as_str() {
-                "cgroup2" => layout.unified = Some(mount.mount_point),
-                "cgroup" => {
-                    for option in mount.super_options.split(',') {
-                        let slot = match option {
-                            "cpuacct" => &mut layout.cpuacct_v1,
-                            "memory" => &mut layout.memory_v1,
-                            "pids" => &mut layout.pids_v1,
-                            _ => continue,
-                        };
-                        *slot = Some(mount.mount_point.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
-        layout
+impl Cgroups {
+    pub fn new(layout: Layout) -> Cgroups {
+        Cgroups { layout }
     }
 
     /// The usage of the cgroup at `relative` (to each hierarchy's root);
@@ -66,15 +40,15 @@ impl Layout {
     }
 
     fn cpu(&self, relative: &Path) -> Option<u64> {
-        if let Some(mount) = &self.cpuacct_v1 {
+        if let Some(mount) = self.layout.v1("cpuacct") {
             return read_u64(&mount.join(relative).join("cpuacct.usage"));
         }
-        let stat = read_keyed(&self.unified.as_ref()?.join(relative).join("cpu.stat"))?;
+        let stat = read_keyed(&self.layout.unified()?.join(relative).join("cpu.stat"))?;
         Some(stat.get("usage_usec")?.saturating_mul(1000))
     }
 
     fn memory(&self, relative: &Path) -> Option<Memory> {
-        if let Some(mount) = &self.memory_v1 {
+        if let Some(mount) = self.layout.v1("memory") {
             let dir = mount.join(relative);
             let usage = read_u64(&dir.join("memory.usage_in_bytes"))?;
             let stat = read_keyed(&dir.join("memory.stat"))?;
@@ -90,7 +64,7 @@ impl Layout {
                 get("total_pgmajfault"),
             ));
         }
-        let dir = self.unified.as_ref()?.join(relative);
+        let dir = self.layout.unified()?.join(relative);
         let usage = read_u64(&dir.join("memory.current"))?;
         let stat = read_keyed(&dir.join("memory.stat"))?;
         // "max" does not parse: unlimited.
@@ -107,19 +81,16 @@ impl Layout {
     }
 
     fn processes(&self, relative: &Path) -> Option<u64> {
-        let pids_dir = match (&self.pids_v1, &self.unified) {
-            (Some(mount), _) | (None, Some(mount)) => mount.join(relative),
-            (None, None) => return None,
-        };
+        let pids_dir = self.layout.dir("pids", relative)?;
         if let Some(count) = read_u64(&pids_dir.join("pids.current")) {
             return Some(count);
         }
         // No pids controller: count the processes of any hierarchy.
         let mount = self
-            .memory_v1
-            .as_ref()
-            .or(self.cpuacct_v1.as_ref())
-            .or(self.unified.as_ref())?;
+            .layout
+            .v1("memory")
+            .or(self.layout.v1("cpuacct"))
+            .or(self.layout.unified())?;
         let procs = std::fs::read_to_string(mount.join(relative).join("cgroup.procs")).ok()?;
         Some(procs.lines().filter(|l| !l.is_empty()).count() as u64)
     }
@@ -256,7 +227,7 @@ impl CpuSampler {
 /// and the previous CPU sample of each container and pod.
 #[derive(Default)]
 pub struct Stats {
-    layout: Layout,
+    cgroups: Cgroups,
     containers: CpuSampler,
     pods: CpuSampler,
 }
@@ -275,7 +246,7 @@ pub struct Sample {
 impl Stats {
     pub fn new() -> Stats {
         Stats {
-            layout: Layout::detect(),
+            cgroups: Cgroups::new(Layout::host().clone()),
             ..Stats::default()
         }
     }
@@ -283,7 +254,7 @@ impl Stats {
     /// The container `id` whose cgroup is `cgroup` (relative to the roots).
     pub fn container(&self, id: &str, cgroup: &Path) -> Sample {
         let at = berth_host::now_nanos();
-        let usage = self.layout.read(cgroup);
+        let usage = self.cgroups.read(cgroup);
         let nano_cores = usage.map_or(0, |u| self.containers.nano_cores(id, at, u.cpu_ns));
         Sample {
             at,
@@ -298,7 +269,7 @@ impl Stats {
         let at = berth_host::now_nanos();
         let usage = cgroups
             .iter()
-            .filter_map(|cgroup| self.layout.read(cgroup))
+            .filter_map(|cgroup| self.cgroups.read(cgroup))
             .reduce(|mut sum, one| {
                 sum += one;
                 sum
@@ -322,43 +293,19 @@ impl Stats {
 mod tests {
     use super::*;
 
-    const HYBRID: &str = "\
-25 1 0:23 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755
-26 25 0:24 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate
-29 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
-30 25 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
-31 25 0:29 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
-";
-
-    #[test]
-    fn hybrid_layout_prefers_v1_controllers() {
-        let layout = Layout::parse(HYBRID);
-        assert_eq!(
-            layout.cpuacct_v1.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
-        );
-        assert_eq!(
-            layout.memory_v1.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/memory"))
-        );
-        assert_eq!(
-            layout.unified.as_deref(),
-            Some(Path::new("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    fn fake_v2(files: &[(&str, &str)]) -> (tempfile::TempDir, Layout) {
+    fn fake_v2(files: &[(&str, &str)]) -> (tempfile::TempDir, Cgroups) {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("pod/c1");
         std::fs::create_dir_all(&dir).unwrap();
         for (name, text) in files {
             std::fs::write(dir.join(name), text).unwrap();
         }
-        let layout = Layout {
-            unified: Some(root.path().to_path_buf()),
-            ..Layout::default()
-        };
-        (root, layout)
+        let mountinfo = format!(
+            "1 1 0:1 / {} rw - cgroup2 cgroup2 rw\n",
+            root.path().display()
+        );
+        let layout = Layout::from_mounts(&berth_host::mountinfo::parse(&mountinfo));
+        (root, Cgroups::new(layout))
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
+use berth_host::cgroup::Layout;
 use berth_proto::cri::LinuxContainerResources;
 use serde_json::{Map, Value, json};
 
@@ -103,24 +104,18 @@ fn merge(target: &mut Value, patch: &Value) {
 
 /// Writes the hugetlb limits into the container's cgroup (`runc update`
 /// does not take them).
-pub fn apply_hugepages(
-    id: &str,
-    cgroups_path: &Path,
-    limits: &[Value],
-    host: &Host,
-) -> Result<(), UpdateError> {
-    let relative = cgroups_path.strip_prefix("/").unwrap_or(cgroups_path);
+pub fn apply_hugepages(id: &str, cgroups_path: &Path, limits: &[Value]) -> Result<(), UpdateError> {
+    let layout = Layout::host();
+    let Some(dir) = layout.dir("hugetlb", cgroups_path) else {
+        return Ok(());
+    };
     for limit in limits {
         let size = limit["pageSize"].as_str().unwrap_or_default();
         let bytes = limit["limit"].as_u64().unwrap_or_default();
-        let path = if host.v2 {
-            Path::new("/sys/fs/cgroup")
-                .join(relative)
-                .join(format!("hugetlb.{size}.max"))
+        let path = if layout.v1("hugetlb").is_some() {
+            dir.join(format!("hugetlb.{size}.limit_in_bytes"))
         } else {
-            Path::new("/sys/fs/cgroup/hugetlb")
-                .join(relative)
-                .join(format!("hugetlb.{size}.limit_in_bytes"))
+            dir.join(format!("hugetlb.{size}.max"))
         };
         std::fs::write(&path, bytes.to_string()).map_err(|source| UpdateError::Io {
             id: id.to_string(),

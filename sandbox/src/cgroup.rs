@@ -26,13 +26,8 @@ pub enum CgroupError {
 }
 
 /// Mount points of every cgroup hierarchy (v1 and v2).
-fn hierarchies() -> Vec<PathBuf> {
-    berth_host::mountinfo::read()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
-        .map(|m| m.mount_point)
-        .collect()
+fn hierarchies() -> Vec<&'static Path> {
+    berth_host::cgroup::Layout::host().hierarchies()
 }
 
 /// The relative path of a pod's infra cgroup.
@@ -44,7 +39,7 @@ pub fn infra_path(parent: &str, pod: &str) -> PathBuf {
 pub fn attach(relative: &Path, pid: i32) -> Result<(), CgroupError> {
     for mount in hierarchies() {
         let path = mount.join(relative);
-        create(&mount, relative)?;
+        create(mount, relative)?;
         std::fs::write(path.join("cgroup.procs"), pid.to_string()).map_err(|source| {
             CgroupError::Attach {
                 pid,

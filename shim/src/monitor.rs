@@ -424,28 +424,14 @@ fn set_nonblocking(fd: RawFd) {
 /// Where the container's memory cgroup counts OOM kills: v1's
 /// `memory.oom_control` or v2's `memory.events`, both with an `oom_kill` line.
 fn memory_events(pid: Pid) -> Option<(PathBuf, &'static str)> {
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let mut unified = None;
-    for line in cgroups.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
-        let path = path.trim_start_matches('/');
-        if controllers.split(',').any(|c| c == "memory") {
-            let file = Path::new("/sys/fs/cgroup/memory")
-                .join(path)
-                .join("memory.oom_control");
-            return Some((file, "oom_kill"));
-        }
-        if controllers.is_empty() {
-            unified = Some(path.to_string());
-        }
-    }
-    let path = unified?;
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-        .iter()
-        .map(|root| Path::new(root).join(&path).join("memory.events"))
-        .find(|file| file.exists())
-        .map(|file| (file, "oom_kill"))
+    let layout = berth_host::cgroup::Layout::host();
+    let dir = layout.dir_of_process(pid.as_raw(), "memory")?;
+    let file = if layout.v1("memory").is_some() {
+        dir.join("memory.oom_control")
+    } else {
+        dir.join("memory.events")
+    };
+    file.exists().then_some((file, "oom_kill"))
 }
 
 fn oom_kills(file: &Path, key: &str) -> u64 {

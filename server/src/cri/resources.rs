@@ -67,7 +67,7 @@ impl CriService {
         let containers = self.containers.clone();
         let id = record.id.clone();
         blocking(move || {
-            containers.update_resources(&id, &resources, &host, |record| {
+            containers.update_resources(&id, &resources, |record| {
                 let mut config: ContainerConfig =
                     serde_json::from_value(record.extra["config"].clone()).unwrap_or_default();
                 let linux = config.linux.get_or_insert_default();
