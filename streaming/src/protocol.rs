@@ -50,9 +50,22 @@ pub struct ResizeDecoder {
     buf: Vec<u8>,
 }
 
+/// An unfinished resize event longer than this is garbage (a real one is
+/// about 30 bytes), and must not grow the decoder without end.
+const MAX_PENDING_RESIZE: usize = 1 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResizeError {
+    #[error("bad resize event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("unfinished resize event of over {MAX_PENDING_RESIZE} bytes")]
+    TooLong,
+}
+
 impl ResizeDecoder {
-    /// Feeds bytes; returns the sizes completed by them. Garbage is an error.
-    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<TermSize>, serde_json::Error> {
+    /// Feeds bytes; returns the sizes completed by them. Garbage is an
+    /// error, and is dropped.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<TermSize>, ResizeError> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
         let mut iter = serde_json::Deserializer::from_slice(&self.buf).into_iter::<TermSize>();
@@ -60,12 +73,19 @@ impl ResizeDecoder {
             match iter.next() {
                 Some(Ok(size)) => out.push(size),
                 Some(Err(err)) if err.is_eof() => break,
-                Some(Err(err)) => return Err(err),
+                Some(Err(err)) => {
+                    self.buf.clear();
+                    return Err(err.into());
+                }
                 None => break,
             }
         }
         let used = iter.byte_offset();
         self.buf.drain(..used);
+        if self.buf.len() > MAX_PENDING_RESIZE {
+            self.buf.clear();
+            return Err(ResizeError::TooLong);
+        }
         Ok(out)
     }
 }
@@ -138,6 +158,23 @@ mod tests {
             ]
         );
         assert!(d.feed(b"]").is_err());
+    }
+
+    #[test]
+    fn an_unfinished_resize_event_is_dropped_past_its_cap() {
+        let mut d = ResizeDecoder::default();
+        assert_eq!(d.feed(br#"{"Width":""#).unwrap(), vec![]);
+        let junk = vec![b'a'; 600];
+        assert_eq!(d.feed(&junk).unwrap(), vec![]);
+        assert!(matches!(d.feed(&junk), Err(ResizeError::TooLong)));
+        // Garbage is gone: the next event decodes.
+        assert_eq!(
+            d.feed(br#"{"Width":1,"Height":2}"#).unwrap(),
+            vec![TermSize {
+                width: 1,
+                height: 2
+            }]
+        );
     }
 
     #[test]

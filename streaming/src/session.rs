@@ -15,6 +15,8 @@ use crate::protocol::{Outcome, TermSize};
 /// How long output may still drain once the process exited (a background
 /// child holding the pipe open must not keep the session forever).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// The most a pipe read (and so one output message or frame) carries.
+pub const CHUNK: usize = 32 << 10;
 
 pub struct Channels {
     /// From the client; closed means stdin EOF.
@@ -83,7 +85,7 @@ pub async fn run(mut process: Process, ch: Channels) -> Option<Outcome> {
 }
 
 async fn pump_out(mut reader: Reader, tx: mpsc::Sender<Vec<u8>>) {
-    let mut buf = vec![0u8; 32 << 10];
+    let mut buf = vec![0u8; CHUNK];
     loop {
         match reader.read(&mut buf).await {
             Ok(0) | Err(_) => return,

@@ -272,7 +272,7 @@ async fn forward_pair(
         let _ = to_pod.shutdown().await;
     };
     let downstream = async {
-        let mut buf = vec![0u8; 32 << 10];
+        let mut buf = vec![0u8; session::CHUNK];
         loop {
             match from_pod.read(&mut buf).await {
                 Ok(0) | Err(_) => break,

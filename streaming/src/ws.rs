@@ -16,12 +16,22 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::backend::{BackendError, Process};
 use crate::protocol::{self, Outcome, ResizeDecoder};
 use crate::server::{Inner, Target};
-use crate::session::{self, Channels};
+use crate::session::{self, CHUNK, Channels};
+
+/// The largest message (and frame) we take. client-go sends one 32 KiB read
+/// of stdin per message (44 KiB as base64); browser terminals send a paste
+/// as one message. The default, 64 MiB, would let one message cost that.
+const MAX_MESSAGE: usize = 1 << 20;
+/// Messages waiting for the socket; each carries at most one [`CHUNK`]
+/// (44 KiB as base64), so this holds under 400 KiB.
+const OUT_MESSAGES: usize = 8;
+/// Incoming pieces of at most [`CHUNK`] waiting for their channel.
+const IN_PIECES: usize = 8;
 
 #[derive(Clone, Copy)]
 struct Framing {
@@ -97,14 +107,17 @@ pub(crate) async fn serve<IO>(
         base64: subprotocol.contains("base64"),
         v5: subprotocol == protocol::WS_V5,
     };
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
     let (mut sink, mut source) = ws.split();
     let activity = Arc::new(Activity {
         epoch: Instant::now(),
         last_ms: AtomicU64::new(0),
     });
     // One writer: everything to the client goes through `out`.
-    let (out, mut out_rx) = mpsc::channel::<Message>(32);
+    let (out, mut out_rx) = mpsc::channel::<Message>(OUT_MESSAGES);
     let writer_activity = activity.clone();
     let writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
@@ -119,8 +132,9 @@ pub(crate) async fn serve<IO>(
         }
         let _ = sink.close().await;
     });
-    // Incoming data by channel; the reader ends when the client goes.
-    let (incoming_tx, incoming) = mpsc::channel::<(u8, Vec<u8>)>(32);
+    // Incoming data by channel, in pieces of at most CHUNK so that what
+    // waits is bounded in bytes; the reader ends when the client goes.
+    let (incoming_tx, incoming) = mpsc::channel::<(u8, Vec<u8>)>(IN_PIECES);
     let (gone_tx, gone) = session::gone_signal();
     let reader_activity = activity.clone();
     let idle_limit = inner.config.idle_timeout;
@@ -131,10 +145,19 @@ pub(crate) async fn serve<IO>(
                 if matches!(msg, Message::Close(_)) {
                     return;
                 }
-                if let Some(frame) = framing.decode(msg)
-                    && incoming_tx.send(frame).await.is_err()
-                {
-                    return;
+                let Some((channel, data)) = framing.decode(msg) else {
+                    continue;
+                };
+                let mut rest = &data[..];
+                loop {
+                    let (piece, tail) = rest.split_at(rest.len().min(CHUNK));
+                    if incoming_tx.send((channel, piece.to_vec())).await.is_err() {
+                        return;
+                    }
+                    rest = tail;
+                    if rest.is_empty() {
+                        break;
+                    }
                 }
             }
         };
@@ -284,7 +307,7 @@ async fn port_forward(
                 to_pod.push(Some(wr));
                 let out = out.clone();
                 tasks.spawn(async move {
-                    let mut buf = vec![0u8; 32 << 10];
+                    let mut buf = vec![0u8; CHUNK];
                     while let Ok(n) = rd.read(&mut buf).await {
                         if n == 0 || out.send(framing.encode(data_ch, &buf[..n])).await.is_err() {
                             break;

@@ -10,6 +10,16 @@
 //! INITIAL_WINDOW_SIZE setting): Go's spdystream, which kubectl and the
 //! kubelet use, never sends WINDOW_UPDATE, and waiting for credit that
 //! never comes would stall every stream after 64 KiB.
+//!
+//! Memory: nothing a peer does grows a session past fixed caps, whether or
+//! not it does flow control. Data it sends waits in a stream's queue only
+//! up to [`STREAM_RECV_BYTES`] (and [`SESSION_RECV_BYTES`] in all); beyond
+//! that we stop reading the socket, so TCP holds the peer back. Data we
+//! send waits for the socket only up to [`OUT_QUEUE_BYTES`]; beyond that
+//! writers wait, so a peer that stops reading stops the container's output
+//! at its pipe. Replies the peer's frames cause are capped at
+//! [`MAX_QUEUED_REPLIES`] unsent (a flood ends the session), streams at
+//! [`MAX_STREAMS`] open, and a stream's entry goes when both sides are done.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,36 +27,89 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 
 use super::flow::{DEFAULT_WINDOW, RecvWindow, SendWindow};
-use super::frame::{Codec, FLAG_FIN, Frame, rst, settings};
+use super::frame::{self, Codec, FLAG_FIN, Frame, rst, settings};
 use super::zlib::HeaderBlock;
 
 /// DATA frames we send carry at most this much.
 const MAX_DATA_CHUNK: usize = 32 << 10;
+/// DATA bytes of all streams that may wait for the socket: 8 chunks, the
+/// size of one batched write.
+pub const OUT_QUEUE_BYTES: usize = 256 << 10;
+/// Bytes a stream may hold that its reader has not taken: the window we
+/// grant, so a peer that does flow control never waits for it.
+pub const STREAM_RECV_BYTES: usize = DEFAULT_WINDOW as usize;
+/// The same for all streams together (16 streams' worth): a peer cannot
+/// multiply the per-stream budget by opening streams.
+pub const SESSION_RECV_BYTES: usize = 1 << 20;
+/// Streams open at once; more are refused. exec opens 5, port-forward 2
+/// per connection.
+pub const MAX_STREAMS: usize = 128;
+/// Replies to the peer's frames (SYN_REPLY, PING, RST_STREAM) that may wait
+/// for the socket. A peer that causes more without reading is flooding us
+/// (as h2 judges ping and reset floods) and the session ends.
+pub const MAX_QUEUED_REPLIES: usize = 256;
+/// WINDOW_UPDATEs that may wait for the socket; beyond them a reader waits.
+const MAX_QUEUED_UPDATES: usize = 64;
+/// The largest control frame we take. Header blocks are capped at 256 KiB
+/// decoded; twice that leaves room for incompressible ones.
+const MAX_CONTROL_PAYLOAD: usize = 512 << 10;
+/// How long frames queued before the session ended may still drain to a
+/// peer that does not read.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames per socket write.
+const BATCH_BYTES: usize = 256 << 10;
+const READ_BUF: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     #[error("SPDY session closed")]
     SessionClosed,
-    #[error("SPDY stream {0} was reset by the peer")]
+    #[error("SPDY stream {0} was reset")]
     Reset(u32),
+    #[error("SPDY stream {0} is closed")]
+    Closed(u32),
 }
 
-/// Our view of one stream's sending side.
+/// Our view of one stream.
 struct StreamState {
     send: SendWindow,
     recv: RecvWindow,
+    /// Where the peer's data goes; `None` once the peer half-closed, or
+    /// either side reset the stream.
     data: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// Bytes in `data` the reader has not taken.
+    buffered: usize,
     reset: bool,
+    /// We sent FIN or RST_STREAM.
+    local_closed: bool,
+    /// The application dropped every handle on the stream.
+    orphaned: bool,
 }
 
+/// One frame waiting for the socket, with the budget it holds.
+struct Outgoing {
+    frame: Frame,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The peer caused more replies than [`MAX_QUEUED_REPLIES`].
+struct Flood;
+
 struct Shared {
-    out: mpsc::UnboundedSender<Frame>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    /// Bounds on what waits in `out`: DATA bytes, WINDOW_UPDATEs, replies.
+    /// Closed with the session, which wakes whoever waits on them.
+    out_bytes: Arc<Semaphore>,
+    updates: Arc<Semaphore>,
+    replies: Arc<Semaphore>,
     streams: Mutex<Streams>,
     /// Woken when send windows grow or the session or a stream ends.
     credit: Notify,
+    /// Woken when a reader took data or went away.
+    room: Notify,
     closed: watch::Sender<bool>,
     enforce_send_windows: AtomicBool,
     /// Milliseconds since `epoch` of the last frame in either direction.
@@ -58,8 +121,23 @@ struct Streams {
     map: HashMap<u32, StreamState>,
     session_send: SendWindow,
     session_recv: RecvWindow,
+    /// `buffered` of all streams.
+    session_buffered: usize,
     initial_send_window: u32,
     last_peer_stream: u32,
+}
+
+impl Streams {
+    /// Forgets stream `id` once neither side will use it again.
+    fn retire(&mut self, id: u32) {
+        if self
+            .map
+            .get(&id)
+            .is_some_and(|s| s.data.is_none() && s.buffered == 0 && (s.local_closed || s.orphaned))
+        {
+            self.map.remove(&id);
+        }
+    }
 }
 
 impl Shared {
@@ -74,16 +152,69 @@ impl Shared {
 
     fn close(&self) {
         self.closed.send_replace(true);
+        for budget in [&self.out_bytes, &self.updates, &self.replies] {
+            budget.close();
+        }
         let mut streams = self.streams.lock().unwrap();
         for state in streams.map.values_mut() {
             state.data = None;
         }
         drop(streams);
         self.credit.notify_waiters();
+        self.room.notify_waiters();
     }
 
+    /// Queues a frame that is bounded by construction: GOAWAY, and per
+    /// stream at most one FIN and one RST_STREAM of ours.
     fn send(&self, frame: Frame) -> Result<(), StreamError> {
-        self.out.send(frame).map_err(|_| StreamError::SessionClosed)
+        self.out
+            .send(Outgoing {
+                frame,
+                _permit: None,
+            })
+            .map_err(|_| StreamError::SessionClosed)
+    }
+
+    /// Queues a reply to a frame of the peer's.
+    fn reply(&self, frame: Frame) -> Result<(), Flood> {
+        match self.replies.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let _ = self.out.send(Outgoing {
+                    frame,
+                    _permit: Some(permit),
+                });
+                Ok(())
+            }
+            Err(TryAcquireError::NoPermits) => Err(Flood),
+            // The session is ending anyway.
+            Err(TryAcquireError::Closed) => Ok(()),
+        }
+    }
+
+    async fn window_update(&self, stream_id: u32, delta: u32) {
+        if let Ok(permit) = self.updates.clone().acquire_owned().await {
+            let _ = self.out.send(Outgoing {
+                frame: Frame::WindowUpdate { stream_id, delta },
+                _permit: Some(permit),
+            });
+        }
+    }
+}
+
+/// Held by a stream's reader and all its writers: when the last goes, the
+/// session knows nobody will use the stream again.
+struct Handle {
+    id: u32,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let mut streams = self.shared.streams.lock().unwrap();
+        if let Some(state) = streams.map.get_mut(&self.id) {
+            state.orphaned = true;
+        }
+        streams.retire(self.id);
     }
 }
 
@@ -108,21 +239,26 @@ impl Stream {
     /// the stream or the session ended.
     pub async fn read(&mut self) -> Option<Vec<u8>> {
         let chunk = self.data.recv().await?;
-        let shared = &self.writer.shared;
-        let mut streams = shared.streams.lock().unwrap();
-        let n = chunk.len() as u32;
+        let shared = &self.writer.handle.shared;
+        let n = chunk.len();
         let mut updates = Vec::new();
-        if let Some(delta) = streams.session_recv.consumed(n) {
-            updates.push((0, delta));
-        }
-        if let Some(state) = streams.map.get_mut(&self.id)
-            && let Some(delta) = state.recv.consumed(n)
         {
-            updates.push((self.id, delta));
+            let mut streams = shared.streams.lock().unwrap();
+            streams.session_buffered -= n;
+            if let Some(delta) = streams.session_recv.consumed(n as u32) {
+                updates.push((0, delta));
+            }
+            if let Some(state) = streams.map.get_mut(&self.id) {
+                state.buffered -= n;
+                if let Some(delta) = state.recv.consumed(n as u32) {
+                    updates.push((self.id, delta));
+                }
+            }
+            streams.retire(self.id);
         }
-        drop(streams);
+        shared.room.notify_waiters();
         for (stream_id, delta) in updates {
-            let _ = shared.send(Frame::WindowUpdate { stream_id, delta });
+            shared.window_update(stream_id, delta).await;
         }
         Some(chunk)
     }
@@ -135,6 +271,23 @@ impl Stream {
     pub fn split(self) -> (StreamReader, StreamWriter) {
         let writer = self.writer.clone();
         (StreamReader { stream: self }, writer)
+    }
+}
+
+impl Drop for Stream {
+    /// What nobody will read no longer counts against the budgets.
+    fn drop(&mut self) {
+        // Closed first, so the read loop, once woken, sees nobody reads.
+        self.data.close();
+        let shared = &self.writer.handle.shared;
+        let mut streams = shared.streams.lock().unwrap();
+        if let Some(state) = streams.map.get_mut(&self.id) {
+            let left = std::mem::take(&mut state.buffered);
+            streams.session_buffered -= left;
+        }
+        streams.retire(self.id);
+        drop(streams);
+        shared.room.notify_waiters();
     }
 }
 
@@ -152,49 +305,77 @@ impl StreamReader {
 /// Sends on one stream; cheap to clone.
 #[derive(Clone)]
 pub struct StreamWriter {
-    id: u32,
-    shared: Arc<Shared>,
+    handle: Arc<Handle>,
 }
 
 impl StreamWriter {
     pub fn id(&self) -> u32 {
-        self.id
+        self.handle.id
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.handle.shared
     }
 
     /// Sends `data`, waiting for window credit when the peer does flow
-    /// control.
+    /// control, and for room in the session's outgoing queue.
     pub async fn write(&self, mut data: &[u8]) -> Result<(), StreamError> {
+        let shared = self.shared();
         while !data.is_empty() {
             let n = self.grant(data.len().min(MAX_DATA_CHUNK) as u32).await? as usize;
-            self.shared.send(Frame::Data {
-                stream_id: self.id,
-                flags: 0,
-                data: data[..n].to_vec(),
-            })?;
+            let permit = shared
+                .out_bytes
+                .clone()
+                .acquire_many_owned(n as u32)
+                .await
+                .map_err(|_| StreamError::SessionClosed)?;
+            // The stream may have ended while we waited.
+            self.check_open(&shared.streams.lock().unwrap())?;
+            shared
+                .out
+                .send(Outgoing {
+                    frame: Frame::Data {
+                        stream_id: self.id(),
+                        flags: 0,
+                        data: data[..n].to_vec(),
+                    },
+                    _permit: Some(permit),
+                })
+                .map_err(|_| StreamError::SessionClosed)?;
             data = &data[n..];
         }
         Ok(())
     }
 
+    fn check_open(&self, streams: &Streams) -> Result<(), StreamError> {
+        let id = self.id();
+        let state = streams.map.get(&id).ok_or(StreamError::Closed(id))?;
+        if state.reset {
+            Err(StreamError::Reset(id))
+        } else if state.local_closed {
+            Err(StreamError::Closed(id))
+        } else {
+            Ok(())
+        }
+    }
+
     async fn grant(&self, wanted: u32) -> Result<u32, StreamError> {
+        let shared = self.shared();
         loop {
-            let notified = self.shared.credit.notified();
+            let notified = shared.credit.notified();
             {
-                if self.shared.is_closed() {
+                if shared.is_closed() {
                     return Err(StreamError::SessionClosed);
                 }
-                let mut streams = self.shared.streams.lock().unwrap();
-                let enforce = self.shared.enforce_send_windows.load(Ordering::Relaxed);
+                let mut streams = shared.streams.lock().unwrap();
+                self.check_open(&streams)?;
+                if !shared.enforce_send_windows.load(Ordering::Relaxed) {
+                    return Ok(wanted);
+                }
                 let Streams {
                     map, session_send, ..
                 } = &mut *streams;
-                let state = map.get_mut(&self.id).ok_or(StreamError::Reset(self.id))?;
-                if state.reset {
-                    return Err(StreamError::Reset(self.id));
-                }
-                if !enforce {
-                    return Ok(wanted);
-                }
+                let state = map.get_mut(&self.id()).expect("checked open");
                 let room = wanted
                     .min(state.send.available())
                     .min(session_send.available());
@@ -208,19 +389,49 @@ impl StreamWriter {
         }
     }
 
-    /// Half-closes our side (an empty DATA frame with FIN).
+    /// Half-closes our side (an empty DATA frame with FIN); again, or on an
+    /// ended stream, it does nothing.
     pub fn close(&self) -> Result<(), StreamError> {
-        self.shared.send(Frame::Data {
-            stream_id: self.id,
+        let shared = self.shared();
+        if shared.is_closed() {
+            return Err(StreamError::SessionClosed);
+        }
+        let id = self.id();
+        let mut streams = shared.streams.lock().unwrap();
+        match streams.map.get_mut(&id) {
+            Some(state) if !state.local_closed && !state.reset => state.local_closed = true,
+            _ => return Ok(()),
+        }
+        streams.retire(id);
+        drop(streams);
+        shared.send(Frame::Data {
+            stream_id: id,
             flags: FLAG_FIN,
             data: Vec::new(),
         })
     }
 
-    /// Resets the stream.
+    /// Resets the stream; again, or on an ended stream, it does nothing.
     pub fn reset(&self, status: u32) -> Result<(), StreamError> {
-        self.shared.send(Frame::RstStream {
-            stream_id: self.id,
+        let shared = self.shared();
+        if shared.is_closed() {
+            return Err(StreamError::SessionClosed);
+        }
+        let id = self.id();
+        let mut streams = shared.streams.lock().unwrap();
+        match streams.map.get_mut(&id) {
+            Some(state) if !state.reset => {
+                state.reset = true;
+                state.local_closed = true;
+                state.data = None;
+            }
+            _ => return Ok(()),
+        }
+        streams.retire(id);
+        drop(streams);
+        shared.credit.notify_waiters();
+        shared.send(Frame::RstStream {
+            stream_id: id,
             status,
         })
     }
@@ -244,14 +455,19 @@ impl Session {
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             out,
+            out_bytes: Arc::new(Semaphore::new(OUT_QUEUE_BYTES)),
+            updates: Arc::new(Semaphore::new(MAX_QUEUED_UPDATES)),
+            replies: Arc::new(Semaphore::new(MAX_QUEUED_REPLIES)),
             streams: Mutex::new(Streams {
                 map: HashMap::new(),
                 session_send: SendWindow::new(DEFAULT_WINDOW),
                 session_recv: RecvWindow::new(DEFAULT_WINDOW),
+                session_buffered: 0,
                 initial_send_window: DEFAULT_WINDOW,
                 last_peer_stream: 0,
             }),
             credit: Notify::new(),
+            room: Notify::new(),
             closed,
             enforce_send_windows: AtomicBool::new(false),
             last_activity: AtomicU64::new(0),
@@ -303,38 +519,91 @@ async fn idle_watch(shared: Arc<Shared>, idle: Duration) {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut io: W,
-    mut frames: mpsc::UnboundedReceiver<Frame>,
+    mut frames: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
     let mut codec = Codec::default();
     let mut buf = Vec::with_capacity(64 << 10);
+    let mut batch = Vec::new();
     let mut closed = shared.closed.subscribe();
+    // Once the session ended: what was queued before (GOAWAY, last data)
+    // still goes out, but only until then.
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let drain_from_now = || tokio::time::Instant::now() + DRAIN_TIMEOUT;
     loop {
-        let frame = tokio::select! {
-            f = frames.recv() => f,
-            _ = wait_closed(&mut closed) => {
-                // Drain what was queued before the close (GOAWAY, last data).
-                frames.close();
-                frames.recv().await
-            }
+        let next = match deadline {
+            None => tokio::select! {
+                f = frames.recv() => f,
+                _ = wait_closed(&mut closed) => {
+                    frames.close();
+                    deadline = Some(drain_from_now());
+                    continue;
+                }
+            },
+            Some(at) => tokio::time::timeout_at(at, frames.recv())
+                .await
+                .ok()
+                .flatten(),
         };
-        let Some(frame) = frame else { break };
+        let Some(next) = next else { break };
         buf.clear();
-        codec.encode(&frame, &mut buf);
+        codec.encode(&next.frame, &mut buf);
+        batch.push(next);
         // Batch whatever else is already queued into one write.
-        while buf.len() < 256 << 10 {
+        while buf.len() < BATCH_BYTES {
             match frames.try_recv() {
-                Ok(f) => codec.encode(&f, &mut buf),
+                Ok(f) => {
+                    codec.encode(&f.frame, &mut buf);
+                    batch.push(f);
+                }
                 Err(_) => break,
             }
         }
-        if io.write_all(&buf).await.is_err() || io.flush().await.is_err() {
+        let written = async {
+            io.write_all(&buf).await?;
+            io.flush().await
+        };
+        let ok = match deadline {
+            None => {
+                tokio::pin!(written);
+                tokio::select! {
+                    r = &mut written => r.is_ok(),
+                    _ = wait_closed(&mut closed) => {
+                        frames.close();
+                        let at = drain_from_now();
+                        deadline = Some(at);
+                        matches!(tokio::time::timeout_at(at, written).await, Ok(Ok(())))
+                    }
+                }
+            }
+            Some(at) => matches!(tokio::time::timeout_at(at, written).await, Ok(Ok(()))),
+        };
+        // Written (or lost): the budget they held is free.
+        batch.clear();
+        if !ok {
             break;
         }
         shared.touch();
     }
-    let _ = io.shutdown().await;
+    let _ = tokio::time::timeout_at(deadline.unwrap_or_else(drain_from_now), io.shutdown()).await;
     shared.close();
+}
+
+/// A DATA frame whose payload is still being taken.
+struct InData {
+    stream_id: u32,
+    flags: u8,
+    left: usize,
+    /// Nothing of it was taken yet (replies go out once per frame).
+    first: bool,
+}
+
+/// Why the read loop stopped.
+enum End {
+    /// EOF, a read error or the session closed.
+    Done,
+    /// The peer broke the protocol: GOAWAY with PROTOCOL_ERROR.
+    Protocol,
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(
@@ -342,52 +611,194 @@ async fn read_loop<R: AsyncRead + Unpin>(
     accept: mpsc::Sender<Stream>,
     shared: Arc<Shared>,
 ) {
-    let mut codec = Codec::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(64 << 10);
-    let mut closed = shared.closed.subscribe();
-    let mut goaway = false;
-    'read: loop {
-        let n = tokio::select! {
-            r = io.read_buf(&mut buf) => r.unwrap_or(0),
-            _ = wait_closed(&mut closed) => break,
-        };
-        if n == 0 {
-            break;
-        }
-        shared.touch();
-        let mut at = 0;
-        loop {
-            match codec.decode(&buf[at..]) {
-                Ok(None) => break,
-                Ok(Some((frame, used))) => {
-                    at += used;
-                    if !handle(frame, &shared, &accept, &mut goaway) {
-                        break 'read;
-                    }
-                }
-                Err(err) => {
-                    tracing::debug!("SPDY protocol error: {err}");
-                    let last = shared.streams.lock().unwrap().last_peer_stream;
-                    let _ = shared.send(Frame::GoAway {
-                        last_good_stream_id: last,
-                        status: 1,
-                    });
-                    break 'read;
-                }
-            }
-        }
-        buf.drain(..at);
+    let end = read_frames(&mut io, &accept, &shared).await;
+    if let End::Protocol = end {
+        let last = shared.streams.lock().unwrap().last_peer_stream;
+        let _ = shared.send(Frame::GoAway {
+            last_good_stream_id: last,
+            status: 1,
+        });
     }
     shared.close();
 }
 
-/// Applies one frame; false ends the session.
+async fn read_frames<R: AsyncRead + Unpin>(
+    io: &mut R,
+    accept: &mpsc::Sender<Stream>,
+    shared: &Arc<Shared>,
+) -> End {
+    let mut codec = Codec::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(READ_BUF);
+    let mut closed = shared.closed.subscribe();
+    let mut goaway = false;
+    let mut data: Option<InData> = None;
+    loop {
+        let mut at = 0;
+        loop {
+            if let Some(d) = &mut data {
+                let n = d.left.min(buf.len() - at);
+                if n == 0 && d.left > 0 {
+                    break;
+                }
+                let fin = n == d.left && d.flags & FLAG_FIN != 0;
+                let taken = tokio::select! {
+                    taken = deliver(shared, d, &buf[at..at + n], fin) => taken,
+                    _ = wait_closed(&mut closed) => return End::Done,
+                };
+                let Some(taken) = taken else {
+                    return End::Protocol;
+                };
+                at += taken;
+                d.left -= taken;
+                if d.left == 0 {
+                    data = None;
+                }
+                continue;
+            }
+            let Some(head) = frame::head(&buf[at..]) else {
+                break;
+            };
+            if let Some(stream_id) = head.data_stream {
+                at += frame::HEADER_LEN;
+                data = Some(InData {
+                    stream_id,
+                    flags: head.flags,
+                    left: head.len,
+                    first: true,
+                });
+                continue;
+            }
+            if head.len > MAX_CONTROL_PAYLOAD {
+                tracing::debug!("SPDY control frame of {} bytes", head.len);
+                return End::Protocol;
+            }
+            match codec.decode(&buf[at..]) {
+                Ok(None) => break,
+                Ok(Some((frame, used))) => {
+                    at += used;
+                    match handle(frame, shared, accept, &mut goaway) {
+                        Ok(true) => {}
+                        Ok(false) => return End::Done,
+                        Err(Flood) => {
+                            tracing::debug!("SPDY peer floods control frames: closing");
+                            return End::Protocol;
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!("SPDY protocol error: {err}");
+                    return End::Protocol;
+                }
+            }
+        }
+        buf.drain(..at);
+        let n = tokio::select! {
+            r = io.read_buf(&mut buf) => r.unwrap_or(0),
+            _ = wait_closed(&mut closed) => return End::Done,
+        };
+        if n == 0 {
+            return End::Done;
+        }
+        shared.touch();
+    }
+}
+
+/// Hands `bytes`, the next part of DATA frame `d`, to its stream's reader,
+/// waiting while the stream or the session has no receive budget left.
+/// Returns how many bytes it took (all when nobody reads the stream), or
+/// `None` when the session must end.
+async fn deliver(shared: &Shared, d: &mut InData, bytes: &[u8], fin: bool) -> Option<usize> {
+    let enforce = shared.enforce_send_windows.load(Ordering::Relaxed);
+    loop {
+        let room = shared.room.notified();
+        {
+            let mut streams = shared.streams.lock().unwrap();
+            let Streams {
+                map,
+                session_recv,
+                session_buffered,
+                ..
+            } = &mut *streams;
+            let first = d.first;
+            let mut reply = None;
+            let taken = match map.get_mut(&d.stream_id) {
+                Some(state) if state.data.as_ref().is_some_and(|tx| !tx.is_closed()) => {
+                    let budget = (STREAM_RECV_BYTES - state.buffered)
+                        .min(SESSION_RECV_BYTES - *session_buffered);
+                    let n = bytes.len().min(budget);
+                    if n == 0 && !bytes.is_empty() {
+                        None
+                    } else {
+                        // Peers without flow control may overrun our
+                        // windows; see the module doc.
+                        if session_recv.receive(n as u32).is_err() && enforce {
+                            return None;
+                        }
+                        if state.recv.receive(n as u32).is_err() && enforce {
+                            state.data = None;
+                            state.reset = true;
+                            state.local_closed = true;
+                            reply = Some(rst::FLOW_CONTROL_ERROR);
+                            // The rest of the frame is dropped.
+                            Some(bytes.len())
+                        } else {
+                            if n > 0
+                                && let Some(tx) = &state.data
+                            {
+                                let _ = tx.send(bytes[..n].to_vec());
+                                state.buffered += n;
+                                *session_buffered += n;
+                            }
+                            if fin && n == bytes.len() {
+                                state.data = None;
+                            }
+                            Some(n)
+                        }
+                    }
+                }
+                Some(state) => {
+                    let _ = session_recv.receive(bytes.len() as u32);
+                    if state.data.is_none() && first {
+                        reply = Some(rst::STREAM_ALREADY_CLOSED);
+                    }
+                    // Nobody reads it: dropped.
+                    Some(bytes.len())
+                }
+                None => {
+                    let _ = session_recv.receive(bytes.len() as u32);
+                    if first {
+                        reply = Some(rst::INVALID_STREAM);
+                    }
+                    Some(bytes.len())
+                }
+            };
+            if let Some(taken) = taken {
+                d.first = false;
+                streams.retire(d.stream_id);
+                drop(streams);
+                if let Some(status) = reply {
+                    shared.credit.notify_waiters();
+                    shared
+                        .reply(Frame::RstStream {
+                            stream_id: d.stream_id,
+                            status,
+                        })
+                        .ok()?;
+                }
+                return Some(taken);
+            }
+        }
+        room.await;
+    }
+}
+
+/// Applies one control frame; `Ok(false)` ends the session.
 fn handle(
     frame: Frame,
     shared: &Arc<Shared>,
     accept: &mpsc::Sender<Stream>,
     goaway: &mut bool,
-) -> bool {
+) -> Result<bool, Flood> {
     match frame {
         Frame::SynStream {
             stream_id,
@@ -399,20 +810,20 @@ fn handle(
             // Peer (client) streams are odd and increasing.
             if stream_id % 2 == 0 || stream_id <= streams.last_peer_stream {
                 drop(streams);
-                let _ = shared.send(Frame::RstStream {
+                shared.reply(Frame::RstStream {
                     stream_id,
                     status: rst::PROTOCOL_ERROR,
-                });
-                return true;
+                })?;
+                return Ok(true);
             }
             streams.last_peer_stream = stream_id;
-            if *goaway {
+            if *goaway || streams.map.len() >= MAX_STREAMS {
                 drop(streams);
-                let _ = shared.send(Frame::RstStream {
+                shared.reply(Frame::RstStream {
                     stream_id,
                     status: rst::REFUSED_STREAM,
-                });
-                return true;
+                })?;
+                return Ok(true);
             }
             let (tx, rx) = mpsc::unbounded_channel();
             let initial = streams.initial_send_window;
@@ -422,97 +833,58 @@ fn handle(
                     send: SendWindow::new(initial),
                     recv: RecvWindow::new(DEFAULT_WINDOW),
                     data: (flags & FLAG_FIN == 0).then_some(tx),
+                    buffered: 0,
                     reset: false,
+                    local_closed: false,
+                    orphaned: false,
                 },
             );
             drop(streams);
-            let _ = shared.send(Frame::SynReply {
+            shared.reply(Frame::SynReply {
                 stream_id,
                 flags: 0,
                 headers: Vec::new(),
-            });
+            })?;
             let stream = Stream {
                 id: stream_id,
                 headers,
                 data: rx,
                 writer: StreamWriter {
-                    id: stream_id,
-                    shared: shared.clone(),
+                    handle: Arc::new(Handle {
+                        id: stream_id,
+                        shared: shared.clone(),
+                    }),
                 },
             };
+            // A refused stream is dropped here, before the lock below.
             if accept.try_send(stream).is_err() {
-                let _ = shared.send(Frame::RstStream {
+                shared.streams.lock().unwrap().map.remove(&stream_id);
+                shared.reply(Frame::RstStream {
                     stream_id,
                     status: rst::REFUSED_STREAM,
-                });
-            }
-        }
-        Frame::Data {
-            stream_id,
-            flags,
-            data,
-        } => {
-            let mut streams = shared.streams.lock().unwrap();
-            let Streams {
-                map, session_recv, ..
-            } = &mut *streams;
-            let enforce = shared.enforce_send_windows.load(Ordering::Relaxed);
-            let n = data.len() as u32;
-            // Peers without flow control may overrun our windows; see the
-            // module doc.
-            if session_recv.receive(n).is_err() && enforce {
-                return false;
-            }
-            match map.get_mut(&stream_id) {
-                Some(state) if state.data.is_some() => {
-                    if state.recv.receive(n).is_err() && enforce {
-                        state.data = None;
-                        drop(streams);
-                        let _ = shared.send(Frame::RstStream {
-                            stream_id,
-                            status: rst::FLOW_CONTROL_ERROR,
-                        });
-                        return true;
-                    }
-                    if !data.is_empty()
-                        && let Some(tx) = &state.data
-                    {
-                        let _ = tx.send(data);
-                    }
-                    if flags & FLAG_FIN != 0 {
-                        state.data = None;
-                    }
-                }
-                Some(_) => {
-                    drop(streams);
-                    let _ = shared.send(Frame::RstStream {
-                        stream_id,
-                        status: rst::STREAM_ALREADY_CLOSED,
-                    });
-                }
-                None => {
-                    drop(streams);
-                    let _ = shared.send(Frame::RstStream {
-                        stream_id,
-                        status: rst::INVALID_STREAM,
-                    });
-                }
+                })?;
             }
         }
         Frame::Headers {
             stream_id, flags, ..
         } => {
+            let mut streams = shared.streams.lock().unwrap();
             if flags & FLAG_FIN != 0
-                && let Some(state) = shared.streams.lock().unwrap().map.get_mut(&stream_id)
+                && let Some(state) = streams.map.get_mut(&stream_id)
             {
                 state.data = None;
+                streams.retire(stream_id);
             }
         }
         Frame::RstStream { stream_id, .. } => {
-            if let Some(state) = shared.streams.lock().unwrap().map.get_mut(&stream_id) {
+            let mut streams = shared.streams.lock().unwrap();
+            if let Some(state) = streams.map.get_mut(&stream_id) {
                 state.data = None;
                 state.reset = true;
+                state.local_closed = true;
+                streams.retire(stream_id);
             }
+            drop(streams);
             shared.credit.notify_waiters();
         }
         Frame::Settings { entries, .. } => {
@@ -534,34 +906,37 @@ fn handle(
             let mut streams = shared.streams.lock().unwrap();
             if stream_id == 0 {
                 if streams.session_send.credit(delta).is_err() {
-                    return false;
+                    return Ok(false);
                 }
             } else if let Some(state) = streams.map.get_mut(&stream_id)
                 && state.send.credit(delta).is_err()
             {
                 state.reset = true;
+                state.local_closed = true;
                 state.data = None;
+                streams.retire(stream_id);
                 drop(streams);
-                let _ = shared.send(Frame::RstStream {
+                shared.reply(Frame::RstStream {
                     stream_id,
                     status: rst::FLOW_CONTROL_ERROR,
-                });
+                })?;
             }
             shared.credit.notify_waiters();
         }
         Frame::Ping { id } => {
             // Only the peer's (odd) pings are answered; ours would be even.
             if id % 2 == 1 {
-                let _ = shared.send(Frame::Ping { id });
+                shared.reply(Frame::Ping { id })?;
             }
         }
         Frame::GoAway { .. } => {
             // No new streams; the ones open run to their end.
             *goaway = true;
         }
-        Frame::SynReply { .. } | Frame::Unknown { .. } => {}
+        // DATA is taken apart by the read loop.
+        Frame::Data { .. } | Frame::SynReply { .. } | Frame::Unknown { .. } => {}
     }
-    true
+    Ok(true)
 }
 
 async fn wait_closed(rx: &mut watch::Receiver<bool>) {
@@ -614,7 +989,12 @@ mod tests {
     }
 
     fn start(idle: Duration) -> (Peer, Session, mpsc::Receiver<Stream>) {
-        let (a, b) = tokio::io::duplex(1 << 20);
+        start_with_pipe(1 << 20, idle)
+    }
+
+    /// `pipe` bytes fit in each direction before writes wait.
+    fn start_with_pipe(pipe: usize, idle: Duration) -> (Peer, Session, mpsc::Receiver<Stream>) {
+        let (a, b) = tokio::io::duplex(pipe);
         let (session, incoming) = Session::serve(b, idle);
         let peer = Peer {
             io: a,
@@ -768,5 +1148,259 @@ mod tests {
         session.closed().await;
         assert_eq!(stream.read().await, None);
         assert!(stream.writer().write(b"x").await.is_err());
+    }
+
+    fn encode(frames: &[Frame]) -> Vec<u8> {
+        let mut codec = Codec::default();
+        let mut out = Vec::new();
+        for f in frames {
+            codec.encode(f, &mut out);
+        }
+        out
+    }
+
+    fn data(stream_id: u32, data: Vec<u8>) -> Frame {
+        Frame::Data {
+            stream_id,
+            flags: 0,
+            data,
+        }
+    }
+
+    /// Lets every other task run until it waits.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    fn buffered(session: &Session, id: u32) -> (usize, usize) {
+        let streams = session.shared.streams.lock().unwrap();
+        (
+            streams.map.get(&id).map_or(0, |s| s.buffered),
+            streams.session_buffered,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_stream_nobody_reads_holds_at_most_its_budget_and_the_peer_waits() {
+        let (mut peer, session, mut incoming) = start(LONG);
+        peer.syn(1, 0).await;
+        let mut stream = incoming.recv().await.unwrap();
+        peer.recv().await; // SYN_REPLY
+        // 4 MiB in frames of 256 KiB, each larger than the budget; byte i
+        // of the whole is i / 1000 (mod 256), to check order.
+        const TOTAL: usize = 4 << 20;
+        let whole: Vec<u8> = (0..TOTAL).map(|i| (i / 1000) as u8).collect();
+        let frames: Vec<Frame> = whole
+            .chunks(256 << 10)
+            .map(|c| data(1, c.to_vec()))
+            .collect();
+        let (mut rd, mut wr) = tokio::io::split(peer.io);
+        let writing = tokio::spawn(async move { wr.write_all(&encode(&frames)).await });
+        // Window updates the session sends as we read below.
+        tokio::spawn(async move { while rd.read(&mut [0u8; 4096]).await.unwrap_or(0) > 0 {} });
+        settle().await;
+        assert!(
+            !writing.is_finished(),
+            "the session took 4 MiB nobody reads"
+        );
+        assert_eq!(
+            buffered(&session, 1),
+            (STREAM_RECV_BYTES, STREAM_RECV_BYTES)
+        );
+        let mut got = Vec::new();
+        while got.len() < TOTAL {
+            let chunk = stream.read().await.unwrap();
+            assert!(chunk.len() <= STREAM_RECV_BYTES, "{}", chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got == whole, "data out of order");
+        writing.await.unwrap().unwrap();
+        assert_eq!(buffered(&session, 1), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn streams_together_hold_at_most_the_session_budget() {
+        let (mut peer, session, mut incoming) = start(LONG);
+        let streams = SESSION_RECV_BYTES / STREAM_RECV_BYTES + 1;
+        let mut held = Vec::new();
+        for i in 0..streams as u32 {
+            peer.syn(2 * i + 1, 0).await;
+            held.push(incoming.recv().await.unwrap());
+        }
+        let (mut rd, mut wr) = tokio::io::split(peer.io);
+        tokio::spawn(async move { while rd.read(&mut [0u8; 4096]).await.unwrap_or(0) > 0 {} });
+        // The last stream gets more than the pipe holds: the writer must
+        // wait for it.
+        let frames: Vec<Frame> = (0..streams)
+            .map(|i| {
+                let len = if i + 1 == streams {
+                    2 << 20
+                } else {
+                    STREAM_RECV_BYTES
+                };
+                data(2 * i as u32 + 1, vec![7; len])
+            })
+            .collect();
+        let writing = tokio::spawn(async move { wr.write_all(&encode(&frames)).await });
+        settle().await;
+        let last = 2 * streams as u32 - 1;
+        assert_eq!(buffered(&session, last), (0, SESSION_RECV_BYTES));
+        assert!(!writing.is_finished());
+        // Dropped readers give their budget back.
+        let mut last_stream = held.pop().unwrap();
+        drop(held);
+        let mut got = 0;
+        while got < 2 << 20 {
+            got += last_stream.read().await.unwrap().len();
+        }
+        writing.await.unwrap().unwrap();
+        assert_eq!(buffered(&session, last), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_stops_our_writers() {
+        let (mut peer, session, mut incoming) = start_with_pipe(64 << 10, LONG);
+        peer.syn(1, 0).await;
+        let stream = incoming.recv().await.unwrap();
+        const TOTAL: usize = 8 << 20;
+        let w = stream.writer();
+        let writing = tokio::spawn(async move { w.write(&vec![9u8; TOTAL]).await });
+        settle().await;
+        assert!(
+            !writing.is_finished(),
+            "8 MiB queued for a peer that does not read"
+        );
+        assert!(session.shared.out_bytes.available_permits() < OUT_QUEUE_BYTES);
+        let mut got = 0;
+        while got < TOTAL {
+            match peer.recv().await.unwrap() {
+                Frame::Data { data, .. } => got += data.len(),
+                Frame::SynReply { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(got, TOTAL);
+        writing.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_control_reply_flood_from_a_peer_that_does_not_read_ends_the_session() {
+        // Each PING, and each DATA frame on a stream that is not open, asks
+        // for a reply.
+        let floods = [
+            (0..20_000u32)
+                .map(|i| Frame::Ping { id: 2 * i + 1 })
+                .collect::<Vec<_>>(),
+            (0..20_000u32).map(|i| data(2 * i + 1, vec![1])).collect(),
+        ];
+        for flood in floods {
+            let (peer, session, _incoming) = start_with_pipe(4 << 10, LONG);
+            let (mut rd, mut wr) = tokio::io::split(peer.io);
+            let bytes = encode(&flood);
+            tokio::spawn(async move {
+                let _ = wr.write_all(&bytes).await;
+            });
+            tokio::time::timeout(Duration::from_secs(5), session.closed())
+                .await
+                .expect("the session outlived the flood");
+            let mut rest = Vec::new();
+            rd.read_to_end(&mut rest).await.unwrap();
+            let mut codec = Codec::default();
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while let Some((frame, used)) = codec.decode(&rest[at..]).unwrap() {
+                frames.push(frame);
+                at += used;
+            }
+            assert!(
+                frames.len() < 2 * MAX_QUEUED_REPLIES,
+                "{} replies",
+                frames.len()
+            );
+            assert!(matches!(
+                frames.last(),
+                Some(Frame::GoAway { status: 1, .. })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn ended_streams_are_forgotten() {
+        let (mut peer, session, mut incoming) = start(LONG);
+        for i in 0..(4 * MAX_STREAMS) as u32 {
+            let id = 2 * i + 1;
+            peer.syn(id, 0).await;
+            let mut stream = incoming.recv().await.unwrap();
+            assert!(matches!(peer.recv().await, Some(Frame::SynReply { .. })));
+            match i % 4 {
+                // Both sides half-close.
+                0 => {
+                    peer.send(Frame::Data {
+                        stream_id: id,
+                        flags: FLAG_FIN,
+                        data: b"x".to_vec(),
+                    })
+                    .await;
+                    assert_eq!(stream.read().await.unwrap(), b"x");
+                    assert_eq!(stream.read().await, None);
+                    stream.writer().close().unwrap();
+                    assert!(peer.recv().await.unwrap().is_fin());
+                }
+                // The peer resets it.
+                1 => {
+                    peer.send(Frame::RstStream {
+                        stream_id: id,
+                        status: rst::CANCEL,
+                    })
+                    .await;
+                    assert_eq!(stream.read().await, None);
+                }
+                // We reset it.
+                2 => {
+                    stream.writer().reset(rst::CANCEL).unwrap();
+                    assert!(matches!(peer.recv().await, Some(Frame::RstStream { .. })));
+                }
+                // The peer half-closes; we drop it without a word.
+                _ => {
+                    peer.send(Frame::Data {
+                        stream_id: id,
+                        flags: FLAG_FIN,
+                        data: Vec::new(),
+                    })
+                    .await;
+                    assert_eq!(stream.read().await, None);
+                }
+            }
+            drop(stream);
+        }
+        // A PING answered: the session has handled all of the above.
+        peer.send(Frame::Ping { id: 1 }).await;
+        assert_eq!(peer.recv().await, Some(Frame::Ping { id: 1 }));
+        assert_eq!(session.shared.streams.lock().unwrap().map.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn open_streams_are_capped() {
+        let (mut peer, _session, mut incoming) = start(LONG);
+        let mut held = Vec::new();
+        for i in 0..MAX_STREAMS as u32 {
+            peer.syn(2 * i + 1, 0).await;
+            held.push(incoming.recv().await.unwrap());
+            assert!(matches!(peer.recv().await, Some(Frame::SynReply { .. })));
+        }
+        let over = 2 * MAX_STREAMS as u32 + 1;
+        peer.syn(over, 0).await;
+        assert_eq!(
+            peer.recv().await,
+            Some(Frame::RstStream {
+                stream_id: over,
+                status: rst::REFUSED_STREAM
+            })
+        );
+        // One ends: there is room for the next.
+        held.pop().unwrap().writer().reset(rst::CANCEL).unwrap();
+        assert!(matches!(peer.recv().await, Some(Frame::RstStream { .. })));
+        peer.syn(over + 2, 0).await;
+        assert!(incoming.recv().await.is_some());
     }
 }

@@ -14,7 +14,7 @@ pub const FLAG_SETTINGS_CLEAR: u8 = 0x01;
 
 /// Frame payloads are 24-bit lengths; we accept all of them.
 pub const MAX_PAYLOAD: usize = (1 << 24) - 1;
-const HEADER_LEN: usize = 8;
+pub const HEADER_LEN: usize = 8;
 const STREAM_ID_MASK: u32 = 0x7fff_ffff;
 
 /// RST_STREAM status codes.
@@ -134,6 +134,30 @@ impl Frame {
 pub struct Codec {
     encoder: HeaderEncoder,
     decoder: HeaderDecoder,
+}
+
+/// The 8-byte header that starts every frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// The stream of a DATA frame; `None` for a control frame.
+    pub data_stream: Option<u32>,
+    pub flags: u8,
+    /// Payload length.
+    pub len: usize,
+}
+
+/// The header of the frame at the start of `buf`, once its 8 bytes are
+/// there: lets a reader take a DATA payload piece by piece instead of
+/// holding up to 16 MiB of it.
+pub fn head(buf: &[u8]) -> Option<Head> {
+    if buf.len() < HEADER_LEN {
+        return None;
+    }
+    Some(Head {
+        data_stream: (buf[0] & 0x80 == 0).then(|| u32_at(buf, 0) & STREAM_ID_MASK),
+        flags: buf[4],
+        len: (u32_at(buf, 4) & 0x00ff_ffff) as usize,
+    })
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
