@@ -90,6 +90,52 @@ fn cat_written(id: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until a flood into stdin stops moving and reports berthd's RSS;
+/// the flood must be held back, not taken whole.
+async fn stdin_flood_stalled(
+    proto: &str,
+    sent: &AtomicU64,
+    pid: i32,
+    before: u64,
+    flooding: tokio::task::JoinHandle<()>,
+) {
+    let (sent_bytes, took) = wait_stalled(&format!("{proto} stdin flood"), || {
+        sent.load(Ordering::Relaxed)
+    })
+    .await;
+    let after = rss_kib(pid);
+    report(
+        &format!("{proto}: 1 GiB into an unread stdin"),
+        before,
+        after,
+        &format!(
+            "the client's writes blocked after {} KiB ({took:.1?})",
+            sent_bytes >> 10
+        ),
+    );
+    assert!(sent_bytes < FLOOD, "all of the 1 GiB went in");
+    assert!(!flooding.is_finished());
+    flooding.abort();
+    let _ = flooding.await;
+}
+
+/// Waits until an unread `cat /dev/zero` stops writing and reports
+/// berthd's RSS.
+async fn cat_stalled(proto: &str, id: &str, pid: i32, before: u64) {
+    let (written, took) = wait_stalled(&format!("{proto} cat /dev/zero"), || cat_written(id)).await;
+    let after = rss_kib(pid);
+    assert!(written > 0, "no cat /dev/zero ran");
+    report(
+        &format!("{proto}: cat /dev/zero, never read"),
+        before,
+        after,
+        &format!(
+            "cat's writes blocked after {} KiB ({took:.1?})",
+            written >> 10
+        ),
+    );
+}
+
 async fn exec_url(w: &mut World, id: &str, cmd: &[&str], stdin: bool) -> String {
     w.client
         .exec(ExecRequest {
@@ -159,22 +205,7 @@ async fn spdy_floods_leave_berthd_rss_flat() {
             }
         }
     });
-    let (sent_bytes, took) =
-        wait_stalled("SPDY stdin flood", || sent.load(Ordering::Relaxed)).await;
-    let after = rss_kib(pid);
-    report(
-        "SPDY: 1 GiB into an unread stdin",
-        before,
-        after,
-        &format!(
-            "the client's writes blocked after {} KiB ({took:.1?})",
-            sent_bytes >> 10
-        ),
-    );
-    assert!(sent_bytes < FLOOD, "all of the 1 GiB went in");
-    assert!(!flooding.is_finished());
-    flooding.abort();
-    let _ = flooding.await;
+    stdin_flood_stalled("SPDY", &sent, pid, before, flooding).await;
     still_serving(&mut w, &id).await;
 
     // `cat /dev/zero` to a client that never reads.
@@ -184,18 +215,7 @@ async fn spdy_floods_leave_berthd_rss_flat() {
     let before = rss_kib(pid);
     client.open(&[("streamtype", "error")]).await;
     client.open(&[("streamtype", "stdout")]).await;
-    let (written, took) = wait_stalled("SPDY cat /dev/zero", || cat_written(&id)).await;
-    let after = rss_kib(pid);
-    assert!(written > 0, "no cat /dev/zero ran");
-    report(
-        "SPDY: cat /dev/zero, never read",
-        before,
-        after,
-        &format!(
-            "cat's writes blocked after {} KiB ({took:.1?})",
-            written >> 10
-        ),
-    );
+    cat_stalled("SPDY", &id, pid, before).await;
     drop(client);
     still_serving(&mut w, &id).await;
     w.remove_pod(&pod).await;
@@ -227,40 +247,14 @@ async fn websocket_floods_leave_berthd_rss_flat() {
             }
         }
     });
-    let (sent_bytes, took) =
-        wait_stalled("WebSocket stdin flood", || sent.load(Ordering::Relaxed)).await;
-    let after = rss_kib(pid);
-    report(
-        "WebSocket: 1 GiB into an unread stdin",
-        before,
-        after,
-        &format!(
-            "the client's writes blocked after {} KiB ({took:.1?})",
-            sent_bytes >> 10
-        ),
-    );
-    assert!(sent_bytes < FLOOD, "all of the 1 GiB went in");
-    assert!(!flooding.is_finished());
-    flooding.abort();
-    let _ = flooding.await;
+    stdin_flood_stalled("WebSocket", &sent, pid, before, flooding).await;
     still_serving(&mut w, &id).await;
 
     // `cat /dev/zero` to a client that never reads.
     let url = exec_url(&mut w, &id, &["cat", "/dev/zero"], false).await;
     let before = rss_kib(pid);
     let ws = websocket(&url, "v5.channel.k8s.io").await;
-    let (written, took) = wait_stalled("WebSocket cat /dev/zero", || cat_written(&id)).await;
-    let after = rss_kib(pid);
-    assert!(written > 0, "no cat /dev/zero ran");
-    report(
-        "WebSocket: cat /dev/zero, never read",
-        before,
-        after,
-        &format!(
-            "cat's writes blocked after {} KiB ({took:.1?})",
-            written >> 10
-        ),
-    );
+    cat_stalled("WebSocket", &id, pid, before).await;
     drop(ws);
     still_serving(&mut w, &id).await;
 
