@@ -3,7 +3,7 @@
 //! dir; afterwards `<tmp>` holds just those two and the canary is empty.
 #![no_main]
 
-use berth_image::unpack::unpack;
+use berth_image::unpack::{Limits, unpack};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let canary = tmp.path().join("canary");
     std::fs::create_dir(&layer).unwrap();
     std::fs::create_dir(&canary).unwrap();
-    let _ = unpack(data, &layer);
+    let _ = unpack(data, &layer, &Limits::default());
     let mut names: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ use crate::fsutil::remove_all;
 use crate::manifest::{Compression, Descriptor, ImageConfig, Manifest, ManifestError, Platform};
 use crate::reference::{ImageRef, ParsedRef, ReferenceError, RegistryHost};
 use crate::registries::{RegistriesConfig, RegistriesError, Source};
-use crate::unpack::{self, UnpackError, Usage};
+use crate::unpack::{self, Limits, UnpackError, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -122,6 +122,8 @@ pub struct PullSettings {
     pub retries: u32,
     /// A registry that sends nothing for this long fails the pull.
     pub progress_timeout: Duration,
+    /// Bytes one layer may unpack to (see [`Limits::max_size`]).
+    pub max_layer_size: u64,
 }
 
 /// The first pause before a transient failure is tried again; it doubles
@@ -588,7 +590,7 @@ impl ImageStore {
                     let shown = shown.clone();
                     async move {
                         let _permit = limit.acquire().await.expect("semaphore never closed");
-                        self.ensure_layer(&shown, session, retries, desc, diff_id, chain)
+                        self.ensure_layer(&shown, session, settings, desc, diff_id, chain)
                             .await
                     }
                 });
@@ -692,7 +694,7 @@ impl ImageStore {
         &self,
         image: &str,
         session: &Session,
-        retries: u32,
+        settings: &PullSettings,
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &ChainId,
@@ -705,8 +707,9 @@ impl ImageStore {
             .or_default()
             .clone();
         let _held = lock.lock().await;
-        let result = retrying(retries, || async move {
-            self.fetch_layer_once(image, session, desc, diff_id, chain)
+        let max_size = settings.max_layer_size;
+        let result = retrying(settings.retries, || async move {
+            self.fetch_layer_once(image, session, desc, diff_id, chain, max_size)
                 .await
         })
         .await;
@@ -728,6 +731,7 @@ impl ImageStore {
         desc: &Descriptor,
         diff_id: &Digest,
         chain: &ChainId,
+        max_size: u64,
     ) -> Result<(LayerRecord, u64), StoreError> {
         let dir = self.layer_dir(chain);
         let meta_path = dir.join("layer.json");
@@ -747,7 +751,7 @@ impl ImageStore {
         let diff = tmp.path().join("diff");
         std::fs::create_dir(&diff).map_err(StoreError::io(&diff))?;
         let uncompressed = self
-            .stream_layer(image, session, desc, diff_id, &tmp)
+            .stream_layer(image, session, desc, diff_id, &tmp, max_size)
             .await?;
         let usage = {
             let (diff, held) = (diff.clone(), tmp.clone());
@@ -797,6 +801,7 @@ impl ImageStore {
         desc: &Descriptor,
         diff_id: &Digest,
         tmp: &Arc<tempfile::TempDir>,
+        max_size: u64,
     ) -> Result<u64, StoreError> {
         let compression = Compression::of(desc).map_err(|source| StoreError::Manifest {
             image: image.into(),
@@ -810,12 +815,7 @@ impl ImageStore {
                 source,
             })?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(64);
-        let tmp = tmp.clone();
-        let unpacker = tokio::task::spawn_blocking(move || {
-            let unpacked = unpack_stream(rx, compression, &tmp.path().join("diff"));
-            drop(tmp);
-            unpacked
-        });
+        let (unpacker, _stop) = spawn_unpacker(rx, compression, tmp.clone(), max_size);
 
         let mut hasher = Sha256::new();
         let mut stream = resp.bytes_stream();
@@ -1114,6 +1114,41 @@ impl Read for ChannelReader {
     }
 }
 
+/// Sets its flag when dropped: when the pull future is dropped (the CRI
+/// call was cancelled or timed out) the unpacker thread stops too, instead
+/// of decompressing on with no one waiting, and removes its dir.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The unpacker's answer: the layer's diff ID and uncompressed size.
+type Unpacker = tokio::task::JoinHandle<Result<(Digest, u64), UnpackError>>;
+
+/// Unpacks what arrives on `rx` into `<tmp>/diff` on a blocking thread,
+/// which holds `tmp` until it ends. Dropping the [`StopOnDrop`] stops it.
+fn spawn_unpacker(
+    rx: tokio::sync::mpsc::Receiver<Chunk>,
+    compression: Compression,
+    tmp: Arc<tempfile::TempDir>,
+    max_size: u64,
+) -> (Unpacker, StopOnDrop) {
+    let limits = Limits {
+        max_size,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    let stop = StopOnDrop(limits.cancel.clone());
+    let unpacker = tokio::task::spawn_blocking(move || {
+        let unpacked = unpack_stream(rx, compression, &tmp.path().join("diff"), &limits);
+        drop(tmp);
+        unpacked
+    });
+    (unpacker, stop)
+}
+
 /// Hashes and counts what passes through: the diff ID of the tar stream.
 struct Hashing<R> {
     inner: R,
@@ -1134,6 +1169,7 @@ fn unpack_stream(
     rx: tokio::sync::mpsc::Receiver<Chunk>,
     compression: Compression,
     dest: &Path,
+    limits: &Limits,
 ) -> Result<(Digest, u64), UnpackError> {
     let mut raw = ChannelReader {
         rx,
@@ -1153,9 +1189,7 @@ fn unpack_stream(
             hasher: Sha256::new(),
             count: 0,
         };
-        unpack::unpack(&mut tar, dest)?;
-        // Trailing zero blocks after the end-of-archive marker count in the diff ID.
-        io::copy(&mut tar, &mut io::sink()).map_err(UnpackError::Read)?;
+        unpack::unpack(&mut tar, dest, limits)?;
         (Digest::from_hasher(tar.hasher), tar.count)
     };
     // Read the raw stream to its end: the end only comes once the
@@ -1193,6 +1227,7 @@ mod tests {
             parallelism,
             retries: 3,
             progress_timeout: Duration::from_secs(300),
+            max_layer_size: unpack::DEFAULT_MAX_LAYER_SIZE,
         }
     }
 
@@ -1245,6 +1280,34 @@ mod tests {
         assert!(err.contains(&conf.display().to_string()), "{err}");
         assert!(refused(&store, "b.example/x:1").await);
         assert_eq!(store.pull.read().unwrap().0, settings(2));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_dropped_pull_stops_its_unpacker_and_removes_its_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = Arc::new(tempfile::tempdir_in(dir.path()).unwrap());
+        let path = tmp.path().to_path_buf();
+        std::fs::create_dir(path.join("diff")).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        // A 60 GiB sparse file: the unpacker walks its hole with no more input.
+        let layer = unpack::tests::sparse("hole", 60 << 30, 0);
+        tx.send(Chunk::Data(layer.into())).await.unwrap();
+        let (unpacker, stop) =
+            spawn_unpacker(rx, Compression::None, tmp, unpack::DEFAULT_MAX_LAYER_SIZE);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!unpacker.is_finished());
+        // What dropping the pull future drops; the downloader's sender stays.
+        drop(stop);
+        let unpacked = tokio::time::timeout(Duration::from_secs(5), unpacker)
+            .await
+            .expect("the unpacker stops")
+            .unwrap();
+        assert!(
+            matches!(unpacked, Err(UnpackError::Cancelled)),
+            "{unpacked:?}"
+        );
+        assert!(!path.exists(), "the half-unpacked layer is removed");
+        drop(tx);
     }
 
     #[test]

@@ -23,6 +23,7 @@ fn unreadable_records_are_skipped_and_the_rest_is_served() {
             parallelism: 1,
             retries: 0,
             progress_timeout: std::time::Duration::from_secs(1),
+            max_layer_size: berth_image::unpack::DEFAULT_MAX_LAYER_SIZE,
         },
     };
     drop(ImageStore::open(options.clone()).unwrap());

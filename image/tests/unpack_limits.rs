@@ -6,7 +6,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 
-use berth_image::unpack::{unpack, usage};
+use berth_image::unpack::{Limits, unpack, usage};
 
 const GIB: u64 = 1024 * 1024 * 1024;
 
@@ -32,7 +32,12 @@ fn a_10_gb_sparse_file_takes_the_space_of_its_data() {
 
     let dest = work.path().join("diff");
     std::fs::create_dir(&dest).unwrap();
-    unpack(std::fs::File::open(&tar).unwrap(), &dest).unwrap();
+    unpack(
+        std::fs::File::open(&tar).unwrap(),
+        &dest,
+        &Limits::default(),
+    )
+    .unwrap();
     let unpacked = dest.join("big");
     let meta = std::fs::metadata(&unpacked).unwrap();
     assert_eq!(meta.len(), 10 * GIB);
@@ -70,7 +75,7 @@ fn thirty_thousand_files_unpack() {
     let work = tempfile::tempdir().unwrap();
     let dest = work.path().join("diff");
     std::fs::create_dir(&dest).unwrap();
-    unpack(bytes.as_slice(), &dest).unwrap();
+    unpack(bytes.as_slice(), &dest, &Limits::default()).unwrap();
     // The files, their 100 parent dirs and the layer dir.
     assert_eq!(usage(&dest).unwrap().inodes, (FILES + 100 + 1) as u64);
 }

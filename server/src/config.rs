@@ -120,6 +120,10 @@ pub struct ImageSettings {
     /// Seconds a registry may send nothing before the pull fails
     /// (containerd's `image_pull_progress_timeout` is 5 minutes too).
     pub pull_progress_timeout: u64,
+    /// Bytes one layer may unpack to, the holes of sparse files included:
+    /// a few MiB of compressed layer can otherwise fill the disk or spin a
+    /// CPU for hours.
+    pub max_layer_size: u64,
 }
 
 impl Default for ImageSettings {
@@ -129,6 +133,7 @@ impl Default for ImageSettings {
             pull_parallelism: 4,
             pull_retries: 3,
             pull_progress_timeout: 300,
+            max_layer_size: berth_image::unpack::DEFAULT_MAX_LAYER_SIZE,
         }
     }
 }
@@ -525,6 +530,12 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             "expected a number of seconds above 0".into(),
         ));
     }
+    if config.image.max_layer_size == 0 {
+        return Err(invalid(
+            "image.max_layer_size",
+            "expected a number of bytes above 0".into(),
+        ));
+    }
     if !config.image.registries_config.is_absolute() {
         return Err(invalid(
             "image.registries_config",
@@ -800,6 +811,27 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn max_layer_size_defaults_to_64_gib_and_is_not_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.image.max_layer_size, 64 << 30);
+        std::fs::write(&file, "[image]\nmax_layer_size = 1048576\n").unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        assert_eq!(loaded.config.image.max_layer_size, 1 << 20);
+        for text in [
+            "[image]\nmax_layer_size = 0\n",
+            "[image]\nmax_layer_size = -1\n",
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = load(&sources(dir.path()), &Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("max_layer_size"), "{text}: {err}");
         }
     }
 

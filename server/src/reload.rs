@@ -1,6 +1,6 @@
 //! SIGHUP: re-read the config files (flags still win) and apply what can
 //! change while berthd runs: the log level, the image settings (registries
-//! config, pull parallelism) and the runtime handlers. Anything else that
+//! config, pull parallelism, max_layer_size) and the runtime handlers. Anything else that
 //! differs is logged as needing a restart. A config, or registries config,
 //! that does not load changes nothing.
 
@@ -82,6 +82,11 @@ impl Reloader {
                 "pull_progress_timeout",
                 old.image.pull_progress_timeout.to_string(),
                 new.image.pull_progress_timeout.to_string(),
+            ),
+            (
+                "max_layer_size",
+                old.image.max_layer_size.to_string(),
+                new.image.max_layer_size.to_string(),
             ),
         ];
         for (key, old, new) in pull_keys {

@@ -33,6 +33,7 @@ fn pull_settings(config: &Config) -> PullSettings {
         parallelism: config.image.pull_parallelism,
         retries: config.image.pull_retries,
         progress_timeout: Duration::from_secs(config.image.pull_progress_timeout),
+        max_layer_size: config.image.max_layer_size,
     }
 }
 
