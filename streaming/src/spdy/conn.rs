@@ -47,6 +47,10 @@ pub const SESSION_RECV_BYTES: usize = 1 << 20;
 /// Streams open at once; more are refused. exec opens 5, port-forward 2
 /// per connection.
 pub const MAX_STREAMS: usize = 128;
+/// Decoded header bytes (names and values) all open streams may hold
+/// together: a header block may be 256 KiB, and 128 of them would be 32 MiB.
+/// kubectl's streams carry a few dozen bytes each.
+pub const SESSION_HEADER_BYTES: usize = 1 << 20;
 /// Replies to the peer's frames (SYN_REPLY, PING, RST_STREAM) that may wait
 /// for the socket. A peer that causes more without reading is flooding us
 /// (as h2 judges ping and reset floods) and the session ends.
@@ -87,6 +91,8 @@ struct StreamState {
     local_closed: bool,
     /// The application dropped every handle on the stream.
     orphaned: bool,
+    /// The size of its decoded SYN_STREAM headers, counted in the session's.
+    header_bytes: usize,
 }
 
 /// One frame waiting for the socket, with the budget it holds.
@@ -123,6 +129,8 @@ struct Streams {
     session_recv: RecvWindow,
     /// `buffered` of all streams.
     session_buffered: usize,
+    /// `header_bytes` of all streams.
+    session_header_bytes: usize,
     initial_send_window: u32,
     last_peer_stream: u32,
 }
@@ -135,7 +143,13 @@ impl Streams {
             .get(&id)
             .is_some_and(|s| s.data.is_none() && s.buffered == 0 && (s.local_closed || s.orphaned))
         {
-            self.map.remove(&id);
+            self.remove(id);
+        }
+    }
+
+    fn remove(&mut self, id: u32) {
+        if let Some(state) = self.map.remove(&id) {
+            self.session_header_bytes -= state.header_bytes;
         }
     }
 }
@@ -463,6 +477,7 @@ impl Session {
                 session_send: SendWindow::new(DEFAULT_WINDOW),
                 session_recv: RecvWindow::new(DEFAULT_WINDOW),
                 session_buffered: 0,
+                session_header_bytes: 0,
                 initial_send_window: DEFAULT_WINDOW,
                 last_peer_stream: 0,
             }),
@@ -817,7 +832,11 @@ fn handle(
                 return Ok(true);
             }
             streams.last_peer_stream = stream_id;
-            if *goaway || streams.map.len() >= MAX_STREAMS {
+            let header_bytes: usize = headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+            if *goaway
+                || streams.map.len() >= MAX_STREAMS
+                || streams.session_header_bytes + header_bytes > SESSION_HEADER_BYTES
+            {
                 drop(streams);
                 shared.reply(Frame::RstStream {
                     stream_id,
@@ -837,8 +856,10 @@ fn handle(
                     reset: false,
                     local_closed: false,
                     orphaned: false,
+                    header_bytes,
                 },
             );
+            streams.session_header_bytes += header_bytes;
             drop(streams);
             shared.reply(Frame::SynReply {
                 stream_id,
@@ -858,7 +879,7 @@ fn handle(
             };
             // A refused stream is dropped here, before the lock below.
             if accept.try_send(stream).is_err() {
-                shared.streams.lock().unwrap().map.remove(&stream_id);
+                shared.streams.lock().unwrap().remove(stream_id);
                 shared.reply(Frame::RstStream {
                     stream_id,
                     status: rst::REFUSED_STREAM,
@@ -1377,6 +1398,45 @@ mod tests {
         peer.send(Frame::Ping { id: 1 }).await;
         assert_eq!(peer.recv().await, Some(Frame::Ping { id: 1 }));
         assert_eq!(session.shared.streams.lock().unwrap().map.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn open_streams_hold_at_most_the_session_header_budget() {
+        let (mut peer, _session, mut incoming) = start(LONG);
+        // Four streams of 240 KiB of headers fit in 1 MiB; a fifth does not.
+        let big = |n: u32| {
+            (0..4)
+                .map(|i| (format!("x-{n}-{i}"), "v".repeat(60 << 10)))
+                .collect::<Vec<_>>()
+        };
+        let mut held = Vec::new();
+        for n in 0..5u32 {
+            peer.send(Frame::SynStream {
+                stream_id: 2 * n + 1,
+                associated_to: 0,
+                priority: 0,
+                slot: 0,
+                flags: 0,
+                headers: big(n),
+            })
+            .await;
+            if n < 4 {
+                held.push(incoming.recv().await.unwrap());
+                assert!(matches!(peer.recv().await, Some(Frame::SynReply { .. })));
+            }
+        }
+        assert_eq!(
+            peer.recv().await,
+            Some(Frame::RstStream {
+                stream_id: 9,
+                status: rst::REFUSED_STREAM
+            })
+        );
+        // One ends: its headers no longer count.
+        held.pop().unwrap().writer().reset(rst::CANCEL).unwrap();
+        assert!(matches!(peer.recv().await, Some(Frame::RstStream { .. })));
+        peer.syn(11, 0).await;
+        assert!(incoming.recv().await.is_some());
     }
 
     #[tokio::test]
