@@ -470,7 +470,7 @@ async fn a_client_that_disconnects_or_idles_ends_its_process() {
         std::fs::read_dir(&world.runtime.root)
             .unwrap()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("stream-exec-"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with("exec-"))
             .count()
     };
     for _ in 0..400 {

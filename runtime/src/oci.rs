@@ -66,6 +66,14 @@ pub struct OciState {
     pub pid: i32,
 }
 
+/// A runtime `exec` ready to spawn, from [`OciRuntime::exec_command`].
+pub struct ExecCommand {
+    pub command: Command,
+    /// Holds `pid_file`; the caller removes it once the exec has ended.
+    pub dir: PathBuf,
+    pub pid_file: PathBuf,
+}
+
 /// What [`OciRuntime::exec_sync`] collected.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
@@ -256,6 +264,37 @@ impl OciRuntime {
         }
     }
 
+    /// The runtime's `exec` of `args` in container `id`, the one place it is
+    /// built (ExecSync and streamed execs). The process's pid goes to
+    /// `pid_file` in a fresh dir under the runtime's root, so that an exec
+    /// that timed out or lost its client can be killed inside the container
+    /// (killing `runc exec` would not); the caller removes `dir`.
+    pub fn exec_command(
+        &self,
+        id: &str,
+        args: &[String],
+        tty: bool,
+    ) -> std::io::Result<ExecCommand> {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = self
+            .root
+            .join(format!("exec-{id}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let pid_file = dir.join("exec.pid");
+        let mut command = self.command();
+        command.arg("exec").arg("--pid-file").arg(&pid_file);
+        if tty {
+            command.arg("--tty");
+        }
+        command.arg(id).args(args);
+        Ok(ExecCommand {
+            command,
+            dir,
+            pid_file,
+        })
+    }
+
     /// Runs `args` in the container as its process (user, env, cwd), with
     /// output capped per stream and an optional timeout.
     pub fn exec_sync(
@@ -264,19 +303,18 @@ impl OciRuntime {
         args: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput, RuntimeError> {
-        let pid_dir = tempfile_dir(&self.root, id).map_err(|source| RuntimeError::Io {
-            id: id.into(),
-            source,
-        })?;
-        let pid_file = pid_dir.join("exec.pid");
+        let ExecCommand {
+            command: mut exec,
+            dir: pid_dir,
+            pid_file,
+        } = self
+            .exec_command(id, args, false)
+            .map_err(|source| RuntimeError::Io {
+                id: id.into(),
+                source,
+            })?;
         let command = format!("{} exec {id}", self.path.display());
-        let mut child = self
-            .command()
-            .arg("exec")
-            .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(id)
-            .args(args)
+        let mut child = exec
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -375,14 +413,6 @@ fn drain<R: Read>(stream: &mut Option<R>, buf: &mut [u8], keep: &mut Vec<u8>, dr
             *dropped += (n - room) as u64;
         }
     }
-}
-
-fn tempfile_dir(root: &Path, id: &str) -> std::io::Result<PathBuf> {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = root.join(format!("exec-{id}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
 }
 
 /// Polls for the exit file; `None` if `timeout` passed first (a timeout

@@ -183,17 +183,6 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
-/// A private dir for the exec's pid file under the runtime's state dir.
-fn pid_dir(runtime: &OciRuntime, id: &str) -> std::io::Result<PathBuf> {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = runtime
-        .root
-        .join(format!("stream-exec-{id}-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 /// Starts `runc exec` in the foreground: its exit status is the process's.
 /// With a tty, runc gets a pty of ours as its terminal and relays it to the
 /// container's own pty (runc's `--console-socket` hand-off needs `--detach`,
@@ -201,15 +190,9 @@ fn pid_dir(runtime: &OciRuntime, id: &str) -> std::io::Result<PathBuf> {
 /// our pty reaches runc as SIGWINCH and runc applies it inside.
 fn exec(req: ExecRequest) -> std::io::Result<Process> {
     let c = &req.container;
-    let dir = pid_dir(&c.runtime, &c.id)?;
-    let pid_file = dir.join("pid");
-    let mut cmd = tokio::process::Command::new(&c.runtime.path);
-    cmd.arg("--root").arg(&c.runtime.root).arg("exec");
-    cmd.arg("--pid-file").arg(&pid_file);
-    if req.tty {
-        cmd.arg("--tty");
-    }
-    cmd.arg(&c.id).args(&req.cmd);
+    let exec = c.runtime.exec_command(&c.id, &req.cmd, req.tty)?;
+    let (dir, pid_file) = (exec.dir, exec.pid_file);
+    let mut cmd = tokio::process::Command::from(exec.command);
     cmd.kill_on_drop(true);
     let mut pty = None;
     if req.tty {
