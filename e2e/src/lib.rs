@@ -242,6 +242,26 @@ impl Berthd {
         Self::start_with(Options::default()).await
     }
 
+    /// berthd with `registries` as its registries.conf (in the returned
+    /// dir, which must outlive it) and more `[image]` keys.
+    pub async fn start_with_registries(
+        registries: &str,
+        image_keys: &str,
+    ) -> (Berthd, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let conf = dir.path().join("registries.conf");
+        std::fs::write(&conf, registries).expect("write registries.conf");
+        let berthd = Berthd::start_with(Options {
+            config: format!(
+                "[image]\nregistries_config = \"{}\"\n{image_keys}",
+                conf.display()
+            ),
+            ..Options::default()
+        })
+        .await;
+        (berthd, dir)
+    }
+
     pub async fn start_with(options: Options) -> Berthd {
         Self::start_in(Paths::create(), options).await
     }

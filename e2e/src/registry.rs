@@ -269,13 +269,6 @@ pub fn insecure_conf(host: &str) -> String {
     format!("[[registry]]\nlocation = \"{host}\"\ninsecure = true\n")
 }
 
-/// Writes [`insecure_conf`] for `host` to `<dir>/registries.conf`.
-pub fn write_insecure_conf(dir: &Path, host: &str) -> PathBuf {
-    let path = dir.join("registries.conf");
-    std::fs::write(&path, insecure_conf(host)).expect("write registries.conf");
-    path
-}
-
 /// The digest of layer `n` of fixture `tag`, read from the fixture layout.
 pub fn fixture_layer(tag: &str, n: usize) -> String {
     let (_, manifest) = fixture_manifest(tag);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::{ImageSpec, PullImageRequest};
 use berth_e2e::fault_registry::{self, FaultRegistry};
-use berth_e2e::{Berthd, Options, can_run};
+use berth_e2e::{Berthd, can_run};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -186,17 +186,8 @@ fn unused_diff_id() -> String {
 }
 
 async fn start_berthd(registry: &FaultRegistry, image_keys: &str) -> (Berthd, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = berth_e2e::registry::write_insecure_conf(dir.path(), &registry.host());
-    let berthd = Berthd::start_with(Options {
-        config: format!(
-            "[image]\nregistries_config = \"{}\"\n{image_keys}",
-            conf.display()
-        ),
-        ..Options::default()
-    })
-    .await;
-    (berthd, dir)
+    let conf = berth_e2e::registry::insecure_conf(&registry.host());
+    Berthd::start_with_registries(&conf, image_keys).await
 }
 
 /// PullImage with a deadline, as the kubelet sends it.

@@ -32,23 +32,7 @@ fn spec(name: &str) -> Option<ImageSpec> {
 
 /// berthd with a registries.conf holding `registries` (TOML).
 async fn start_berthd(registries: &str) -> (Berthd, tempfile::TempDir) {
-    start_berthd_with(registries, "").await
-}
-
-/// Like [`start_berthd`], with more `[image]` keys.
-async fn start_berthd_with(registries: &str, image_keys: &str) -> (Berthd, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let conf = dir.path().join("registries.conf");
-    std::fs::write(&conf, registries).unwrap();
-    let berthd = Berthd::start_with(Options {
-        config: format!(
-            "[image]\nregistries_config = \"{}\"\n{image_keys}",
-            conf.display()
-        ),
-        ..Options::default()
-    })
-    .await;
-    (berthd, dir)
+    Berthd::start_with_registries(registries, "").await
 }
 
 async fn pull(
@@ -885,7 +869,7 @@ async fn a_silent_registry_fails_the_pull_and_a_slow_one_does_not() {
         return;
     }
     let fault = FaultRegistry::start(registry::fixtures(), fault_registry::Auth::None);
-    let (berthd, _conf) = start_berthd_with(
+    let (berthd, _conf) = Berthd::start_with_registries(
         &berth_e2e::registry::insecure_conf(&fault.host()),
         "pull_progress_timeout = 2\n",
     )
