@@ -3,8 +3,8 @@
 # mounted over 9p at /mnt/share, runs <script-inside-share> there as root once
 # systemd reports running (or degraded), and exits with the script's exit code.
 # The guest writes <share>/log (the script's output), <share>/exit-code and
-# <share>/system-state ("<state> <uptime>"); the serial console goes to
-# <share>/console.log. The rootfs is used copy-on-write (-snapshot), so every
+# <share>/system-state ("<state> <uptime>"); run.sh adds <share>/run-stats
+# (boot time, QEMU peak RSS) and the serial console goes to <share>/console.log. The rootfs is used copy-on-write (-snapshot), so every
 # run starts from the clean image.
 #
 #   hack/vm/run.sh <share-dir> <script-inside-share> [timeout-seconds]
@@ -34,7 +34,7 @@ if [[ $script =~ [[:space:]] ]]; then
 fi
 image=${BERTH_VM_IMAGE:-$("$here/build.sh")}
 
-rm -f "$share"/{exit-code,exit-code.tmp,log,system-state,console.log}
+rm -f "$share"/{exit-code,exit-code.tmp,log,system-state,console.log,run-stats}
 
 # cgroup v2 only, AppArmor on (Debian's default LSM, stated anyway);
 # panic=-1 plus -no-reboot: a guest panic ends QEMU instead of hanging.
@@ -87,6 +87,9 @@ fi
 wait "$qemu" 2>/dev/null || true
 trap - EXIT
 echo "hack/vm/run.sh: QEMU ran $((SECONDS - started)) s, peak RSS $((peak_kb / 1024)) MiB" >&2
+# For callers that report figures (smoke.sh).
+printf 'boot_seconds=%s\nqemu_seconds=%s\npeak_rss_mib=%s\n' \
+  "${booted:-none}" "$((SECONDS - started))" "$((peak_kb / 1024))" >"$share/run-stats"
 
 if [[ -z $result && ! -f $share/exit-code ]]; then
   result="the guest powered off without writing exit-code"
