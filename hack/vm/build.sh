@@ -9,8 +9,9 @@
 #   - a small busybox initramfs that loads virtio and ext4 and switch_roots;
 #   - an ext4 image made with mkfs.ext4 -d (no loop mounts, no root tricks).
 # The result is cached under $BERTH_VM_CACHE (default /var/cache/berth-vm) in a
-# directory named by a hash of this script and hack/vm/guest, so it is rebuilt
-# only when the package list, the build or the guest files change.
+# directory named by a hash of this script, run.sh and hack/vm/guest, so it is
+# rebuilt only when the package list, the build, the boot or the guest files
+# change. (The packages' versions are whatever the mirror has at build time.)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -30,8 +31,9 @@ PACKAGES=(
 # crypto API (ext4's metadata checksums), which modules.dep does not record.
 INITRD_MODULES=(virtio_ring virtio virtio_pci virtio_blk crc32c_generic ext4)
 
+# run.sh is an input too: the warm-up boot below runs with its command line.
 key=$( (
-  cat "$0"
+  cat "$0" "$here/run.sh"
   for f in "$here"/guest/*; do
     echo "== ${f##*/}"
     cat "$f"
@@ -76,6 +78,7 @@ echo "hack/vm/build.sh: building $out" >&2
 # configuration (mirror, snapshot) as the rootfs into /tmp (kept by
 # --skip=cleanup/tmp, emptied below): the metapackage
 # linux-image-amd64 names the current ABI's linux-image-<abi>-amd64.
+# shellcheck disable=SC2016 # the hook is expanded by mmdebstrap, not here
 mmdebstrap --quiet --mode=root --variant=essential --skip=cleanup/tmp \
   --include="$(IFS=,; echo "${PACKAGES[*]}")" \
   --customize-hook='set -e
@@ -96,14 +99,20 @@ mkdir -p "$root/usr/lib/modules"
 mv "$work/kernel/lib/modules/$kver" "$root/usr/lib/modules/$kver"
 mv "$work/kernel/boot/vmlinuz-$kver" "$work/vmlinuz"
 rm -rf "$deb" "$work/kernel"
+# Hardware a node VM never has: half the modules' size, and nothing for udev
+# to load at boot under TCG's slow CPU.
+for dir in sound drivers/gpu drivers/media drivers/net/wireless drivers/infiniband \
+  drivers/bluetooth drivers/staging drivers/iio drivers/isdn drivers/usb drivers/hid \
+  drivers/input drivers/nfc net/wireless net/mac80211 net/bluetooth; do
+  rm -rf "$root/usr/lib/modules/$kver/kernel/$dir"
+done
 depmod -b "$root" "$kver"
 
 # The guest's configuration: runner unit, static network, a machine ID (an
 # empty one would make every boot a "first boot"), a root that stays rw.
 install -m 0755 "$here/guest/berth-vm-run" "$root/usr/local/sbin/berth-vm-run"
 install -m 0644 "$here/guest/berth-vm-run.service" "$root/etc/systemd/system/"
-install -D -m 0644 "$here/guest/10-qemu-user.network" "$root/etc/systemd/network/10-qemu-user.network"
-chroot "$root" systemctl enable -q berth-vm-run.service systemd-networkd.service
+chroot "$root" systemctl enable -q berth-vm-run.service
 # Nothing to log in to: the serial console is the runner's output.
 chroot "$root" systemctl mask -q serial-getty@ttyS0.service getty@tty1.service
 echo berth-vm >"$root/etc/hostname"
@@ -144,6 +153,18 @@ done)
 used_mb=$(du -sm "$root" | cut -f1)
 size_mb=$((used_mb + ${BERTH_VM_FREE_MB:-4096}))
 mkfs.ext4 -q -F -L berth-root -d "$root" "$work/rootfs.img" "${size_mb}M" >/dev/null
+
+# One boot at build time, writing to the image: first-boot work (above all
+# compiling the AppArmor profiles, 20 s under TCG, cached in
+# /var/cache/apparmor for this kernel) is then done once, not on every run.
+mkdir -p "$work/warm-up"
+echo 'echo warm-up boot done' >"$work/warm-up/warm-up.sh"
+BERTH_VM_IMAGE=$work BERTH_VM_WRITABLE=1 "$here/run.sh" "$work/warm-up" warm-up.sh 600 >&2 || {
+  echo "hack/vm/build.sh: the warm-up boot failed; console: $work/warm-up/console.log" >&2
+  tail -n 20 "$work/warm-up/console.log" >&2
+  exit 1
+}
+rm -rf "$work/warm-up"
 
 echo "$kver" >"$work/kernel-version"
 printf '%s\n' "${PACKAGES[@]}" >"$work/packages"
