@@ -12,6 +12,8 @@ PACKAGES=(
   docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates zstd attr
   # benchmark peers
   containerd conmon
+  # the node VM (hack/vm): rootfs, initramfs, ext4 image, TCG guest
+  mmdebstrap cpio kmod e2fsprogs qemu-system-x86 python3
 )
 
 missing=()

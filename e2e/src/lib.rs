@@ -82,9 +82,15 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 ///
 /// The first call builds `berthd` and `berth-shim` with the cargo that runs
 /// the tests, so `cargo test` alone always tests the current source.
+/// `BERTH_BIN_DIR=<dir>` uses the binaries in `<dir>` as they are and runs
+/// no cargo: for test binaries run where there is no workspace (the node VM,
+/// `hack/vm/smoke.sh`).
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("BERTH_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
         // Test executables live in <target>/<profile>/deps; the binaries are
         // built with the same profile so a `--release` run tests release ones.
         let exe = std::env::current_exe().expect("test executable path");
