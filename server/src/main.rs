@@ -180,10 +180,12 @@ async fn run(
             addr: (config.streaming.address, config.streaming.port).into(),
             source,
         })?;
-    let socket = listener::bind(&config.listen)?;
-
+    // Handlers before the socket: clients (and a supervisor's stop) act once
+    // the socket exists, and a signal's default action would kill berthd.
     let mut sigterm = signal(SignalKind::terminate()).map_err(ServeError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(ServeError::Signals)?;
+    let socket = listener::bind(&config.listen)?;
+
     let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let name = tokio::select! {
