@@ -473,8 +473,13 @@ async fn a_client_that_disconnects_or_idles_ends_its_process() {
             .filter(|e| e.file_name().to_string_lossy().starts_with("exec-"))
             .count()
     };
+    // The server may still be starting runc when the client is gone: the
+    // dirs must be gone and stay gone (half a second), not just be absent
+    // once before runc made one.
+    let mut gone_for = 0;
     for _ in 0..400 {
-        if exec_dirs() == 0 {
+        gone_for = if exec_dirs() == 0 { gone_for + 1 } else { 0 };
+        if gone_for == 10 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
