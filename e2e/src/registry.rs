@@ -303,3 +303,22 @@ pub fn fixture_manifest(tag: &str) -> (String, serde_json::Value) {
     let digest = entry["digest"].as_str().unwrap();
     (digest.to_string(), read(digest))
 }
+
+/// The hex SHA-256 of `bytes`, by Debian's `sha256sum` (the e2e crate
+/// carries no hash crate of its own).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(bytes)
+        .expect("feed sha256sum");
+    let out = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+}

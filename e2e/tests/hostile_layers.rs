@@ -28,14 +28,7 @@ fn ready() -> bool {
 }
 
 fn sha256(bytes: &[u8]) -> String {
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    format!("sha256:{}", &String::from_utf8(out.stdout).unwrap()[..64])
+    format!("sha256:{}", berth_e2e::registry::sha256_hex(bytes))
 }
 
 /// An OCI layout of one-layer images, for [`FaultRegistry`] to serve.

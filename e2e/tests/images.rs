@@ -359,7 +359,7 @@ async fn index_platform_and_zstd() {
         .output()
         .unwrap()
         .stdout;
-    let index_digest = format!("sha256:{}", sha256_hex(&index));
+    let index_digest = format!("sha256:{}", registry::sha256_hex(&index));
     assert!(
         image_ref.ends_with(&index_digest),
         "{image_ref} vs {index_digest}"
@@ -407,18 +407,6 @@ async fn index_platform_and_zstd() {
         .unwrap();
     assert_eq!(moved.id, zstd.id);
     assert_eq!(moved.repo_tags.len(), 3, "{:?}", moved.repo_tags);
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("sha256sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(bytes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap()[..64].to_string()
 }
 
 /// The store holds nothing: no image, no layer, no work in progress.
