@@ -1,14 +1,15 @@
 //! The security context against real runc: CRI requests converted by
-//! `cri_spec::convert` (what berthd's CreateContainer calls), run through
+//! `berth_cri::container::convert` (what berthd's CreateContainer calls), run through
 //! berth-shim, and checked from inside the container.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_cri::RequestError;
+use berth_cri::container::{self as cri_spec, Options, PodFacts};
 use berth_e2e::bundles::Bundles;
 use berth_proto::cri;
-use berth_runtime::cri_spec::{self, CriSpecError, Options, PodFacts};
 use berth_runtime::lifecycle::{self, NewContainer};
 use berth_runtime::oci::wait_exit;
 use berth_runtime::spec::{ContainerSpec, ImageConfig, Namespace, PodFiles};
@@ -59,8 +60,10 @@ impl World {
             user: None,
             cgroup_parent: PathBuf::new(),
             files: PodFiles::default(),
-            hostname: String::new(),
+            hostname: "sectest".into(),
             sysctls: Default::default(),
+            privileged: false,
+            log_directory: PathBuf::new(),
         }
     }
 
@@ -69,13 +72,8 @@ impl World {
         &self,
         script: &str,
         sc: cri::LinuxContainerSecurityContext,
-        edit: impl FnOnce(
-            &mut cri::ContainerConfig,
-            &mut cri::PodSandboxConfig,
-            &mut PodFacts,
-            &mut Options,
-        ),
-    ) -> Result<ContainerSpec, CriSpecError> {
+        edit: impl FnOnce(&mut cri::ContainerConfig, &mut PodFacts, &mut Options),
+    ) -> Result<ContainerSpec, RequestError> {
         let mut config = cri::ContainerConfig {
             command: vec!["sh".into(), "-c".into(), script.into()],
             linux: Some(cri::LinuxContainerConfig {
@@ -84,16 +82,11 @@ impl World {
             }),
             ..Default::default()
         };
-        let mut sandbox = cri::PodSandboxConfig {
-            hostname: "sectest".into(),
-            ..Default::default()
-        };
         let mut pod = World::pod();
         let mut options = Options::new("unused");
         options.features = berth_runtime::features::probe(Path::new("runc"));
-        edit(&mut config, &mut sandbox, &mut pod, &mut options);
-        cri_spec::convert(&config, &sandbox, &ImageConfig::default(), &pod, &options)
-            .map(|c| c.spec)
+        edit(&mut config, &mut pod, &mut options);
+        cri_spec::convert(&config, &ImageConfig::default(), &pod, &options).map(|c| c.spec)
     }
 
     /// Runs to the end; the exit code and stdout+stderr text.
@@ -167,17 +160,7 @@ fn capability_sets_in_proc_status() {
     let read = |mut sc: cri::LinuxContainerSecurityContext, privileged: bool| {
         sc.privileged = privileged;
         let spec = world
-            .convert(script, sc, |_, sandbox, _, _| {
-                if privileged {
-                    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
-                        security_context: Some(cri::LinuxSandboxSecurityContext {
-                            privileged: true,
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    });
-                }
-            })
+            .convert(script, sc, |_, pod, _| pod.privileged = privileged)
             .unwrap();
         let (code, text) = world.output(spec);
         assert_eq!(code, 0, "{text}");
@@ -229,7 +212,7 @@ fn seccomp_profiles() {
     let unshare = "unshare -U true && echo unshared";
     let (code, text) = world.output(
         world
-            .convert(unshare, profile(0, ""), |_, _, _, _| {})
+            .convert(unshare, profile(0, ""), |_, _, _| {})
             .unwrap(),
     );
     assert_ne!(code, 0);
@@ -237,13 +220,13 @@ fn seccomp_profiles() {
     // No profile asked for: the default (RuntimeDefault) applies.
     let (code, _) = world.output(
         world
-            .convert(unshare, Default::default(), |_, _, _, _| {})
+            .convert(unshare, Default::default(), |_, _, _| {})
             .unwrap(),
     );
     assert_ne!(code, 0);
     let (code, text) = world.output(
         world
-            .convert(unshare, profile(1, ""), |_, _, _, _| {})
+            .convert(unshare, profile(1, ""), |_, _, _| {})
             .unwrap(),
     );
     assert_eq!((code, text.as_str()), (0, "unshared"));
@@ -261,7 +244,7 @@ fn seccomp_profiles() {
             .convert(
                 "mkdir /tmp/d",
                 profile(2, path.to_str().unwrap()),
-                |_, _, _, _| {},
+                |_, _, _| {},
             )
             .unwrap(),
     );
@@ -269,11 +252,7 @@ fn seccomp_profiles() {
     assert!(text.contains("Operation not permitted"), "{text}");
     let missing = dir.path().join("missing.json");
     let err = world
-        .convert(
-            "true",
-            profile(2, missing.to_str().unwrap()),
-            |_, _, _, _| {},
-        )
+        .convert("true", profile(2, missing.to_str().unwrap()), |_, _, _| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
@@ -387,7 +366,7 @@ fn runtime_default_is_an_allow_list_refusing_with_eperm() {
             ..Default::default()
         };
         let script = format!("sysprobe {}", PROBES.join(" "));
-        let (code, text) = world.output(world.convert(&script, sc, |_, _, _, _| {}).unwrap());
+        let (code, text) = world.output(world.convert(&script, sc, |_, _, _| {}).unwrap());
         assert_eq!(code, 0, "{text}");
         let results: HashMap<String, i32> = text
             .lines()
@@ -448,7 +427,7 @@ fn runtime_default_is_an_allow_list_refusing_with_eperm() {
                     kill -0 $$; ulimit -n >/dev/null; uname -a >/dev/null; echo workload-ok";
     let (code, text) = world.output(
         world
-            .convert(workload, Default::default(), |_, _, _, _| {})
+            .convert(workload, Default::default(), |_, _, _| {})
             .unwrap(),
     );
     assert_eq!((code, text.as_str()), (0, "workload-ok"));
@@ -474,7 +453,7 @@ fn no_new_privs_stops_setuid() {
             ..Default::default()
         };
         let spec = world
-            .convert(script, sc, |config, _, _, _| {
+            .convert(script, sc, |config, _, _| {
                 config.mounts = vec![cri::Mount {
                     container_path: "/etc/busybox.conf".into(),
                     host_path: conf.to_str().unwrap().into(),
@@ -513,7 +492,7 @@ fn masked_paths_and_unmasking() {
             ..Default::default()
         };
         world
-            .output(world.convert(script, sc, |_, _, _, _| {}).unwrap())
+            .output(world.convert(script, sc, |_, _, _| {}).unwrap())
             .1
     };
     let size = |text: &str| -> u64 {
@@ -537,7 +516,7 @@ fn users_groups_and_policies() {
     let world = World::new();
     let script = "echo $(id -u) $(id -g) $(id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' ')";
     let run = |image_user: &str, sc: cri::LinuxContainerSecurityContext| {
-        let mut spec = world.convert(script, sc, |_, _, _, _| {}).unwrap();
+        let mut spec = world.convert(script, sc, |_, _, _| {}).unwrap();
         spec.image.user = image_user.into();
         let (code, text) = world.output(spec);
         assert_eq!(code, 0, "{text}");
@@ -585,16 +564,12 @@ fn users_groups_and_policies() {
 
     // ContainerStatus.user comes from the created spec.
     let mut spec = world
-        .convert(
-            "true",
-            sc(Some(1234), "", None, &[77], false),
-            |_, _, _, _| {},
-        )
+        .convert("true", sc(Some(1234), "", None, &[77], false), |_, _, _| {})
         .unwrap();
     spec.image.user = String::new();
     let c = world.new_container(spec);
     let created = lifecycle::create(&world.runtime, &c).unwrap();
-    let user = cri_spec::container_user(&created.spec)
+    let user = berth_cri::container_status::container_user(&created.spec)
         .unwrap()
         .linux
         .unwrap();
@@ -631,7 +606,7 @@ fn recursive_read_only_mounts() {
     let script =
         "touch /data/top && echo top-written; touch /data/sub/deep && echo deep-written; true";
     let run = |rro: bool| {
-        world.convert(script, Default::default(), |config, _, _, _| {
+        world.convert(script, Default::default(), |config, _, _| {
             config.mounts = vec![cri::Mount {
                 container_path: "/data".into(),
                 host_path: host.to_str().unwrap().into(),
@@ -675,11 +650,11 @@ fn pid_namespace_modes() {
     // A container with the pod's (here another container's) namespace sees its processes.
     let (peer, peer_pid) = world.start(
         world
-            .convert("exec sleep 1000", ns(1, ""), |_, _, _, _| {})
+            .convert("exec sleep 1000", ns(1, ""), |_, _, _| {})
             .unwrap(),
     );
     let peer_ns = PathBuf::from(format!("/proc/{peer_pid}/ns/pid"));
-    let (_, text) = world.output(world.convert(ps, ns(1, ""), |_, _, _, _| {}).unwrap());
+    let (_, text) = world.output(world.convert(ps, ns(1, ""), |_, _, _| {}).unwrap());
     assert!(
         !text.contains("sleep 1000"),
         "CONTAINER sees only itself: {text}"
@@ -687,7 +662,7 @@ fn pid_namespace_modes() {
     let pod_ns = peer_ns.clone();
     let (_, text) = world.output(
         world
-            .convert(ps, ns(0, ""), |_, _, pod, _| {
+            .convert(ps, ns(0, ""), |_, pod, _| {
                 pod.pid = Some(Namespace::Path(pod_ns))
             })
             .unwrap(),
@@ -695,7 +670,7 @@ fn pid_namespace_modes() {
     assert!(text.contains("sleep 1000"), "POD sees the pod's: {text}");
     let (_, text) = world.output(
         world
-            .convert(ps, ns(3, &peer.id), |_, _, _, options| {
+            .convert(ps, ns(3, &peer.id), |_, _, options| {
                 options.target_pid_namespace = Some(peer_ns)
             })
             .unwrap(),
@@ -706,7 +681,7 @@ fn pid_namespace_modes() {
     );
     let (_, text) = world.output(
         world
-            .convert("cat /proc/1/comm", ns(2, ""), |_, _, _, _| {})
+            .convert("cat /proc/1/comm", ns(2, ""), |_, _, _| {})
             .unwrap(),
     );
     assert!(!text.contains("sh"), "NODE sees the host's init: {text}");
@@ -723,7 +698,7 @@ fn pod_sysctls() {
         world.convert(
             "cat /proc/sys/net/ipv4/ip_unprivileged_port_start /proc/sys/kernel/shm_rmid_forced",
             Default::default(),
-            |_, _, pod, _| {
+            |_, pod, _| {
                 pod.sysctls = sysctls
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -742,16 +717,6 @@ fn pod_sysctls() {
     assert_eq!((code, text.as_str()), (0, "555\n1"));
 }
 
-fn privileged_pod(sandbox: &mut cri::PodSandboxConfig) {
-    sandbox.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            privileged: true,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-}
-
 #[test]
 fn privileged_gets_host_devices_and_writable_sys() {
     if !can_run() {
@@ -766,7 +731,7 @@ fn privileged_gets_host_devices_and_writable_sys() {
             ..Default::default()
         };
         let spec = world
-            .convert(script, sc, |_, sandbox, _, _| privileged_pod(sandbox))
+            .convert(script, sc, |_, pod, _| pod.privileged = true)
             .unwrap();
         let (code, text) = world.output(spec);
         assert_eq!(code, 0, "{text}");
@@ -831,8 +796,8 @@ fn mount_propagation_and_symlinked_host_paths() {
                     privileged: propagation == 2,
                     ..Default::default()
                 },
-                |config, sandbox, _, _| {
-                    privileged_pod(sandbox);
+                |config, pod, _| {
+                    pod.privileged = true;
                     config.mounts = vec![cri::Mount {
                         container_path: "/data".into(),
                         // The CRI asks for a symlink's target to be mounted.
@@ -926,7 +891,7 @@ fn device_nodes_an_image_brings_are_refused_to_an_unprivileged_container() {
         .convert(
             script,
             cri::LinuxContainerSecurityContext::default(),
-            |_, _, _, _| {},
+            |_, _, _| {},
         )
         .unwrap();
     let (code, text) = world.output(spec);

@@ -724,7 +724,9 @@ fn records_and_shims_survive_a_berthd_restart() {
                 tty: false,
                 stdin: false,
                 stdin_once: false,
-                extra: serde_json::Value::Null,
+                mounts: None,
+                resources: None,
+                legacy: serde_json::Value::Null,
                 message: None,
             })
             .unwrap();

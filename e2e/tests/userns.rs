@@ -8,6 +8,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use berth_cri::container::{self as cri_spec, PodFacts};
 use berth_e2e::bundles::Bundles;
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
@@ -18,7 +19,6 @@ use berth_e2e::cri::{
 };
 use berth_e2e::{Berthd, Options, Paths, can_run, have_command, is_root, mounts_under};
 use berth_proto::cri;
-use berth_runtime::cri_spec::{self, PodFacts};
 use berth_runtime::lifecycle::{self, NewContainer};
 use berth_runtime::oci::wait_exit;
 use berth_runtime::spec::{IdMap, ImageConfig, Namespace, PodFiles, UserNamespace};
@@ -163,7 +163,7 @@ fn path(value: &serde_json::Value) -> Option<PathBuf> {
     value.as_str().map(PathBuf::from)
 }
 
-/// What berthd's CreateContainer gives `cri_spec::convert` for this pod.
+/// What berthd's CreateContainer gives `berth_cri::container::convert` for this pod.
 fn facts(info: &serde_json::Value, user: Option<&CriUserNamespace>) -> PodFacts {
     let ns = &info["namespaces"];
     let pinned = |kind: &str| path(&ns[kind]).map_or(Namespace::Host, Namespace::Path);
@@ -194,8 +194,10 @@ fn facts(info: &serde_json::Value, user: Option<&CriUserNamespace>) -> PodFacts 
             resolv_conf: path(&files["resolv_conf"]),
             shm: path(&files["shm"]),
         },
-        hostname: String::new(),
+        hostname: "userns".into(),
         sysctls: Default::default(),
+        privileged: false,
+        log_directory: PathBuf::new(),
     }
 }
 
@@ -247,13 +249,9 @@ impl Containers {
             }),
             ..Default::default()
         };
-        let sandbox = cri::PodSandboxConfig {
-            hostname: "userns".into(),
-            ..Default::default()
-        };
         let mut options = cri_spec::Options::new("unused");
         options.features = berth_runtime::features::probe(Path::new("runc"));
-        let spec = cri_spec::convert(&config, &sandbox, &ImageConfig::default(), pod, &options)
+        let spec = cri_spec::convert(&config, &ImageConfig::default(), pod, &options)
             .unwrap()
             .spec;
         let c = self.new_container(spec);

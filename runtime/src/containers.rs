@@ -551,14 +551,14 @@ impl Containers {
         Ok(())
     }
 
-    /// Applies new cgroup limits (`resources`: the OCI `linux.resources`
-    /// fields to change, see [`update::resources`]) to a created or running
+    /// Applies new cgroup limits (`new`: the fields set are the ones to
+    /// change, already checked, see [`update::resources`]) to a created or running
     /// container through the runtime's `update`, then records them in its
     /// `config.json` and, with `edit`, in its record.
     pub fn update_resources(
         &self,
         id: &str,
-        resources: &serde_json::Value,
+        new: &crate::spec::Resources,
         edit: impl FnOnce(&mut ContainerRecord),
     ) -> Result<(), Error> {
         let slot = self.slot(id)?;
@@ -590,6 +590,7 @@ impl Containers {
         let mut spec: serde_json::Value = std::fs::read(&spec_path)
             .and_then(|bytes| serde_json::from_slice(&bytes).map_err(std::io::Error::other))
             .map_err(io)?;
+        let resources = update::resources(new);
         let mut for_runtime = resources.clone();
         let hugepages = for_runtime
             .as_object_mut()
@@ -604,7 +605,7 @@ impl Containers {
             let cgroup = PathBuf::from(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
             update::apply_hugepages(&record.id, &cgroup, limits).map_err(failed)?;
         }
-        update::merge_resources(&mut spec["linux"]["resources"], resources);
+        update::merge_resources(&mut spec["linux"]["resources"], &resources);
         berth_host::atomic::write_private(&spec_path, spec.to_string().as_bytes()).map_err(io)?;
         self.update(&slot, edit)
     }
@@ -710,7 +711,9 @@ mod tests {
             tty: true,
             stdin: true,
             stdin_once: false,
-            extra: serde_json::Value::Null,
+            mounts: None,
+            resources: None,
+            legacy: serde_json::Value::Null,
             message: None,
         }
     }

@@ -10,19 +10,20 @@
 //!   `kill`, `state`, `exec_sync`;
 //! - `berth_shim_protocol::control` (`reopen`, `resize`) and
 //!   `berth_shim_protocol::ExitRecord::read`;
-//! - [`update`] (UpdateContainerResources' checks and OCI fields);
+//! - [`update`] (new limits as OCI `linux.resources` fields, merged into
+//!   the saved `config.json`);
 //! - [`record::RecordStore`] for the records reloaded after a restart;
 //! - [`containers::Containers`]: the index, name reservation and per-container
 //!   locking over all of the above (what the container RPCs call);
-//! - [`cri_spec::convert`] (CreateContainer's request → [`spec::ContainerSpec`]),
-//!   [`cri_spec::container_user`] (ContainerStatus.user) and
-//!   [`features::probe`] (Status.runtime_handlers features).
+//! - [`features::probe`] (Status.runtime_handlers features).
+//!
+//! It knows no CRI types: crate `berth-cri` turns the CRI's requests into
+//! [`spec::ContainerSpec`] and [`spec::Resources`].
 //!
 //! The shim binary is found next to berthd's own executable by default
 //! ([`oci::default_shim_path`]).
 
 pub mod containers;
-pub mod cri_spec;
 pub mod features;
 pub mod lifecycle;
 pub mod mounts;
@@ -30,7 +31,6 @@ pub mod oci;
 pub mod overlay;
 pub mod private;
 pub mod record;
-pub mod resources;
 pub mod seccomp;
 pub mod spec;
 pub mod stats;

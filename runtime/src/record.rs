@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use berth_shim_protocol::ExitRecord;
 
+use crate::spec::{BindMount, Resources};
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ContainerState {
@@ -59,9 +61,23 @@ pub struct ContainerRecord {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
-    /// Anything else the server keeps for ContainerStatus (mounts, resources...).
-    #[serde(default)]
-    pub extra: serde_json::Value,
+    /// The bind mounts it was created with, for ContainerStatus; `None` in
+    /// records from before they were kept (see `legacy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mounts: Option<Vec<BindMount>>,
+    /// Its cgroup limits as created and updated since, for ContainerStatus;
+    /// `None` in records from before they were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// What records from before `mounts` and `resources` kept instead: the
+    /// CreateContainer request's config (`{"config": ...}`), read only to
+    /// answer ContainerStatus for containers made by an older berthd.
+    #[serde(
+        default,
+        rename = "extra",
+        skip_serializing_if = "serde_json::Value::is_null"
+    )]
+    pub legacy: serde_json::Value,
     /// Why an exit was recorded by berthd rather than by the shim
     /// (ContainerStatus.message).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,7 +333,9 @@ mod tests {
             tty: false,
             stdin: false,
             stdin_once: false,
-            extra: serde_json::Value::Null,
+            mounts: None,
+            resources: None,
+            legacy: serde_json::Value::Null,
             message: None,
         }
     }

@@ -84,7 +84,7 @@ impl UserNamespace {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Propagation {
     #[default]
     Private,
@@ -95,7 +95,7 @@ pub enum Propagation {
 }
 
 /// A bind mount from the host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindMount {
     pub container_path: PathBuf,
     pub host_path: PathBuf,
@@ -134,7 +134,7 @@ pub struct PodFiles {
     pub shm: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Resources {
     pub cpu_shares: Option<u64>,
     pub cpu_quota: Option<i64>,
@@ -150,6 +150,34 @@ pub struct Resources {
     pub unified: BTreeMap<String, String>,
     pub pids_limit: Option<i64>,
     pub oom_score_adj: Option<i32>,
+}
+
+impl Resources {
+    /// These limits with the ones `new` sets replaced (hugepage limits by
+    /// page size, `unified` key by key): what a container has after an
+    /// update, in which an unset field is left as it is.
+    pub fn merge(&mut self, new: &Resources) {
+        fn set<T: Clone>(old: &mut Option<T>, new: &Option<T>) {
+            if new.is_some() {
+                old.clone_from(new);
+            }
+        }
+        set(&mut self.cpu_shares, &new.cpu_shares);
+        set(&mut self.cpu_quota, &new.cpu_quota);
+        set(&mut self.cpu_period, &new.cpu_period);
+        set(&mut self.cpuset_cpus, &new.cpuset_cpus);
+        set(&mut self.cpuset_mems, &new.cpuset_mems);
+        set(&mut self.memory_limit, &new.memory_limit);
+        set(&mut self.memory_swap, &new.memory_swap);
+        set(&mut self.pids_limit, &new.pids_limit);
+        set(&mut self.oom_score_adj, &new.oom_score_adj);
+        for (size, limit) in &new.hugepage_limits {
+            self.hugepage_limits.retain(|(old, _)| old != size);
+            self.hugepage_limits.push((size.clone(), *limit));
+        }
+        self.unified
+            .extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
 }
 
 /// Everything needed to write a container's `config.json`.

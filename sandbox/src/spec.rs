@@ -26,6 +26,10 @@ pub struct PodSpec {
     /// `namespace_options.userns_options`; absent in records from before it.
     #[serde(default)]
     pub user_namespace: UserNamespace,
+    /// `linux.security_context.privileged`: whether its containers may be
+    /// privileged. `None` in records from before it was kept.
+    #[serde(default)]
+    pub privileged: Option<bool>,
 }
 
 /// One line of a `uid_map`/`gid_map`: `length` ids from `container_id` in
@@ -218,17 +222,34 @@ impl NamespaceModes {
     }
 }
 
-/// The longest name Kubernetes gives an object (a DNS subdomain).
+/// The longest name Kubernetes gives an object (a DNS subdomain); a
+/// container's is a DNS label (63), but CRI clients other than the kubelet
+/// are allowed the longer bound. Pods and containers both get it.
 pub const MAX_NAME_BYTES: usize = 253;
 
 /// Kubernetes' bound on an object's annotations, keys and values together;
-/// the pod's labels and its annotations each get it (CRI sets none, but
-/// every byte is kept in the record and repeated in each List answer).
+/// the labels and the annotations of a pod or a container each get it (CRI
+/// sets none, but every byte is kept in the record and repeated in each
+/// List answer).
 pub const MAX_METADATA_BYTES: usize = 256 << 10;
+
+/// Refuses a name past [`MAX_NAME_BYTES`].
+pub fn name_size(field: &str, name: &str) -> Result<(), Invalid> {
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid(
+            field,
+            format!(
+                "{} bytes, more than the {MAX_NAME_BYTES} of a Kubernetes name",
+                name.len()
+            ),
+        ));
+    }
+    Ok(())
+}
 
 /// Refuses a labels or annotations map past [`MAX_METADATA_BYTES`], naming
 /// the entry (in key order) at which it passes.
-fn metadata_size(field: &str, map: &BTreeMap<String, String>) -> Result<(), Invalid> {
+pub fn metadata_size(field: &str, map: &BTreeMap<String, String>) -> Result<(), Invalid> {
     let mut total = 0usize;
     for (key, value) in map {
         total += key.len() + value.len();
@@ -277,15 +298,7 @@ impl PodSpec {
             if value.is_empty() {
                 return Err(invalid(field, "must not be empty"));
             }
-            if value.len() > MAX_NAME_BYTES {
-                return Err(invalid(
-                    field,
-                    format!(
-                        "{} bytes, more than the {MAX_NAME_BYTES} of a Kubernetes name",
-                        value.len()
-                    ),
-                ));
-            }
+            name_size(field, value)?;
             // The name, namespace and uid go into CNI_ARGS as `K=V;` pairs,
             // where these would forge other pairs.
             if let Some(c) = value

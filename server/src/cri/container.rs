@@ -3,24 +3,24 @@
 //! ReopenContainerLog, mapped onto `berth_runtime::containers` as CRI-O
 //! answers them. Everything that blocks runs on `spawn_blocking`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_cri::container_status;
+use berth_cri::grpc::ToStatus;
 use berth_proto::cri::{
-    Container, ContainerConfig, ContainerMetadata, ContainerResources, ContainerState,
-    ContainerStatus, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
-    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ImageSpec, ListContainersRequest,
+    ContainerConfig, ContainerStatusRequest, ContainerStatusResponse, CreateContainerRequest,
+    CreateContainerResponse, ExecSyncRequest, ExecSyncResponse, ListContainersRequest,
     ListContainersResponse, NamespaceMode, RemoveContainerRequest, RemoveContainerResponse,
     ReopenContainerLogRequest, ReopenContainerLogResponse, StartContainerRequest,
     StartContainerResponse, StopContainerRequest, StopContainerResponse,
 };
 use berth_runtime::containers::{self, Containers, Error};
-use berth_runtime::cri_spec::{self, CriSpecError, PodFacts};
 use berth_runtime::oci::OciRuntime;
 use berth_runtime::record::{self, ContainerRecord, ContainerState as State, StoreError};
-use berth_runtime::spec::{IdMap, ImageConfig, Namespace, PodFiles, UserNamespace};
+use berth_runtime::spec::ImageConfig;
 use tonic::Status;
 
 use super::CriService;
@@ -94,40 +94,7 @@ fn reclaim(containers: &Containers, handlers: &[String], ids: Vec<String>) {
 }
 
 pub(super) fn status(err: Error) -> Status {
-    let message = err.to_string();
-    if super::out_of_space(&err) {
-        return Status::resource_exhausted(message);
-    }
-    match err {
-        Error::NotFound(_) => Status::not_found(message),
-        Error::Ambiguous { .. } | Error::UnknownHandler { .. } => Status::invalid_argument(message),
-        Error::NameReserved { .. } => Status::already_exists(message),
-        Error::WrongState { .. } => Status::failed_precondition(message),
-        Error::Update {
-            source: berth_runtime::update::UpdateError::Invalid { .. },
-            ..
-        } => Status::invalid_argument(message),
-        Error::Id(_)
-        | Error::Reopen { .. }
-        | Error::Create(_)
-        | Error::Runtime(_)
-        | Error::Remove(_)
-        | Error::Store(_)
-        | Error::Update { .. } => Status::internal(message),
-    }
-}
-
-fn spec_status(err: CriSpecError) -> Status {
-    Status::invalid_argument(err.to_string())
-}
-
-fn pod_status(err: berth_sandbox::Error) -> Status {
-    let message = err.to_string();
-    match err {
-        berth_sandbox::Error::NotFound(_) => Status::not_found(message),
-        berth_sandbox::Error::Ambiguous { .. } => Status::invalid_argument(message),
-        _ => Status::internal(message),
-    }
+    err.to_status()
 }
 
 /// Runs blocking container work off the async workers.
@@ -141,165 +108,9 @@ pub(super) async fn blocking<T: Send + 'static>(
         .map_err(status)
 }
 
-fn state_value(state: State) -> i32 {
-    match state {
-        State::Created => ContainerState::ContainerCreated,
-        State::Running => ContainerState::ContainerRunning,
-        State::Exited => ContainerState::ContainerExited,
-    }
-    .into()
-}
-
-pub(super) fn to_map(map: &BTreeMap<String, String>) -> HashMap<String, String> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-/// The request's config, kept in the record for ContainerStatus.
-fn stored_config(record: &ContainerRecord) -> ContainerConfig {
-    serde_json::from_value(record.extra["config"].clone()).unwrap_or_default()
-}
-
-pub(super) fn metadata(record: &ContainerRecord) -> ContainerMetadata {
-    ContainerMetadata {
-        name: record.name.clone(),
-        attempt: record.attempt,
-    }
-}
-
-fn image_spec(record: &ContainerRecord) -> ImageSpec {
-    ImageSpec {
-        image: record.image.clone(),
-        user_specified_image: record.image.clone(),
-        ..Default::default()
-    }
-}
-
-fn image_config(image: &berth_image::Image) -> ImageConfig {
-    let run = &image.config.config;
-    ImageConfig {
-        entrypoint: run.entrypoint.clone().unwrap_or_default(),
-        cmd: run.cmd.clone().unwrap_or_default(),
-        env: run.env.clone().unwrap_or_default(),
-        working_dir: run.working_dir.clone(),
-        user: run.user.clone(),
-        stop_signal: (!run.stop_signal.is_empty()).then(|| run.stop_signal.clone()),
-    }
-}
-
-fn pod_facts(pod: &berth_sandbox::Pod) -> PodFacts {
-    let id_maps = |maps: &[berth_sandbox::IdMapping]| {
-        maps.iter()
-            .map(|m| IdMap {
-                host_id: m.host_id,
-                container_id: m.container_id,
-                size: m.length,
-            })
-            .collect()
-    };
-    let user = pod
-        .user_namespace()
-        .map(|(path, uids, gids)| UserNamespace {
-            path: path.to_path_buf(),
-            uid_mappings: id_maps(uids),
-            gid_mappings: id_maps(gids),
-        });
-    let joined = |pin: &Option<PathBuf>| match pin {
-        Some(path) => Namespace::Path(path.clone()),
-        None => Namespace::Host,
-    };
-    let pid = match pod.spec.namespaces.pid {
-        berth_sandbox::Mode::Pod => pod.namespaces.pid.clone().map(Namespace::Path),
-        berth_sandbox::Mode::Node => Some(Namespace::Host),
-        berth_sandbox::Mode::Container | berth_sandbox::Mode::Target => None,
-    };
-    PodFacts {
-        network: joined(&pod.namespaces.net),
-        ipc: joined(&pod.namespaces.ipc),
-        uts: joined(&pod.namespaces.uts),
-        pid,
-        user,
-        cgroup_parent: PathBuf::from(&pod.cgroup_parent),
-        files: PodFiles {
-            hostname: Some(pod.files.hostname.clone()),
-            hosts: Some(pod.files.hosts.clone()),
-            resolv_conf: Some(pod.files.resolv_conf.clone()),
-            shm: Some(pod.files.shm.clone()),
-        },
-        hostname: pod.spec.hostname.clone(),
-        sysctls: pod.spec.oci_sysctls(),
-    }
-}
-
-/// The image's repo digest the kubelet reports as the container's image
-/// (CRI-O's image_ref), else its ID.
-fn image_ref(image: &berth_image::Image) -> String {
-    image
-        .repo_digests
-        .first()
-        .cloned()
-        .unwrap_or_else(|| image.id_hex())
-}
-
-fn cri_container(record: &ContainerRecord) -> Container {
-    Container {
-        id: record.id.clone(),
-        pod_sandbox_id: record.pod_id.clone(),
-        metadata: Some(metadata(record)),
-        image: Some(image_spec(record)),
-        image_ref: record.image_ref.clone(),
-        state: state_value(record.state),
-        created_at: record.created_at,
-        labels: to_map(&record.labels),
-        annotations: to_map(&record.annotations),
-        image_id: record.image_id.clone(),
-    }
-}
-
-/// The CRI status of `record`; `user` comes from its saved `config.json`.
-pub(super) fn cri_status(
-    record: &ContainerRecord,
-    user: Option<berth_proto::cri::ContainerUser>,
-) -> ContainerStatus {
-    let config = stored_config(record);
-    let exit = record.exit.filter(|_| record.state == State::Exited);
-    ContainerStatus {
-        id: record.id.clone(),
-        metadata: Some(metadata(record)),
-        state: state_value(record.state),
-        created_at: record.created_at,
-        started_at: record.started_at.unwrap_or_default(),
-        finished_at: exit.map(|e| e.finished_at).unwrap_or_default(),
-        exit_code: exit.map(|e| e.exit_code).unwrap_or_default(),
-        image: Some(image_spec(record)),
-        image_ref: record.image_ref.clone(),
-        reason: record.reason().unwrap_or_default().to_string(),
-        message: record.message.clone().unwrap_or_default(),
-        labels: to_map(&record.labels),
-        annotations: to_map(&record.annotations),
-        mounts: config.mounts.clone(),
-        log_path: record.log_path.display().to_string(),
-        resources: config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone())
-            .map(|linux| ContainerResources {
-                linux: Some(linux),
-                windows: None,
-            }),
-        image_id: record.image_id.clone(),
-        user,
-    }
-}
-
-/// An exec's arguments are C strings for execve(2): a NUL byte is refused
-/// naming the argument instead of failing inside the runtime.
+/// An exec's arguments: INVALID_ARGUMENT naming one with a NUL byte.
 pub(super) fn check_cmd_bytes(cmd: &[String]) -> Result<(), Status> {
-    match cmd.iter().position(|a| a.contains('\0')) {
-        Some(i) => Err(Status::invalid_argument(format!(
-            "cmd[{i}]: contains a NUL byte"
-        ))),
-        None => Ok(()),
-    }
+    berth_cri::container::exec_command(cmd).map_err(|err| err.to_status())
 }
 
 /// CRI-O's answer to an exec that outlived its timeout.
@@ -333,7 +144,7 @@ impl CriService {
             .pods
             .get(&request.pod_sandbox_id)
             .await
-            .map_err(pod_status)?;
+            .map_err(|err| err.to_status())?;
         if !pod.complete || pod.effective_state() != berth_sandbox::State::Ready {
             return Err(Status::failed_precondition(format!(
                 "pod sandbox {} is not ready: cannot create container {:?} in it",
@@ -348,7 +159,7 @@ impl CriService {
                 meta.name
             ))
         })?;
-        let image_cfg = image_config(&image);
+        let image_cfg = container_status::image_config(&image);
         if let Some(signal) = &image_cfg.stop_signal {
             record::parse_signal(signal).map_err(|err| {
                 Status::failed_precondition(format!("image {image_name:?}: StopSignal: {err}"))
@@ -385,7 +196,7 @@ impl CriService {
             exit: None,
             pid: 0,
             image: image_name,
-            image_ref: image_ref(&image),
+            image_ref: container_status::image_ref(&image),
             image_id: image.id_hex(),
             labels: config.labels.clone().into_iter().collect(),
             annotations: config.annotations.clone().into_iter().collect(),
@@ -398,7 +209,9 @@ impl CriService {
             tty: config.tty,
             stdin: config.stdin,
             stdin_once,
-            extra: serde_json::json!({ "config": config }),
+            mounts: Some(spec.mounts.clone()),
+            resources: Some(spec.resources.clone()),
+            legacy: serde_json::Value::Null,
             message: None,
         };
         let layers = self.images.lower_dirs(&image);
@@ -426,15 +239,7 @@ impl CriService {
         pod: &berth_sandbox::Pod,
         image: &ImageConfig,
     ) -> Result<(berth_runtime::spec::ContainerSpec, PathBuf, bool), Status> {
-        let mut sandbox = sandbox.unwrap_or_default();
-        // Logs go under the pod's own (validated) log directory, whatever
-        // this request's copy of the pod config says, as in CRI-O.
-        sandbox.log_directory = pod.spec.log_directory.clone();
-        // The pod's own settings where the request leaves them out.
-        if sandbox.hostname.is_empty() {
-            sandbox.hostname = pod.hostname.clone();
-        }
-        let mut options = cri_spec::Options::new(id);
+        let mut options = berth_cri::container::Options::new(id);
         if let Some(handler) = self.live.get().runtimes.get(&pod.runtime_handler) {
             options.features = self.features.probe(&handler.path);
         }
@@ -450,13 +255,16 @@ impl CriService {
         {
             options.target_pid_namespace = Some(format!("/proc/{}/ns/pid", target.pid).into());
         }
-        let converted = cri_spec::convert(config, &sandbox, image, &pod_facts(pod), &options)
-            .map_err(spec_status)?;
+        let pod_facts = berth_cri::pod::facts(pod, sandbox.as_ref());
+        let converted = berth_cri::container::convert(config, image, &pod_facts, &options)
+            .map_err(|err| err.to_status())?;
         // No log path asked for: CRI-O's `<log dir>/<id>.log`.
-        let log_dir = if sandbox.log_directory.is_empty() {
+        // Logs go under the pod's own (validated) log directory, whatever
+        // this request's copy of the pod config says, as in CRI-O.
+        let log_dir = if pod.spec.log_directory.is_empty() {
             self.config.root.join("logs").join(pod.id.as_str())
         } else {
-            PathBuf::from(&sandbox.log_directory)
+            PathBuf::from(&pod.spec.log_directory)
         };
         // `convert` refused absolute and `..` log paths: relative ones join
         // the default directory of a pod without its own.
@@ -519,7 +327,10 @@ impl CriService {
             Ok((record, spec))
         })
         .await?;
-        let status = cri_status(&record, spec.as_ref().and_then(cri_spec::container_user));
+        let status = container_status::status(
+            &record,
+            spec.as_ref().and_then(container_status::container_user),
+        );
         let mut info = HashMap::new();
         if request.verbose {
             let shim_pid =
@@ -557,7 +368,7 @@ impl CriService {
                 && filter
                     .state
                     .as_ref()
-                    .is_none_or(|s| s.state == state_value(r.state))
+                    .is_none_or(|s| s.state == container_status::state_value(r.state))
                 && filter
                     .label_selector
                     .iter()
@@ -565,7 +376,7 @@ impl CriService {
         });
         records.sort_by_key(|r| r.created_at);
         Ok(ListContainersResponse {
-            containers: records.iter().map(cri_container).collect(),
+            containers: records.iter().map(container_status::container).collect(),
         })
     }
 

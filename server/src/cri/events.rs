@@ -18,7 +18,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::CriService;
-use super::container::cri_status;
 
 /// Events kept for subscribers that are behind; older ones are dropped.
 const BACKLOG: usize = 1024;
@@ -98,8 +97,8 @@ impl CriService {
             let user = berth_runtime::spec::read(&record.run_dir)
                 .ok()
                 .as_ref()
-                .and_then(berth_runtime::cri_spec::container_user);
-            containers_statuses.insert(0, cri_status(&record, user));
+                .and_then(berth_cri::container_status::container_user);
+            containers_statuses.insert(0, berth_cri::container_status::status(&record, user));
         }
         ContainerEventResponse {
             container_id: record.id,

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use berth_image::{ClientError, Credentials, ImageStore, PullSettings, StoreError, StoreOptions};
+use berth_cri::grpc::ToStatus;
+use berth_image::{Credentials, ImageStore, PullSettings, StoreError, StoreOptions};
 use berth_proto::cri::{
     AuthConfig, FilesystemIdentifier, FilesystemUsage, Image, ImageFsInfoRequest,
     ImageFsInfoResponse, ImageSpec, ImageStatusRequest, ImageStatusResponse, Int64Value,
@@ -51,34 +52,6 @@ pub fn reload_store(images: &ImageStore, config: &Config) -> Result<bool, StoreE
         registries_required(config),
         pull_settings(config),
     )
-}
-
-fn status(err: StoreError) -> Status {
-    let message = err.to_string();
-    if super::out_of_space(&err) {
-        return Status::resource_exhausted(message);
-    }
-    match &err {
-        StoreError::Reference(_) => Status::invalid_argument(message),
-        StoreError::Blocked { .. } => Status::permission_denied(message),
-        StoreError::Client { source, .. } => match source {
-            ClientError::Unauthorized { .. } | ClientError::PlainHttpRealm { .. } => {
-                Status::unauthenticated(message)
-            }
-            ClientError::NotFound { .. } => Status::not_found(message),
-            ClientError::Stalled { .. } => Status::deadline_exceeded(message),
-            _ => Status::unavailable(message),
-        },
-        StoreError::Manifest { .. } => Status::failed_precondition(message),
-        StoreError::DigestMismatch { .. } | StoreError::LayerCount { .. } => {
-            Status::data_loss(message)
-        }
-        StoreError::Unpack { .. } => Status::failed_precondition(message),
-        StoreError::Registries(_) | StoreError::Io { .. } => Status::internal(message),
-        // CRI-O passes containers/storage's "image used by container" error
-        // on as is: UNKNOWN.
-        StoreError::InUse { .. } => Status::unknown(message),
-    }
 }
 
 /// The image name of an ImageSpec, or INVALID_ARGUMENT naming the field.
@@ -151,7 +124,7 @@ impl CriService {
         let pulled = match self.images.pull(name, &creds).await {
             Ok(pulled) => pulled,
             Err(err) => {
-                let err = status(err);
+                let err = err.to_status();
                 metrics::global().pull_failed(err.code());
                 return Err(err);
             }
@@ -224,7 +197,10 @@ impl CriService {
                 .map(|c| c.id)
                 .collect()
         };
-        self.images.remove(name, users).await.map_err(status)?;
+        self.images
+            .remove(name, users)
+            .await
+            .map_err(|err| err.to_status())?;
         Ok(RemoveImageResponse {})
     }
 

@@ -88,18 +88,6 @@ impl CriService {
 
 pub use image::{open_store, reload_store};
 
-/// Whether `err` or one of its causes is a full disk or quota: every RPC
-/// answers RESOURCE_EXHAUSTED for it, whichever step ran out of room.
-fn out_of_space(err: &(dyn std::error::Error + 'static)) -> bool {
-    std::iter::successors(Some(err), |e| e.source()).any(|e| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        })
-    })
-}
 pub use stream::start_server;
 
 /// Emits a tonic service trait impl in which each listed RPC forwards its

@@ -6,18 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_cni::Cni;
+use berth_cri::grpc::ToStatus;
 use berth_proto::cri::{
-    DnsConfig, LinuxPodSandboxStatus, ListPodSandboxRequest, ListPodSandboxResponse, Namespace,
-    NamespaceMode, NamespaceOption, PodIp, PodSandbox, PodSandboxConfig, PodSandboxMetadata,
-    PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus, PodSandboxStatusRequest,
+    ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
     PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse,
     RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse,
     UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
 };
-use berth_sandbox::{
-    Dns, Error, IdMapping, Layout, Mode, NamespaceModes, Options, Pod, PodSpec, PortMapping,
-    Protocol, Sandboxes, State, UserNamespace,
-};
+use berth_sandbox::{Error, Layout, Options, Sandboxes};
 use tonic::Status;
 
 use super::CriService;
@@ -64,191 +60,7 @@ pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Arc<Sandboxes>
 }
 
 pub(super) fn status(err: Error) -> Status {
-    let message = err.to_string();
-    if super::out_of_space(&err) {
-        return Status::resource_exhausted(message);
-    }
-    match err {
-        Error::Invalid(_) | Error::UnknownHandler { .. } | Error::Ambiguous { .. } => {
-            Status::invalid_argument(message)
-        }
-        Error::NameReserved { .. } => Status::already_exists(message),
-        Error::NotFound(_) => Status::not_found(message),
-        Error::Network(berth_cni::Error::NotReady(_)) => Status::failed_precondition(message),
-        Error::Io { .. }
-        | Error::Namespace(_)
-        | Error::Infra(_)
-        | Error::Files(_)
-        | Error::Cgroup(_)
-        | Error::Network(_)
-        | Error::SetupAndTeardown { .. }
-        | Error::Teardown { .. } => Status::internal(message),
-    }
-}
-
-fn mode(value: i32) -> Mode {
-    match NamespaceMode::try_from(value) {
-        Ok(NamespaceMode::Container) => Mode::Container,
-        Ok(NamespaceMode::Node) => Mode::Node,
-        Ok(NamespaceMode::Target) => Mode::Target,
-        Ok(NamespaceMode::Pod) | Err(_) => Mode::Pod,
-    }
-}
-
-fn mode_value(mode: Mode) -> i32 {
-    match mode {
-        Mode::Pod => NamespaceMode::Pod,
-        Mode::Container => NamespaceMode::Container,
-        Mode::Node => NamespaceMode::Node,
-        Mode::Target => NamespaceMode::Target,
-    }
-    .into()
-}
-
-fn spec(config: PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Status> {
-    let metadata = config
-        .metadata
-        .ok_or_else(|| Status::invalid_argument("config.metadata: must be set"))?;
-    let linux = config.linux.unwrap_or_default();
-    let options = linux
-        .security_context
-        .and_then(|sc| sc.namespace_options)
-        .unwrap_or_default();
-    let port_mappings = config
-        .port_mappings
-        .into_iter()
-        .map(|m| PortMapping {
-            protocol: match m.protocol {
-                1 => Protocol::Udp,
-                2 => Protocol::Sctp,
-                _ => Protocol::Tcp,
-            },
-            container_port: m.container_port,
-            host_port: m.host_port,
-            host_ip: m.host_ip,
-        })
-        .collect();
-    Ok(PodSpec {
-        name: metadata.name,
-        uid: metadata.uid,
-        namespace: metadata.namespace,
-        attempt: metadata.attempt,
-        hostname: config.hostname,
-        log_directory: config.log_directory,
-        dns: config.dns_config.map(|d: DnsConfig| Dns {
-            servers: d.servers,
-            searches: d.searches,
-            options: d.options,
-        }),
-        port_mappings,
-        labels: config.labels.into_iter().collect(),
-        annotations: config.annotations.into_iter().collect(),
-        cgroup_parent: linux.cgroup_parent,
-        sysctls: linux.sysctls.into_iter().collect(),
-        namespaces: NamespaceModes {
-            network: mode(options.network),
-            pid: mode(options.pid),
-            ipc: mode(options.ipc),
-        },
-        user_namespace: options
-            .userns_options
-            .map(|u| UserNamespace {
-                mode: mode(u.mode),
-                uids: u.uids.into_iter().map(id_mapping).collect(),
-                gids: u.gids.into_iter().map(id_mapping).collect(),
-            })
-            .unwrap_or_default(),
-        runtime_handler,
-    })
-}
-
-fn id_mapping(m: berth_proto::cri::IdMapping) -> IdMapping {
-    IdMapping {
-        host_id: m.host_id,
-        container_id: m.container_id,
-        length: m.length,
-    }
-}
-
-fn cri_id_mapping(m: &IdMapping) -> berth_proto::cri::IdMapping {
-    berth_proto::cri::IdMapping {
-        host_id: m.host_id,
-        container_id: m.container_id,
-        length: m.length,
-    }
-}
-
-fn state_value(pod: &Pod) -> i32 {
-    match pod.effective_state() {
-        State::Ready => PodSandboxState::SandboxReady,
-        State::NotReady => PodSandboxState::SandboxNotready,
-    }
-    .into()
-}
-
-pub(super) fn metadata(pod: &Pod) -> PodSandboxMetadata {
-    PodSandboxMetadata {
-        name: pod.spec.name.clone(),
-        uid: pod.spec.uid.clone(),
-        namespace: pod.spec.namespace.clone(),
-        attempt: pod.spec.attempt,
-    }
-}
-
-pub(super) fn to_map(map: &std::collections::BTreeMap<String, String>) -> HashMap<String, String> {
-    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-fn pod_status(pod: &Pod) -> PodSandboxStatus {
-    let ips = pod
-        .network
-        .as_ref()
-        .map(|n| n.ips.clone())
-        .unwrap_or_default();
-    let network = ips
-        .split_first()
-        .map(|(first, rest)| PodSandboxNetworkStatus {
-            ip: first.to_string(),
-            additional_ips: rest.iter().map(|ip| PodIp { ip: ip.to_string() }).collect(),
-        });
-    let modes = pod.spec.namespaces;
-    PodSandboxStatus {
-        id: pod.id.to_string(),
-        metadata: Some(metadata(pod)),
-        state: state_value(pod),
-        created_at: pod.created_at,
-        network: Some(network.unwrap_or_default()),
-        linux: Some(LinuxPodSandboxStatus {
-            namespaces: Some(Namespace {
-                options: Some(NamespaceOption {
-                    network: mode_value(modes.network),
-                    pid: mode_value(modes.pid),
-                    ipc: mode_value(modes.ipc),
-                    target_id: String::new(),
-                    userns_options: Some(berth_proto::cri::UserNamespace {
-                        mode: mode_value(pod.spec.user_namespace.mode),
-                        uids: pod
-                            .spec
-                            .user_namespace
-                            .uids
-                            .iter()
-                            .map(cri_id_mapping)
-                            .collect(),
-                        gids: pod
-                            .spec
-                            .user_namespace
-                            .gids
-                            .iter()
-                            .map(cri_id_mapping)
-                            .collect(),
-                    }),
-                }),
-            }),
-        }),
-        labels: to_map(&pod.spec.labels),
-        annotations: to_map(&pod.spec.annotations),
-        runtime_handler: pod.spec.runtime_handler.clone(),
-    }
+    err.to_status()
 }
 
 impl CriService {
@@ -259,7 +71,8 @@ impl CriService {
         let config = request
             .config
             .ok_or_else(|| Status::invalid_argument("config: must be set"))?;
-        let spec = spec(config, request.runtime_handler)?;
+        let spec =
+            berth_cri::pod::spec(config, request.runtime_handler).map_err(|err| err.to_status())?;
         if spec.user_namespace.is_pod() {
             let config = self.live.get();
             let handler = if spec.runtime_handler.is_empty() {
@@ -392,7 +205,7 @@ impl CriService {
             }
         }
         Ok(PodSandboxStatusResponse {
-            status: Some(pod_status(&pod)),
+            status: Some(berth_cri::pod::status(&pod)),
             info,
             containers_statuses,
             timestamp: berth_host::now_nanos(),
@@ -410,25 +223,14 @@ impl CriService {
                 && filter
                     .state
                     .as_ref()
-                    .is_none_or(|s| s.state == state_value(pod))
+                    .is_none_or(|s| s.state == berth_cri::pod::state_value(pod))
                 && filter
                     .label_selector
                     .iter()
                     .all(|(k, v)| pod.spec.labels.get(k) == Some(v))
         });
         pods.sort_by_key(|pod| pod.created_at);
-        let items = pods
-            .iter()
-            .map(|pod| PodSandbox {
-                id: pod.id.to_string(),
-                metadata: Some(metadata(pod)),
-                state: state_value(pod),
-                created_at: pod.created_at,
-                labels: to_map(&pod.spec.labels),
-                annotations: to_map(&pod.spec.annotations),
-                runtime_handler: pod.spec.runtime_handler.clone(),
-            })
-            .collect();
+        let items = pods.iter().map(berth_cri::pod::sandbox).collect();
         Ok(ListPodSandboxResponse { items })
     }
 

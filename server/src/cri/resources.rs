@@ -2,49 +2,13 @@
 //! container, applied through the OCI runtime's `update` and kept in the
 //! container's `config.json` and record, so ContainerStatus shows them.
 
-use berth_proto::cri::{
-    ContainerConfig, LinuxContainerResources, UpdateContainerResourcesRequest,
-    UpdateContainerResourcesResponse,
-};
-use berth_runtime::update::{self, Host};
+use berth_cri::grpc::ToStatus;
+use berth_cri::resources::{Host, Mode, check};
+use berth_proto::cri::{UpdateContainerResourcesRequest, UpdateContainerResourcesResponse};
 use tonic::Status;
 
 use super::CriService;
 use super::container::blocking;
-
-/// `stored` with the fields `new` sets (non-zero, non-empty) replaced.
-fn merged(stored: &mut LinuxContainerResources, new: &LinuxContainerResources) {
-    let set = |old: &mut i64, new: i64| {
-        if new != 0 {
-            *old = new;
-        }
-    };
-    set(&mut stored.cpu_period, new.cpu_period);
-    set(&mut stored.cpu_quota, new.cpu_quota);
-    set(&mut stored.cpu_shares, new.cpu_shares);
-    set(&mut stored.memory_limit_in_bytes, new.memory_limit_in_bytes);
-    set(
-        &mut stored.memory_swap_limit_in_bytes,
-        new.memory_swap_limit_in_bytes,
-    );
-    for (old, new) in [
-        (&mut stored.cpuset_cpus, &new.cpuset_cpus),
-        (&mut stored.cpuset_mems, &new.cpuset_mems),
-    ] {
-        if !new.is_empty() {
-            old.clone_from(new);
-        }
-    }
-    for page in &new.hugepage_limits {
-        stored
-            .hugepage_limits
-            .retain(|p| p.page_size != page.page_size);
-        stored.hugepage_limits.push(page.clone());
-    }
-    stored
-        .unified
-        .extend(new.unified.iter().map(|(k, v)| (k.clone(), v.clone())));
-}
 
 impl CriService {
     pub(super) async fn update_container_resources(
@@ -62,19 +26,20 @@ impl CriService {
             return Ok(UpdateContainerResourcesResponse {});
         };
         let host = Host::probe();
-        let resources = update::resources(&new, &host)
-            .map_err(|err| Status::invalid_argument(format!("container {}: {err}", record.id)))?;
+        let resources = check(&new, &host, Mode::Update).map_err(|err| {
+            let status = err.to_status();
+            Status::new(
+                status.code(),
+                format!("container {}: {}", record.id, status.message()),
+            )
+        })?;
         let containers = self.containers.clone();
         let id = record.id.clone();
         blocking(move || {
             containers.update_resources(&id, &resources, |record| {
-                let mut config: ContainerConfig =
-                    serde_json::from_value(record.extra["config"].clone()).unwrap_or_default();
-                let linux = config.linux.get_or_insert_default();
-                merged(linux.resources.get_or_insert_default(), &new);
-                if let Ok(value) = serde_json::to_value(&config) {
-                    record.extra["config"] = value;
-                }
+                let mut merged = berth_cri::container_status::resources_to_update(record, &host);
+                merged.merge(&resources);
+                record.resources = Some(merged);
             })
         })
         .await?;

@@ -78,9 +78,9 @@ fn container_stats(
     ContainerStats {
         attributes: Some(ContainerAttributes {
             id: record.id.clone(),
-            metadata: Some(super::container::metadata(record)),
-            labels: super::container::to_map(&record.labels),
-            annotations: super::container::to_map(&record.annotations),
+            metadata: Some(berth_cri::container_status::metadata(record)),
+            labels: berth_cri::to_map(&record.labels),
+            annotations: berth_cri::to_map(&record.annotations),
         }),
         cpu: cpu(&sample),
         memory: memory(&sample),
@@ -142,9 +142,9 @@ fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSan
     PodSandboxStats {
         attributes: Some(PodSandboxAttributes {
             id: pod.id.as_str().to_string(),
-            metadata: Some(super::pod::metadata(pod)),
-            labels: super::pod::to_map(&pod.spec.labels),
-            annotations: super::pod::to_map(&pod.spec.annotations),
+            metadata: Some(berth_cri::pod::metadata(pod)),
+            labels: berth_cri::to_map(&pod.spec.labels),
+            annotations: berth_cri::to_map(&pod.spec.annotations),
         }),
         linux: Some(LinuxPodSandboxStats {
             cpu: cpu(&sample),

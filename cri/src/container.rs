@@ -7,14 +7,16 @@ use std::path::{Component, Path, PathBuf};
 
 use berth_proto::cri;
 
-use crate::features::HandlerFeatures;
-use crate::resources::{Host, Mode};
-use crate::seccomp::{self, SeccompProfile};
-use crate::spec::{
+use berth_runtime::features::HandlerFeatures;
+use berth_runtime::seccomp::{self, SeccompProfile};
+use berth_runtime::spec::{
     ALL_CAPABILITIES, BindMount, CapabilitySets, ContainerSpec, DEFAULT_CAPABILITIES, Device,
     ImageConfig, Namespace, Namespaces, PodFiles, Propagation, Resources, UserNamespace,
 };
-use crate::user::UserRequest;
+use berth_runtime::user::UserRequest;
+
+use crate::resources::{Host, Mode};
+use crate::{RequestError, invalid, unsupported};
 
 /// What the pod sandbox already set up, for its containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +43,11 @@ pub struct PodFacts {
     /// them when it was made, so they are not checked again here (against
     /// the request's own copy of the pod config, which may differ).
     pub sysctls: BTreeMap<String, String>,
+    /// The pod is privileged: only then may its containers be.
+    pub privileged: bool,
+    /// The pod's log directory, which a container's `log_path` is relative
+    /// to; empty: none (the caller picks one).
+    pub log_directory: PathBuf,
 }
 
 /// The caller's settings and facts beyond the request.
@@ -52,9 +59,9 @@ pub struct Options {
     pub default_capabilities: Vec<String>,
     /// The seccomp profile when the request names none (config).
     pub default_seccomp: DefaultSeccomp,
-    /// [`crate::features::apparmor_enabled`].
+    /// [`berth_runtime::features::apparmor_enabled`].
     pub apparmor_enabled: bool,
-    /// [`crate::features::probe`] of the container's runtime handler.
+    /// [`berth_runtime::features::probe`] of the container's runtime handler.
     pub features: HandlerFeatures,
     /// For PID namespace mode `TARGET`: the target container's PID namespace
     /// (`/proc/<pid>/ns/pid`), looked up by the caller from `target_id`.
@@ -86,7 +93,7 @@ pub enum DefaultSeccomp {
 /// The converted request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CriContainer {
-    /// `rootfs` is left empty: [`crate::lifecycle::create`] sets it.
+    /// `rootfs` is left empty: [`berth_runtime::lifecycle::create`] sets it.
     pub spec: ContainerSpec,
     /// `log_directory` of the pod joined with the container's `log_path`;
     /// `None` when the request has no `log_path`.
@@ -94,86 +101,32 @@ pub struct CriContainer {
     pub stdin_once: bool,
 }
 
-/// Errors name the CRI field at fault (the server maps them to
-/// `INVALID_ARGUMENT`).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CriSpecError {
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
-    #[error("{field}: not supported on this host: {reason}")]
-    Unsupported { field: String, reason: String },
-}
-
-fn invalid(field: impl Into<String>, reason: impl Into<String>) -> CriSpecError {
-    CriSpecError::Invalid {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
-fn unsupported(field: impl Into<String>, reason: impl Into<String>) -> CriSpecError {
-    CriSpecError::Unsupported {
-        field: field.into(),
-        reason: reason.into(),
-    }
-}
-
 const SC: &str = "linux.security_context";
 
-/// The longest name Kubernetes gives an object (a DNS subdomain); a
-/// container's is a DNS label (63), but CRI clients other than the kubelet
-/// are allowed the longer bound.
-pub const MAX_NAME_BYTES: usize = 253;
-
-/// Kubernetes' bound on an object's annotations, keys and values together;
-/// the labels and the annotations of a container each get it (CRI sets none,
-/// but every byte is kept in the record and repeated in each List answer).
-pub const MAX_METADATA_BYTES: usize = 256 << 10;
-
-/// Refuses a `labels` or `annotations` map past [`MAX_METADATA_BYTES`],
-/// naming the entry at which it passes (in key order).
-pub fn metadata_size<'a>(
-    field: &str,
-    entries: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Result<(), CriSpecError> {
-    let mut entries: Vec<_> = entries.into_iter().collect();
-    entries.sort();
-    let mut total = 0usize;
-    for (key, value) in entries {
-        total += key.len() + value.len();
-        if total > MAX_METADATA_BYTES {
-            let shown: String = key.chars().take(64).collect();
-            return Err(invalid(
-                format!("{field}[{shown:?}]"),
-                format!("the {field} total more than {MAX_METADATA_BYTES} bytes (keys and values)"),
-            ));
-        }
-    }
-    Ok(())
+/// The pod's rules for names, labels and annotations, which containers
+/// share (`berth_sandbox::spec`), naming the request's field.
+fn object_limits(config: &cri::ContainerConfig) -> Result<(), RequestError> {
+    use berth_sandbox::spec::{metadata_size, name_size};
+    let sorted = |map: &std::collections::HashMap<String, String>| -> BTreeMap<String, String> {
+        map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let name = config.metadata.as_ref().map_or("", |m| m.name.as_str());
+    name_size("metadata.name", name)
+        .and_then(|()| metadata_size("labels", &sorted(&config.labels)))
+        .and_then(|()| metadata_size("annotations", &sorted(&config.annotations)))
+        .map_err(|e| invalid(e.field, e.message))
 }
 
-/// Converts a CreateContainer request (its `config` and `sandbox_config`)
-/// with the image's config and the pod's facts.
+/// Converts a CreateContainer request's `config` with the image's config
+/// and the pod's facts (from its record: the request's own copy of the pod
+/// config, `sandbox_config`, is not trusted over it).
 pub fn convert(
     config: &cri::ContainerConfig,
-    sandbox: &cri::PodSandboxConfig,
     image: &ImageConfig,
     pod: &PodFacts,
     options: &Options,
-) -> Result<CriContainer, CriSpecError> {
-    if let Some(meta) = &config.metadata
-        && meta.name.len() > MAX_NAME_BYTES
-    {
-        return Err(invalid(
-            "metadata.name",
-            format!(
-                "{} bytes, more than the {MAX_NAME_BYTES} of a Kubernetes name",
-                meta.name.len()
-            ),
-        ));
-    }
-    metadata_size("labels", &config.labels)?;
-    metadata_size("annotations", &config.annotations)?;
+) -> Result<CriContainer, RequestError> {
+    object_limits(config)?;
     // execve(2) and the runtime's JSON-to-C strings end at a NUL: refused
     // here rather than failing inside the runtime.
     for (name, list) in [("command", &config.command), ("args", &config.args)] {
@@ -195,10 +148,7 @@ pub fn convert(
     let sc = linux
         .and_then(|l| l.security_context.as_ref())
         .unwrap_or(&default_sc);
-    let pod_linux = sandbox.linux.as_ref();
-    let pod_sc = pod_linux.and_then(|l| l.security_context.as_ref());
-
-    if sc.privileged && !pod_sc.is_some_and(|s| s.privileged) {
+    if sc.privileged && !pod.privileged {
         return Err(invalid(
             format!("{SC}.privileged"),
             "a privileged container needs a privileged pod sandbox",
@@ -279,7 +229,7 @@ pub fn convert(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let resources = resources(linux.and_then(|l| l.resources.as_ref()))?;
-    let log_path = log_path(&sandbox.log_directory, &config.log_path)?;
+    let log_path = log_path(&pod.log_directory, &config.log_path)?;
     let cgroups_path = if pod.cgroup_parent.as_os_str().is_empty() {
         PathBuf::new()
     } else {
@@ -344,8 +294,8 @@ fn normalize_capability(name: &str) -> String {
 pub fn capability_sets(
     defaults: &[String],
     caps: Option<&cri::Capability>,
-) -> Result<CapabilitySets, CriSpecError> {
-    let known = |field: &str, name: &str| -> Result<String, CriSpecError> {
+) -> Result<CapabilitySets, RequestError> {
+    let known = |field: &str, name: &str| -> Result<String, RequestError> {
         let cap = normalize_capability(name);
         if ALL_CAPABILITIES.contains(&cap.as_str()) {
             Ok(cap)
@@ -403,8 +353,8 @@ fn seccomp_profile(
     sc: &cri::LinuxContainerSecurityContext,
     default: DefaultSeccomp,
     capabilities: &[String],
-) -> Result<SeccompProfile, CriSpecError> {
-    let localhost = |field: &str, path: &str| -> Result<SeccompProfile, CriSpecError> {
+) -> Result<SeccompProfile, RequestError> {
+    let localhost = |field: &str, path: &str| -> Result<SeccompProfile, RequestError> {
         if !path.starts_with('/') {
             return Err(invalid(
                 field,
@@ -451,7 +401,7 @@ fn seccomp_profile(
 fn apparmor_profile(
     sc: &cri::LinuxContainerSecurityContext,
     enabled: bool,
-) -> Result<Option<String>, CriSpecError> {
+) -> Result<Option<String>, RequestError> {
     use cri::security_profile::ProfileType;
     #[allow(deprecated)]
     let (field, kind, name) = match &sc.apparmor {
@@ -507,11 +457,11 @@ fn apparmor_profile(
     }
 }
 
-fn id(field: &str, value: i64) -> Result<u32, CriSpecError> {
+fn id(field: &str, value: i64) -> Result<u32, RequestError> {
     u32::try_from(value).map_err(|_| invalid(field, format!("{value} is not a valid id")))
 }
 
-fn user_request(sc: &cri::LinuxContainerSecurityContext) -> Result<UserRequest, CriSpecError> {
+fn user_request(sc: &cri::LinuxContainerSecurityContext) -> Result<UserRequest, RequestError> {
     let run_as_user = sc
         .run_as_user
         .as_ref()
@@ -559,7 +509,7 @@ fn user_namespace(
     sc: &cri::LinuxContainerSecurityContext,
     pod: &PodFacts,
     options: &Options,
-) -> Result<Option<UserNamespace>, CriSpecError> {
+) -> Result<Option<UserNamespace>, RequestError> {
     use cri::NamespaceMode;
     let field = format!("{SC}.namespace_options.userns_options");
     if let Some(userns) = sc
@@ -611,7 +561,7 @@ fn namespaces(
     sc: &cri::LinuxContainerSecurityContext,
     pod: &PodFacts,
     options: &Options,
-) -> Result<Namespaces, CriSpecError> {
+) -> Result<Namespaces, RequestError> {
     use cri::NamespaceMode;
     let default_ns = cri::NamespaceOption::default();
     let ns = sc.namespace_options.as_ref().unwrap_or(&default_ns);
@@ -662,7 +612,7 @@ fn namespaces(
 fn mounts(
     requested: &[cri::Mount],
     features: HandlerFeatures,
-) -> Result<Vec<BindMount>, CriSpecError> {
+) -> Result<Vec<BindMount>, RequestError> {
     let mut out = Vec::new();
     for (i, m) in requested.iter().enumerate() {
         let field = |name: &str| format!("mounts[{i}].{name}");
@@ -738,7 +688,7 @@ fn mounts(
     Ok(out)
 }
 
-fn resources(r: Option<&cri::LinuxContainerResources>) -> Result<Resources, CriSpecError> {
+fn resources(r: Option<&cri::LinuxContainerResources>) -> Result<Resources, RequestError> {
     let Some(r) = r else {
         return Ok(Resources::default());
     };
@@ -755,7 +705,7 @@ fn has_parent_dir(path: &str) -> bool {
 /// The container's log file under the pod's log directory. The kubelet
 /// sends `<name>/<attempt>.log`; an absolute path or a `..` would let a CRI
 /// client have the shim (root) write any host file.
-fn log_path(directory: &str, path: &str) -> Result<Option<PathBuf>, CriSpecError> {
+fn log_path(directory: &Path, path: &str) -> Result<Option<PathBuf>, RequestError> {
     if path.is_empty() {
         return Ok(None);
     }
@@ -771,32 +721,22 @@ fn log_path(directory: &str, path: &str) -> Result<Option<PathBuf>, CriSpecError
             format!("{path:?} leaves the pod's log directory"),
         ));
     }
-    if directory.is_empty() {
-        return Ok(Some(PathBuf::from(path)));
-    }
-    Ok(Some(Path::new(directory).join(path)))
+    Ok(Some(directory.join(path)))
 }
 
-/// The identity a created container runs as, for `ContainerStatus.user`.
-pub fn container_user(spec: &oci_spec::runtime::Spec) -> Option<cri::ContainerUser> {
-    let user = spec.process().as_ref()?.user();
-    Some(cri::ContainerUser {
-        linux: Some(cri::LinuxContainerUser {
-            uid: i64::from(user.uid()),
-            gid: i64::from(user.gid()),
-            supplemental_groups: user
-                .additional_gids()
-                .iter()
-                .flatten()
-                .map(|g| i64::from(*g))
-                .collect(),
-        }),
-    })
+/// An exec's arguments are C strings for execve(2): a NUL byte is refused
+/// naming the argument instead of failing inside the runtime.
+pub fn exec_command(cmd: &[String]) -> Result<(), RequestError> {
+    match cmd.iter().position(|a| a.contains('\0')) {
+        Some(i) => Err(invalid(format!("cmd[{i}]"), "contains a NUL byte")),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_sandbox::spec::{MAX_METADATA_BYTES, MAX_NAME_BYTES};
 
     fn pod() -> PodFacts {
         PodFacts {
@@ -809,6 +749,8 @@ mod tests {
             files: PodFiles::default(),
             hostname: "h".into(),
             sysctls: BTreeMap::new(),
+            privileged: false,
+            log_directory: "/var/log/pods/x".into(),
         }
     }
 
@@ -822,29 +764,15 @@ mod tests {
         }
     }
 
-    fn sandbox() -> cri::PodSandboxConfig {
-        cri::PodSandboxConfig {
-            hostname: "h".into(),
-            log_directory: "/var/log/pods/x".into(),
-            ..Default::default()
-        }
-    }
-
-    fn run(config: &cri::ContainerConfig) -> Result<CriContainer, CriSpecError> {
-        convert(
-            config,
-            &sandbox(),
-            &ImageConfig::default(),
-            &pod(),
-            &Options::new("c1"),
-        )
+    fn run(config: &cri::ContainerConfig) -> Result<CriContainer, RequestError> {
+        convert(config, &ImageConfig::default(), &pod(), &Options::new("c1"))
     }
 
     fn err(config: &cri::ContainerConfig) -> String {
         run(config).unwrap_err().to_string()
     }
 
-    fn caps(add: &[&str], drop: &[&str], ambient: &[&str]) -> Result<CapabilitySets, CriSpecError> {
+    fn caps(add: &[&str], drop: &[&str], ambient: &[&str]) -> Result<CapabilitySets, RequestError> {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         capability_sets(
             &Options::new("x").default_capabilities,
@@ -892,7 +820,6 @@ mod tests {
         options.default_seccomp = DefaultSeccomp::Unconfined;
         let c = convert(
             &with_sc(Default::default()),
-            &sandbox(),
             &ImageConfig::default(),
             &pod(),
             &options,
@@ -954,7 +881,7 @@ mod tests {
         assert_eq!(run(&with_sc(typed(1))).unwrap().spec.apparmor_profile, None);
         assert_eq!(run(&with_sc(typed(0))).unwrap().spec.apparmor_profile, None);
         let e = run(&with_sc(typed(2))).unwrap_err();
-        assert!(matches!(e, CriSpecError::Unsupported { .. }));
+        assert!(matches!(e, RequestError::Unsupported { .. }));
         assert!(
             e.to_string().contains("linux.security_context.apparmor")
                 && e.to_string().contains("my-profile")
@@ -1027,7 +954,6 @@ mod tests {
         options.target_pid_namespace = Some("/proc/42/ns/pid".into());
         let c = convert(
             &ns(3, "abc", None),
-            &sandbox(),
             &ImageConfig::default(),
             &pod(),
             &options,
@@ -1038,13 +964,13 @@ mod tests {
             Namespace::Path("/proc/42/ns/pid".into())
         );
         let e = run(&ns(1, "", Some(0))).unwrap_err();
-        assert!(matches!(e, CriSpecError::Invalid { .. }), "{e}");
+        assert!(matches!(e, RequestError::Invalid { .. }), "{e}");
         assert!(e.to_string().contains("userns_options.mode"), "{e}");
         // A pod with its own user namespace: every container joins it.
         let mut userns_pod = pod();
         userns_pod.user = Some(UserNamespace {
             path: "/run/berth/ns/user/p".into(),
-            uid_mappings: vec![crate::spec::IdMap {
+            uid_mappings: vec![berth_runtime::spec::IdMap {
                 host_id: 100000,
                 container_id: 0,
                 size: 65536,
@@ -1053,10 +979,10 @@ mod tests {
         });
         let mut options = Options::new("c");
         let convert_in = |c: &cri::ContainerConfig, options: &Options| {
-            convert(c, &sandbox(), &ImageConfig::default(), &userns_pod, options)
+            convert(c, &ImageConfig::default(), &userns_pod, options)
         };
         let e = convert_in(&ns(1, "", Some(0)), &options).unwrap_err();
-        assert!(matches!(e, CriSpecError::Unsupported { .. }), "{e}");
+        assert!(matches!(e, RequestError::Unsupported { .. }), "{e}");
         options.features.user_namespaces = true;
         for config in [ns(1, "", Some(0)), ns(1, "", None)] {
             let c = convert_in(&config, &options).unwrap();
@@ -1085,7 +1011,6 @@ mod tests {
         no_pid.pid = None;
         let e = convert(
             &ns(0, "", None),
-            &sandbox(),
             &ImageConfig::default(),
             &no_pid,
             &Options::new("c"),
@@ -1094,18 +1019,11 @@ mod tests {
     }
 
     #[test]
-    fn sysctls_and_hostname_come_from_the_pod_record() {
-        // The request's copy of the pod config says otherwise: the record,
-        // checked when the pod was made, wins.
-        let mut sandbox = sandbox();
-        sandbox.hostname = "other".into();
-        sandbox.linux.get_or_insert_default().sysctls =
-            [("kernel.panic".to_string(), "1".to_string())].into();
+    fn sysctls_hostname_and_privilege_come_from_the_pod_record() {
         let mut pod = pod();
         pod.sysctls = [("kernel.domainname".to_string(), "example".to_string())].into();
         let c = convert(
             &cri::ContainerConfig::default(),
-            &sandbox,
             &ImageConfig::default(),
             &pod,
             &Options::new("c"),
@@ -1113,6 +1031,26 @@ mod tests {
         .unwrap();
         assert_eq!(c.spec.sysctls, pod.sysctls);
         assert_eq!(c.spec.hostname, "h");
+        let privileged = with_sc(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        });
+        let refused = convert(
+            &privileged,
+            &ImageConfig::default(),
+            &pod,
+            &Options::new("c"),
+        );
+        assert!(refused.unwrap_err().to_string().contains("privileged pod"));
+        pod.privileged = true;
+        let c = convert(
+            &privileged,
+            &ImageConfig::default(),
+            &pod,
+            &Options::new("c"),
+        )
+        .unwrap();
+        assert!(c.spec.privileged);
     }
 
     #[test]
@@ -1129,13 +1067,12 @@ mod tests {
             ..Default::default()
         };
         let e = run(&mount(base.clone())).unwrap_err();
-        assert!(matches!(e, CriSpecError::Unsupported { .. }), "{e}");
+        assert!(matches!(e, RequestError::Unsupported { .. }), "{e}");
         assert!(e.to_string().contains("mounts[0].recursive_read_only"));
         let mut options = Options::new("c");
         options.features.recursive_read_only_mounts = true;
         let c = convert(
             &mount(base.clone()),
-            &sandbox(),
             &ImageConfig::default(),
             &pod(),
             &options,
@@ -1147,7 +1084,6 @@ mod tests {
                 readonly: false,
                 ..base.clone()
             }),
-            &sandbox(),
             &ImageConfig::default(),
             &pod(),
             &options,
@@ -1222,15 +1158,17 @@ mod tests {
         assert!(e.starts_with("log_path") && e.contains("absolute"), "{e}");
         // A pod without a log directory: the caller joins the relative path
         // to its default one.
-        let bare = cri::PodSandboxConfig::default();
+        let bare = PodFacts {
+            log_directory: PathBuf::new(),
+            ..pod()
+        };
         let c = convert(
             &cri::ContainerConfig {
                 log_path: "c/0.log".into(),
                 ..Default::default()
             },
-            &bare,
             &ImageConfig::default(),
-            &pod(),
+            &bare,
             &Options::new("c1"),
         )
         .unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use berth_host::cgroup::{self, Layout};
 use berth_proto::cri::LinuxContainerResources;
 
-use crate::spec::Resources;
+use berth_runtime::spec::Resources;
 
 /// CRI-O's lower bound for a memory limit: a lower one would kill the
 /// container as it starts.
