@@ -123,7 +123,7 @@ impl Cni {
         let loaded = config::load_dir(&self.options.conf_dir)
             .map(Arc::new)
             .map_err(|err| err.to_string());
-        let mut current = self.current.write().expect("lock poisoned");
+        let mut current = berth_host::sync::write(&self.current);
         let changed = match (&*current, &loaded) {
             (Ok(old), Ok(new)) => old.bytes != new.bytes || old.source != new.source,
             (Err(old), Err(new)) => old != new,
@@ -159,9 +159,7 @@ impl Cni {
 
     /// The loaded network, or why there is none.
     pub fn network(&self) -> Result<Arc<NetworkConfigList>, Error> {
-        self.current
-            .read()
-            .expect("lock poisoned")
+        berth_host::sync::read(&self.current)
             .clone()
             .map_err(Error::NotReady)
     }

@@ -1,11 +1,13 @@
 //! Host plumbing that every Berth crate shares, one copy of each:
 //! [`atomic`] file writes, [`mountinfo`] parsing, random [`id`]s and
-//! prefix lookup, and the wall clock in [`now_nanos`].
+//! prefix lookup, [`sync`]'s locks that ignore poisoning, and the wall
+//! clock in [`now_nanos`].
 
 pub mod atomic;
 pub mod cgroup;
 pub mod id;
 pub mod mountinfo;
+pub mod sync;
 
 /// Nanoseconds since the Unix epoch, as CRI timestamps are given.
 pub fn now_nanos() -> i64 {

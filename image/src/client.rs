@@ -625,7 +625,7 @@ mod tests {
             );
         }
         assert!(
-            heads.lock().unwrap().is_empty(),
+            berth_host::sync::lock(&heads).is_empty(),
             "no request reached the realm"
         );
 
@@ -635,11 +635,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(anonymous, "Bearer t");
-        assert!(!heads.lock().unwrap()[0].contains("uthorization"));
+        assert!(!berth_host::sync::lock(&heads)[0].contains("uthorization"));
 
         // A registry configured insecure has accepted plain HTTP.
         session_on(true).answer(&challenge, &basic).await.unwrap();
-        assert!(heads.lock().unwrap()[1].contains("Basic dTpw"));
+        assert!(berth_host::sync::lock(&heads)[1].contains("Basic dTpw"));
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub struct Pin {
 
 impl Drop for Pin {
     fn drop(&mut self) {
-        let mut pins = self.store.pins.lock().unwrap();
+        let mut pins = berth_host::sync::lock(&self.store.pins);
         if let Some(count) = pins.get_mut(&self.id) {
             *count -= 1;
             if *count == 0 {
@@ -293,20 +293,20 @@ impl ImageStore {
     ) -> Result<bool, StoreError> {
         let registries = RegistriesConfig::load(registries_config, required)?;
         {
-            let mut pull = self.pull.write().expect("lock poisoned");
+            let mut pull = berth_host::sync::write(&self.pull);
             if pull.0.progress_timeout != settings.progress_timeout {
                 pull.1 = Client::new(settings.progress_timeout);
             }
             pull.0 = settings;
         }
-        let mut current = self.registries.write().expect("lock poisoned");
+        let mut current = berth_host::sync::write(&self.registries);
         let changed = **current != registries;
         *current = Arc::new(registries);
         Ok(changed)
     }
 
     fn registries(&self) -> Arc<RegistriesConfig> {
-        self.registries.read().expect("lock poisoned").clone()
+        berth_host::sync::read(&self.registries).clone()
     }
 
     fn layer_dir(&self, chain: &ChainId) -> PathBuf {
@@ -341,13 +341,16 @@ impl ImageStore {
     }
 
     pub fn list(&self) -> Vec<Image> {
-        self.images.lock().unwrap().values().cloned().collect()
+        berth_host::sync::lock(&self.images)
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Finds an image by ID, unique ID prefix, `sha256:` ID, tag (short names
     /// are qualified as a pull would) or repo digest.
     pub fn get(&self, name: &str) -> Option<Image> {
-        let images = self.images.lock().unwrap();
+        let images = berth_host::sync::lock(&self.images);
         // Names first: a short name such as `cafe` is also a valid ID prefix.
         for candidate in self.qualified(name).unwrap_or_default() {
             let tagged = candidate.tagged();
@@ -404,7 +407,7 @@ impl ImageStore {
         } else {
             RegistryHost::from_server_address(&creds.server_address)
         };
-        let (settings, client) = self.pull.read().expect("lock poisoned").clone();
+        let (settings, client) = berth_host::sync::read(&self.pull).clone();
         let mut last_err = None;
         for image in &candidates {
             let pull = self.pull_one(image, (creds, &given_for), &settings, &client);
@@ -651,7 +654,7 @@ impl ImageStore {
     /// concurrent pulls of one image keep every name. A tag names one
     /// image: it moves off any other image that had it.
     fn record_pull(&self, pulled: Image) -> Result<Image, StoreError> {
-        let mut images = self.images.lock().unwrap();
+        let mut images = berth_host::sync::lock(&self.images);
         let mut record = images.get(&pulled.id).cloned().unwrap_or_else(|| Image {
             repo_tags: Vec::new(),
             repo_digests: Vec::new(),
@@ -699,10 +702,7 @@ impl ImageStore {
         diff_id: &Digest,
         chain: &ChainId,
     ) -> Result<(LayerRecord, u64), StoreError> {
-        let lock = self
-            .layer_locks
-            .lock()
-            .unwrap()
+        let lock = berth_host::sync::lock(&self.layer_locks)
             .entry(chain.clone())
             .or_default()
             .clone();
@@ -715,7 +715,7 @@ impl ImageStore {
         .await;
         drop(_held);
         // Forget the lock once nobody else waits on it.
-        let mut locks = self.layer_locks.lock().unwrap();
+        let mut locks = berth_host::sync::lock(&self.layer_locks);
         if Arc::strong_count(&lock) == 2 {
             locks.remove(chain);
         }
@@ -900,13 +900,10 @@ impl ImageStore {
     /// image, so no RemoveImage slips in between. Never waits on a pull.
     pub fn get_pinned(self: &Arc<Self>, name: &str) -> Option<(Image, Pin)> {
         let image = self.get(name)?;
-        let images = self.images.lock().unwrap();
+        let images = berth_host::sync::lock(&self.images);
         // Still recorded: a removal that ran since `get` finished before this.
         images.get(&image.id)?;
-        *self
-            .pins
-            .lock()
-            .unwrap()
+        *berth_host::sync::lock(&self.pins)
             .entry(image.id.clone())
             .or_default() += 1;
         let id = image.id.clone();
@@ -926,13 +923,13 @@ impl ImageStore {
         };
         // Under the lock pins are taken with: a create either pinned the
         // image before (and is seen here or among `users`) or finds it gone.
-        let mut images = self.images.lock().unwrap();
+        let mut images = berth_host::sync::lock(&self.images);
         if !images.contains_key(&image.id) {
             // A concurrent removal got here first.
             return Ok(());
         }
         let mut containers = users(&image.id_hex());
-        if self.pins.lock().unwrap().contains_key(&image.id) {
+        if berth_host::sync::lock(&self.pins).contains_key(&image.id) {
             containers.push("(one being created)".into());
         }
         if !containers.is_empty() {
@@ -951,7 +948,7 @@ impl ImageStore {
     /// Marks layers and blobs as used by a pull in flight until the
     /// returned guard drops.
     fn mark_in_flight(&self, keys: Vec<String>) -> InFlight<'_> {
-        let mut in_flight = self.in_flight.lock().unwrap();
+        let mut in_flight = berth_host::sync::lock(&self.in_flight);
         for key in &keys {
             *in_flight.entry(key.clone()).or_default() += 1;
         }
@@ -961,9 +958,9 @@ impl ImageStore {
     /// Removes layers and blobs neither an image record nor a pull in
     /// flight uses. Runs every step and reports the first failure.
     fn collect_garbage(&self) -> Result<(), StoreError> {
-        let in_flight = self.in_flight.lock().unwrap();
+        let in_flight = berth_host::sync::lock(&self.in_flight);
         let (chains, blobs): (HashSet<String>, HashSet<String>) = {
-            let images = self.images.lock().unwrap();
+            let images = berth_host::sync::lock(&self.images);
             (
                 images
                     .values()
@@ -1206,7 +1203,7 @@ struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        let mut in_flight = self.store.in_flight.lock().unwrap();
+        let mut in_flight = berth_host::sync::lock(&self.store.in_flight);
         for key in &self.keys {
             if let Some(count) = in_flight.get_mut(key) {
                 *count -= 1;
@@ -1279,7 +1276,7 @@ mod tests {
             .to_string();
         assert!(err.contains(&conf.display().to_string()), "{err}");
         assert!(refused(&store, "b.example/x:1").await);
-        assert_eq!(store.pull.read().unwrap().0, settings(2));
+        assert_eq!(berth_host::sync::read(&store.pull).0, settings(2));
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -9,10 +9,11 @@
 //! enough to copy or update them, so a slow create or stop never delays
 //! listing or the status of other containers.
 
+use berth_host::sync::lock;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::Duration;
 
 use crate::lifecycle::{self, ContainerError, NewContainer, RemoveError};
@@ -134,11 +135,6 @@ pub struct Containers {
     records: RecordStore,
     index: Mutex<Index>,
     observer: OnceLock<Observer>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic elsewhere leaves the data as consistent as before it.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Containers {

@@ -206,7 +206,7 @@ impl CpuSampler {
     /// Records `usage_ns` at `at_ns` for `key` and returns the nano-cores
     /// used since the previous sample (0 for the first one).
     pub fn nano_cores(&self, key: &str, at_ns: i64, usage_ns: u64) -> u64 {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = berth_host::sync::lock(&self.last);
         let previous = last.insert(key.to_string(), (at_ns, usage_ns));
         match previous {
             Some((then, used)) if at_ns > then && usage_ns >= used => {
@@ -218,7 +218,7 @@ impl CpuSampler {
 
     /// Forgets the samples of keys no longer present.
     pub fn retain(&self, keep: impl Fn(&str) -> bool) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = berth_host::sync::lock(&self.last);
         last.retain(|key, _| keep(key));
     }
 }

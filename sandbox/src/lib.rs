@@ -113,7 +113,7 @@ fn slot(pod: Pod) -> Slot {
 
 impl PodSlot {
     fn record(&self) -> std::sync::MutexGuard<'_, Pod> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
+        berth_host::sync::lock(&self.record)
     }
 }
 
@@ -176,7 +176,7 @@ impl Sandboxes {
     /// read left behind (see [`reclaim`]). They are unknown to every RPC, so
     /// this may run while berthd serves.
     pub async fn reclaim_unreadable(&self) {
-        let ids = std::mem::take(&mut *self.unreadable.lock().expect("lock poisoned"));
+        let ids = std::mem::take(&mut *berth_host::sync::lock(&self.unreadable));
         for id in ids {
             let failures = reclaim::reclaim(&self.options.layout, &self.cni, &id).await;
             if failures.is_empty() {
@@ -197,13 +197,12 @@ impl Sandboxes {
 
     /// The pod CIDR from `UpdateRuntimeConfig`, given to CNI as `ipRanges`.
     pub fn set_pod_cidr(&self, cidr: &str) {
-        *self.pod_cidr.write().expect("lock poisoned") =
-            (!cidr.is_empty()).then(|| cidr.to_string());
+        *berth_host::sync::write(&self.pod_cidr) = (!cidr.is_empty()).then(|| cidr.to_string());
     }
 
     /// The ID a full ID or unique prefix names, if any.
     fn resolve(&self, id: &str) -> Result<Option<(PodId, Slot)>, Error> {
-        let index = self.index.lock().expect("lock poisoned");
+        let index = berth_host::sync::lock(&self.index);
         let found = berth_host::id::by_prefix(&index.pods, id).map_err(|a| Error::Ambiguous {
             prefix: a.prefix,
             count: a.count,
@@ -222,10 +221,7 @@ impl Sandboxes {
 
     /// Copies of every record.
     pub async fn list(&self) -> Vec<Pod> {
-        let slots: Vec<Slot> = self
-            .index
-            .lock()
-            .expect("lock poisoned")
+        let slots: Vec<Slot> = berth_host::sync::lock(&self.index)
             .pods
             .values()
             .cloned()
@@ -262,7 +258,7 @@ impl Sandboxes {
         let id = PodId::random().map_err(io("cannot generate a pod sandbox ID"))?;
         let name = spec.reserved_name();
         {
-            let mut index = self.index.lock().expect("lock poisoned");
+            let mut index = berth_host::sync::lock(&self.index);
             if let Some(holder) = index.names.get(&name) {
                 return Err(Error::NameReserved {
                     name,
@@ -286,14 +282,14 @@ impl Sandboxes {
                     ips = ?pod.network.as_ref().map(|n| &n.ips),
                     "pod sandbox ready"
                 );
-                let mut index = self.index.lock().expect("lock poisoned");
+                let mut index = berth_host::sync::lock(&self.index);
                 index.pods.insert(id.clone(), slot(pod));
                 Ok(id)
             }
             Err(error) => {
                 tracing::info!(pod = %id, "set-up failed, tearing down: {error}");
                 let failures = self.tear_down(&mut pod, true).await;
-                let mut index = self.index.lock().expect("lock poisoned");
+                let mut index = berth_host::sync::lock(&self.index);
                 if failures.is_empty() {
                     index.names.remove(&name);
                     Err(error)
@@ -418,7 +414,7 @@ impl Sandboxes {
             )?;
         }
         if pod.namespaces.net.is_some() {
-            let cidr = self.pod_cidr.read().expect("lock poisoned").clone();
+            let cidr = berth_host::sync::read(&self.pod_cidr).clone();
             let attachment = self.attachment(pod, cidr.as_deref());
             let added = self.cni.add(&attachment).await?;
             pod.network = Some(Network {
@@ -568,7 +564,7 @@ impl Sandboxes {
             return Err(Error::Teardown { pod: id, failures });
         }
         tracing::info!(pod = %id, "pod sandbox removed");
-        let mut index = self.index.lock().expect("lock poisoned");
+        let mut index = berth_host::sync::lock(&self.index);
         index.pods.remove(&id);
         if index.names.get(&name) == Some(&id) {
             index.names.remove(&name);
@@ -586,10 +582,7 @@ impl Sandboxes {
         slot: &Slot,
     ) -> Option<(tokio::sync::OwnedMutexGuard<()>, Pod)> {
         let op = Arc::clone(&slot.op).lock_owned().await;
-        let indexed = self
-            .index
-            .lock()
-            .expect("lock poisoned")
+        let indexed = berth_host::sync::lock(&self.index)
             .pods
             .get(id)
             .is_some_and(|current| Arc::ptr_eq(current, slot));

@@ -23,11 +23,11 @@ impl LiveConfig {
 
     /// A snapshot: later reloads do not change it.
     pub fn get(&self) -> Arc<Config> {
-        self.current.read().expect("lock poisoned").clone()
+        berth_host::sync::read(&self.current).clone()
     }
 
     pub(crate) fn set(&self, config: Config) {
-        *self.current.write().expect("lock poisoned") = Arc::new(config);
+        *berth_host::sync::write(&self.current) = Arc::new(config);
     }
 }
 

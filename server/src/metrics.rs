@@ -182,10 +182,7 @@ impl Metrics {
         Fut: Future<Output = Vec<(&'static str, i64)>> + Send + 'static,
     {
         let family = Family::<StateLabel, Gauge>::default();
-        self.registry
-            .lock()
-            .expect("lock poisoned")
-            .register(name, help, family.clone());
+        berth_host::sync::lock(&self.registry).register(name, help, family.clone());
         self.add_refresher(Box::new(move || {
             let family = family.clone();
             let counts = source();
@@ -210,10 +207,7 @@ impl Metrics {
         Fut: Future<Output = i64> + Send + 'static,
     {
         let gauge = Gauge::<i64>::default();
-        self.registry
-            .lock()
-            .expect("lock poisoned")
-            .register(name, help, gauge.clone());
+        berth_host::sync::lock(&self.registry).register(name, help, gauge.clone());
         self.add_refresher(Box::new(move || {
             let gauge = gauge.clone();
             let value = source();
@@ -224,21 +218,18 @@ impl Metrics {
     }
 
     fn add_refresher(&self, refresh: Refresh) {
-        self.refreshers
-            .lock()
-            .expect("lock poisoned")
-            .push(std::sync::Arc::new(refresh));
+        berth_host::sync::lock(&self.refreshers).push(std::sync::Arc::new(refresh));
     }
 
     /// The OpenMetrics text of every metric, sourced gauges refreshed.
     pub async fn render(&self) -> String {
         let _one_at_a_time = self.scrape.lock().await;
-        let refreshers = self.refreshers.lock().expect("lock poisoned").clone();
+        let refreshers = berth_host::sync::lock(&self.refreshers).clone();
         for refresh in refreshers {
             refresh().await;
         }
         let mut text = String::new();
-        let registry = self.registry.lock().expect("lock poisoned");
+        let registry = berth_host::sync::lock(&self.registry);
         prometheus_client::encoding::text::encode(&mut text, &registry)
             .expect("writing to a String does not fail");
         text

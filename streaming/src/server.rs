@@ -79,7 +79,7 @@ impl Tokens {
         let mut bytes = [0u8; 18];
         random(&mut bytes);
         let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let mut map = self.map.lock().unwrap();
+        let mut map = berth_host::sync::lock(&self.map);
         let now = Instant::now();
         map.retain(|_, (_, at)| now.duration_since(*at) < TOKEN_TTL);
         map.insert(token.clone(), (target, now));
@@ -88,7 +88,7 @@ impl Tokens {
 
     /// Takes the token's target: a token works once, within its TTL.
     fn take(&self, token: &str) -> Option<Target> {
-        let (target, at) = self.map.lock().unwrap().remove(token)?;
+        let (target, at) = berth_host::sync::lock(&self.map).remove(token)?;
         (at.elapsed() < TOKEN_TTL).then_some(target)
     }
 }

@@ -58,7 +58,7 @@ impl Abandoned {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
-        self.unclaimed.lock().unwrap_or_else(|e| e.into_inner())
+        berth_host::sync::lock(&self.unclaimed)
     }
 }
 

@@ -163,7 +163,7 @@ pub(super) struct FeatureCache {
 
 impl FeatureCache {
     pub(super) fn probe(&self, runtime: &std::path::Path) -> HandlerFeatures {
-        let mut probed = self.probed.lock().expect("lock poisoned");
+        let mut probed = berth_host::sync::lock(&self.probed);
         *probed
             .entry(runtime.to_path_buf())
             .or_insert_with(|| berth_runtime::features::probe(runtime))

@@ -169,7 +169,7 @@ impl Shared {
         for budget in [&self.out_bytes, &self.updates, &self.replies] {
             budget.close();
         }
-        let mut streams = self.streams.lock().unwrap();
+        let mut streams = berth_host::sync::lock(&self.streams);
         for state in streams.map.values_mut() {
             state.data = None;
         }
@@ -224,7 +224,7 @@ struct Handle {
 
 impl Drop for Handle {
     fn drop(&mut self) {
-        let mut streams = self.shared.streams.lock().unwrap();
+        let mut streams = berth_host::sync::lock(&self.shared.streams);
         if let Some(state) = streams.map.get_mut(&self.id) {
             state.orphaned = true;
         }
@@ -257,7 +257,7 @@ impl Stream {
         let n = chunk.len();
         let mut updates = Vec::new();
         {
-            let mut streams = shared.streams.lock().unwrap();
+            let mut streams = berth_host::sync::lock(&shared.streams);
             streams.session_buffered -= n;
             if let Some(delta) = streams.session_recv.consumed(n as u32) {
                 updates.push((0, delta));
@@ -294,7 +294,7 @@ impl Drop for Stream {
         // Closed first, so the read loop, once woken, sees nobody reads.
         self.data.close();
         let shared = &self.writer.handle.shared;
-        let mut streams = shared.streams.lock().unwrap();
+        let mut streams = berth_host::sync::lock(&shared.streams);
         if let Some(state) = streams.map.get_mut(&self.id) {
             let left = std::mem::take(&mut state.buffered);
             streams.session_buffered -= left;
@@ -344,7 +344,7 @@ impl StreamWriter {
                 .await
                 .map_err(|_| StreamError::SessionClosed)?;
             // The stream may have ended while we waited.
-            self.check_open(&shared.streams.lock().unwrap())?;
+            self.check_open(&berth_host::sync::lock(&shared.streams))?;
             shared
                 .out
                 .send(Outgoing {
@@ -381,7 +381,7 @@ impl StreamWriter {
                 if shared.is_closed() {
                     return Err(StreamError::SessionClosed);
                 }
-                let mut streams = shared.streams.lock().unwrap();
+                let mut streams = berth_host::sync::lock(&shared.streams);
                 self.check_open(&streams)?;
                 if !shared.enforce_send_windows.load(Ordering::Relaxed) {
                     return Ok(wanted);
@@ -411,7 +411,7 @@ impl StreamWriter {
             return Err(StreamError::SessionClosed);
         }
         let id = self.id();
-        let mut streams = shared.streams.lock().unwrap();
+        let mut streams = berth_host::sync::lock(&shared.streams);
         match streams.map.get_mut(&id) {
             Some(state) if !state.local_closed && !state.reset => state.local_closed = true,
             _ => return Ok(()),
@@ -432,7 +432,7 @@ impl StreamWriter {
             return Err(StreamError::SessionClosed);
         }
         let id = self.id();
-        let mut streams = shared.streams.lock().unwrap();
+        let mut streams = berth_host::sync::lock(&shared.streams);
         match streams.map.get_mut(&id) {
             Some(state) if !state.reset => {
                 state.reset = true;
@@ -500,7 +500,7 @@ impl Session {
 
     /// Ends the session: GOAWAY, then the connection closes.
     pub fn shutdown(&self) {
-        let last = self.shared.streams.lock().unwrap().last_peer_stream;
+        let last = berth_host::sync::lock(&self.shared.streams).last_peer_stream;
         let _ = self.shared.send(Frame::GoAway {
             last_good_stream_id: last,
             status: 0,
@@ -628,7 +628,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
 ) {
     let end = read_frames(&mut io, &accept, &shared).await;
     if let End::Protocol = end {
-        let last = shared.streams.lock().unwrap().last_peer_stream;
+        let last = berth_host::sync::lock(&shared.streams).last_peer_stream;
         let _ = shared.send(Frame::GoAway {
             last_good_stream_id: last,
             status: 1,
@@ -727,7 +727,7 @@ async fn deliver(shared: &Shared, d: &mut InData, bytes: &[u8], fin: bool) -> Op
     loop {
         let room = shared.room.notified();
         {
-            let mut streams = shared.streams.lock().unwrap();
+            let mut streams = berth_host::sync::lock(&shared.streams);
             let Streams {
                 map,
                 session_recv,
@@ -821,7 +821,7 @@ fn handle(
             headers,
             ..
         } => {
-            let mut streams = shared.streams.lock().unwrap();
+            let mut streams = berth_host::sync::lock(&shared.streams);
             // Peer (client) streams are odd and increasing.
             if stream_id % 2 == 0 || stream_id <= streams.last_peer_stream {
                 drop(streams);
@@ -879,7 +879,7 @@ fn handle(
             };
             // A refused stream is dropped here, before the lock below.
             if accept.try_send(stream).is_err() {
-                shared.streams.lock().unwrap().remove(stream_id);
+                berth_host::sync::lock(&shared.streams).remove(stream_id);
                 shared.reply(Frame::RstStream {
                     stream_id,
                     status: rst::REFUSED_STREAM,
@@ -889,7 +889,7 @@ fn handle(
         Frame::Headers {
             stream_id, flags, ..
         } => {
-            let mut streams = shared.streams.lock().unwrap();
+            let mut streams = berth_host::sync::lock(&shared.streams);
             if flags & FLAG_FIN != 0
                 && let Some(state) = streams.map.get_mut(&stream_id)
             {
@@ -898,7 +898,7 @@ fn handle(
             }
         }
         Frame::RstStream { stream_id, .. } => {
-            let mut streams = shared.streams.lock().unwrap();
+            let mut streams = berth_host::sync::lock(&shared.streams);
             if let Some(state) = streams.map.get_mut(&stream_id) {
                 state.data = None;
                 state.reset = true;
@@ -912,7 +912,7 @@ fn handle(
             for e in entries {
                 if e.id == settings::INITIAL_WINDOW_SIZE && e.value as i64 <= 0x7fff_ffff {
                     shared.enforce_send_windows.store(true, Ordering::Relaxed);
-                    let mut streams = shared.streams.lock().unwrap();
+                    let mut streams = berth_host::sync::lock(&shared.streams);
                     let old = streams.initial_send_window;
                     streams.initial_send_window = e.value;
                     for state in streams.map.values_mut() {
@@ -924,7 +924,7 @@ fn handle(
         }
         Frame::WindowUpdate { stream_id, delta } => {
             shared.enforce_send_windows.store(true, Ordering::Relaxed);
-            let mut streams = shared.streams.lock().unwrap();
+            let mut streams = berth_host::sync::lock(&shared.streams);
             if stream_id == 0 {
                 if streams.session_send.credit(delta).is_err() {
                     return Ok(false);
@@ -1194,7 +1194,7 @@ mod tests {
     }
 
     fn buffered(session: &Session, id: u32) -> (usize, usize) {
-        let streams = session.shared.streams.lock().unwrap();
+        let streams = berth_host::sync::lock(&session.shared.streams);
         (
             streams.map.get(&id).map_or(0, |s| s.buffered),
             streams.session_buffered,
@@ -1397,7 +1397,7 @@ mod tests {
         // A PING answered: the session has handled all of the above.
         peer.send(Frame::Ping { id: 1 }).await;
         assert_eq!(peer.recv().await, Some(Frame::Ping { id: 1 }));
-        assert_eq!(session.shared.streams.lock().unwrap().map.len(), 0);
+        assert_eq!(berth_host::sync::lock(&session.shared.streams).map.len(), 0);
     }
 
     #[tokio::test]
