@@ -201,7 +201,15 @@ impl Node {
     ) -> String {
         let name = format!("{pod_name}-c");
         let mut config = berth_e2e::world::container_config(&self.image, &name, script);
-        config.linux.as_mut().unwrap().resources = resources;
+        let linux = config.linux.as_mut().unwrap();
+        linux.resources = resources;
+        // Explicitly unconfined: these cases are about cgroups, and the
+        // AppArmor defaults (RuntimeDefault on an AppArmor node) are the
+        // AppArmor work's cases (issue 15 item 3).
+        linux.security_context.as_mut().unwrap().apparmor = Some(cri::SecurityProfile {
+            profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+            localhost_ref: String::new(),
+        });
         let id = self
             .client
             .create_container(CreateContainerRequest {

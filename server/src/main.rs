@@ -67,6 +67,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing, while berthd has a single thread.
+    unsafe { notify::take_socket() };
     let cli = Cli::parse();
     let sources = Sources {
         file_required: cli.config.is_some(),

@@ -2,14 +2,38 @@
 //! CRI socket serves, `STOPPING=1` when shutdown begins. The protocol is one
 //! datagram on the unix socket `$NOTIFY_SOCKET` names (a path, or an
 //! abstract name written with a leading `@`), so no crate is needed.
+//!
+//! The variable is berthd's alone: [`take_socket`] removes it from the
+//! environment at start. Inherited, it makes runc and crun proxy the
+//! container's own notifications (runc then fails `start` binding a socket
+//! path too long for the run root; crun waits for a READY=1 the container
+//! never sends), and would let a shim or CNI plugin speak for berthd.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::sync::OnceLock;
 
 /// The socket's environment variable, as systemd sets it for the unit.
 const ENV: &str = "NOTIFY_SOCKET";
+
+static SOCKET: OnceLock<Option<OsString>> = OnceLock::new();
+
+/// Keeps `$NOTIFY_SOCKET` for [`ready`] and [`stopping`] and removes it
+/// from the environment, so no child inherits it.
+///
+/// # Safety
+/// Must run while berthd has one thread (first thing in `main`): changing
+/// the environment races with any other thread reading it.
+pub unsafe fn take_socket() {
+    let socket = std::env::var_os(ENV);
+    if socket.is_some() {
+        // SAFETY: single-threaded, as this function's contract requires.
+        unsafe { std::env::remove_var(ENV) };
+    }
+    let _ = SOCKET.set(socket);
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot send {state:?} to the systemd notify socket {socket:?}: {source}")]
@@ -29,11 +53,11 @@ pub fn stopping() -> Result<(), NotifyError> {
     send_env("STOPPING=1")
 }
 
-/// Nothing to do when `$NOTIFY_SOCKET` is unset: no supervisor is waiting.
+/// Nothing to do when `$NOTIFY_SOCKET` was unset: no supervisor is waiting.
 fn send_env(state: &'static str) -> Result<(), NotifyError> {
-    match std::env::var_os(ENV) {
-        Some(socket) => send(&socket, state),
-        None => Ok(()),
+    match SOCKET.get() {
+        Some(Some(socket)) => send(socket, state),
+        _ => Ok(()),
     }
 }
 
