@@ -17,9 +17,13 @@ started=$SECONDS
 profile=${CARGO_PROFILE:-dev}
 drivers=${BERTH_VM_SUITE_DRIVERS:-cgroupfs}
 
+# As the e2e tests' can_run: a host that cannot run the suite says so, and
+# under CI=true that is a failure, never a pass.
 if [[ $(id -u) -ne 0 ]]; then
   echo "hack/vm/suite.sh: needs root (the image build, the fixtures' device nodes)" >&2
-  exit 1
+  [[ ${CI:-} == true ]] && exit 1
+  echo "hack/vm/suite.sh: SKIPPED (not counted as a pass under CI=true)" >&2
+  exit 0
 fi
 for cmd in docker-registry skopeo qemu-system-x86_64 python3; do
   command -v "$cmd" >/dev/null || {
