@@ -651,7 +651,13 @@ async fn restart_keeps_running_containers() {
     } = node;
     drop((client, images));
     // Type=notify: restart returns once the new berthd said READY=1.
+    let t = Instant::now();
     systemctl(&["restart", &unit()]);
+    eprintln!(
+        "figure: systemctl restart {} took {:?}",
+        unit(),
+        t.elapsed()
+    );
     let after = main_pid();
     assert_ne!(before, after, "berthd was not restarted");
     assert_eq!(systemctl(&["is-active", &unit()]), "active");

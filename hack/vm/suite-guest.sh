@@ -38,11 +38,14 @@ CONF
     failed=1
     continue
   fi
-  echo "systemctl start berth (Type=notify, READY=1 seen): $((SECONDS - t)) s"
+  echo "$driver: systemctl start berth (returns on READY=1): $((SECONDS - t)) s"
   export BERTH_NODE_IMAGE=$IMAGE BERTH_NODE_CGROUP_DRIVER=$driver CI=true
   # The restart case restarts berthd under the others' feet: it runs alone.
   timeout 600 ./bin/node --ignored --test-threads=2 --skip "$restart_case" >"node-$driver.log" 2>&1
-  timeout 300 ./bin/node --ignored --exact "$restart_case" >>"node-$driver.log" 2>&1
+  timeout 300 ./bin/node --ignored --exact "$restart_case" --nocapture >>"node-$driver.log" 2>&1
+  grep -h '^figure: ' "node-$driver.log" | sed "s/^figure: /$driver: /"
+  grep -h '^test result: ' "node-$driver.log"
+  journalctl -u berth --no-pager >"journal-$driver.log"
   sed -n "s/^test \([a-z0-9_]*\) \.\.\. \(ok\|FAILED\)$/$driver \1 \2/p" "node-$driver.log" >>results
   # Fewer result lines than cases means a case did not run (or hung).
   cases=$(./bin/node --ignored --list 2>/dev/null | grep -c ': test$')
@@ -51,7 +54,7 @@ CONF
     echo "$driver: $ran of $cases cases reported"
     failed=1
     cat "node-$driver.log"
-    journalctl -u berth --no-pager | tail -n 60
+    tail -n 60 "journal-$driver.log"
   fi
   systemctl stop berth
   # The next driver starts from an empty node.

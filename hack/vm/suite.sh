@@ -113,6 +113,7 @@ echo "== figures"
 echo "image build ($build_kind): ${build_seconds} s  ($image)"
 echo "boot to running (host clock): ${boot_seconds:-?} s"
 echo "QEMU run: ${qemu_seconds:-?} s, peak RSS ${peak_rss_mib:-?} MiB"
+grep -h -e ': systemctl ' -e '^test result: ' "$share/log" 2>/dev/null || true
 echo "suite wall time: $((SECONDS - started)) s"
 if ((code != 0)); then
   echo "hack/vm/suite.sh: FAILED (guest exit $code; output: $share/log, console: $share/console.log)" >&2
