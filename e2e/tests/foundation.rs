@@ -328,7 +328,7 @@ async fn notifies_systemd_when_ready() {
     notify
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
-    let _berthd = Berthd::start_in(
+    let berthd = Berthd::start_in(
         paths,
         Options {
             env: vec![("NOTIFY_SOCKET".into(), notify_path.to_str().unwrap().into())],
@@ -339,6 +339,10 @@ async fn notifies_systemd_when_ready() {
     let mut buf = [0u8; 64];
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"READY=1");
+    let (status, _paths) = berthd.stop_with(Signal::SIGTERM).await;
+    assert!(status.success(), "{status}");
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
 }
 
 #[tokio::test]

@@ -2,14 +2,17 @@
 # Builds the node VM image from Debian packages only and prints its directory,
 # which holds vmlinuz, initrd.img and rootfs.img:
 #   - a bookworm rootfs (mmdebstrap) with systemd, AppArmor, both OCI runtimes
-#     and the CNI plugins, plus the runner unit from hack/vm/guest;
+#     and the CNI plugins, plus the runner unit from hack/vm/guest and Berth's
+#     own unit, dist/berth.service (installed, not enabled: the binaries come
+#     with each run);
 #   - the Debian kernel, unpacked with dpkg-deb -x (installing it would pull in
 #     initramfs-tools and build a 30 MB initramfs nobody needs), its modules in
 #     the rootfs;
 #   - a small busybox initramfs that loads virtio and ext4 and switch_roots;
 #   - an ext4 image made with mkfs.ext4 -d (no loop mounts, no root tricks).
 # The result is cached under $BERTH_VM_CACHE (default /var/cache/berth-vm) in a
-# directory named by a hash of this script, run.sh and hack/vm/guest, so it is
+# directory named by a hash of this script, run.sh, hack/vm/guest and
+# dist/berth.service, so it is
 # rebuilt only when the package list, the build, the boot or the guest files
 # change. (The packages' versions are whatever the mirror has at build time.)
 set -euo pipefail
@@ -33,7 +36,7 @@ INITRD_MODULES=(virtio_ring virtio virtio_pci virtio_blk crc32c_generic ext4)
 
 # run.sh is an input too: the warm-up boot below runs with its command line.
 key=$( (
-  cat "$0" "$here/run.sh"
+  cat "$0" "$here/run.sh" "$here/../../dist/berth.service"
   for f in "$here"/guest/*; do
     echo "== ${f##*/}"
     cat "$f"
@@ -113,6 +116,7 @@ depmod -b "$root" "$kver"
 install -m 0755 "$here/guest/berth-vm-run" "$root/usr/local/sbin/berth-vm-run"
 install -m 0644 "$here/guest/berth-vm-run.service" "$root/etc/systemd/system/"
 chroot "$root" systemctl enable -q berth-vm-run.service
+install -m 0644 "$here/../../dist/berth.service" "$root/etc/systemd/system/berth.service"
 # Nothing to log in to: the serial console is the runner's output.
 chroot "$root" systemctl mask -q serial-getty@ttyS0.service getty@tty1.service
 echo berth-vm >"$root/etc/hostname"

@@ -8,6 +8,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod reload;
+mod rlimit;
 mod rpc_trace;
 mod state_dirs;
 
@@ -66,6 +67,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // SAFETY: first thing, while berthd has a single thread.
+    unsafe { notify::take_socket() };
     let cli = Cli::parse();
     let sources = Sources {
         file_required: cli.config.is_some(),
@@ -163,6 +166,11 @@ async fn run(
     }
     // First: SIGHUP's default action would end the process.
     let mut sighup = signal(SignalKind::hangup()).map_err(ServeError::Signals)?;
+    // A lower limit only costs containers later, so it is not fatal.
+    match rlimit::raise_nofile() {
+        Ok(limit) => tracing::debug!("open-file limit {limit}"),
+        Err(err) => tracing::warn!("{err}"),
+    }
     state_dirs::secure(&config.root, &config.run_root)?;
     let _root_lock = listener::lock(&config.root.join("berthd.lock"), "state root", &config.root)?;
     let images = cri::open_store(&config)?;
@@ -193,6 +201,9 @@ async fn run(
             _ = sigint.recv() => "SIGINT",
         };
         tracing::info!("{name} received; finishing in-flight RPCs");
+        if let Err(err) = notify::stopping() {
+            tracing::warn!("{err}");
+        }
         let _ = stopping_tx.send(true);
     });
     let stop_requested = |mut stopping: tokio::sync::watch::Receiver<bool>| async move {
@@ -230,7 +241,7 @@ async fn run(
         }
     });
     if let Err(err) = notify::ready() {
-        tracing::warn!("cannot notify systemd of readiness: {err}");
+        tracing::warn!("{err}");
     }
     let server = tonic::transport::Server::builder()
         .layer(rpc_trace::RpcTraceLayer)

@@ -1,0 +1,64 @@
+#!/bin/bash
+# The node suite's guest half (hack/vm/suite.sh copies it into the share and
+# run.sh runs it in the node VM): installs the host-built berthd and
+# berth-shim as a node would (dist/berth.service is in the image), and for
+# each cgroup driver configures berthd, starts it through systemd and runs
+# e2e/tests/node.rs against it. Writes one "<driver> <case> <ok|FAILED>"
+# line per case to results; exits non-zero if any case failed or did not run.
+#
+# Reads suite.env from the share: REGISTRY (host:port as the guest reaches
+# it), IMAGE, DRIVERS (space-separated).
+set -uo pipefail
+share=/mnt/share
+cd "$share" || exit 1
+# shellcheck source=/dev/null
+. ./suite.env
+: >results
+failed=0
+
+install -m 0755 bin/berthd bin/berth-shim /usr/local/bin/
+mkdir -p /etc/berth /etc/containers
+# The host's registry, over plain HTTP.
+printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$REGISTRY" >/etc/containers/registries.conf
+systemctl daemon-reload
+
+restart_case=restart_keeps_running_containers
+for driver in $DRIVERS; do
+  echo "== node suite, cgroup driver $driver"
+  cat >/etc/berth/berth.toml <<CONF
+cgroup_driver = "$driver"
+[runtimes.crun]
+path = "/usr/bin/crun"
+CONF
+  t=$SECONDS
+  if ! systemctl start berth; then
+    echo "$driver systemctl-start-berth FAILED" >>results
+    systemctl status berth --no-pager -l | tail -n 20
+    journalctl -u berth --no-pager | tail -n 40
+    failed=1
+    continue
+  fi
+  echo "$driver: systemctl start berth (returns on READY=1): $((SECONDS - t)) s"
+  export BERTH_NODE_IMAGE=$IMAGE BERTH_NODE_CGROUP_DRIVER=$driver CI=true
+  # The restart case restarts berthd under the others' feet: it runs alone.
+  timeout 600 ./bin/node --ignored --test-threads=2 --skip "$restart_case" >"node-$driver.log" 2>&1
+  timeout 300 ./bin/node --ignored --exact "$restart_case" --nocapture >>"node-$driver.log" 2>&1
+  grep -h '^figure: ' "node-$driver.log" | sed "s/^figure: /$driver: /"
+  grep -h '^test result: ' "node-$driver.log"
+  journalctl -u berth --no-pager >"journal-$driver.log"
+  sed -n "s/^test \([a-z0-9_]*\) \.\.\. \(ok\|FAILED\)$/$driver \1 \2/p" "node-$driver.log" >>results
+  # Fewer result lines than cases means a case did not run (or hung).
+  cases=$(./bin/node --ignored --list 2>/dev/null | grep -c ': test$')
+  ran=$(grep -c "^$driver " results)
+  if grep -q "^$driver .* FAILED$" results || ((ran < cases)); then
+    echo "$driver: $ran of $cases cases reported"
+    failed=1
+    cat "node-$driver.log"
+    tail -n 60 "journal-$driver.log"
+  fi
+  systemctl stop berth
+  # The next driver starts from an empty node.
+  rm -rf /var/lib/berth /run/berth
+done
+cat results
+exit $failed

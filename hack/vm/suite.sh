@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# The node VM suite (issue 15): e2e/tests/node.rs in the node VM, against a
+# berthd that systemd started from dist/berth.service. On the host it
+# builds (or reuses) the image, builds berthd, berth-shim and the node test
+# binary, serves the busybox fixture from a registry on the host's loopback
+# (the guest's 10.0.2.2), then boots the VM once; hack/vm/suite-guest.sh does
+# the rest in the guest. Prints each case's result, the figures and the wall
+# time; exits non-zero if a case failed or did not run.
+#
+#   hack/vm/suite.sh            (as root, after hack/setup.sh)
+# Environment: BERTH_VM_SUITE_DRIVERS (cgroup drivers to run the cases with,
+# default "cgroupfs"), CARGO_PROFILE (default dev), BERTH_VM_* as for run.sh.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+started=$SECONDS
+profile=${CARGO_PROFILE:-dev}
+drivers=${BERTH_VM_SUITE_DRIVERS:-cgroupfs}
+
+# As the e2e tests' can_run: a host that cannot run the suite says so, and
+# under CI=true that is a failure, never a pass.
+if [[ $(id -u) -ne 0 ]]; then
+  echo "hack/vm/suite.sh: needs root (the image build, the fixtures' device nodes)" >&2
+  [[ ${CI:-} == true ]] && exit 1
+  echo "hack/vm/suite.sh: SKIPPED (not counted as a pass under CI=true)" >&2
+  exit 0
+fi
+for cmd in docker-registry skopeo qemu-system-x86_64 python3; do
+  command -v "$cmd" >/dev/null || {
+    echo "hack/vm/suite.sh: $cmd missing; run hack/setup.sh" >&2
+    exit 1
+  }
+done
+
+cache=${BERTH_VM_CACHE:-/var/cache/berth-vm}
+cached_before=$(ls -d "$cache"/*/ 2>/dev/null || true)
+t=$SECONDS
+image=$(hack/vm/build.sh)
+build_seconds=$((SECONDS - t))
+if grep -qxF "$image/" <<<"$cached_before"; then build_kind=cached; else build_kind=cold; fi
+
+echo "== hack/vm/suite.sh: building berthd, berth-shim and the node tests ($profile)" >&2
+cargo build --locked --profile "$profile" -p berthd -p berth-shim --bins
+# The test binary's path is only known from cargo's JSON messages.
+test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test node --no-run \
+  --message-format=json |
+  python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "node" and m.get("executable"):
+        print(m["executable"])')
+bin_dir=$(dirname "$(dirname "$test_bin")")
+[[ -x $test_bin && -x $bin_dir/berthd && -x $bin_dir/berth-shim ]] || {
+  echo "hack/vm/suite.sh: binaries not found (test binary: '$test_bin')" >&2
+  exit 1
+}
+
+share=$repo/target/vm-suite
+rm -rf "$share"
+mkdir -p "$share/bin"
+cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$share/bin/"
+cp "$test_bin" "$share/bin/node"
+cp hack/vm/suite-guest.sh "$share/"
+
+# The fixtures, built once per version of hack/fixtures.sh.
+fixtures=$repo/target/vm-suite-fixtures/$(sha256sum hack/fixtures.sh | cut -c1-16)
+if [[ ! -f $fixtures/oci/index.json ]]; then
+  rm -rf "$repo/target/vm-suite-fixtures"
+  bash hack/fixtures.sh "$fixtures" >/dev/null
+fi
+
+# The test registry on the host's loopback, as the e2e harness runs it.
+registry_dir=$(mktemp -d /tmp/berth-vm-registry-XXXXXX)
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+cat >"$registry_dir/config.yml" <<YML
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $registry_dir/storage
+http:
+  addr: 127.0.0.1:$port
+YML
+docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
+registry=$!
+trap 'kill "$registry" 2>/dev/null || true; rm -rf "$registry_dir"' EXIT
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
+  "oci:$fixtures/oci:busybox" "docker://127.0.0.1:$port/berth/busybox:latest"
+
+cat >"$share/suite.env" <<ENV
+REGISTRY=10.0.2.2:$port
+IMAGE=10.0.2.2:$port/berth/busybox:latest
+DRIVERS="$drivers"
+ENV
+
+echo "== hack/vm/suite.sh: booting the node VM" >&2
+set +e
+hack/vm/run.sh "$share" suite-guest.sh "${BERTH_VM_SUITE_TIMEOUT:-900}"
+code=$?
+set -e
+
+# shellcheck source=/dev/null
+[[ -f $share/run-stats ]] && . "$share/run-stats"
+echo
+echo "== node VM suite: cases (driver, case, result)"
+cat "$share/results" 2>/dev/null || echo "(no results written)"
+echo "== figures"
+echo "image build ($build_kind): ${build_seconds} s  ($image)"
+echo "boot to running (host clock): ${boot_seconds:-?} s"
+echo "QEMU run: ${qemu_seconds:-?} s, peak RSS ${peak_rss_mib:-?} MiB"
+grep -h -e ': systemctl ' -e '^test result: ' "$share/log" 2>/dev/null || true
+echo "suite wall time: $((SECONDS - started)) s"
+if ((code != 0)); then
+  echo "hack/vm/suite.sh: FAILED (guest exit $code; output: $share/log, console: $share/console.log)" >&2
+  exit 1
+fi
+echo "hack/vm/suite.sh: OK"
