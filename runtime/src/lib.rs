@@ -21,6 +21,7 @@
 //! The shim binary is found next to berthd's own executable by default
 //! ([`oci::default_shim_path`]).
 
+pub mod apparmor;
 pub mod containers;
 pub mod cri_spec;
 pub mod features;

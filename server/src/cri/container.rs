@@ -118,7 +118,10 @@ pub(super) fn status(err: Error) -> Status {
 }
 
 fn spec_status(err: CriSpecError) -> Status {
-    Status::invalid_argument(err.to_string())
+    match err {
+        CriSpecError::Host { .. } => Status::internal(err.to_string()),
+        _ => Status::invalid_argument(err.to_string()),
+    }
 }
 
 fn pod_status(err: berth_sandbox::Error) -> Status {
@@ -438,7 +441,9 @@ impl CriService {
         if let Some(handler) = self.live.get().runtimes.get(&pod.runtime_handler) {
             options.features = self.features.probe(&handler.path);
         }
-        options.apparmor_enabled = berth_runtime::features::apparmor_enabled();
+        options.apparmor = berth_runtime::apparmor::AppArmor::host();
+        options.cgroup_namespace =
+            berth_host::cgroup::Layout::host().mode() == berth_host::cgroup::Mode::Unified;
         let pid_options = config
             .linux
             .as_ref()
