@@ -7,6 +7,7 @@ use std::path::{Component, Path, PathBuf};
 
 use berth_proto::cri;
 
+use berth_runtime::apparmor::{AppArmor, AppArmorError, Request};
 use berth_runtime::features::HandlerFeatures;
 use berth_runtime::seccomp::{self, SeccompProfile};
 use berth_runtime::spec::{
@@ -59,8 +60,11 @@ pub struct Options {
     pub default_capabilities: Vec<String>,
     /// The seccomp profile when the request names none (config).
     pub default_seccomp: DefaultSeccomp,
-    /// [`berth_runtime::features::apparmor_enabled`].
-    pub apparmor_enabled: bool,
+    /// The host's AppArmor ([`AppArmor::host`]); `None`: not enabled.
+    pub apparmor: Option<AppArmor>,
+    /// Whether containers get their own cgroup namespace: on a cgroup v2
+    /// only host, as containerd does (privileged ones excepted).
+    pub cgroup_namespace: bool,
     /// [`berth_runtime::features::probe`] of the container's runtime handler.
     pub features: HandlerFeatures,
     /// For PID namespace mode `TARGET`: the target container's PID namespace
@@ -75,7 +79,8 @@ impl Options {
             container_id: container_id.to_string(),
             default_capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
             default_seccomp: DefaultSeccomp::RuntimeDefault,
-            apparmor_enabled: false,
+            apparmor: None,
+            cgroup_namespace: false,
             features: HandlerFeatures::default(),
             target_pid_namespace: None,
         }
@@ -166,7 +171,7 @@ pub fn convert(
     } else {
         seccomp_profile(sc, options.default_seccomp, &effective_caps)?
     };
-    let apparmor_profile = apparmor_profile(sc, options.apparmor_enabled)?;
+    let apparmor_profile = apparmor_profile(sc, options.apparmor.as_ref())?;
     let user = user_request(sc)?;
     let namespaces = namespaces(sc, pod, options)?;
     let user_namespace = user_namespace(sc, pod, options)?;
@@ -398,63 +403,75 @@ fn seccomp_profile(
     }
 }
 
+/// The AppArmor profile for the OCI spec, from the typed `apparmor` field
+/// or else the deprecated `apparmor_profile` string (the kubelet sends
+/// both). Privileged containers run unconfined unless they name a Localhost
+/// profile (containerd's rule; CRI-O ignores even that, which would drop a
+/// confinement asked for without a word).
 fn apparmor_profile(
     sc: &cri::LinuxContainerSecurityContext,
-    enabled: bool,
+    host: Option<&AppArmor>,
 ) -> Result<Option<String>, RequestError> {
     use cri::security_profile::ProfileType;
+    let typed = format!("{SC}.apparmor");
     #[allow(deprecated)]
-    let (field, kind, name) = match &sc.apparmor {
-        Some(p) => (
-            format!("{SC}.apparmor"),
-            ProfileType::try_from(p.profile_type).map_err(|_| {
-                invalid(
-                    format!("{SC}.apparmor.profile_type"),
-                    format!("unknown profile type {}", p.profile_type),
-                )
-            })?,
-            p.localhost_ref.clone(),
-        ),
-        None => match sc.apparmor_profile.as_str() {
-            "" | "runtime/default" => (String::new(), ProfileType::RuntimeDefault, String::new()),
-            "unconfined" => (String::new(), ProfileType::Unconfined, String::new()),
-            other => match other.strip_prefix("localhost/") {
-                Some(name) => (
-                    format!("{SC}.apparmor_profile"),
-                    ProfileType::Localhost,
-                    name.to_string(),
-                ),
-                None => {
-                    return Err(invalid(
-                        format!("{SC}.apparmor_profile"),
-                        format!("unknown profile {other:?}"),
-                    ));
-                }
-            },
-        },
-    };
-    match kind {
-        ProfileType::Unconfined => Ok(None),
-        // Without AppArmor the runtime's default confinement is none.
-        ProfileType::RuntimeDefault if !enabled => Ok(None),
-        ProfileType::RuntimeDefault => Err(unsupported(
-            field,
-            "berth ships no default AppArmor profile to load",
-        )),
-        ProfileType::Localhost if !enabled => Err(unsupported(
-            field,
-            format!(
-                "AppArmor profile {name:?} needs AppArmor, which this host does not have enabled"
+    let (field, request) = match &sc.apparmor {
+        Some(p) => match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => (typed, Request::RuntimeDefault),
+            Ok(ProfileType::Unconfined) => (typed, Request::Unconfined),
+            Ok(ProfileType::Localhost) => (
+                format!("{typed}.localhost_ref"),
+                Request::Localhost(p.localhost_ref.clone()),
             ),
-        )),
-        ProfileType::Localhost => {
+            Err(_) => {
+                return Err(invalid(
+                    format!("{typed}.profile_type"),
+                    format!("unknown profile type {}", p.profile_type),
+                ));
+            }
+        },
+        None => {
+            let field = format!("{SC}.apparmor_profile");
+            match sc.apparmor_profile.as_str() {
+                "" | "runtime/default" => (field, Request::RuntimeDefault),
+                "unconfined" => (field, Request::Unconfined),
+                other => match other.strip_prefix("localhost/") {
+                    Some(name) => (field, Request::Localhost(name.to_string())),
+                    None => return Err(invalid(field, format!("unknown profile {other:?}"))),
+                },
+            }
+        }
+    };
+    let request = match request {
+        Request::Localhost(name) => {
             let name = name.strip_prefix("localhost/").unwrap_or(&name);
             if name.is_empty() {
                 return Err(invalid(field, "a Localhost profile needs a name"));
             }
-            Ok(Some(name.to_string()))
+            Request::Localhost(name.to_string())
         }
-    }
+        Request::RuntimeDefault if sc.privileged => Request::Unconfined,
+        other => other,
+    };
+    let Some(host) = host else {
+        // Without AppArmor the runtime's default confinement is none.
+        return match request {
+            Request::Localhost(name) => Err(unsupported(
+                field,
+                format!(
+                    "AppArmor profile {name:?} needs AppArmor, which this host does not have enabled"
+                ),
+            )),
+            _ => Ok(None),
+        };
+    };
+    host.profile_for(&request).map_err(|err| match err {
+        AppArmorError::NotLoaded { .. } => invalid(field, err.to_string()),
+        _ => RequestError::Host {
+            field,
+            reason: err.to_string(),
+        },
+    })
 }
 
 fn id(field: &str, value: i64) -> Result<u32, RequestError> {
@@ -606,6 +623,11 @@ fn namespaces(
         ipc: pod.ipc.clone(),
         uts: pod.uts.clone(),
         pid,
+        cgroup: if options.cgroup_namespace && !sc.privileged {
+            Namespace::New
+        } else {
+            Namespace::Host
+        },
     })
 }
 
@@ -886,6 +908,139 @@ mod tests {
             e.to_string().contains("linux.security_context.apparmor")
                 && e.to_string().contains("my-profile")
         );
+    }
+
+    #[test]
+    fn apparmor_on_an_apparmor_host() {
+        use berth_runtime::apparmor::DEFAULT_PROFILE;
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("profiles");
+        std::fs::write(&list, "berth-default (enforce)\nmy-profile (enforce)\n").unwrap();
+        // Everything asked for is loaded: the parser is never needed.
+        let host = AppArmor::with_paths(&list, "/no/such/apparmor_parser");
+        let convert_with = |sc: cri::LinuxContainerSecurityContext, host: &AppArmor| {
+            let pod = PodFacts {
+                privileged: sc.privileged,
+                ..pod()
+            };
+            let mut options = Options::new("c1");
+            options.apparmor = Some(host.clone());
+            convert(&with_sc(sc), &ImageConfig::default(), &pod, &options)
+                .map(|c| c.spec.apparmor_profile)
+        };
+        let typed = |t: i32, r: &str, privileged: bool| cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: t,
+                localhost_ref: r.into(),
+            }),
+            privileged,
+            ..Default::default()
+        };
+        #[allow(deprecated)]
+        let deprecated = |p: &str| cri::LinuxContainerSecurityContext {
+            apparmor_profile: p.into(),
+            ..Default::default()
+        };
+        let default = Ok(Some(DEFAULT_PROFILE.to_string()));
+        // No profile at all, RuntimeDefault in either form: berth-default.
+        assert_eq!(convert_with(Default::default(), &host), default);
+        assert_eq!(convert_with(typed(0, "", false), &host), default);
+        assert_eq!(convert_with(deprecated("runtime/default"), &host), default);
+        // Unconfined in either form.
+        assert_eq!(convert_with(typed(1, "", false), &host), Ok(None));
+        assert_eq!(convert_with(deprecated("unconfined"), &host), Ok(None));
+        // Localhost: by name, with or without the prefix, if loaded.
+        let mine = Ok(Some("my-profile".to_string()));
+        assert_eq!(convert_with(typed(2, "my-profile", false), &host), mine);
+        assert_eq!(
+            convert_with(typed(2, "localhost/my-profile", false), &host),
+            mine
+        );
+        assert_eq!(
+            convert_with(deprecated("localhost/my-profile"), &host),
+            mine
+        );
+        // Privileged: unconfined unless a Localhost profile is named.
+        assert_eq!(convert_with(typed(0, "", true), &host), Ok(None));
+        let privileged = cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        };
+        assert_eq!(convert_with(privileged, &host), Ok(None));
+        assert_eq!(convert_with(typed(2, "my-profile", true), &host), mine);
+
+        // A Localhost profile the kernel does not have: INVALID_ARGUMENT
+        // naming the field and the profile, in either form.
+        let e = convert_with(typed(2, "not-loaded", false), &host).unwrap_err();
+        assert!(matches!(e, RequestError::Invalid { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("linux.security_context.apparmor.localhost_ref: ")
+                && e.contains("\"not-loaded\""),
+            "{e}"
+        );
+        let e = convert_with(deprecated("localhost/not-loaded"), &host)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("linux.security_context.apparmor_profile: ") && e.contains("not-loaded"),
+            "{e}"
+        );
+        let e = convert_with(typed(2, "", false), &host)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("apparmor.localhost_ref") && e.contains("needs a name"),
+            "{e}"
+        );
+        let e = convert_with(deprecated("bogus"), &host)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apparmor_profile") && e.contains("bogus"), "{e}");
+        let e = convert_with(typed(9, "", false), &host)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("apparmor.profile_type"), "{e}");
+
+        // berth-default missing and the parser failing: a host error (the
+        // server answers INTERNAL) naming the field, the profile and the parser.
+        std::fs::write(&list, "my-profile (enforce)\n").unwrap();
+        let e = convert_with(Default::default(), &host).unwrap_err();
+        assert!(matches!(e, RequestError::Host { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.starts_with("linux.security_context.apparmor_profile: ")
+                && e.contains("berth-default")
+                && e.contains("/no/such/apparmor_parser"),
+            "{e}"
+        );
+        // Unconfined needs nothing from the host.
+        assert_eq!(convert_with(typed(1, "", false), &host), Ok(None));
+    }
+
+    #[test]
+    fn cgroup_namespace_on_v2_hosts_for_unprivileged_containers() {
+        let run_with = |privileged: bool, cgroup_namespace: bool| {
+            let pod = PodFacts {
+                privileged: true,
+                ..pod()
+            };
+            let mut options = Options::new("c1");
+            options.cgroup_namespace = cgroup_namespace;
+            let sc = cri::LinuxContainerSecurityContext {
+                privileged,
+                ..Default::default()
+            };
+            convert(&with_sc(sc), &ImageConfig::default(), &pod, &options)
+                .unwrap()
+                .spec
+                .namespaces
+                .cgroup
+        };
+        assert_eq!(run_with(false, true), Namespace::New);
+        // As containerd: privileged containers see the host's tree.
+        assert_eq!(run_with(true, true), Namespace::Host);
+        assert_eq!(run_with(false, false), Namespace::Host);
     }
 
     #[test]

@@ -32,6 +32,7 @@ impl ToStatus for RequestError {
             RequestError::Invalid { .. } | RequestError::Unsupported { .. } => {
                 Status::invalid_argument(self.to_string())
             }
+            RequestError::Host { .. } => Status::internal(self.to_string()),
         }
     }
 }

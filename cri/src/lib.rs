@@ -20,13 +20,17 @@ pub mod pod;
 pub mod resources;
 
 /// A request the CRI's rules refuse: each names the CRI field at fault
-/// (both are `INVALID_ARGUMENT`, see [`grpc`]).
+/// (see [`grpc`] for their codes).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RequestError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
     #[error("{field}: not supported on this host: {reason}")]
     Unsupported { field: String, reason: String },
+    /// The request is fine but the host failed to serve it (the default
+    /// AppArmor profile does not load): `INTERNAL`.
+    #[error("{field}: {reason}")]
+    Host { field: String, reason: String },
 }
 
 pub(crate) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> RequestError {

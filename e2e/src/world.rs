@@ -24,13 +24,27 @@ pub type Client = RuntimeServiceClient<Channel>;
 
 pub fn can_run_here() -> bool {
     can_run(
-        is_root() && have_command("runc") && registry::available(),
-        "needs root, runc, docker-registry, skopeo and the fixture tools",
+        is_root()
+            && have_command("runc")
+            && (external_registry().is_some() || registry::available()),
+        "needs root, runc, docker-registry, skopeo and the fixture tools \
+         (or BERTH_E2E_REGISTRY)",
     )
 }
 
+/// `BERTH_E2E_REGISTRY=<host:port>`: a plain-HTTP registry that already
+/// holds the busybox fixture as `berth/busybox:latest`, used instead of
+/// starting one. For the node VM, which has no registry of its own and
+/// reaches the host's loopback as 10.0.2.2.
+pub fn external_registry() -> Option<String> {
+    std::env::var("BERTH_E2E_REGISTRY")
+        .ok()
+        .filter(|host| !host.is_empty())
+}
+
 pub struct World {
-    _registry: Registry,
+    /// The registry this world started; `None` with [`external_registry`].
+    _registry: Option<Registry>,
     pub berthd: Option<Berthd>,
     pub options: Options,
     pub image: String,
@@ -62,18 +76,25 @@ impl World {
 
     /// [`World::with_config`] with berthd's state in `paths`.
     pub async fn in_paths(tag: &str, extra: &str, paths: Paths) -> World {
-        let registry = Registry::start_empty(Security::Plain);
-        registry.push("busybox", "berth/busybox:latest");
+        let (registry, host) = match external_registry() {
+            Some(host) => (None, host),
+            None => {
+                let registry = Registry::start_empty(Security::Plain);
+                registry.push("busybox", "berth/busybox:latest");
+                let host = registry.host();
+                (Some(registry), host)
+            }
+        };
         let logs = tempfile::Builder::new()
             .prefix("berth-e2e-logs-")
             .tempdir()
             .unwrap();
         let conf = logs.path().join("registries.conf");
-        std::fs::write(&conf, registry::insecure_conf(&registry.host())).unwrap();
+        std::fs::write(&conf, registry::insecure_conf(&host)).unwrap();
         std::fs::create_dir(logs.path().join("net.d")).unwrap();
         let options = options(&conf, &logs.path().join("net.d"), extra);
         let berthd = Berthd::start_in(paths, options.clone()).await;
-        let image = registry.image("busybox");
+        let image = format!("{host}/berth/busybox:latest");
         crate::pull(&mut berthd.images().await, &image)
             .await
             .unwrap();

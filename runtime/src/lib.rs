@@ -23,6 +23,7 @@
 //! The shim binary is found next to berthd's own executable by default
 //! ([`oci::default_shim_path`]).
 
+pub mod apparmor;
 pub mod containers;
 pub mod features;
 pub mod lifecycle;

@@ -43,6 +43,8 @@ pub struct Namespaces {
     pub ipc: Namespace,
     pub uts: Namespace,
     pub pid: Namespace,
+    /// `New` hides the host's cgroup tree (cgroup v2 hosts); `Host`: none.
+    pub cgroup: Namespace,
 }
 
 impl Default for Namespaces {
@@ -52,6 +54,7 @@ impl Default for Namespaces {
             ipc: Namespace::New,
             uts: Namespace::New,
             pid: Namespace::New,
+            cgroup: Namespace::Host,
         }
     }
 }
@@ -212,7 +215,8 @@ pub struct ContainerSpec {
     pub capabilities: Option<CapabilitySets>,
     pub no_new_privs: bool,
     pub seccomp: crate::seccomp::SeccompProfile,
-    /// An AppArmor profile loaded on the host (only where AppArmor is enabled).
+    /// `process.apparmorProfile`: a profile loaded on the host (only where
+    /// AppArmor is enabled; see [`crate::apparmor`]). `None`: unconfined.
     pub apparmor_profile: Option<String>,
     /// `None`: CRI-O's defaults; an empty list masks nothing. Ignored when
     /// privileged (nothing masked or read-only).
@@ -692,6 +696,7 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         namespace(LinuxNamespaceType::Ipc, &ns.ipc),
         namespace(LinuxNamespaceType::Uts, &ns.uts),
         namespace(LinuxNamespaceType::Pid, &ns.pid),
+        namespace(LinuxNamespaceType::Cgroup, &ns.cgroup),
     ]
     .into_iter()
     .flatten()
@@ -1061,6 +1066,37 @@ mod tests {
         assert_eq!(json["linux"]["resources"]["memory"]["limit"], 16 << 20);
         assert_eq!(json["linux"]["cgroupsPath"], "/berth/pod/ctr");
         assert_eq!(json["hostname"], "pod");
+    }
+
+    #[test]
+    fn cgroup_namespace_and_apparmor_profile_reach_the_spec() {
+        let root = rootfs();
+        let with = |cgroup: Namespace, profile: Option<&str>| {
+            let spec = ContainerSpec {
+                rootfs: root.path().to_path_buf(),
+                image: image(&["/bin/sh"], &[]),
+                namespaces: Namespaces {
+                    cgroup,
+                    ..Default::default()
+                },
+                apparmor_profile: profile.map(str::to_string),
+                ..Default::default()
+            };
+            serde_json::to_value(generate(&spec, 0).unwrap()).unwrap()
+        };
+        let has_cgroup_ns = |json: &serde_json::Value| {
+            json["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "cgroup")
+        };
+        let json = with(Namespace::New, Some("berth-default"));
+        assert!(has_cgroup_ns(&json), "{json}");
+        assert_eq!(json["process"]["apparmorProfile"], "berth-default");
+        let json = with(Namespace::Host, None);
+        assert!(!has_cgroup_ns(&json), "{json}");
+        assert!(json["process"].get("apparmorProfile").is_none(), "{json}");
     }
 
     #[test]

@@ -34,9 +34,93 @@ impl Cgroups {
         }
         Some(CgroupStats {
             cpu_ns: cpu_ns.unwrap_or_default(),
+            cpu_split: self.cpu_split(relative),
             memory: memory.unwrap_or_default(),
             processes: self.processes(relative).unwrap_or_default(),
+            hugetlb: self.hugetlb(relative),
+            io: self.io(relative),
         })
+    }
+
+    /// User and system CPU time: v2 `cpu.stat`, v1 `cpuacct.stat` (in
+    /// clock ticks, `USER_HZ`, which Linux fixes at 100 for user space).
+    fn cpu_split(&self, relative: &Path) -> Option<CpuSplit> {
+        if let Some(mount) = self.layout.v1("cpuacct") {
+            let stat = read_keyed(&mount.join(relative).join("cpuacct.stat"))?;
+            const NS_PER_TICK: u64 = 1_000_000_000 / 100;
+            return Some(CpuSplit {
+                user_ns: stat.get("user")?.saturating_mul(NS_PER_TICK),
+                system_ns: stat.get("system")?.saturating_mul(NS_PER_TICK),
+            });
+        }
+        let stat = read_keyed(&self.layout.unified()?.join(relative).join("cpu.stat"))?;
+        Some(CpuSplit {
+            user_ns: stat.get("user_usec")?.saturating_mul(1000),
+            system_ns: stat.get("system_usec")?.saturating_mul(1000),
+        })
+    }
+
+    /// Huge page usage by page size (`2MB`, `1GB`, as the files name them):
+    /// v1 `hugetlb.<size>.usage_in_bytes` and `.max_usage_in_bytes`, v2
+    /// `hugetlb.<size>.current` (v2 keeps no peak).
+    fn hugetlb(&self, relative: &Path) -> Vec<Hugetlb> {
+        let Some(dir) = self.layout.dir("hugetlb", relative) else {
+            return Vec::new();
+        };
+        let v1 = self.layout.v1("hugetlb").is_some();
+        let suffix = if v1 { ".usage_in_bytes" } else { ".current" };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Hugetlb> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().into_string().ok()?;
+                let size = name.strip_prefix("hugetlb.")?.strip_suffix(suffix)?;
+                // v2's `hugetlb.<size>.rsvd.current` is reservations, not use.
+                if size.contains('.') {
+                    return None;
+                }
+                Some(Hugetlb {
+                    page_size: size.to_string(),
+                    usage: read_u64(&entry.path())?,
+                    max_usage: v1
+                        .then(|| read_u64(&dir.join(format!("hugetlb.{size}.max_usage_in_bytes"))))
+                        .flatten(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.page_size.cmp(&b.page_size));
+        out
+    }
+
+    /// Block I/O by device: v2 `io.stat`, v1 the blkio throttle files
+    /// (which count every I/O, whatever the scheduler).
+    fn io(&self, relative: &Path) -> Vec<BlockIo> {
+        if let Some(mount) = self.layout.v1("blkio") {
+            let dir = mount.join(relative);
+            let bytes = read_blkio(&dir.join("blkio.throttle.io_service_bytes_recursive"));
+            let ops = read_blkio(&dir.join("blkio.throttle.io_serviced_recursive"));
+            let mut out: Vec<BlockIo> = Vec::new();
+            for (device, (read, write)) in bytes {
+                let (reads, writes) = ops.get(&device).copied().unwrap_or_default();
+                out.push(BlockIo {
+                    major: device.0,
+                    minor: device.1,
+                    read_bytes: read,
+                    write_bytes: write,
+                    reads,
+                    writes,
+                });
+            }
+            return out;
+        }
+        let Some(mount) = self.layout.unified() else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(mount.join(relative).join("io.stat"))
+            .map(|text| parse_io_stat(&text))
+            .unwrap_or_default()
     }
 
     fn cpu(&self, relative: &Path) -> Option<u64> {
@@ -55,14 +139,25 @@ impl Cgroups {
             // No limit reads as a page-rounded i64::MAX.
             let limit = read_u64(&dir.join("memory.limit_in_bytes")).filter(|l| *l < 1 << 62);
             let get = |key: &str| stat.get(key).copied().unwrap_or_default();
-            return Some(Memory::new(
+            let mut memory = Memory::new(
                 usage,
                 limit,
                 get("total_inactive_file"),
                 get("total_rss"),
                 get("total_pgfault"),
                 get("total_pgmajfault"),
-            ));
+            );
+            memory.cache = get("total_cache");
+            memory.peak = read_u64(&dir.join("memory.max_usage_in_bytes"));
+            // memsw counts memory and swap together (when swap is accounted).
+            memory.swap = read_u64(&dir.join("memory.memsw.usage_in_bytes")).map(|both| Swap {
+                usage: both.saturating_sub(usage),
+                limit: read_u64(&dir.join("memory.memsw.limit_in_bytes"))
+                    .filter(|l| *l < 1 << 62)
+                    .zip(limit)
+                    .map(|(both, memory)| both.saturating_sub(memory)),
+            });
+            return Some(memory);
         }
         let dir = self.layout.unified()?.join(relative);
         let usage = read_u64(&dir.join("memory.current"))?;
@@ -70,14 +165,22 @@ impl Cgroups {
         // "max" does not parse: unlimited.
         let limit = read_u64(&dir.join("memory.max"));
         let get = |key: &str| stat.get(key).copied().unwrap_or_default();
-        Some(Memory::new(
+        let mut memory = Memory::new(
             usage,
             limit,
             get("inactive_file"),
             get("anon"),
             get("pgfault"),
             get("pgmajfault"),
-        ))
+        );
+        memory.cache = get("file");
+        // memory.peak: kernels 5.19 and later.
+        memory.peak = read_u64(&dir.join("memory.peak"));
+        memory.swap = read_u64(&dir.join("memory.swap.current")).map(|usage| Swap {
+            usage,
+            limit: read_u64(&dir.join("memory.swap.max")),
+        });
+        Some(memory)
     }
 
     fn processes(&self, relative: &Path) -> Option<u64> {
@@ -97,28 +200,135 @@ impl Cgroups {
 }
 
 /// One cgroup's usage (or several summed: a pod's).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CgroupStats {
     /// Cumulative CPU time in nanoseconds.
     pub cpu_ns: u64,
+    /// `None` where the files do not say.
+    pub cpu_split: Option<CpuSplit>,
     pub memory: Memory,
     pub processes: u64,
+    /// By page size; empty without the hugetlb controller.
+    pub hugetlb: Vec<Hugetlb>,
+    /// By device; empty without the io (v1 blkio) controller or any I/O.
+    pub io: Vec<BlockIo>,
 }
 
+/// Sums (a pod's cgroups). A sum of peaks is no peak: it is dropped.
 impl std::ops::AddAssign for CgroupStats {
     fn add_assign(&mut self, other: CgroupStats) {
         self.cpu_ns += other.cpu_ns;
+        self.cpu_split = match (self.cpu_split, other.cpu_split) {
+            (Some(a), Some(b)) => Some(CpuSplit {
+                user_ns: a.user_ns + b.user_ns,
+                system_ns: a.system_ns + b.system_ns,
+            }),
+            _ => None,
+        };
         self.processes += other.processes;
         let (a, b) = (&mut self.memory, other.memory);
         a.usage += b.usage;
         a.working_set += b.working_set;
         a.rss += b.rss;
+        a.cache += b.cache;
         a.page_faults += b.page_faults;
         a.major_page_faults += b.major_page_faults;
         a.available = match (a.available, b.available) {
             (Some(x), Some(y)) => Some(x + y),
             _ => None,
         };
+        a.peak = None;
+        a.swap = match (a.swap, b.swap) {
+            (Some(x), Some(y)) => Some(Swap {
+                usage: x.usage + y.usage,
+                limit: x.limit.zip(y.limit).map(|(x, y)| x + y),
+            }),
+            (x, y) => x.or(y),
+        };
+        for page in other.hugetlb {
+            match self
+                .hugetlb
+                .iter_mut()
+                .find(|h| h.page_size == page.page_size)
+            {
+                Some(mine) => {
+                    mine.usage += page.usage;
+                    mine.max_usage = None;
+                }
+                None => self.hugetlb.push(Hugetlb {
+                    max_usage: None,
+                    ..page
+                }),
+            }
+        }
+        for device in other.io {
+            match self
+                .io
+                .iter_mut()
+                .find(|d| (d.major, d.minor) == (device.major, device.minor))
+            {
+                Some(mine) => {
+                    mine.read_bytes += device.read_bytes;
+                    mine.write_bytes += device.write_bytes;
+                    mine.reads += device.reads;
+                    mine.writes += device.writes;
+                }
+                None => self.io.push(device),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuSplit {
+    pub user_ns: u64,
+    pub system_ns: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swap {
+    pub usage: u64,
+    /// `None`: no swap limit.
+    pub limit: Option<u64>,
+}
+
+impl Swap {
+    /// What is left under the limit; `None` without one.
+    pub fn available(&self) -> Option<u64> {
+        self.limit.map(|l| l.saturating_sub(self.usage))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hugetlb {
+    /// As the cgroup files name it: `2MB`, `1GB`.
+    pub page_size: String,
+    pub usage: u64,
+    /// The peak (v1 only).
+    pub max_usage: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockIo {
+    pub major: u64,
+    pub minor: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub reads: u64,
+    pub writes: u64,
+}
+
+impl BlockIo {
+    /// The device's `/dev` name from sysfs (`/dev/vda`), else `major:minor`.
+    pub fn device_name(&self) -> String {
+        let uevent = format!("/sys/dev/block/{}:{}/uevent", self.major, self.minor);
+        std::fs::read_to_string(uevent)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME=").map(|n| format!("/dev/{n}")))
+            })
+            .unwrap_or_else(|| format!("{}:{}", self.major, self.minor))
     }
 }
 
@@ -128,10 +338,16 @@ pub struct Memory {
     /// Usage minus inactive file pages, as cAdvisor and the kubelet count it.
     pub working_set: u64,
     pub rss: u64,
+    /// Page cache (v2 `file`, v1 `total_cache`).
+    pub cache: u64,
     pub page_faults: u64,
     pub major_page_faults: u64,
     /// Limit minus usage; `None` without a limit.
     pub available: Option<u64>,
+    /// The highest usage seen (v2 `memory.peak`, v1 `max_usage_in_bytes`).
+    pub peak: Option<u64>,
+    /// `None` where swap is not accounted.
+    pub swap: Option<Swap>,
 }
 
 impl Memory {
@@ -147,9 +363,12 @@ impl Memory {
             usage,
             working_set: usage.saturating_sub(inactive_file),
             rss,
+            cache: 0,
             page_faults,
             major_page_faults,
             available: limit.map(|l| l.saturating_sub(usage)),
+            peak: None,
+            swap: None,
         }
     }
 }
@@ -169,6 +388,65 @@ fn read_keyed(path: &Path) -> Option<HashMap<String, u64>> {
             })
             .collect(),
     )
+}
+
+/// `io.stat`: `MAJ:MIN rbytes=.. wbytes=.. rios=.. wios=.. dbytes=..
+/// dios=..` a line.
+fn parse_io_stat(text: &str) -> Vec<BlockIo> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (major, minor) = fields.next()?.split_once(':')?;
+            let mut device = BlockIo {
+                major: major.parse().ok()?,
+                minor: minor.parse().ok()?,
+                ..BlockIo::default()
+            };
+            for field in fields {
+                let Some((key, value)) = field.split_once('=') else {
+                    continue;
+                };
+                let value = value.parse().unwrap_or_default();
+                match key {
+                    "rbytes" => device.read_bytes = value,
+                    "wbytes" => device.write_bytes = value,
+                    "rios" => device.reads = value,
+                    "wios" => device.writes = value,
+                    _ => {}
+                }
+            }
+            Some(device)
+        })
+        .collect()
+}
+
+/// A v1 blkio file: `MAJ:MIN Read|Write|Sync|Async|Discard|Total N` lines
+/// and a `Total N` one; the Read and Write counts by device.
+fn read_blkio(path: &Path) -> std::collections::BTreeMap<(u64, u64), (u64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(device), Some(op), Some(value)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let Some((major, minor)) = device.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor), Ok(value)) =
+            (major.parse(), minor.parse(), value.parse::<u64>())
+        else {
+            continue;
+        };
+        let entry: &mut (u64, u64) = out.entry((major, minor)).or_default();
+        match op {
+            "Read" => entry.0 += value,
+            "Write" => entry.1 += value,
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Bytes (allocated blocks) and inodes below `dir`, each hard-linked inode
@@ -233,7 +511,7 @@ pub struct Stats {
 }
 
 /// One reading of a cgroup (or a pod's cgroups summed).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Sample {
     /// Nanoseconds since the epoch.
     pub at: i64,
@@ -251,11 +529,19 @@ impl Stats {
         }
     }
 
+    /// The usage of `cgroup` now, outside any CPU sample (for metrics
+    /// beyond what a sample reports).
+    pub fn usage(&self, cgroup: &Path) -> Option<CgroupStats> {
+        self.cgroups.read(cgroup)
+    }
+
     /// The container `id` whose cgroup is `cgroup` (relative to the roots).
     pub fn container(&self, id: &str, cgroup: &Path) -> Sample {
         let at = berth_host::now_nanos();
         let usage = self.cgroups.read(cgroup);
-        let nano_cores = usage.map_or(0, |u| self.containers.nano_cores(id, at, u.cpu_ns));
+        let nano_cores = usage
+            .as_ref()
+            .map_or(0, |u| self.containers.nano_cores(id, at, u.cpu_ns));
         Sample {
             at,
             usage,
@@ -274,7 +560,9 @@ impl Stats {
                 sum += one;
                 sum
             });
-        let nano_cores = usage.map_or(0, |u| self.pods.nano_cores(id, at, u.cpu_ns));
+        let nano_cores = usage
+            .as_ref()
+            .map_or(0, |u| self.pods.nano_cores(id, at, u.cpu_ns));
         Sample {
             at,
             usage,
@@ -341,6 +629,207 @@ mod tests {
         assert_eq!(stats.memory.available, None);
         assert_eq!(stats.memory.working_set, 0);
         assert!(layout.read(Path::new("pod/gone")).is_none());
+    }
+
+    #[test]
+    fn v2_gives_cpu_split_peak_cache_swap_hugetlb_and_io() {
+        let (_root, cgroups) = fake_v2(&[
+            (
+                "cpu.stat",
+                "usage_usec 3000\nuser_usec 2000\nsystem_usec 1000\n",
+            ),
+            ("memory.current", "1000000\n"),
+            ("memory.max", "max\n"),
+            ("memory.peak", "1500000\n"),
+            ("memory.stat", "anon 600000\nfile 400000\n"),
+            ("memory.swap.current", "4096\n"),
+            ("memory.swap.max", "1048576\n"),
+            ("hugetlb.2MB.current", "4194304\n"),
+            ("hugetlb.2MB.max", "max\n"),
+            ("hugetlb.2MB.rsvd.current", "2097152\n"),
+            ("hugetlb.1GB.current", "0\n"),
+            (
+                "io.stat",
+                "254:0 rbytes=8192 wbytes=4096 rios=2 wios=1 dbytes=0 dios=0\n\
+                 8:16 rbytes=512 wbytes=0 rios=1 wios=0 dbytes=0 dios=0\n",
+            ),
+        ]);
+        let stats = cgroups.read(Path::new("pod/c1")).unwrap();
+        assert_eq!(
+            stats.cpu_split,
+            Some(CpuSplit {
+                user_ns: 2_000_000,
+                system_ns: 1_000_000
+            })
+        );
+        assert_eq!(stats.memory.peak, Some(1_500_000));
+        assert_eq!(stats.memory.cache, 400_000);
+        let swap = stats.memory.swap.unwrap();
+        assert_eq!((swap.usage, swap.available()), (4096, Some(1_044_480)));
+        assert_eq!(
+            stats.hugetlb,
+            [
+                Hugetlb {
+                    page_size: "1GB".into(),
+                    usage: 0,
+                    max_usage: None
+                },
+                Hugetlb {
+                    page_size: "2MB".into(),
+                    usage: 4_194_304,
+                    max_usage: None
+                },
+            ]
+        );
+        assert_eq!(stats.io.len(), 2);
+        assert_eq!(
+            stats.io[0],
+            BlockIo {
+                major: 254,
+                minor: 0,
+                read_bytes: 8192,
+                write_bytes: 4096,
+                reads: 2,
+                writes: 1
+            }
+        );
+        // Unlimited swap has no "available"; no swap files: not accounted.
+        let (_root, cgroups) = fake_v2(&[
+            ("memory.current", "10\n"),
+            ("memory.stat", "file 1\n"),
+            ("memory.swap.current", "0\n"),
+            ("memory.swap.max", "max\n"),
+        ]);
+        let stats = cgroups.read(Path::new("pod/c1")).unwrap();
+        assert_eq!(stats.memory.swap.unwrap().available(), None);
+        assert_eq!(stats.memory.peak, None);
+        assert!(stats.hugetlb.is_empty() && stats.io.is_empty());
+        let (_root, cgroups) = fake_v2(&[("memory.current", "10\n"), ("memory.stat", "")]);
+        assert_eq!(cgroups.read(Path::new("pod/c1")).unwrap().memory.swap, None);
+    }
+
+    #[test]
+    fn v1_gives_the_same_fields_from_its_files() {
+        let root = tempfile::tempdir().unwrap();
+        let mut mountinfo = String::new();
+        for (i, controller) in ["memory", "cpu,cpuacct", "hugetlb", "blkio", "pids"]
+            .iter()
+            .enumerate()
+        {
+            let mount = root.path().join(controller);
+            std::fs::create_dir_all(mount.join("pod/c1")).unwrap();
+            mountinfo.push_str(&format!(
+                "{i} 1 0:{i} / {} rw - cgroup cgroup rw,{controller}\n",
+                mount.display()
+            ));
+        }
+        let write = |controller: &str, name: &str, text: &str| {
+            std::fs::write(root.path().join(controller).join("pod/c1").join(name), text).unwrap();
+        };
+        write("cpu,cpuacct", "cpuacct.usage", "5000000000\n");
+        write("cpu,cpuacct", "cpuacct.stat", "user 300\nsystem 100\n");
+        write("memory", "memory.usage_in_bytes", "1000000\n");
+        write("memory", "memory.limit_in_bytes", "2000000\n");
+        write("memory", "memory.max_usage_in_bytes", "1800000\n");
+        write("memory", "memory.memsw.usage_in_bytes", "1100000\n");
+        write("memory", "memory.memsw.limit_in_bytes", "3000000\n");
+        write(
+            "memory",
+            "memory.stat",
+            "total_cache 300000\ntotal_rss 500000\ntotal_inactive_file 100000\n",
+        );
+        write("hugetlb", "hugetlb.2MB.usage_in_bytes", "2097152\n");
+        write("hugetlb", "hugetlb.2MB.max_usage_in_bytes", "4194304\n");
+        write(
+            "hugetlb",
+            "hugetlb.2MB.limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        write(
+            "blkio",
+            "blkio.throttle.io_service_bytes_recursive",
+            "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:0 Total 12288\nTotal 12288\n",
+        );
+        write(
+            "blkio",
+            "blkio.throttle.io_serviced_recursive",
+            "8:0 Read 1\n8:0 Write 2\n8:0 Total 3\nTotal 3\n",
+        );
+        write("pids", "pids.current", "2\n");
+        let layout = Layout::from_mounts(&berth_host::mountinfo::parse(&mountinfo));
+        let stats = Cgroups::new(layout).read(Path::new("pod/c1")).unwrap();
+        assert_eq!(stats.cpu_ns, 5_000_000_000);
+        assert_eq!(
+            stats.cpu_split,
+            Some(CpuSplit {
+                user_ns: 3_000_000_000,
+                system_ns: 1_000_000_000
+            })
+        );
+        assert_eq!(stats.memory.peak, Some(1_800_000));
+        assert_eq!(stats.memory.cache, 300_000);
+        assert_eq!(stats.memory.working_set, 900_000);
+        assert_eq!(
+            stats.memory.swap,
+            Some(Swap {
+                usage: 100_000,
+                limit: Some(1_000_000)
+            })
+        );
+        assert_eq!(
+            stats.hugetlb,
+            [Hugetlb {
+                page_size: "2MB".into(),
+                usage: 2_097_152,
+                max_usage: Some(4_194_304)
+            }]
+        );
+        assert_eq!(
+            stats.io,
+            [BlockIo {
+                major: 8,
+                minor: 0,
+                read_bytes: 4096,
+                write_bytes: 8192,
+                reads: 1,
+                writes: 2
+            }]
+        );
+        assert_eq!(stats.processes, 2);
+    }
+
+    #[test]
+    fn pod_sums_merge_devices_and_page_sizes_and_drop_peaks() {
+        let one = CgroupStats {
+            cpu_ns: 10,
+            memory: Memory {
+                peak: Some(5),
+                swap: Some(Swap {
+                    usage: 1,
+                    limit: None,
+                }),
+                ..Memory::default()
+            },
+            hugetlb: vec![Hugetlb {
+                page_size: "2MB".into(),
+                usage: 2,
+                max_usage: Some(3),
+            }],
+            io: vec![BlockIo {
+                major: 8,
+                read_bytes: 100,
+                ..BlockIo::default()
+            }],
+            ..CgroupStats::default()
+        };
+        let mut sum = one.clone();
+        sum += one;
+        assert_eq!(sum.cpu_ns, 20);
+        assert_eq!(sum.memory.peak, None);
+        assert_eq!(sum.memory.swap.unwrap().usage, 2);
+        assert_eq!(sum.hugetlb[0].usage, 4);
+        assert_eq!(sum.hugetlb[0].max_usage, None);
+        assert_eq!((sum.io.len(), sum.io[0].read_bytes), (1, 200));
     }
 
     #[test]

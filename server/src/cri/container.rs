@@ -243,7 +243,9 @@ impl CriService {
         if let Some(handler) = self.live.get().runtimes.get(&pod.runtime_handler) {
             options.features = self.features.probe(&handler.path);
         }
-        options.apparmor_enabled = berth_runtime::features::apparmor_enabled();
+        options.apparmor = berth_runtime::apparmor::AppArmor::host();
+        options.cgroup_namespace =
+            berth_host::cgroup::Layout::host().mode() == berth_host::cgroup::Mode::Unified;
         let pid_options = config
             .linux
             .as_ref()

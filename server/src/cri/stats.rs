@@ -15,11 +15,12 @@ use berth_proto::cri::{
     ListMetricDescriptorsResponse, ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse,
     ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, MemoryUsage, Metric, MetricDescriptor,
     MetricType, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxMetrics,
-    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, UInt64Value,
+    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, SwapUsage,
+    UInt64Value,
 };
 use berth_runtime::lifecycle::upper_dir;
 use berth_runtime::record::ContainerRecord;
-use berth_runtime::stats::{Sample, Stats, disk_usage};
+use berth_runtime::stats::{CgroupStats, Sample, Stats, disk_usage};
 use berth_sandbox::Pod;
 use berth_sandbox::netstat::{self, InterfaceCounters};
 use tonic::Status;
@@ -39,7 +40,7 @@ fn container_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
 }
 
 fn cpu(sample: &Sample) -> Option<CpuUsage> {
-    let usage = sample.usage?;
+    let usage = sample.usage.as_ref()?;
     Some(CpuUsage {
         timestamp: sample.at,
         usage_core_nano_seconds: value(usage.cpu_ns),
@@ -48,7 +49,7 @@ fn cpu(sample: &Sample) -> Option<CpuUsage> {
 }
 
 fn memory(sample: &Sample) -> Option<MemoryUsage> {
-    let memory = sample.usage?.memory;
+    let memory = sample.usage.as_ref()?.memory;
     Some(MemoryUsage {
         timestamp: sample.at,
         working_set_bytes: value(memory.working_set),
@@ -92,8 +93,15 @@ fn container_stats(
             used_bytes: value(bytes),
             inodes_used: value(inodes),
         }),
-        // Swap usage is not reported.
-        swap: None,
+        swap: sample
+            .usage
+            .as_ref()
+            .and_then(|u| u.memory.swap)
+            .map(|swap| SwapUsage {
+                timestamp: sample.at,
+                swap_available_bytes: swap.available().and_then(value),
+                swap_usage_bytes: value(swap.usage),
+            }),
     }
 }
 
@@ -150,7 +158,7 @@ fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSan
             cpu: cpu(&sample),
             memory: memory(&sample),
             network: network(pod, sample.at),
-            process: sample.usage.map(|usage| ProcessUsage {
+            process: sample.usage.as_ref().map(|usage| ProcessUsage {
                 timestamp: sample.at,
                 process_count: value(usage.processes),
             }),
@@ -189,6 +197,72 @@ const METRICS: &[(&str, &str, MetricType, Option<&str>)] = &[
         "Size of RSS in bytes.",
         MetricType::Gauge,
         None,
+    ),
+    (
+        "container_cpu_user_seconds_total",
+        "Cumulative user CPU time consumed in seconds.",
+        MetricType::Counter,
+        None,
+    ),
+    (
+        "container_cpu_system_seconds_total",
+        "Cumulative system CPU time consumed in seconds.",
+        MetricType::Counter,
+        None,
+    ),
+    (
+        "container_memory_cache",
+        "Number of bytes of page cache memory.",
+        MetricType::Gauge,
+        None,
+    ),
+    (
+        "container_memory_max_usage_bytes",
+        "Maximum memory usage recorded in bytes",
+        MetricType::Gauge,
+        None,
+    ),
+    (
+        "container_memory_swap",
+        "Container swap usage in bytes.",
+        MetricType::Gauge,
+        None,
+    ),
+    (
+        "container_hugetlb_usage_bytes",
+        "Current hugepage usage",
+        MetricType::Gauge,
+        Some("pagesize"),
+    ),
+    (
+        "container_hugetlb_max_usage_bytes",
+        "Maximum hugepage usages recorded",
+        MetricType::Gauge,
+        Some("pagesize"),
+    ),
+    (
+        "container_fs_reads_bytes_total",
+        "Cumulative count of bytes read",
+        MetricType::Counter,
+        Some("device"),
+    ),
+    (
+        "container_fs_writes_bytes_total",
+        "Cumulative count of bytes written",
+        MetricType::Counter,
+        Some("device"),
+    ),
+    (
+        "container_fs_reads_total",
+        "Cumulative count of reads completed",
+        MetricType::Counter,
+        Some("device"),
+    ),
+    (
+        "container_fs_writes_total",
+        "Cumulative count of writes completed",
+        MetricType::Counter,
+        Some("device"),
     ),
     (
         "container_fs_usage_bytes",
@@ -275,8 +349,13 @@ impl Metrics {
 }
 
 /// The metrics of a pod (its network, labelled as CRI-O does: pod ID, `POD`,
-/// no image) and of each of its containers, from its stats.
-fn pod_metrics(stats: &PodSandboxStats, containers: &[ContainerRecord]) -> PodSandboxMetrics {
+/// no image) and of each of its containers, from its stats and, for what
+/// the CRI stats do not carry, `usage` of each container (in order).
+fn pod_metrics(
+    stats: &PodSandboxStats,
+    containers: &[ContainerRecord],
+    usage: &[Option<CgroupStats>],
+) -> PodSandboxMetrics {
     let id = stats
         .attributes
         .as_ref()
@@ -315,7 +394,8 @@ fn pod_metrics(stats: &PodSandboxStats, containers: &[ContainerRecord]) -> PodSa
         .containers
         .iter()
         .zip(containers)
-        .map(|(stats, record)| {
+        .zip(usage)
+        .map(|((stats, record), usage)| {
             let mut one = Metrics {
                 at: stats.writable_layer.as_ref().map_or(0, |w| w.timestamp),
                 base: [record.id.clone(), record.name.clone(), record.image.clone()],
@@ -336,6 +416,9 @@ fn pod_metrics(stats: &PodSandboxStats, containers: &[ContainerRecord]) -> PodSa
                 );
                 one.add("container_memory_rss", None, memory.rss_bytes);
             }
+            if let Some(usage) = usage {
+                cgroup_metrics(&mut one, usage);
+            }
             if let Some(layer) = &stats.writable_layer {
                 let device = layer.fs_id.as_ref().map(|f| f.mountpoint.as_str());
                 one.add("container_fs_usage_bytes", device, layer.used_bytes);
@@ -351,6 +434,60 @@ fn pod_metrics(stats: &PodSandboxStats, containers: &[ContainerRecord]) -> PodSa
         pod_sandbox_id: id,
         metrics: pod.out,
         container_metrics,
+    }
+}
+
+/// The cgroup figures cAdvisor exports and the CRI stats lack.
+fn cgroup_metrics(one: &mut Metrics, usage: &CgroupStats) {
+    let seconds = |ns: u64| value(ns / 1_000_000_000);
+    if let Some(split) = usage.cpu_split {
+        one.add(
+            "container_cpu_user_seconds_total",
+            None,
+            seconds(split.user_ns),
+        );
+        one.add(
+            "container_cpu_system_seconds_total",
+            None,
+            seconds(split.system_ns),
+        );
+    }
+    let memory = &usage.memory;
+    one.add("container_memory_cache", None, value(memory.cache));
+    one.add(
+        "container_memory_max_usage_bytes",
+        None,
+        memory.peak.and_then(value),
+    );
+    one.add(
+        "container_memory_swap",
+        None,
+        memory.swap.and_then(|s| value(s.usage)),
+    );
+    for page in &usage.hugetlb {
+        let size = Some(page.page_size.as_str());
+        one.add("container_hugetlb_usage_bytes", size, value(page.usage));
+        one.add(
+            "container_hugetlb_max_usage_bytes",
+            size,
+            page.max_usage.and_then(value),
+        );
+    }
+    for device in &usage.io {
+        let name = device.device_name();
+        let name = Some(name.as_str());
+        one.add(
+            "container_fs_reads_bytes_total",
+            name,
+            value(device.read_bytes),
+        );
+        one.add(
+            "container_fs_writes_bytes_total",
+            name,
+            value(device.write_bytes),
+        );
+        one.add("container_fs_reads_total", name, value(device.reads));
+        one.add("container_fs_writes_total", name, value(device.writes));
     }
 }
 
@@ -512,7 +649,11 @@ impl CriService {
             pods.iter()
                 .map(|pod| {
                     let mine = by_pod.remove(pod.id.as_str()).unwrap_or_default();
-                    pod_metrics(&pod_stats(&stats, pod, &mine), &mine)
+                    let usage: Vec<_> = mine
+                        .iter()
+                        .map(|c| stats.usage(&container_cgroup(&pod.cgroup_parent, &c.id)))
+                        .collect();
+                    pod_metrics(&pod_stats(&stats, pod, &mine), &mine, &usage)
                 })
                 .collect()
         })
