@@ -8,6 +8,7 @@
 //!   one set of rules for CreateContainer and UpdateContainerResources;
 //! - [`pod`]: RunPodSandbox's config → [`berth_sandbox::PodSpec`], and a pod
 //!   record → the CRI's `PodSandbox` and `PodSandboxStatus`;
+//! - [`stats`]: usage figures → the CRI's stats and metrics;
 //! - [`grpc`]: every domain error → its gRPC status, in one trait ([`grpc::ToStatus`]).
 //!
 //! Pure: nothing here touches the host except reading a `Localhost`
@@ -18,6 +19,7 @@ pub mod container_status;
 pub mod grpc;
 pub mod pod;
 pub mod resources;
+pub mod stats;
 
 /// A request the CRI's rules refuse: each names the CRI field at fault
 /// (see [`grpc`] for their codes).

@@ -203,13 +203,8 @@ impl Node {
         let mut config = berth_e2e::world::container_config(&self.image, &name, script);
         let linux = config.linux.as_mut().unwrap();
         linux.resources = resources;
-        // Explicitly unconfined: these cases are about cgroups, and the
-        // AppArmor defaults (RuntimeDefault on an AppArmor node) are the
-        // AppArmor work's cases (issue 15 item 3).
-        linux.security_context.as_mut().unwrap().apparmor = Some(cri::SecurityProfile {
-            profile_type: cri::security_profile::ProfileType::Unconfined as i32,
-            localhost_ref: String::new(),
-        });
+        // No AppArmor profile asked for: on an AppArmor node that is
+        // berth-default, as the kubelet's pods get.
         let id = self
             .client
             .create_container(CreateContainerRequest {

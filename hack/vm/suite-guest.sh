@@ -6,8 +6,12 @@
 # e2e/tests/node.rs against it. Writes one "<driver> <case> <ok|FAILED>"
 # line per case to results; exits non-zero if any case failed or did not run.
 #
+# Then it runs the e2e files in HARNESS_TESTS, which start their own berthd
+# (the harness, with BERTH_BIN_DIR and BERTH_E2E_REGISTRY): "harness <test>
+# <case> <ok|FAILED>" lines.
+#
 # Reads suite.env from the share: REGISTRY (host:port as the guest reaches
-# it), IMAGE, DRIVERS (space-separated).
+# it), IMAGE, DRIVERS and HARNESS_TESTS (space-separated).
 set -uo pipefail
 share=/mnt/share
 cd "$share" || exit 1
@@ -59,6 +63,23 @@ CONF
   systemctl stop berth
   # The next driver starts from an empty node.
   rm -rf /var/lib/berth /run/berth
+done
+for t in $HARNESS_TESTS; do
+  echo "== e2e $t on the node"
+  s=$SECONDS
+  BERTH_BIN_DIR=$share/bin BERTH_E2E_REGISTRY=$REGISTRY CI=true \
+    timeout 900 "./bin/$t" --test-threads=2 >"$t.log" 2>&1
+  code=$?
+  echo "$t: exit $code after $((SECONDS - s)) s"
+  grep -h '^test result: ' "$t.log"
+  sed -n "s/^test \([a-z0-9_:]*\) \.\.\. \(ok\|FAILED\)$/harness $t \1 \2/p" "$t.log" >>results
+  cases=$("./bin/$t" --list 2>/dev/null | grep -c ': test$')
+  ran=$(grep -c "^harness $t " results)
+  if ((code != 0 || ran < cases)); then
+    echo "$t: $ran of $cases cases reported, exit $code"
+    failed=1
+    cat "$t.log"
+  fi
 done
 cat results
 exit $failed

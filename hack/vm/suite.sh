@@ -41,14 +41,20 @@ if grep -qxF "$image/" <<<"$cached_before"; then build_kind=cached; else build_k
 
 echo "== hack/vm/suite.sh: building berthd, berth-shim and the node tests ($profile)" >&2
 cargo build --locked --profile "$profile" -p berthd -p berth-shim --bins
-# The test binary's path is only known from cargo's JSON messages.
-test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test node --no-run \
-  --message-format=json |
-  python3 -c 'import json, sys
+# A test binary's path is only known from cargo's JSON messages.
+test_binary() {
+  cargo test --locked --profile "$profile" -p berth-e2e --test "$1" --no-run \
+    --message-format=json |
+    T=$1 python3 -c 'import json, os, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "node" and m.get("executable"):
-        print(m["executable"])')
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == os.environ["T"] and m.get("executable"):
+        print(m["executable"])'
+}
+test_bin=$(test_binary node)
+# The e2e files whose cases need a real node (AppArmor, cgroup v2 only):
+# they start their own berthd through the harness, after the node cases.
+harness_tests="apparmor cgroup_stats"
 bin_dir=$(dirname "$(dirname "$test_bin")")
 [[ -x $test_bin && -x $bin_dir/berthd && -x $bin_dir/berth-shim ]] || {
   echo "hack/vm/suite.sh: binaries not found (test binary: '$test_bin')" >&2
@@ -60,6 +66,11 @@ rm -rf "$share"
 mkdir -p "$share/bin"
 cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$share/bin/"
 cp "$test_bin" "$share/bin/node"
+for t in $harness_tests; do
+  bin=$(test_binary "$t")
+  [[ -x $bin ]] || { echo "hack/vm/suite.sh: test binary $t not found" >&2; exit 1; }
+  cp "$bin" "$share/bin/$t"
+done
 cp hack/vm/suite-guest.sh "$share/"
 
 # The fixtures, built once per version of hack/fixtures.sh.
@@ -96,6 +107,7 @@ cat >"$share/suite.env" <<ENV
 REGISTRY=10.0.2.2:$port
 IMAGE=10.0.2.2:$port/berth/busybox:latest
 DRIVERS="$drivers"
+HARNESS_TESTS="$harness_tests"
 ENV
 
 echo "== hack/vm/suite.sh: booting the node VM" >&2

@@ -8,57 +8,26 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use berth_cri::stats::Layer;
 use berth_proto::cri::{
-    ContainerAttributes, ContainerMetrics, ContainerStats, ContainerStatsRequest,
-    ContainerStatsResponse, CpuUsage, FilesystemIdentifier, FilesystemUsage, LinuxPodSandboxStats,
-    ListContainerStatsRequest, ListContainerStatsResponse, ListMetricDescriptorsRequest,
-    ListMetricDescriptorsResponse, ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse,
-    ListPodSandboxStatsRequest, ListPodSandboxStatsResponse, MemoryUsage, Metric, MetricDescriptor,
-    MetricType, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxMetrics,
-    PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse, ProcessUsage, SwapUsage,
-    UInt64Value,
+    ContainerStats, ContainerStatsRequest, ContainerStatsResponse, ListContainerStatsRequest,
+    ListContainerStatsResponse, ListMetricDescriptorsRequest, ListMetricDescriptorsResponse,
+    ListPodSandboxMetricsRequest, ListPodSandboxMetricsResponse, ListPodSandboxStatsRequest,
+    ListPodSandboxStatsResponse, PodSandboxStats, PodSandboxStatsRequest, PodSandboxStatsResponse,
 };
 use berth_runtime::lifecycle::upper_dir;
 use berth_runtime::record::ContainerRecord;
-use berth_runtime::stats::{CgroupStats, Sample, Stats, disk_usage};
+use berth_runtime::stats::{Sample, Stats, disk_usage};
 use berth_sandbox::Pod;
 use berth_sandbox::netstat::{self, InterfaceCounters};
 use tonic::Status;
 
 use super::CriService;
 
-/// The interface CRI-O reports as a pod's default one.
-const DEFAULT_INTERFACE: &str = "eth0";
-
-fn value(value: u64) -> Option<UInt64Value> {
-    Some(UInt64Value { value })
-}
-
-/// A container's cgroup, as `cri_spec` places it: `<pod cgroup parent>/<id>`.
+/// A container's cgroup, as `berth_cri::container` places it:
+/// `<pod cgroup parent>/<id>`.
 fn container_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
     Path::new(cgroup_parent.trim_start_matches('/')).join(id)
-}
-
-fn cpu(sample: &Sample) -> Option<CpuUsage> {
-    let usage = sample.usage.as_ref()?;
-    Some(CpuUsage {
-        timestamp: sample.at,
-        usage_core_nano_seconds: value(usage.cpu_ns),
-        usage_nano_cores: value(sample.nano_cores),
-    })
-}
-
-fn memory(sample: &Sample) -> Option<MemoryUsage> {
-    let memory = sample.usage.as_ref()?.memory;
-    Some(MemoryUsage {
-        timestamp: sample.at,
-        working_set_bytes: value(memory.working_set),
-        available_bytes: memory.available.and_then(value),
-        usage_bytes: value(memory.usage),
-        rss_bytes: value(memory.rss),
-        page_faults: value(memory.page_faults),
-        major_page_faults: value(memory.major_page_faults),
-    })
 }
 
 /// One container's stats; blocking. `cgroup_parent` is its pod's (`None`
@@ -76,66 +45,21 @@ fn container_stats(
         });
     let upper = upper_dir(&record.state_dir);
     let (bytes, inodes) = disk_usage(&upper);
-    ContainerStats {
-        attributes: Some(ContainerAttributes {
-            id: record.id.clone(),
-            metadata: Some(berth_cri::container_status::metadata(record)),
-            labels: berth_cri::to_map(&record.labels),
-            annotations: berth_cri::to_map(&record.annotations),
-        }),
-        cpu: cpu(&sample),
-        memory: memory(&sample),
-        writable_layer: Some(FilesystemUsage {
-            timestamp: sample.at,
-            fs_id: Some(FilesystemIdentifier {
-                mountpoint: upper.display().to_string(),
-            }),
-            used_bytes: value(bytes),
-            inodes_used: value(inodes),
-        }),
-        swap: sample
-            .usage
-            .as_ref()
-            .and_then(|u| u.memory.swap)
-            .map(|swap| SwapUsage {
-                timestamp: sample.at,
-                swap_available_bytes: swap.available().and_then(value),
-                swap_usage_bytes: value(swap.usage),
-            }),
-    }
-}
-
-fn interface(counters: &InterfaceCounters) -> NetworkInterfaceUsage {
-    NetworkInterfaceUsage {
-        name: counters.name.clone(),
-        rx_bytes: value(counters.rx_bytes),
-        rx_errors: value(counters.rx_errors),
-        tx_bytes: value(counters.tx_bytes),
-        tx_errors: value(counters.tx_errors),
-    }
+    let layer = Layer {
+        upper: &upper,
+        bytes,
+        inodes,
+    };
+    berth_cri::stats::container(record, &sample, layer)
 }
 
 /// The pod's interfaces; none for a host-network pod (its namespace is not
 /// the pod's own), or when the namespace cannot be read (logged).
-fn network(pod: &Pod, at: i64) -> Option<NetworkUsage> {
+fn interfaces(pod: &Pod) -> Option<Vec<InterfaceCounters>> {
     let netns = pod.namespaces.net.as_deref()?;
-    let interfaces = match netstat::read(netns) {
-        Ok(interfaces) => interfaces,
-        Err(err) => {
-            tracing::warn!(pod = %pod.id.as_str(), "no network stats: {err}");
-            return None;
-        }
-    };
-    let default = interfaces
-        .iter()
-        .find(|i| i.name == DEFAULT_INTERFACE)
-        .or(interfaces.first())
-        .map(interface);
-    Some(NetworkUsage {
-        timestamp: at,
-        default_interface: default,
-        interfaces: interfaces.iter().map(interface).collect(),
-    })
+    netstat::read(netns)
+        .inspect_err(|err| tracing::warn!(pod = %pod.id.as_str(), "no network stats: {err}"))
+        .ok()
 }
 
 /// One pod's stats, its containers' included; blocking.
@@ -147,355 +71,11 @@ fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSan
             .map(|c| container_cgroup(&pod.cgroup_parent, &c.id)),
     );
     let sample = stats.pod(pod.id.as_str(), &cgroups);
-    PodSandboxStats {
-        attributes: Some(PodSandboxAttributes {
-            id: pod.id.as_str().to_string(),
-            metadata: Some(berth_cri::pod::metadata(pod)),
-            labels: berth_cri::to_map(&pod.spec.labels),
-            annotations: berth_cri::to_map(&pod.spec.annotations),
-        }),
-        linux: Some(LinuxPodSandboxStats {
-            cpu: cpu(&sample),
-            memory: memory(&sample),
-            network: network(pod, sample.at),
-            process: sample.usage.as_ref().map(|usage| ProcessUsage {
-                timestamp: sample.at,
-                process_count: value(usage.processes),
-            }),
-            containers: containers
-                .iter()
-                .map(|c| container_stats(stats, c, Some(&pod.cgroup_parent)))
-                .collect(),
-        }),
-        windows: None,
-    }
-}
-
-/// The cAdvisor-named metrics berth fills, as CRI-O names and labels them:
-/// name, help, type, the label after `id`, `name`, `image` (if any).
-const METRICS: &[(&str, &str, MetricType, Option<&str>)] = &[
-    (
-        "container_cpu_usage_seconds_total",
-        "Cumulative CPU time consumed in seconds.",
-        MetricType::Counter,
-        Some("cpu"),
-    ),
-    (
-        "container_memory_usage_bytes",
-        "Current memory usage in bytes, including all memory regardless of when it was accessed",
-        MetricType::Gauge,
-        None,
-    ),
-    (
-        "container_memory_working_set_bytes",
-        "Current working set in bytes.",
-        MetricType::Gauge,
-        None,
-    ),
-    (
-        "container_memory_rss",
-        "Size of RSS in bytes.",
-        MetricType::Gauge,
-        None,
-    ),
-    (
-        "container_cpu_user_seconds_total",
-        "Cumulative user CPU time consumed in seconds.",
-        MetricType::Counter,
-        None,
-    ),
-    (
-        "container_cpu_system_seconds_total",
-        "Cumulative system CPU time consumed in seconds.",
-        MetricType::Counter,
-        None,
-    ),
-    (
-        "container_memory_cache",
-        "Number of bytes of page cache memory.",
-        MetricType::Gauge,
-        None,
-    ),
-    (
-        "container_memory_max_usage_bytes",
-        "Maximum memory usage recorded in bytes",
-        MetricType::Gauge,
-        None,
-    ),
-    (
-        "container_memory_swap",
-        "Container swap usage in bytes.",
-        MetricType::Gauge,
-        None,
-    ),
-    (
-        "container_hugetlb_usage_bytes",
-        "Current hugepage usage",
-        MetricType::Gauge,
-        Some("pagesize"),
-    ),
-    (
-        "container_hugetlb_max_usage_bytes",
-        "Maximum hugepage usages recorded",
-        MetricType::Gauge,
-        Some("pagesize"),
-    ),
-    (
-        "container_fs_reads_bytes_total",
-        "Cumulative count of bytes read",
-        MetricType::Counter,
-        Some("device"),
-    ),
-    (
-        "container_fs_writes_bytes_total",
-        "Cumulative count of bytes written",
-        MetricType::Counter,
-        Some("device"),
-    ),
-    (
-        "container_fs_reads_total",
-        "Cumulative count of reads completed",
-        MetricType::Counter,
-        Some("device"),
-    ),
-    (
-        "container_fs_writes_total",
-        "Cumulative count of writes completed",
-        MetricType::Counter,
-        Some("device"),
-    ),
-    (
-        "container_fs_usage_bytes",
-        "Number of bytes that are consumed by the container on this filesystem.",
-        MetricType::Gauge,
-        Some("device"),
-    ),
-    (
-        "container_fs_inodes_used",
-        "Number of inodes used by the container on this filesystem.",
-        MetricType::Gauge,
-        Some("device"),
-    ),
-    (
-        "container_network_receive_bytes_total",
-        "Cumulative count of bytes received",
-        MetricType::Counter,
-        Some("interface"),
-    ),
-    (
-        "container_network_receive_errors_total",
-        "Cumulative count of errors encountered while receiving",
-        MetricType::Counter,
-        Some("interface"),
-    ),
-    (
-        "container_network_transmit_bytes_total",
-        "Cumulative count of bytes transmitted",
-        MetricType::Counter,
-        Some("interface"),
-    ),
-    (
-        "container_network_transmit_errors_total",
-        "Cumulative count of errors encountered while transmitting",
-        MetricType::Counter,
-        Some("interface"),
-    ),
-];
-
-const BASE_LABELS: [&str; 3] = ["id", "name", "image"];
-
-fn descriptors() -> Vec<MetricDescriptor> {
-    METRICS
+    let containers = containers
         .iter()
-        .map(|(name, help, _, extra)| MetricDescriptor {
-            name: name.to_string(),
-            help: help.to_string(),
-            label_keys: BASE_LABELS
-                .iter()
-                .chain(extra.iter())
-                .map(|k| k.to_string())
-                .collect(),
-        })
-        .collect()
-}
-
-/// Builds metrics of one object: `base` label values, then the extra one.
-struct Metrics {
-    at: i64,
-    base: [String; 3],
-    out: Vec<Metric>,
-}
-
-impl Metrics {
-    fn add(&mut self, name: &str, extra: Option<&str>, value: Option<UInt64Value>) {
-        let (Some(value), Some((_, _, kind, _))) =
-            (value, METRICS.iter().find(|(n, ..)| *n == name))
-        else {
-            return;
-        };
-        self.out.push(Metric {
-            name: name.to_string(),
-            timestamp: self.at,
-            metric_type: *kind as i32,
-            label_values: self
-                .base
-                .iter()
-                .cloned()
-                .chain(extra.map(String::from))
-                .collect(),
-            value: Some(value),
-        });
-    }
-}
-
-/// The metrics of a pod (its network, labelled as CRI-O does: pod ID, `POD`,
-/// no image) and of each of its containers, from its stats and, for what
-/// the CRI stats do not carry, `usage` of each container (in order).
-fn pod_metrics(
-    stats: &PodSandboxStats,
-    containers: &[ContainerRecord],
-    usage: &[Option<CgroupStats>],
-) -> PodSandboxMetrics {
-    let id = stats
-        .attributes
-        .as_ref()
-        .map(|a| a.id.clone())
-        .unwrap_or_default();
-    let linux = stats.linux.clone().unwrap_or_default();
-    let mut pod = Metrics {
-        at: linux.network.as_ref().map_or(0, |n| n.timestamp),
-        base: [id.clone(), "POD".into(), String::new()],
-        out: Vec::new(),
-    };
-    for interface in linux.network.iter().flat_map(|n| &n.interfaces) {
-        let name = Some(interface.name.as_str());
-        pod.add(
-            "container_network_receive_bytes_total",
-            name,
-            interface.rx_bytes,
-        );
-        pod.add(
-            "container_network_receive_errors_total",
-            name,
-            interface.rx_errors,
-        );
-        pod.add(
-            "container_network_transmit_bytes_total",
-            name,
-            interface.tx_bytes,
-        );
-        pod.add(
-            "container_network_transmit_errors_total",
-            name,
-            interface.tx_errors,
-        );
-    }
-    let container_metrics = linux
-        .containers
-        .iter()
-        .zip(containers)
-        .zip(usage)
-        .map(|((stats, record), usage)| {
-            let mut one = Metrics {
-                at: stats.writable_layer.as_ref().map_or(0, |w| w.timestamp),
-                base: [record.id.clone(), record.name.clone(), record.image.clone()],
-                out: Vec::new(),
-            };
-            if let Some(cpu) = &stats.cpu {
-                let seconds = cpu.usage_core_nano_seconds.map(|n| UInt64Value {
-                    value: n.value / 1_000_000_000,
-                });
-                one.add("container_cpu_usage_seconds_total", Some("total"), seconds);
-            }
-            if let Some(memory) = &stats.memory {
-                one.add("container_memory_usage_bytes", None, memory.usage_bytes);
-                one.add(
-                    "container_memory_working_set_bytes",
-                    None,
-                    memory.working_set_bytes,
-                );
-                one.add("container_memory_rss", None, memory.rss_bytes);
-            }
-            if let Some(usage) = usage {
-                cgroup_metrics(&mut one, usage);
-            }
-            if let Some(layer) = &stats.writable_layer {
-                let device = layer.fs_id.as_ref().map(|f| f.mountpoint.as_str());
-                one.add("container_fs_usage_bytes", device, layer.used_bytes);
-                one.add("container_fs_inodes_used", device, layer.inodes_used);
-            }
-            ContainerMetrics {
-                container_id: record.id.clone(),
-                metrics: one.out,
-            }
-        })
+        .map(|c| container_stats(stats, c, Some(&pod.cgroup_parent)))
         .collect();
-    PodSandboxMetrics {
-        pod_sandbox_id: id,
-        metrics: pod.out,
-        container_metrics,
-    }
-}
-
-/// The cgroup figures cAdvisor exports and the CRI stats lack.
-fn cgroup_metrics(one: &mut Metrics, usage: &CgroupStats) {
-    let seconds = |ns: u64| value(ns / 1_000_000_000);
-    if let Some(split) = usage.cpu_split {
-        one.add(
-            "container_cpu_user_seconds_total",
-            None,
-            seconds(split.user_ns),
-        );
-        one.add(
-            "container_cpu_system_seconds_total",
-            None,
-            seconds(split.system_ns),
-        );
-    }
-    let memory = &usage.memory;
-    one.add("container_memory_cache", None, value(memory.cache));
-    one.add(
-        "container_memory_max_usage_bytes",
-        None,
-        memory.peak.and_then(value),
-    );
-    one.add(
-        "container_memory_swap",
-        None,
-        memory.swap.and_then(|s| value(s.usage)),
-    );
-    for page in &usage.hugetlb {
-        let size = Some(page.page_size.as_str());
-        one.add("container_hugetlb_usage_bytes", size, value(page.usage));
-        one.add(
-            "container_hugetlb_max_usage_bytes",
-            size,
-            page.max_usage.and_then(value),
-        );
-    }
-    for device in &usage.io {
-        let name = device.device_name();
-        let name = Some(name.as_str());
-        one.add(
-            "container_fs_reads_bytes_total",
-            name,
-            value(device.read_bytes),
-        );
-        one.add(
-            "container_fs_writes_bytes_total",
-            name,
-            value(device.write_bytes),
-        );
-        one.add("container_fs_reads_total", name, value(device.reads));
-        one.add("container_fs_writes_total", name, value(device.writes));
-    }
-}
-
-fn matches_labels(
-    labels: &std::collections::BTreeMap<String, String>,
-    selector: &HashMap<String, String>,
-) -> bool {
-    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    berth_cri::stats::pod(pod, &sample, interfaces(pod).as_deref(), containers)
 }
 
 async fn blocking<T: Send + 'static>(
@@ -554,7 +134,7 @@ impl CriService {
             records.retain(|r| {
                 r.id.starts_with(&filter.id)
                     && r.pod_id.starts_with(&filter.pod_sandbox_id)
-                    && matches_labels(&r.labels, &filter.label_selector)
+                    && berth_cri::stats::labels_match(&r.labels, &filter.label_selector)
             });
             records.sort_by_key(|r| r.created_at);
             records
@@ -597,7 +177,7 @@ impl CriService {
         let mut pods = self.pods.list().await;
         pods.retain(|pod| {
             pod.id.as_str().starts_with(&filter.id)
-                && matches_labels(&pod.spec.labels, &filter.label_selector)
+                && berth_cri::stats::labels_match(&pod.spec.labels, &filter.label_selector)
         });
         pods.sort_by_key(|pod| pod.created_at);
         let containers = Arc::clone(&self.containers);
@@ -626,7 +206,7 @@ impl CriService {
         _request: ListMetricDescriptorsRequest,
     ) -> Result<ListMetricDescriptorsResponse, Status> {
         Ok(ListMetricDescriptorsResponse {
-            descriptors: descriptors(),
+            descriptors: berth_cri::stats::descriptors(),
         })
     }
 
@@ -653,7 +233,7 @@ impl CriService {
                         .iter()
                         .map(|c| stats.usage(&container_cgroup(&pod.cgroup_parent, &c.id)))
                         .collect();
-                    pod_metrics(&pod_stats(&stats, pod, &mine), &mine, &usage)
+                    berth_cri::stats::pod_metrics(&pod_stats(&stats, pod, &mine), &mine, &usage)
                 })
                 .collect()
         })
