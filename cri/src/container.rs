@@ -125,6 +125,10 @@ fn object_limits(config: &cri::ContainerConfig) -> Result<(), RequestError> {
 /// Converts a CreateContainer request's `config` with the image's config
 /// and the pod's facts (from its record: the request's own copy of the pod
 /// config, `sandbox_config`, is not trusted over it).
+///
+/// Long: one pass over the request's fields, in the order CRI-O checks
+/// them so the first bad field is the one named; each part with logic of
+/// its own is its own function.
 pub fn convert(
     config: &cri::ContainerConfig,
     image: &ImageConfig,

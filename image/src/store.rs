@@ -480,6 +480,10 @@ impl ImageStore {
         Err(last_err.expect("at least one endpoint"))
     }
 
+    /// One pull from one endpoint, its steps in order: manifest (index
+    /// resolved), config, layers, record. Long because each step's error
+    /// names the image and the step, and splitting it would pass half a pull
+    /// around in a struct.
     async fn pull_from(
         &self,
         image: &ImageRef,

@@ -131,6 +131,10 @@ pub struct Usage {
 
 /// Unpacks the tar stream `reader` into the existing empty dir `dest`,
 /// within `limits`, and reads `reader` to its end.
+///
+/// Long: one loop over the entries with every kind handled inline, so each
+/// defence against a hostile layer (paths, links, sizes, whiteouts, cancel)
+/// is seen where the entry is written.
 pub fn unpack(reader: impl Read, dest: &Path, limits: &Limits) -> Result<(), UnpackError> {
     let root = rustix::fs::open(
         dest,

@@ -68,6 +68,9 @@ fn start_time(pid: i32) -> Option<u64> {
 /// Starts `shim init` joined to each namespace in `join` and in a new PID
 /// namespace. `user`, when given, is joined first and owns that PID
 /// namespace (see the module doc).
+///
+/// Long: fork, the child's setns calls and exec, and the parent's wait for
+/// it form one sequence of raw syscalls that must stay in this order.
 pub fn start(shim: &Path, user: Option<&Path>, join: &[PathBuf]) -> Result<Infra, InfraError> {
     let fds: Vec<OwnedFd> = user
         .into_iter()

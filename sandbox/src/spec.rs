@@ -289,6 +289,8 @@ impl PodSpec {
         )
     }
 
+    /// Every rule a pod config must meet, in the order CRI-O checks them, so
+    /// the first bad field is the one named. Long because it is a list.
     pub fn validate(&self) -> Result<(), Invalid> {
         for (field, value) in [
             ("config.metadata.name", &self.name),

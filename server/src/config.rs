@@ -431,6 +431,8 @@ fn apply(config: &mut Config, origins: &mut BTreeMap<String, Origin>, o: &Overri
     }
 }
 
+/// Every rule a config must meet, each naming its key and the file that set
+/// it. Long because it is a list of independent checks.
 fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
     let config = &loaded.config;
     let invalid = |key: &str, message: String| ConfigError::Invalid {

@@ -152,6 +152,9 @@ fn serve(config: Config, reload_from: (Sources, Overrides)) -> ExitCode {
     }
 }
 
+/// berthd's start-up in order: state dirs, lock, stores, recovery, the
+/// streaming and metrics servers, the socket, signals, then serving until
+/// a stop. Long because the order is the contract (DESIGN.md).
 async fn run(
     config: Config,
     (sources, overrides): (Sources, Overrides),

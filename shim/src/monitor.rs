@@ -159,6 +159,9 @@ fn devnull() -> OwnedFd {
         .into()
 }
 
+/// Everything before the container runs: stdio (pipes or a pty), the log,
+/// the attach and control sockets, and `runtime create`. Long because each
+/// step's descriptors feed the next and must be closed on every failure.
 fn setup(run_dir: &Path, config: &ShimConfig) -> Result<Monitor, String> {
     // Keep nothing of berthd's: its stdout would hold `Command::output` open.
     let null = devnull();

@@ -282,6 +282,9 @@ fn header_values<'a>(req: &'a Request<Incoming>, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// One request's route: token, method, protocol (SPDY or WebSocket,
+/// with their version headers) and the upgrade. Long because it is the
+/// table of what each URL accepts.
 fn route(inner: Arc<Inner>, mut req: Request<Incoming>) -> Resp {
     let path = req.uri().path().trim_matches('/').to_string();
     let Some((kind, token)) = path.split_once('/') else {

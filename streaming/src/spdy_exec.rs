@@ -65,6 +65,9 @@ struct Streams {
     resize: Option<Stream>,
 }
 
+/// A kubectl exec/attach session over SPDY: the streams the client opens
+/// (in any order), then the pumps, then the status frame. Long because the
+/// stream set-up follows the protocol versions (v1 to v5) in one place.
 async fn remote_command(
     inner: Arc<Inner>,
     session: Session,

@@ -94,6 +94,9 @@ impl Activity {
     }
 }
 
+/// A WebSocket exec/attach/port-forward session: channel set-up by
+/// protocol, then the pumps and the close. Long for the same reason as
+/// the SPDY session: the protocol's versions are handled in one place.
 pub(crate) async fn serve<IO>(
     inner: Arc<Inner>,
     io: IO,

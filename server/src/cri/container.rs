@@ -117,6 +117,10 @@ pub(super) fn check_cmd_bytes(cmd: &[String]) -> Result<(), Status> {
 const EXEC_TIMED_OUT: &[u8] = b"command timed out";
 
 impl CriService {
+    /// Long: CreateContainer's steps in order (request checks, the pod,
+    /// the pinned image, the name reservation, the spec, the record), each
+    /// undoing the reservation on failure; the conversion itself is
+    /// `berth_cri::container::convert`.
     pub(super) async fn create_container(
         &self,
         request: CreateContainerRequest,

@@ -808,6 +808,9 @@ async fn deliver(shared: &Shared, d: &mut InData, bytes: &[u8], fin: bool) -> Op
 }
 
 /// Applies one control frame; `Ok(false)` ends the session.
+///
+/// Long: one match over the SPDY control frame types, each arm the
+/// protocol's rule for that frame and its bounds.
 fn handle(
     frame: Frame,
     shared: &Arc<Shared>,
