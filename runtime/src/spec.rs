@@ -5,11 +5,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capabilities, Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDevice,
-    LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder, LinuxDeviceType,
-    LinuxHugepageLimitBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespace,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Capabilities, Capability, LinuxBuilder, LinuxCapabilities, LinuxCapabilitiesBuilder,
+    LinuxCpuBuilder, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroup, LinuxDeviceCgroupBuilder,
+    LinuxDeviceType, LinuxHugepageLimitBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
+    LinuxNamespace, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
+    LinuxResourcesBuilder, Mount, MountBuilder, Process, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use crate::user::{self, UserError, UserRequest};
@@ -494,19 +495,94 @@ fn namespace(typ: LinuxNamespaceType, ns: &Namespace) -> Option<LinuxNamespace> 
     }
 }
 
-/// Builds the OCI spec. `own_oom_score_adj` is berthd's, the floor for the container's.
+/// Builds the OCI spec from its parts, each built by a function of its
+/// own. `own_oom_score_adj` is berthd's, the floor for the container's.
 pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, SpecError> {
-    let args = process_args(&spec.image, &spec.command, &spec.args);
-    if args.is_empty() {
-        return Err(SpecError::NoCommand);
+    let (capabilities, cap_names) = capabilities(spec)?;
+    let process = process(spec, capabilities, own_oom_score_adj)?;
+    let (mounts, rootfs_propagation) = mounts(spec);
+    let (resources, linux_devices) = resources(spec)?;
+    let mut linux = LinuxBuilder::default()
+        .devices(linux_devices)
+        .namespaces(namespaces(spec))
+        .resources(resources)
+        .rootfs_propagation(rootfs_propagation);
+    if let Some(user) = &spec.user_namespace {
+        let maps = |maps: &[IdMap]| {
+            maps.iter()
+                .map(|m| {
+                    LinuxIdMappingBuilder::default()
+                        .host_id(m.host_id)
+                        .container_id(m.container_id)
+                        .size(m.size)
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        linux = linux
+            .uid_mappings(maps(&user.uid_mappings)?)
+            .gid_mappings(maps(&user.gid_mappings)?);
     }
-    let user = user::resolve(&spec.rootfs, &spec.image.user, &spec.user)?;
-    let env = process_env(spec, user.home.as_deref())?;
-    let cwd = [spec.working_dir.as_str(), spec.image.working_dir.as_str()]
-        .into_iter()
-        .find(|d| !d.is_empty())
-        .unwrap_or("/");
+    // Set both ways: the builder starts from oci-spec's defaults.
+    let paths = |given: &Option<Vec<String>>, default: &[&str]| -> Vec<String> {
+        match given {
+            _ if spec.privileged => Vec::new(),
+            Some(given) => given.clone(),
+            None => default.iter().map(|s| s.to_string()).collect(),
+        }
+    };
+    linux = linux
+        .masked_paths(paths(&spec.masked_paths, MASKED_PATHS))
+        .readonly_paths(paths(&spec.readonly_paths, READONLY_PATHS))
+        .sysctl(
+            spec.sysctls
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
 
+    // Privileged containers run unconfined, as in CRI-O.
+    if let Some(filter) =
+        crate::seccomp::filter(&spec.seccomp, &cap_names).filter(|_| !spec.privileged)
+    {
+        linux = linux.seccomp(filter);
+    }
+    let builder = SpecBuilder::default()
+        .version("1.0.2-dev")
+        .root(
+            RootBuilder::default()
+                .path(spec.rootfs.clone())
+                .readonly(spec.readonly_rootfs)
+                .build()?,
+        )
+        .process(process)
+        .mounts(mounts)
+        .linux(linux.build()?)
+        .annotations(
+            spec.annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
+    let mut oci = builder.build()?;
+    if let Some(linux) = oci.linux_mut()
+        && !spec.cgroups_path.as_os_str().is_empty()
+    {
+        linux.set_cgroups_path(Some(spec.cgroups_path.clone()));
+    }
+    // oci-spec's default names every container "youki"; a container joining
+    // the pod's UTS namespace must not rename it.
+    oci.set_hostname(
+        Some(spec.hostname.clone())
+            .filter(|h| spec.namespaces.uts == Namespace::New && !h.is_empty()),
+    );
+    Ok(oci)
+}
+
+/// The capability sets the container's process holds (only those berthd's
+/// own bounding set has: no more can be granted), and their names, on which
+/// the RuntimeDefault seccomp profile depends.
+fn capabilities(spec: &ContainerSpec) -> Result<(LinuxCapabilities, Vec<String>), SpecError> {
     let bounding = own_bounding_set();
     let holdable = |name: &String| match (bounding, capability_bit(name)) {
         (Some(mask), Some(bit)) => mask & (1 << bit) != 0,
@@ -537,7 +613,6 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     } else {
         (DEFAULT_CAPABILITIES.into_iter().collect(), HashSet::new())
     };
-    // The RuntimeDefault seccomp profile depends on the bounding set.
     let cap_names: Vec<String> = caps
         .iter()
         .filter_map(|c| serde_json::to_value(c).ok()?.as_str().map(str::to_owned))
@@ -549,6 +624,27 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         .inheritable(ambient.clone())
         .ambient(ambient)
         .build()?;
+    Ok((capabilities, cap_names))
+}
+
+/// The container's process: command, environment, working dir, user,
+/// capabilities, oom_score_adj and AppArmor profile.
+fn process(
+    spec: &ContainerSpec,
+    capabilities: LinuxCapabilities,
+    own_oom_score_adj: i32,
+) -> Result<Process, SpecError> {
+    let args = process_args(&spec.image, &spec.command, &spec.args);
+    if args.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+    let user = user::resolve(&spec.rootfs, &spec.image.user, &spec.user)?;
+    let env = process_env(spec, user.home.as_deref())?;
+    let cwd = [spec.working_dir.as_str(), spec.image.working_dir.as_str()]
+        .into_iter()
+        .find(|d| !d.is_empty())
+        .unwrap_or("/");
+
     let mut process = ProcessBuilder::default()
         .terminal(spec.tty)
         .args(args)
@@ -573,6 +669,13 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     // The builder starts from oci-spec's example, which caps open files at 1024.
     process.set_rlimits(None);
 
+    Ok(process)
+}
+
+/// The container's mounts (the standard ones, the pod's files, then the
+/// request's, which replace a standard one at the same place) and the
+/// rootfs propagation they need.
+fn mounts(spec: &ContainerSpec) -> (Vec<Mount>, &'static str) {
     // Privileged containers get writable sysfs and cgroupfs, as in CRI-O.
     let (sys_options, cgroup_options): (&[&str], &[&str]) = if spec.privileged {
         (
@@ -683,12 +786,17 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
         "rprivate"
     };
 
+    (mounts, rootfs_propagation)
+}
+
+/// The namespaces to join (by path) or create.
+fn namespaces(spec: &ContainerSpec) -> Vec<LinuxNamespace> {
     let ns = &spec.namespaces;
     let user_ns = match &spec.user_namespace {
         Some(user) => Namespace::Path(user.path.clone()),
         None => Namespace::Host,
     };
-    let namespaces: Vec<LinuxNamespace> = [
+    [
         // First: it owns the others.
         namespace(LinuxNamespaceType::User, &user_ns),
         namespace(LinuxNamespaceType::Mount, &Namespace::New),
@@ -700,8 +808,11 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     ]
     .into_iter()
     .flatten()
-    .collect();
+    .collect()
+}
 
+/// The cgroup limits and device rules, and the device nodes to create.
+fn resources(spec: &ContainerSpec) -> Result<(LinuxResources, Vec<LinuxDevice>), SpecError> {
     let r = &spec.resources;
     let mut cpu = LinuxCpuBuilder::default();
     if let Some(v) = r.cpu_shares {
@@ -764,80 +875,7 @@ pub fn generate(spec: &ContainerSpec, own_oom_score_adj: i32) -> Result<Spec, Sp
     if let Some(limit) = r.pids_limit.filter(|l| *l > 0) {
         resources = resources.pids(LinuxPidsBuilder::default().limit(limit).build()?);
     }
-    let mut linux = LinuxBuilder::default()
-        .devices(linux_devices)
-        .namespaces(namespaces)
-        .resources(resources.build()?)
-        .rootfs_propagation(rootfs_propagation);
-    if let Some(user) = &spec.user_namespace {
-        let maps = |maps: &[IdMap]| {
-            maps.iter()
-                .map(|m| {
-                    LinuxIdMappingBuilder::default()
-                        .host_id(m.host_id)
-                        .container_id(m.container_id)
-                        .size(m.size)
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>()
-        };
-        linux = linux
-            .uid_mappings(maps(&user.uid_mappings)?)
-            .gid_mappings(maps(&user.gid_mappings)?);
-    }
-    // Set both ways: the builder starts from oci-spec's defaults.
-    let paths = |given: &Option<Vec<String>>, default: &[&str]| -> Vec<String> {
-        match given {
-            _ if spec.privileged => Vec::new(),
-            Some(given) => given.clone(),
-            None => default.iter().map(|s| s.to_string()).collect(),
-        }
-    };
-    linux = linux
-        .masked_paths(paths(&spec.masked_paths, MASKED_PATHS))
-        .readonly_paths(paths(&spec.readonly_paths, READONLY_PATHS))
-        .sysctl(
-            spec.sysctls
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<std::collections::HashMap<_, _>>(),
-        );
-
-    // Privileged containers run unconfined, as in CRI-O.
-    if let Some(filter) =
-        crate::seccomp::filter(&spec.seccomp, &cap_names).filter(|_| !spec.privileged)
-    {
-        linux = linux.seccomp(filter);
-    }
-    let builder = SpecBuilder::default()
-        .version("1.0.2-dev")
-        .root(
-            RootBuilder::default()
-                .path(spec.rootfs.clone())
-                .readonly(spec.readonly_rootfs)
-                .build()?,
-        )
-        .process(process)
-        .mounts(mounts)
-        .linux(linux.build()?)
-        .annotations(
-            spec.annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<std::collections::HashMap<_, _>>(),
-        );
-    let mut oci = builder.build()?;
-    if let Some(linux) = oci.linux_mut()
-        && !spec.cgroups_path.as_os_str().is_empty()
-    {
-        linux.set_cgroups_path(Some(spec.cgroups_path.clone()));
-    }
-    // oci-spec's default names every container "youki"; a container joining
-    // the pod's UTS namespace must not rename it.
-    oci.set_hostname(
-        Some(spec.hostname.clone()).filter(|h| ns.uts == Namespace::New && !h.is_empty()),
-    );
-    Ok(oci)
+    Ok((resources.build()?, linux_devices))
 }
 
 /// The device nodes to create and their cgroup rules.
