@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use berth_host::cgroup::Driver;
 use berth_shim_protocol::{self as shim, ExitRecord, ShimConfig};
 
 /// Output per stream kept by [`OciRuntime::exec_sync`]; the rest is counted, not kept.
@@ -45,6 +46,10 @@ pub struct OciRuntime {
     pub root: PathBuf,
     /// The berth-shim binary.
     pub shim: PathBuf,
+    /// The cgroup driver, whose flags every runtime command gets: the
+    /// runtime keeps a container's cgroup manager in its state, but
+    /// passing it each time keeps every command consistent.
+    pub cgroup_driver: Driver,
 }
 
 /// What [`OciRuntime::create`] needs beyond the bundle.
@@ -97,6 +102,7 @@ impl OciRuntime {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg("--root").arg(&self.root);
+        cmd.args(self.cgroup_driver.runtime_args(&self.path));
         cmd
     }
 
@@ -129,6 +135,7 @@ impl OciRuntime {
             id: options.id.clone(),
             runtime: self.path.clone(),
             runtime_root: Some(self.root.clone()),
+            runtime_args: self.cgroup_driver.runtime_args(&self.path),
             log_path: options.log_path.clone(),
             stdin: options.stdin,
             stdin_once: options.stdin_once,

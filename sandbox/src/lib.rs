@@ -14,12 +14,14 @@ pub mod ns;
 pub mod reclaim;
 pub mod record;
 pub mod spec;
+pub mod systemd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use berth_cni::{Attachment, Cni};
+use berth_host::cgroup::{self as cgroup_names, Driver};
 
 pub use record::{Files, Layout, Namespaces, Network, Pod, PodId, State};
 pub use spec::{
@@ -55,6 +57,8 @@ pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
+    Systemd(#[from] systemd::SystemdError),
+    #[error(transparent)]
     Network(#[from] berth_cni::Error),
     #[error("{error}; cleaning up pod sandbox {pod} also failed: {}", .failures.join("; "))]
     SetupAndTeardown {
@@ -82,6 +86,8 @@ pub struct Options {
     pub runtimes: Arc<dyn RuntimeHandlers>,
     /// The cgroup parent of pods that give none.
     pub default_cgroup_parent: String,
+    /// Which form a pod's cgroup parent takes, and who makes pod cgroups.
+    pub cgroup_driver: berth_host::cgroup::Driver,
 }
 
 /// The runtime handlers a pod may name, asked at every RunPodSandbox so a
@@ -255,6 +261,7 @@ impl Sandboxes {
     pub async fn run(&self, spec: PodSpec) -> Result<PodId, Error> {
         let runtime_handler = self.resolve_handler(&spec.runtime_handler)?;
         spec.validate()?;
+        spec.check_cgroup_parent(self.options.cgroup_driver)?;
         // Refuse before creating anything when there is no network to join.
         if !spec.namespaces.host_network() {
             self.cni.network()?;
@@ -351,6 +358,7 @@ impl Sandboxes {
             runtime_handler,
             hostname,
             cgroup_parent,
+            own_slice: false,
             namespaces,
             files,
             infra: None,
@@ -392,6 +400,7 @@ impl Sandboxes {
             }),
         };
         blocking(move || ns::create(request)).await??;
+        self.make_slice(pod).await?;
         if let Some(pid_pin) = pod.namespaces.pid.clone() {
             let join: Vec<PathBuf> = [
                 &pod.namespaces.net,
@@ -410,8 +419,14 @@ impl Sandboxes {
                 "cannot write the record of pod sandbox {}",
                 pod.id
             )))?;
-            let cgroup = pod.infra_cgroup();
-            blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
+            if Driver::of_parent(&pod.cgroup_parent) == Driver::Systemd {
+                let scope = cgroup_names::scope_name(pod.id.as_str());
+                let pid = infra.pid.unsigned_abs();
+                systemd::start_scope(&scope, &pod.cgroup_parent, pid).await?;
+            } else {
+                let cgroup = pod.infra_cgroup();
+                blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
+            }
             ns::pin(
                 &PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)),
                 &pid_pin,
@@ -448,6 +463,45 @@ impl Sandboxes {
         )))
     }
 
+    /// With the systemd driver, the pod's slice: the kubelet makes it before
+    /// RunPodSandbox; when nothing did, Berth starts it (over D-Bus, so it
+    /// is systemd's unit, not a dir behind its back) and says so in the
+    /// record, so that Remove stops it and leaves no unit behind.
+    async fn make_slice(&self, pod: &mut Pod) -> Result<(), Error> {
+        let slice = &pod.cgroup_parent;
+        if Driver::of_parent(slice) != Driver::Systemd
+            || systemd::active_state(slice).await?.as_deref() == Some("active")
+        {
+            return Ok(());
+        }
+        // Recorded first: a crash between the two still stops it at Remove.
+        pod.own_slice = true;
+        record::save(&self.options.layout, pod).map_err(io(format!(
+            "cannot write the record of pod sandbox {}",
+            pod.id
+        )))?;
+        systemd::start_slice(slice).await?;
+        Ok(())
+    }
+
+    /// Stops the slice `pod` started unless another pod still uses it.
+    async fn remove_slice(&self, pod: &Pod) -> Result<(), systemd::SystemdError> {
+        if !pod.own_slice {
+            return Ok(());
+        }
+        let shared = {
+            let index = self.index.lock().expect("lock poisoned");
+            index
+                .pods
+                .iter()
+                .any(|(id, slot)| *id != pod.id && slot.record().cgroup_parent == pod.cgroup_parent)
+        };
+        if shared {
+            return Ok(());
+        }
+        systemd::stop(&pod.cgroup_parent).await
+    }
+
     fn attachment(&self, pod: &Pod, pod_cidr: Option<&str>) -> Attachment {
         Attachment {
             container_id: pod.id.to_string(),
@@ -470,15 +524,26 @@ impl Sandboxes {
         let mut failures = Vec::new();
         if let Some(infra) = pod.infra {
             let cgroup = pod.infra_cgroup();
+            let systemd = Driver::of_parent(&pod.cgroup_parent) == Driver::Systemd;
             let stopped = blocking(move || {
                 infra::stop(&infra)?;
-                Ok::<_, infra::InfraError>(cgroup::remove(&cgroup))
+                // systemd removes an emptied scope's dir itself.
+                Ok::<_, infra::InfraError>(if systemd {
+                    Vec::new()
+                } else {
+                    cgroup::remove(&cgroup)
+                })
             })
             .await;
             match stopped {
                 Ok(Ok(errors)) => failures.extend(errors.iter().map(ToString::to_string)),
                 Ok(Err(err)) => failures.push(err.to_string()),
                 Err(err) => failures.push(err.to_string()),
+            }
+            if systemd
+                && let Err(err) = systemd::stop(&cgroup_names::scope_name(pod.id.as_str())).await
+            {
+                failures.push(err.to_string());
             }
         }
         // No cache entry: no ADD ever started, or a DEL already succeeded
@@ -514,6 +579,9 @@ impl Sandboxes {
                 if let Err(err) = ns::unpin(pin) {
                     failures.push(err.to_string());
                 }
+            }
+            if let Err(err) = self.remove_slice(pod).await {
+                failures.push(err.to_string());
             }
         }
         pod.state = State::NotReady;

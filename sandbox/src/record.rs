@@ -117,6 +117,10 @@ pub struct Pod {
     pub runtime_handler: String,
     pub hostname: String,
     pub cgroup_parent: String,
+    /// Berth started `cgroup_parent`'s slice (systemd driver, no kubelet
+    /// made it): Remove stops it.
+    #[serde(default)]
+    pub own_slice: bool,
     pub namespaces: Namespaces,
     pub files: Files,
     pub infra: Option<Infra>,
@@ -126,7 +130,7 @@ pub struct Pod {
 impl Pod {
     /// The infra process's cgroup, relative to each hierarchy's root.
     pub fn infra_cgroup(&self) -> PathBuf {
-        crate::cgroup::infra_path(&self.cgroup_parent, self.id.as_str())
+        berth_host::cgroup::infra_dir(&self.cgroup_parent, self.id.as_str())
     }
 
     /// The pod's own user namespace, for its containers: the pinned path

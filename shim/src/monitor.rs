@@ -200,6 +200,7 @@ fn setup(run_dir: &Path, config: &ShimConfig) -> Result<Monitor, String> {
     if let Some(root) = &config.runtime_root {
         cmd.arg("--root").arg(root);
     }
+    cmd.args(&config.runtime_args);
     cmd.arg("--log")
         .arg(run_dir.join(RUNTIME_LOG))
         .args(["--log-format", "json", "create", "--bundle"])

@@ -5,7 +5,7 @@
 //! a thread per pod joining its netns), so it runs on `spawn_blocking`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_proto::cri::{
@@ -33,9 +33,9 @@ fn value(value: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value })
 }
 
-/// A container's cgroup, as `cri_spec` places it: `<pod cgroup parent>/<id>`.
+/// A container's cgroup, as `cri_spec` places it for the pod's driver.
 fn container_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
-    Path::new(cgroup_parent.trim_start_matches('/')).join(id)
+    berth_host::cgroup::container_dir(cgroup_parent, id)
 }
 
 fn cpu(sample: &Sample) -> Option<CpuUsage> {
