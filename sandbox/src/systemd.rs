@@ -21,12 +21,15 @@ const JOB_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("cannot reach systemd on the system bus for unit {unit}: {source}")]
-    Connect { unit: String, source: zbus::Error },
+    Connect {
+        unit: String,
+        source: Box<zbus::Error>,
+    },
     #[error("systemd {method} of unit {unit} failed: {source}")]
     Call {
         method: &'static str,
         unit: String,
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     #[error("unit {unit} is {state}, not {wanted}, after {waited:?}")]
     State {
@@ -89,7 +92,7 @@ async fn start_transient(
     .map_err(|source| SystemdError::Call {
         method: "StartTransientUnit",
         unit: unit.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     wait(&bus, unit, "active").await
 }
@@ -117,7 +120,7 @@ pub async fn stop(unit: &str) -> Result<(), SystemdError> {
             return Err(SystemdError::Call {
                 method: "StopUnit",
                 unit: unit.to_string(),
-                source,
+                source: Box::new(source),
             });
         }
     }
@@ -129,7 +132,7 @@ async fn connect(unit: &str) -> Result<zbus::Connection, SystemdError> {
         .await
         .map_err(|source| SystemdError::Connect {
             unit: unit.to_string(),
-            source,
+            source: Box::new(source),
         })
 }
 
@@ -142,7 +145,7 @@ async fn state(bus: &zbus::Connection, unit: &str) -> Result<Option<String>, Sys
         move |source| SystemdError::Call {
             method,
             unit: unit.to_string(),
-            source,
+            source: Box::new(source),
         }
     };
     let path: OwnedObjectPath = match bus
