@@ -492,4 +492,48 @@ mod tests {
         assert!(wait_exit(dir.path(), secs).unwrap().is_none());
         assert!(wait_exit(dir.path(), Duration::MAX).unwrap().is_none());
     }
+
+    #[test]
+    fn every_runtime_command_carries_the_drivers_flags() {
+        let runtime = |path: &str, cgroup_driver| OciRuntime {
+            path: path.into(),
+            root: "/run/berth/runtimes/x".into(),
+            shim: "berth-shim".into(),
+            cgroup_driver,
+        };
+        let args = |r: &OciRuntime| -> Vec<String> {
+            let mut exec = r.exec_command("c1", &["true".into()], false).unwrap();
+            let _ = std::fs::remove_dir_all(&exec.dir);
+            let exec: Vec<String> = exec
+                .command
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let plain: Vec<String> = r
+                .command()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(exec[..plain.len()], plain[..]);
+            plain
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let root = |r: OciRuntime| OciRuntime {
+            root: dir.path().to_path_buf(),
+            ..r
+        };
+        let root_arg = dir.path().display().to_string();
+        assert_eq!(
+            args(&root(runtime("runc", Driver::Systemd))),
+            ["--root", &root_arg, "--systemd-cgroup"]
+        );
+        assert_eq!(
+            args(&root(runtime("/usr/bin/crun", Driver::Systemd))),
+            ["--root", &root_arg, "--cgroup-manager=systemd"]
+        );
+        assert_eq!(
+            args(&root(runtime("runc", Driver::Cgroupfs))),
+            ["--root", &root_arg]
+        );
+    }
 }

@@ -358,7 +358,7 @@ impl Sandboxes {
             runtime_handler,
             hostname,
             cgroup_parent,
-            own_slice: false,
+            own_slices: Vec::new(),
             namespaces,
             files,
             infra: None,
@@ -463,43 +463,54 @@ impl Sandboxes {
         )))
     }
 
-    /// With the systemd driver, the pod's slice: the kubelet makes it before
-    /// RunPodSandbox; when nothing did, Berth starts it (over D-Bus, so it
-    /// is systemd's unit, not a dir behind its back) and says so in the
-    /// record, so that Remove stops it and leaves no unit behind.
+    /// With the systemd driver, the pod's slice: the kubelet makes it (and
+    /// `kubepods.slice` above it) before RunPodSandbox; when nothing did,
+    /// Berth starts it over D-Bus (systemd's unit, not a dir behind its
+    /// back; systemd starts the missing slices above it) and records which
+    /// were not active, so that Remove stops them and leaves no unit.
     async fn make_slice(&self, pod: &mut Pod) -> Result<(), Error> {
-        let slice = &pod.cgroup_parent;
-        if Driver::of_parent(slice) != Driver::Systemd
-            || systemd::active_state(slice).await?.as_deref() == Some("active")
+        let slice = pod.cgroup_parent.clone();
+        if Driver::of_parent(&slice) != Driver::Systemd
+            || systemd::active_state(&slice).await?.as_deref() == Some("active")
         {
             return Ok(());
         }
-        // Recorded first: a crash between the two still stops it at Remove.
-        pod.own_slice = true;
+        for unit in cgroup_names::slice_ancestry(&slice) {
+            if systemd::active_state(&unit).await?.as_deref() != Some("active") {
+                pod.own_slices.push(unit);
+            }
+        }
+        // Recorded first: a crash between the two still stops them at Remove.
         record::save(&self.options.layout, pod).map_err(io(format!(
             "cannot write the record of pod sandbox {}",
             pod.id
         )))?;
-        systemd::start_slice(slice).await?;
+        systemd::start_slice(&slice).await?;
         Ok(())
     }
 
-    /// Stops the slice `pod` started unless another pod still uses it.
-    async fn remove_slice(&self, pod: &Pod) -> Result<(), systemd::SystemdError> {
-        if !pod.own_slice {
-            return Ok(());
-        }
-        let shared = {
+    /// Stops the slices `pod` caused, innermost first, but none that holds
+    /// another pod's parent.
+    async fn remove_slices(&self, pod: &Pod) -> Vec<String> {
+        let in_use: Vec<String> = {
             let index = self.index.lock().expect("lock poisoned");
             index
                 .pods
                 .iter()
-                .any(|(id, slot)| *id != pod.id && slot.record().cgroup_parent == pod.cgroup_parent)
+                .filter(|(id, _)| **id != pod.id)
+                .flat_map(|(_, slot)| cgroup_names::slice_ancestry(&slot.record().cgroup_parent))
+                .collect()
         };
-        if shared {
-            return Ok(());
+        let mut failures = Vec::new();
+        for unit in pod.own_slices.iter().rev() {
+            if in_use.contains(unit) {
+                continue;
+            }
+            if let Err(err) = systemd::stop(unit).await {
+                failures.push(err.to_string());
+            }
         }
-        systemd::stop(&pod.cgroup_parent).await
+        failures
     }
 
     fn attachment(&self, pod: &Pod, pod_cidr: Option<&str>) -> Attachment {
@@ -580,9 +591,7 @@ impl Sandboxes {
                     failures.push(err.to_string());
                 }
             }
-            if let Err(err) = self.remove_slice(pod).await {
-                failures.push(err.to_string());
-            }
+            failures.extend(self.remove_slices(pod).await);
         }
         pod.state = State::NotReady;
         if remove && failures.is_empty() {

@@ -201,6 +201,18 @@ pub fn dir_of_cgroups_path(cgroups_path: &str) -> PathBuf {
     }
 }
 
+/// The slices `slice` sits in and itself, outermost first: systemd starts
+/// the missing ones with it (`a-b.slice`: `a.slice`, `a-b.slice`).
+pub fn slice_ancestry(slice: &str) -> Vec<String> {
+    slice_dir(slice)
+        .map(|dir| {
+            dir.iter()
+                .map(|part| part.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// A slice's dir relative to the v2 root, as systemd nests slices by the
 /// dashes in their names: `a-b-c.slice` is `a.slice/a-b.slice/a-b-c.slice`
 /// and the root slice `-.slice` is the root itself. The error says what
@@ -256,6 +268,15 @@ mod tests {
             Path::new("kubepods.slice")
         );
         assert_eq!(slice_dir("-.slice").unwrap(), Path::new(""));
+        assert_eq!(
+            slice_ancestry("kubepods-burstable-pod1.slice"),
+            [
+                "kubepods.slice",
+                "kubepods-burstable.slice",
+                "kubepods-burstable-pod1.slice"
+            ]
+        );
+        assert!(slice_ancestry("/kubepods").is_empty());
         assert_eq!(
             slice_dir("kubepods-besteffort-pod0f3a_b2.slice").unwrap(),
             Path::new(
