@@ -502,7 +502,7 @@ mod tests {
             cgroup_driver,
         };
         let args = |r: &OciRuntime| -> Vec<String> {
-            let mut exec = r.exec_command("c1", &["true".into()], false).unwrap();
+            let exec = r.exec_command("c1", &["true".into()], false).unwrap();
             let _ = std::fs::remove_dir_all(&exec.dir);
             let exec: Vec<String> = exec
                 .command
