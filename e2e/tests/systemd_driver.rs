@@ -205,11 +205,12 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
     let ready = is_root()
         && systemd_running()
         && have_command("runc")
+        && have_command("crun")
         && have_command("systemctl")
         && (std::env::var_os("BERTH_E2E_REGISTRY").is_some() || registry::available());
     if !can_run(
         ready,
-        "needs root, systemd as PID 1, runc, and a registry (BERTH_E2E_REGISTRY or docker-registry and skopeo)",
+        "needs root, systemd as PID 1, runc, crun, and a registry (BERTH_E2E_REGISTRY or docker-registry and skopeo)",
     ) {
         return;
     }
@@ -222,7 +223,7 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
     // No cgroup_driver key: the default follows the host.
     let options = Options {
         config: format!(
-            "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n",
+            "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n[runtimes.crun]\npath = \"crun\"\n",
             conf.display(),
             logs.path().join("net.d").display()
         ),
@@ -489,6 +490,61 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
         slice_dir.display()
     );
     println!("after teardown: no unit names berth or {uid}");
+
+    // crun as a second handler: `--cgroup-manager=systemd`, the same scope.
+    let uid = format!("{uid}_crun");
+    let slice = format!("kubepods-besteffort-pod{uid}.slice");
+    let _stop = StopSliceOnPanic(slice.clone());
+    let sandbox = pod_config(&uid, &slice, logs.path());
+    let pod = client
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: "crun".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let id = create_and_start(
+        &mut client,
+        &pod,
+        &sandbox,
+        &image,
+        "crun",
+        "exec sleep 3600",
+        LinuxContainerResources {
+            memory_limit_in_bytes: 32 * MIB,
+            ..Default::default()
+        },
+    )
+    .await;
+    let scope = format!("berth-{id}.scope");
+    let dir = PathBuf::from(format!(
+        "kubepods.slice/kubepods-besteffort.slice/{slice}/{scope}"
+    ));
+    assert_eq!(show(&scope, "ActiveState"), "active");
+    assert_eq!(show(&scope, "MemoryMax"), (32 * MIB).to_string());
+    assert_eq!(cgroup_file(&dir, "memory.max"), (32 * MIB).to_string());
+    client
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    client
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    berth_e2e::stop_and_remove_pod(&mut client, &pod).await;
+    let left: Vec<String> = units_with(&["berth-", "kubepods", &uid])
+        .into_iter()
+        .filter(|u| u.ends_with(".scope") || u.ends_with(".slice"))
+        .collect();
+    assert!(left.is_empty(), "units left after the crun pod: {left:?}");
+    println!("crun: scope {scope} MemoryMax={}; no unit left", 32 * MIB);
 }
 
 /// Where systemd is not PID 1, asking for its driver stops berthd at
