@@ -523,8 +523,12 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
         "kubepods.slice/kubepods-besteffort.slice/{slice}/{scope}"
     ));
     assert_eq!(show(&scope, "ActiveState"), "active");
-    assert_eq!(show(&scope, "MemoryMax"), (32 * MIB).to_string());
+    assert_eq!(show(&scope, "ControlGroup"), format!("/{}", dir.display()));
+    // crun (1.8, bookworm's) asks for a delegated scope and writes the
+    // limits into its files itself, leaving the unit's MemoryMax unset.
+    assert_eq!(show(&scope, "Delegate"), "yes");
     assert_eq!(cgroup_file(&dir, "memory.max"), (32 * MIB).to_string());
+    let crun_memory_max = show(&scope, "MemoryMax");
     client
         .stop_container(StopContainerRequest {
             container_id: id.clone(),
@@ -544,7 +548,10 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
         .filter(|u| u.ends_with(".scope") || u.ends_with(".slice"))
         .collect();
     assert!(left.is_empty(), "units left after the crun pod: {left:?}");
-    println!("crun: scope {scope} MemoryMax={}; no unit left", 32 * MIB);
+    println!(
+        "crun: scope {scope} memory.max={} (unit MemoryMax={crun_memory_max}); no unit left",
+        32 * MIB
+    );
 }
 
 /// Where systemd is not PID 1, asking for its driver stops berthd at
