@@ -524,11 +524,46 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
     ));
     assert_eq!(show(&scope, "ActiveState"), "active");
     assert_eq!(show(&scope, "ControlGroup"), format!("/{}", dir.display()));
-    // crun (1.8, bookworm's) asks for a delegated scope and writes the
-    // limits into its files itself, leaving the unit's MemoryMax unset.
+    // crun (1.8, bookworm's) asks for a delegated scope, runs the
+    // container in its `container` subgroup (crun's run.oci.systemd.subgroup
+    // default on v2) and writes the limits there itself, leaving the unit's
+    // MemoryMax unset. Usage counts up through the scope all the same.
     assert_eq!(show(&scope, "Delegate"), "yes");
-    assert_eq!(cgroup_file(&dir, "memory.max"), (32 * MIB).to_string());
+    let limited = if Path::new("/sys/fs/cgroup")
+        .join(&dir)
+        .join("container")
+        .is_dir()
+    {
+        dir.join("container")
+    } else {
+        dir.clone()
+    };
+    assert_eq!(cgroup_file(&limited, "memory.max"), (32 * MIB).to_string());
     let crun_memory_max = show(&scope, "MemoryMax");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = client
+            .container_stats(ContainerStatsRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let memory = stats
+            .memory
+            .and_then(|m| m.working_set_bytes)
+            .map_or(0, |v| v.value);
+        if memory > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "crun container's stats stay zero"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     client
         .stop_container(StopContainerRequest {
             container_id: id.clone(),
@@ -549,7 +584,8 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
         .collect();
     assert!(left.is_empty(), "units left after the crun pod: {left:?}");
     println!(
-        "crun: scope {scope} memory.max={} (unit MemoryMax={crun_memory_max}); no unit left",
+        "crun: scope {scope}, {} memory.max={} (unit MemoryMax={crun_memory_max}); no unit left",
+        limited.display(),
         32 * MIB
     );
 }
