@@ -34,8 +34,9 @@ pub struct PodFacts {
     /// its containers join; `None`: the host's. From the pod record:
     /// `Pod::user_namespace()` gives the pinned path and the mappings.
     pub user: Option<UserNamespace>,
-    /// The pod's cgroup; a container's is `<cgroup_parent>/<container id>`.
-    /// Empty: the runtime's default.
+    /// The pod's cgroup parent (a path, or a slice with the systemd driver);
+    /// the container's cgroup is placed by [`cgroups_path`]. Empty: the
+    /// runtime's default.
     pub cgroup_parent: PathBuf,
     pub files: PodFiles,
     /// The pod's hostname, from its record.
@@ -239,11 +240,7 @@ pub fn convert(
         .collect::<Result<Vec<_>, _>>()?;
     let resources = resources(linux.and_then(|l| l.resources.as_ref()))?;
     let log_path = log_path(&pod.log_directory, &config.log_path)?;
-    let cgroups_path = if pod.cgroup_parent.as_os_str().is_empty() {
-        PathBuf::new()
-    } else {
-        pod.cgroup_parent.join(&options.container_id)
-    };
+    let cgroups_path = cgroups_path(&pod.cgroup_parent, &options.container_id);
 
     Ok(CriContainer {
         spec: ContainerSpec {
@@ -757,6 +754,15 @@ pub fn exec_command(cmd: &[String]) -> Result<(), RequestError> {
         Some(i) => Err(invalid(format!("cmd[{i}]"), "contains a NUL byte")),
         None => Ok(()),
     }
+}
+
+/// The OCI `cgroupsPath` of a container in the pod's cgroup parent, in
+/// the driver's form (`<parent>/<id>`, or runc's `<slice>:berth:<id>`).
+fn cgroups_path(parent: &Path, id: &str) -> PathBuf {
+    PathBuf::from(berth_host::cgroup::oci_cgroups_path(
+        &parent.to_string_lossy(),
+        id,
+    ))
 }
 
 #[cfg(test)]

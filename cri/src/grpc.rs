@@ -87,6 +87,7 @@ impl ToStatus for berth_sandbox::Error {
             | Error::Infra(_)
             | Error::Files(_)
             | Error::Cgroup(_)
+            | Error::Systemd(_)
             | Error::Network(_)
             | Error::SetupAndTeardown { .. }
             | Error::Teardown { .. } => Status::internal(message),

@@ -48,6 +48,7 @@ impl Bundles {
             path: "runc".into(),
             root: paths.dir().join("runc"),
             shim: crate::bin_dir().join("berth-shim"),
+            cgroup_driver: Default::default(),
         };
         Bundles {
             paths,

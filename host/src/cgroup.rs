@@ -9,6 +9,9 @@ use std::sync::OnceLock;
 
 use crate::mountinfo::Mount;
 
+mod driver;
+pub use driver::*;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Only v1 hierarchies.

@@ -598,7 +598,9 @@ impl Containers {
             runtime.update(&record.id, &record.run_dir, &for_runtime)?;
         }
         if let Some(serde_json::Value::Array(limits)) = &hugepages {
-            let cgroup = PathBuf::from(spec["linux"]["cgroupsPath"].as_str().unwrap_or_default());
+            let cgroup = berth_host::cgroup::dir_of_cgroups_path(
+                spec["linux"]["cgroupsPath"].as_str().unwrap_or_default(),
+            );
             update::apply_hugepages(&record.id, &cgroup, limits).map_err(failed)?;
         }
         update::merge_resources(&mut spec["linux"]["resources"], &resources);
@@ -725,6 +727,7 @@ mod tests {
                         path: "runc".into(),
                         root: root.clone(),
                         shim: "berth-shim".into(),
+                        cgroup_driver: Default::default(),
                     })
                 }
             }),

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::Deserialize;
 
+use berth_host::cgroup::Driver;
 use berth_shim_protocol::{self as shim, ExitRecord, ShimConfig};
 
 /// Output per stream kept by [`OciRuntime::exec_sync`]; the rest is counted, not kept.
@@ -45,6 +46,10 @@ pub struct OciRuntime {
     pub root: PathBuf,
     /// The berth-shim binary.
     pub shim: PathBuf,
+    /// The cgroup driver, whose flags every runtime command gets: the
+    /// runtime keeps a container's cgroup manager in its state, but
+    /// passing it each time keeps every command consistent.
+    pub cgroup_driver: Driver,
 }
 
 /// What [`OciRuntime::create`] needs beyond the bundle.
@@ -97,6 +102,7 @@ impl OciRuntime {
     fn command(&self) -> Command {
         let mut cmd = Command::new(&self.path);
         cmd.arg("--root").arg(&self.root);
+        cmd.args(self.cgroup_driver.runtime_args(&self.path));
         cmd
     }
 
@@ -129,6 +135,7 @@ impl OciRuntime {
             id: options.id.clone(),
             runtime: self.path.clone(),
             runtime_root: Some(self.root.clone()),
+            runtime_args: self.cgroup_driver.runtime_args(&self.path),
             log_path: options.log_path.clone(),
             stdin: options.stdin,
             stdin_once: options.stdin_once,
@@ -484,5 +491,49 @@ mod tests {
         let secs = Duration::from_secs(i64::MAX as u64);
         assert!(wait_exit(dir.path(), secs).unwrap().is_none());
         assert!(wait_exit(dir.path(), Duration::MAX).unwrap().is_none());
+    }
+
+    #[test]
+    fn every_runtime_command_carries_the_drivers_flags() {
+        let runtime = |path: &str, cgroup_driver| OciRuntime {
+            path: path.into(),
+            root: "/run/berth/runtimes/x".into(),
+            shim: "berth-shim".into(),
+            cgroup_driver,
+        };
+        let args = |r: &OciRuntime| -> Vec<String> {
+            let exec = r.exec_command("c1", &["true".into()], false).unwrap();
+            let _ = std::fs::remove_dir_all(&exec.dir);
+            let exec: Vec<String> = exec
+                .command
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            let plain: Vec<String> = r
+                .command()
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(exec[..plain.len()], plain[..]);
+            plain
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let root = |r: OciRuntime| OciRuntime {
+            root: dir.path().to_path_buf(),
+            ..r
+        };
+        let root_arg = dir.path().display().to_string();
+        assert_eq!(
+            args(&root(runtime("runc", Driver::Systemd))),
+            ["--root", &root_arg, "--systemd-cgroup"]
+        );
+        assert_eq!(
+            args(&root(runtime("/usr/bin/crun", Driver::Systemd))),
+            ["--root", &root_arg, "--cgroup-manager=systemd"]
+        );
+        assert_eq!(
+            args(&root(runtime("runc", Driver::Cgroupfs))),
+            ["--root", &root_arg]
+        );
     }
 }

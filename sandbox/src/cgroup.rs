@@ -1,5 +1,6 @@
 //! The infra process's cgroup under the pod's cgroup parent (cgroupfs
-//! driver): `<parent>/berth-<pod-id>` in every mounted hierarchy, the v1
+//! driver; systemd's is a scope, see [`crate::systemd`]):
+//! `<parent>/berth-<pod-id>` ([`berth_host::cgroup::infra_dir`]) in every mounted hierarchy, the v1
 //! controllers and the v2 unified one alike, so it works on v1, hybrid and
 //! pure v2 hosts.
 
@@ -28,11 +29,6 @@ pub enum CgroupError {
 /// Mount points of every cgroup hierarchy (v1 and v2).
 fn hierarchies() -> Vec<&'static Path> {
     berth_host::cgroup::Layout::host().hierarchies()
-}
-
-/// The relative path of a pod's infra cgroup.
-pub fn infra_path(parent: &str, pod: &str) -> PathBuf {
-    Path::new(parent.trim_start_matches('/')).join(format!("berth-{pod}"))
 }
 
 /// Creates `relative` in every hierarchy and moves `pid` into it.

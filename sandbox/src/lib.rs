@@ -14,12 +14,14 @@ pub mod ns;
 pub mod reclaim;
 pub mod record;
 pub mod spec;
+pub mod systemd;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use berth_cni::{Attachment, Cni};
+use berth_host::cgroup::{self as cgroup_names, Driver};
 
 pub use record::{Files, Layout, Namespaces, Network, Pod, PodId, State};
 pub use spec::{
@@ -55,6 +57,8 @@ pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
+    Systemd(#[from] systemd::SystemdError),
+    #[error(transparent)]
     Network(#[from] berth_cni::Error),
     #[error("{error}; cleaning up pod sandbox {pod} also failed: {}", .failures.join("; "))]
     SetupAndTeardown {
@@ -82,6 +86,8 @@ pub struct Options {
     pub runtimes: Arc<dyn RuntimeHandlers>,
     /// The cgroup parent of pods that give none.
     pub default_cgroup_parent: String,
+    /// Which form a pod's cgroup parent takes, and who makes pod cgroups.
+    pub cgroup_driver: berth_host::cgroup::Driver,
 }
 
 /// The runtime handlers a pod may name, asked at every RunPodSandbox so a
@@ -251,6 +257,7 @@ impl Sandboxes {
     pub async fn run(&self, spec: PodSpec) -> Result<PodId, Error> {
         let runtime_handler = self.resolve_handler(&spec.runtime_handler)?;
         spec.validate()?;
+        spec.check_cgroup_parent(self.options.cgroup_driver)?;
         // Refuse before creating anything when there is no network to join.
         if !spec.namespaces.host_network() {
             self.cni.network()?;
@@ -347,6 +354,7 @@ impl Sandboxes {
             runtime_handler,
             hostname,
             cgroup_parent,
+            own_slices: Vec::new(),
             namespaces,
             files,
             infra: None,
@@ -388,6 +396,7 @@ impl Sandboxes {
             }),
         };
         blocking(move || ns::create(request)).await??;
+        self.make_slice(pod).await?;
         if let Some(pid_pin) = pod.namespaces.pid.clone() {
             let join: Vec<PathBuf> = [
                 &pod.namespaces.net,
@@ -406,8 +415,14 @@ impl Sandboxes {
                 "cannot write the record of pod sandbox {}",
                 pod.id
             )))?;
-            let cgroup = pod.infra_cgroup();
-            blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
+            if Driver::of_parent(&pod.cgroup_parent) == Driver::Systemd {
+                let scope = cgroup_names::scope_name(pod.id.as_str());
+                let pid = infra.pid.unsigned_abs();
+                systemd::start_scope(&scope, &pod.cgroup_parent, pid).await?;
+            } else {
+                let cgroup = pod.infra_cgroup();
+                blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
+            }
             ns::pin(
                 &PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)),
                 &pid_pin,
@@ -444,6 +459,56 @@ impl Sandboxes {
         )))
     }
 
+    /// With the systemd driver, the pod's slice: the kubelet makes it (and
+    /// `kubepods.slice` above it) before RunPodSandbox; when nothing did,
+    /// Berth starts it over D-Bus (systemd's unit, not a dir behind its
+    /// back; systemd starts the missing slices above it) and records which
+    /// were not active, so that Remove stops them and leaves no unit.
+    async fn make_slice(&self, pod: &mut Pod) -> Result<(), Error> {
+        let slice = pod.cgroup_parent.clone();
+        if Driver::of_parent(&slice) != Driver::Systemd
+            || systemd::active_state(&slice).await?.as_deref() == Some("active")
+        {
+            return Ok(());
+        }
+        for unit in cgroup_names::slice_ancestry(&slice) {
+            if systemd::active_state(&unit).await?.as_deref() != Some("active") {
+                pod.own_slices.push(unit);
+            }
+        }
+        // Recorded first: a crash between the two still stops them at Remove.
+        record::save(&self.options.layout, pod).map_err(io(format!(
+            "cannot write the record of pod sandbox {}",
+            pod.id
+        )))?;
+        systemd::start_slice(&slice).await?;
+        Ok(())
+    }
+
+    /// Stops the slices `pod` caused, innermost first, but none that holds
+    /// another pod's parent.
+    async fn remove_slices(&self, pod: &Pod) -> Vec<String> {
+        let in_use: Vec<String> = {
+            let index = self.index.lock().expect("lock poisoned");
+            index
+                .pods
+                .iter()
+                .filter(|(id, _)| **id != pod.id)
+                .flat_map(|(_, slot)| cgroup_names::slice_ancestry(&slot.record().cgroup_parent))
+                .collect()
+        };
+        let mut failures = Vec::new();
+        for unit in pod.own_slices.iter().rev() {
+            if in_use.contains(unit) {
+                continue;
+            }
+            if let Err(err) = systemd::stop(unit).await {
+                failures.push(err.to_string());
+            }
+        }
+        failures
+    }
+
     fn attachment(&self, pod: &Pod, pod_cidr: Option<&str>) -> Attachment {
         Attachment {
             container_id: pod.id.to_string(),
@@ -466,15 +531,26 @@ impl Sandboxes {
         let mut failures = Vec::new();
         if let Some(infra) = pod.infra {
             let cgroup = pod.infra_cgroup();
+            let systemd = Driver::of_parent(&pod.cgroup_parent) == Driver::Systemd;
             let stopped = blocking(move || {
                 infra::stop(&infra)?;
-                Ok::<_, infra::InfraError>(cgroup::remove(&cgroup))
+                // systemd removes an emptied scope's dir itself.
+                Ok::<_, infra::InfraError>(if systemd {
+                    Vec::new()
+                } else {
+                    cgroup::remove(&cgroup)
+                })
             })
             .await;
             match stopped {
                 Ok(Ok(errors)) => failures.extend(errors.iter().map(ToString::to_string)),
                 Ok(Err(err)) => failures.push(err.to_string()),
                 Err(err) => failures.push(err.to_string()),
+            }
+            if systemd
+                && let Err(err) = systemd::stop(&cgroup_names::scope_name(pod.id.as_str())).await
+            {
+                failures.push(err.to_string());
             }
         }
         // No cache entry: no ADD ever started, or a DEL already succeeded
@@ -511,6 +587,7 @@ impl Sandboxes {
                     failures.push(err.to_string());
                 }
             }
+            failures.extend(self.remove_slices(pod).await);
         }
         pod.state = State::NotReady;
         if remove && failures.is_empty() {

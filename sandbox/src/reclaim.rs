@@ -50,11 +50,20 @@ pub async fn reclaim(layout: &Layout, cni: &Cni, id: &PodId) -> Vec<String> {
     let mut failures = Vec::new();
     let pid_pin = layout.ns_pin("pid", id);
     if pid_pin.exists() {
-        // The last component of [`cgroup::infra_path`]; its parent is unknown.
-        let infra_cgroup = format!("berth-{id}");
+        // The last component of [`berth_host::cgroup::infra_dir`] with
+        // cgroupfs; its parent is unknown. With systemd it is a scope.
+        let infra_cgroup = format!("{}-{id}", berth_host::cgroup::SCOPE_PREFIX);
         match tokio::task::spawn_blocking(move || kill_namespace(&pid_pin, infra_cgroup)).await {
             Ok(errors) => failures.extend(errors),
             Err(err) => failures.push(err.to_string()),
+        }
+        // Emptied, the scope goes by itself; stopping it makes sure (and a
+        // host without systemd has no scope to stop).
+        if berth_host::cgroup::Driver::systemd_running()
+            && let Err(err) =
+                crate::systemd::stop(&berth_host::cgroup::scope_name(id.as_str())).await
+        {
+            failures.push(err.to_string());
         }
     }
     let net_pin = layout.ns_pin("net", id);

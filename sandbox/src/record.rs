@@ -117,6 +117,11 @@ pub struct Pod {
     pub runtime_handler: String,
     pub hostname: String,
     pub cgroup_parent: String,
+    /// The slices Berth caused systemd to start for this pod, outermost
+    /// first: `cgroup_parent` and those above it that were not active
+    /// (systemd driver, no kubelet made them). Remove stops them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub own_slices: Vec<String>,
     pub namespaces: Namespaces,
     pub files: Files,
     pub infra: Option<Infra>,
@@ -126,7 +131,7 @@ pub struct Pod {
 impl Pod {
     /// The infra process's cgroup, relative to each hierarchy's root.
     pub fn infra_cgroup(&self) -> PathBuf {
-        crate::cgroup::infra_path(&self.cgroup_parent, self.id.as_str())
+        berth_host::cgroup::infra_dir(&self.cgroup_parent, self.id.as_str())
     }
 
     /// The pod's own user namespace, for its containers: the pinned path

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use berth_host::cgroup::Driver;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
@@ -289,6 +290,16 @@ impl PodSpec {
         )
     }
 
+    /// The cgroup parent in `driver`'s form (empty: the default parent).
+    pub fn check_cgroup_parent(&self, driver: Driver) -> Result<(), Invalid> {
+        if self.cgroup_parent.is_empty() {
+            return Ok(());
+        }
+        driver
+            .check_parent(&self.cgroup_parent)
+            .map_err(|err| invalid("config.linux.cgroup_parent", err.to_string()))
+    }
+
     /// Every rule a pod config must meet, in the order CRI-O checks them, so
     /// the first bad field is the one named. Long because it is a list.
     pub fn validate(&self) -> Result<(), Invalid> {
@@ -354,28 +365,6 @@ impl PodSpec {
                 "config.linux.security_context.namespace_options.pid",
                 "TARGET mode applies to containers, not to a pod",
             ));
-        }
-        if !self.cgroup_parent.is_empty() {
-            if self.cgroup_parent.ends_with(".slice") {
-                return Err(invalid(
-                    "config.linux.cgroup_parent",
-                    format!(
-                        "{:?} is a systemd slice, but the cgroup driver is cgroupfs",
-                        self.cgroup_parent
-                    ),
-                ));
-            }
-            if !self.cgroup_parent.starts_with('/')
-                || self.cgroup_parent.split('/').any(|part| part == "..")
-            {
-                return Err(invalid(
-                    "config.linux.cgroup_parent",
-                    format!(
-                        "expected an absolute cgroupfs path, got {:?}",
-                        self.cgroup_parent
-                    ),
-                ));
-            }
         }
         for mapping in &self.port_mappings {
             if !(0..=65535).contains(&mapping.host_port)
@@ -727,21 +716,43 @@ mod tests {
         s.hostname = "h".repeat(65);
         assert_eq!(s.validate().unwrap_err().field, "config.hostname");
         let mut s = spec();
+        let cgroupfs = Driver::Cgroupfs;
+        let systemd = Driver::Systemd;
         s.cgroup_parent = "kubepods.slice".into();
-        assert_eq!(
-            s.validate().unwrap_err().field,
-            "config.linux.cgroup_parent"
-        );
+        let err = s.check_cgroup_parent(cgroupfs).unwrap_err();
+        assert_eq!(err.field, "config.linux.cgroup_parent");
+        assert!(err.message.contains("cgroup driver is cgroupfs"), "{err}");
+        s.check_cgroup_parent(systemd).unwrap();
+        s.cgroup_parent = "kubepods-burstable-pod0a1b.slice".into();
+        s.check_cgroup_parent(systemd).unwrap();
         s.cgroup_parent = "/kubepods/besteffort/podu".into();
-        s.validate().unwrap();
+        s.check_cgroup_parent(cgroupfs).unwrap();
+        let err = s.check_cgroup_parent(systemd).unwrap_err();
+        assert_eq!(err.field, "config.linux.cgroup_parent");
+        assert!(err.message.contains("cgroup driver is systemd"), "{err}");
         for parent in ["/kubepods/..", "/a/../../b", "kubepods"] {
             s.cgroup_parent = parent.into();
             assert_eq!(
-                s.validate().unwrap_err().field,
+                s.check_cgroup_parent(cgroupfs).unwrap_err().field,
                 "config.linux.cgroup_parent",
                 "{parent}"
             );
         }
+        for parent in [
+            "kubepods",
+            "kube/pods.slice",
+            "kube--pods.slice",
+            "kube pods.slice",
+        ] {
+            s.cgroup_parent = parent.into();
+            assert_eq!(
+                s.check_cgroup_parent(systemd).unwrap_err().field,
+                "config.linux.cgroup_parent",
+                "{parent}"
+            );
+        }
+        s.cgroup_parent.clear();
+        s.check_cgroup_parent(systemd).unwrap();
     }
 
     #[test]

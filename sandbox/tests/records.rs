@@ -48,6 +48,7 @@ fn open(layout: &Layout) -> (Sandboxes, Vec<String>) {
         shim: "berth-shim".into(),
         runtimes: Arc::new(Runc),
         default_cgroup_parent: "/berth-test".into(),
+        cgroup_driver: berth_host::cgroup::Driver::Cgroupfs,
     };
     Sandboxes::open(options, cni)
 }
@@ -70,6 +71,7 @@ async fn unreadable_records_are_reported_and_hold_no_name() {
             runtime_handler: "runc".into(),
             hostname: name.into(),
             cgroup_parent: "/berth-test".into(),
+            own_slices: Vec::new(),
             namespaces: Namespaces::default(),
             files: layout.files(&id),
             infra: None,

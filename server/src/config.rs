@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use berth_host::cgroup::Driver;
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/berth/berth.toml";
@@ -90,7 +91,9 @@ impl Default for CniConfig {
 pub struct PodConfig {
     /// Size of each pod's /dev/shm tmpfs, in bytes.
     pub shm_size: u64,
-    /// cgroupfs parent of pods whose config names none.
+    /// The cgroup parent of pods whose config names none, in the driver's
+    /// form; empty: the driver's default (`/berth` with cgroupfs,
+    /// `system.slice` with systemd, as CRI-O's).
     pub cgroup_parent: String,
 }
 
@@ -98,7 +101,7 @@ impl Default for PodConfig {
     fn default() -> Self {
         PodConfig {
             shm_size: 64 * 1024 * 1024,
-            cgroup_parent: "/berth".into(),
+            cgroup_parent: String::new(),
         }
     }
 }
@@ -183,12 +186,31 @@ pub enum LogFormat {
     Json,
 }
 
-/// Only cgroupfs so far: the systemd driver needs a systemd scope per
-/// container, which Berth does not create yet.
+/// CRI-O's `cgroup_manager`: `cgroupfs` (Berth and the OCI runtime make
+/// cgroup dirs themselves) or `systemd` (pods in slices, containers in
+/// transient scopes, asked of systemd over D-Bus).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CgroupDriver {
     Cgroupfs,
+    Systemd,
+}
+
+impl CgroupDriver {
+    /// The host's: systemd where it is PID 1, as kubeadm sets the kubelet.
+    pub fn host_default() -> CgroupDriver {
+        match Driver::host_default() {
+            Driver::Systemd => CgroupDriver::Systemd,
+            Driver::Cgroupfs => CgroupDriver::Cgroupfs,
+        }
+    }
+
+    pub fn host(self) -> Driver {
+        match self {
+            CgroupDriver::Cgroupfs => Driver::Cgroupfs,
+            CgroupDriver::Systemd => Driver::Systemd,
+        }
+    }
 }
 
 impl Default for Config {
@@ -199,7 +221,7 @@ impl Default for Config {
             listen: PathBuf::from("/run/berth/berth.sock"),
             log_level: "info".into(),
             log_format: LogFormat::Text,
-            cgroup_driver: CgroupDriver::Cgroupfs,
+            cgroup_driver: CgroupDriver::host_default(),
             default_runtime: "runc".into(),
             runtimes: BTreeMap::from([(
                 "runc".to_string(),
@@ -298,6 +320,15 @@ impl Loaded {
 }
 
 pub fn load(sources: &Sources, overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    load_on(sources, overrides, Driver::systemd_running())
+}
+
+/// [`load`] on a host where systemd is PID 1 or not (`systemd_running`).
+fn load_on(
+    sources: &Sources,
+    overrides: &Overrides,
+    systemd_running: bool,
+) -> Result<Loaded, ConfigError> {
     let mut files = Vec::new();
     match std::fs::read_to_string(&sources.file) {
         Ok(text) => files.push((sources.file.clone(), text)),
@@ -331,8 +362,11 @@ pub fn load(sources: &Sources, overrides: &Overrides) -> Result<Loaded, ConfigEr
         .expect("merging files that each deserialize yields a valid config");
 
     apply(&mut config, &mut origins, overrides);
+    if config.pod.cgroup_parent.is_empty() {
+        config.pod.cgroup_parent = config.cgroup_driver.host().default_parent().into();
+    }
     let loaded = Loaded { config, origins };
-    validate(&loaded)?;
+    validate(&loaded, systemd_running)?;
     Ok(loaded)
 }
 
@@ -433,7 +467,7 @@ fn apply(config: &mut Config, origins: &mut BTreeMap<String, Origin>, o: &Overri
 
 /// Every rule a config must meet, each naming its key and the file that set
 /// it. Long because it is a list of independent checks.
-fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
+fn validate(loaded: &Loaded, systemd_running: bool) -> Result<(), ConfigError> {
     let config = &loaded.config;
     let invalid = |key: &str, message: String| ConfigError::Invalid {
         key: key.to_string(),
@@ -481,12 +515,15 @@ fn validate(loaded: &Loaded) -> Result<(), ConfigError> {
             ),
         ));
     }
-    let parent = &config.pod.cgroup_parent;
-    if !parent.starts_with('/') || parent.ends_with(".slice") {
+    let driver = config.cgroup_driver.host();
+    if driver == Driver::Systemd && !systemd_running {
         return Err(invalid(
-            "pod.cgroup_parent",
-            format!("expected an absolute cgroupfs path such as /berth, got {parent:?}"),
+            "cgroup_driver",
+            "is systemd, but systemd is not PID 1 on this host (no /run/systemd/system): set cgroupfs".into(),
         ));
+    }
+    if let Err(err) = driver.check_parent(&config.pod.cgroup_parent) {
+        return Err(invalid("pod.cgroup_parent", err.to_string()));
     }
     if let Err(err) = tracing_subscriber::EnvFilter::try_new(&config.log_level) {
         return Err(invalid(
@@ -629,7 +666,82 @@ mod tests {
     fn no_files_gives_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
-        assert_eq!(loaded.config, Config::default());
+        let mut expected = Config::default();
+        expected.pod.cgroup_parent = expected.cgroup_driver.host().default_parent().into();
+        assert_eq!(loaded.config, expected);
+    }
+
+    #[test]
+    fn cgroup_driver_follows_the_host_and_needs_systemd() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        let s = sources(dir.path());
+        let none = Overrides::default();
+        assert_eq!(
+            Config::default().cgroup_driver == CgroupDriver::Systemd,
+            Path::new("/run/systemd/system").is_dir()
+        );
+        std::fs::write(&file, "cgroup_driver = \"systemd\"\n").unwrap();
+        let loaded = load_on(&s, &none, true).unwrap();
+        assert_eq!(loaded.config.cgroup_driver, CgroupDriver::Systemd);
+        assert_eq!(loaded.config.pod.cgroup_parent, "system.slice");
+        let err = load_on(&s, &none, false).unwrap_err().to_string();
+        assert!(err.contains("config key `cgroup_driver`"), "{err}");
+        assert!(err.contains("berth.toml"), "{err}");
+        assert!(err.contains("systemd is not PID 1"), "{err}");
+
+        std::fs::write(&file, "cgroup_driver = \"cgroupfs\"\n").unwrap();
+        let loaded = load_on(&s, &none, true).unwrap();
+        assert_eq!(loaded.config.pod.cgroup_parent, "/berth");
+
+        std::fs::write(&file, "cgroup_driver = \"systemd-ish\"\n").unwrap();
+        let err = load_on(&s, &none, true).unwrap_err().to_string();
+        assert!(err.contains("key `cgroup_driver`"), "{err}");
+        assert!(err.contains("expected `cgroupfs` or `systemd`"), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn pod_cgroup_parent_takes_the_driver_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("berth.toml");
+        let s = sources(dir.path());
+        let none = Overrides::default();
+        for (text, ok) in [
+            (
+                "cgroup_driver = \"systemd\"\n[pod]\ncgroup_parent = \"berth.slice\"\n",
+                true,
+            ),
+            (
+                "cgroup_driver = \"systemd\"\n[pod]\ncgroup_parent = \"/berth\"\n",
+                false,
+            ),
+            (
+                "cgroup_driver = \"systemd\"\n[pod]\ncgroup_parent = \"a--b.slice\"\n",
+                false,
+            ),
+            (
+                "cgroup_driver = \"cgroupfs\"\n[pod]\ncgroup_parent = \"/kubepods\"\n",
+                true,
+            ),
+            (
+                "cgroup_driver = \"cgroupfs\"\n[pod]\ncgroup_parent = \"kubepods.slice\"\n",
+                false,
+            ),
+            (
+                "cgroup_driver = \"cgroupfs\"\n[pod]\ncgroup_parent = \"kubepods\"\n",
+                false,
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            match load_on(&s, &none, true) {
+                Ok(_) => assert!(ok, "{text} was accepted"),
+                Err(err) => {
+                    assert!(!ok, "{text}: {err}");
+                    assert!(err.to_string().contains("pod.cgroup_parent"), "{err}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -128,6 +128,12 @@ struct Monitor {
     signals: SignalFd,
     pid: Pid,
     memory_events: Option<(PathBuf, &'static str)>,
+    /// v2's `memory.events`, open and polled for changes: with the systemd
+    /// driver the scope (and this file) is gone as soon as the container's
+    /// last process is, so the OOM kill must be seen while it happens.
+    oom_watch: Option<File>,
+    /// An OOM kill the watch saw.
+    oom_seen: bool,
     buf: Box<[u8]>,
     pollfds: Vec<libc::pollfd>,
     had_attach: bool,
@@ -203,6 +209,7 @@ fn setup(run_dir: &Path, config: &ShimConfig) -> Result<Monitor, String> {
     if let Some(root) = &config.runtime_root {
         cmd.arg("--root").arg(root);
     }
+    cmd.args(&config.runtime_args);
     cmd.arg("--log")
         .arg(run_dir.join(RUNTIME_LOG))
         .args(["--log-format", "json", "create", "--bundle"])
@@ -321,7 +328,11 @@ fn setup(run_dir: &Path, config: &ShimConfig) -> Result<Monitor, String> {
         control,
         signals,
         pid,
+        oom_watch: memory_events(pid)
+            .filter(|(file, _)| file.ends_with("memory.events"))
+            .and_then(|(file, _)| File::open(file).ok()),
         memory_events: memory_events(pid),
+        oom_seen: false,
         buf: vec![0; HEADER + CHUNK].into_boxed_slice(),
         pollfds: Vec::with_capacity(4 + MAX_CLIENTS + 2),
         had_attach: false,
@@ -439,12 +450,15 @@ fn memory_events(pid: Pid) -> Option<(PathBuf, &'static str)> {
 
 fn oom_kills(file: &Path, key: &str) -> u64 {
     std::fs::read_to_string(file)
-        .ok()
-        .and_then(|text| {
-            text.lines().find_map(|line| {
-                let (k, v) = line.split_once(' ')?;
-                (k == key).then(|| v.trim().parse().ok()).flatten()
-            })
+        .map(|text| oom_kill_count(&text, key))
+        .unwrap_or(0)
+}
+
+fn oom_kill_count(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let (k, v) = line.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
         })
         .unwrap_or(0)
 }
@@ -466,6 +480,14 @@ impl Monitor {
                 self.pollfds.push(libc::pollfd {
                     fd,
                     events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // cgroup v2 signals a changed file with POLLPRI (and POLLERR).
+            if let Some(watch) = &self.oom_watch {
+                self.pollfds.push(libc::pollfd {
+                    fd: watch.as_raw_fd(),
+                    events: libc::POLLPRI,
                     revents: 0,
                 });
             }
@@ -500,6 +522,9 @@ impl Monitor {
             if ready(&self.pollfds, 1) {
                 self.serve_control();
             }
+            if self.oom_watch.is_some() && ready(&self.pollfds, self.pollfds.len() - 1) {
+                self.check_oom();
+            }
             if ready(&self.pollfds, 0)
                 && let Some(status) = self.reap()
             {
@@ -507,6 +532,22 @@ impl Monitor {
             }
         };
         self.finish(status)
+    }
+
+    /// Re-reads the watched `memory.events` (which re-arms its poll); a
+    /// file that no longer reads (its cgroup is gone) is not watched again.
+    fn check_oom(&mut self) {
+        let Some(watch) = &self.oom_watch else {
+            return;
+        };
+        let mut text = [0u8; 512];
+        match std::os::unix::fs::FileExt::read_at(watch, &mut text, 0) {
+            Ok(n) if n > 0 => {
+                let text = String::from_utf8_lossy(&text[..n]);
+                self.oom_seen |= oom_kill_count(&text, "oom_kill") > 0;
+            }
+            _ => self.oom_watch = None,
+        }
     }
 
     /// Reads one chunk from output `i` to the log and attached clients;
@@ -675,10 +716,13 @@ impl Monitor {
             WaitStatus::Signaled(_, sig, _) => (128 + sig as i32, Some(sig as i32)),
             _ => (255, None),
         };
-        let oom_killed = self
-            .memory_events
-            .as_ref()
-            .is_some_and(|(file, key)| oom_kills(file, key) > 0);
+        // A kill just before the exit may not have woken the loop yet.
+        self.check_oom();
+        let oom_killed = self.oom_seen
+            || self
+                .memory_events
+                .as_ref()
+                .is_some_and(|(file, key)| oom_kills(file, key) > 0);
         let record = ExitRecord {
             exit_code,
             signal,

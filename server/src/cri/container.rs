@@ -34,11 +34,14 @@ pub fn open(config: &Config, live: Arc<LiveConfig>) -> Result<Arc<Containers>, S
     // berth-shim ships next to berthd.
     let shim = berth_runtime::oci::default_shim_path().unwrap_or_else(|_| "berth-shim".into());
     let run_root = config.run_root.clone();
+    // Not live: a reload cannot move running containers to another driver.
+    let cgroup_driver = config.cgroup_driver.host();
     let runtimes: containers::Runtimes = Arc::new(move |name: &str| {
         live.get().runtimes.get(name).map(|handler| OciRuntime {
             path: handler.path.clone(),
             root: run_root.join("runtimes").join(name),
             shim: shim.clone(),
+            cgroup_driver,
         })
     });
     let (containers, errors) = Containers::open(containers::Options {

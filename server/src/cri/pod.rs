@@ -48,6 +48,7 @@ pub(super) fn open(config: &Config, runtimes: Arc<LiveConfig>) -> Arc<Sandboxes>
         shim,
         runtimes,
         default_cgroup_parent: config.pod.cgroup_parent.clone(),
+        cgroup_driver: config.cgroup_driver.host(),
     };
     let (pods, errors) = Sandboxes::open(options, Arc::clone(&cni));
     for error in errors {

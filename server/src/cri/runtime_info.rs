@@ -79,6 +79,7 @@ impl CriService {
     ) -> Result<RuntimeConfigResponse, Status> {
         let cgroup_driver = match self.config.cgroup_driver {
             config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+            config::CgroupDriver::Systemd => CgroupDriver::Systemd,
         };
         Ok(RuntimeConfigResponse {
             linux: Some(LinuxRuntimeConfiguration {

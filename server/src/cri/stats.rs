@@ -5,7 +5,7 @@
 //! a thread per pod joining its netns), so it runs on `spawn_blocking`.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_cri::stats::Layer;
@@ -24,10 +24,10 @@ use tonic::Status;
 
 use super::CriService;
 
-/// A container's cgroup, as `berth_cri::container` places it:
-/// `<pod cgroup parent>/<id>`.
+/// A container's cgroup, as `berth_cri::container` places it for the
+/// pod's driver.
 fn container_cgroup(cgroup_parent: &str, id: &str) -> PathBuf {
-    Path::new(cgroup_parent.trim_start_matches('/')).join(id)
+    berth_host::cgroup::container_dir(cgroup_parent, id)
 }
 
 /// One container's stats; blocking. `cgroup_parent` is its pod's (`None`

@@ -357,6 +357,7 @@ mod tests {
                 path: "runc".into(),
                 root: "/run/berth/runtimes/runc".into(),
                 shim: "berth-shim".into(),
+                cgroup_driver: Default::default(),
             },
             run_dir: "/run/berth/containers/c0ffee".into(),
         }

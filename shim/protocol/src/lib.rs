@@ -48,6 +48,9 @@ pub struct ShimConfig {
     pub runtime: PathBuf,
     /// The runtime's state dir (`--root`); its default when absent.
     pub runtime_root: Option<PathBuf>,
+    /// Global flags for the runtime, before `create` (the cgroup driver's).
+    #[serde(default)]
+    pub runtime_args: Vec<String>,
     /// The CRI log file; its directory must exist.
     pub log_path: PathBuf,
     /// Keep the container's stdin open for attach.
