@@ -88,6 +88,7 @@ impl ToStatus for berth_sandbox::Error {
             | Error::Files(_)
             | Error::Cgroup(_)
             | Error::Systemd(_)
+            | Error::Slices(_)
             | Error::Network(_)
             | Error::SetupAndTeardown { .. }
             | Error::Teardown { .. } => Status::internal(message),

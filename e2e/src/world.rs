@@ -53,10 +53,13 @@ pub struct World {
     pub cgroup_parent: String,
 }
 
+/// The world's berthd runs the cgroupfs driver on every host: its pods name
+/// path-form cgroup parents. (The systemd driver, the default where systemd
+/// is PID 1, has its own test: systemd_driver.rs.)
 fn options(registries_conf: &Path, conf_dir: &Path, extra: &str) -> Options {
     Options {
         config: format!(
-            "[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n{extra}",
+            "cgroup_driver = \"cgroupfs\"\n[image]\nregistries_config = \"{}\"\n[cni]\nconf_dir = \"{}\"\n{extra}",
             registries_conf.display(),
             conf_dir.display()
         ),

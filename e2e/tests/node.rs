@@ -15,6 +15,9 @@
 //! - `BERTH_NODE_UNIT` (default `berth`), `BERTH_NODE_CRUN_HANDLER`
 //!   (default `crun`).
 //!
+//! Every case runs under the driver berthd reports, cgroupfs or systemd;
+//! the suite runs them once per driver.
+//!
 //! The restart case restarts berthd under the other cases' feet: the suite
 //! runs it on its own (`--exact restart_keeps_running_containers`).
 
@@ -35,51 +38,110 @@ use tonic::transport::Channel;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// How the configured cgroup driver places pods and containers. Only
-/// cgroupfs so far; the systemd driver's cases (slices, scopes, units left)
-/// come with that driver.
+/// How the configured cgroup driver places pods and containers, written
+/// out here from the kubelet's and systemd's conventions rather than asked
+/// of Berth's own code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Driver {
     Cgroupfs,
+    Systemd,
 }
 
 impl Driver {
     fn from_runtime_config(reported: i32) -> Driver {
         match cri::CgroupDriver::try_from(reported) {
             Ok(cri::CgroupDriver::Cgroupfs) => Driver::Cgroupfs,
-            other => panic!(
-                "berthd reports cgroup driver {other:?}; the node suite has cases for cgroupfs only"
-            ),
+            Ok(cri::CgroupDriver::Systemd) => Driver::Systemd,
+            Err(e) => panic!("berthd reports an unknown cgroup driver {reported}: {e}"),
         }
     }
 
     fn name(self) -> &'static str {
         match self {
             Driver::Cgroupfs => "cgroupfs",
+            Driver::Systemd => "systemd",
         }
     }
 
     /// The `cgroup_parent` a kubelet with this driver sends for a Burstable
-    /// pod with `uid`.
+    /// pod with `uid` (the systemd form has the UID's dashes as
+    /// underscores: a dash nests slices).
     fn pod_parent(self, uid: &str) -> String {
         match self {
             Driver::Cgroupfs => format!("/kubepods/burstable/pod{uid}"),
+            Driver::Systemd => format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
         }
     }
 
-    /// Where container `id` of a pod with `parent` has its cgroup v2 files.
-    fn container_dir(self, parent: &str, id: &str) -> PathBuf {
-        match self {
-            Driver::Cgroupfs => Path::new(CGROUP_ROOT)
-                .join(parent.trim_start_matches('/'))
-                .join(id),
-        }
-    }
-
+    /// The pod's cgroup dir: the parent path, or the slice as systemd
+    /// nests it by the dashes in its name.
     fn pod_dir(self, parent: &str) -> PathBuf {
         match self {
             Driver::Cgroupfs => Path::new(CGROUP_ROOT).join(parent.trim_start_matches('/')),
+            Driver::Systemd => Path::new(CGROUP_ROOT)
+                .join("kubepods.slice")
+                .join("kubepods-burstable.slice")
+                .join(parent),
         }
+    }
+
+    /// Where container `id` of a pod with `parent` has its cgroup: a dir
+    /// named by the ID, or the transient scope `berth-<id>.scope`.
+    fn container_dir(self, parent: &str, id: &str) -> PathBuf {
+        match self {
+            Driver::Cgroupfs => self.pod_dir(parent).join(id),
+            Driver::Systemd => self.pod_dir(parent).join(scope(id)),
+        }
+    }
+}
+
+/// The transient unit of container `id` under the systemd driver.
+fn scope(id: &str) -> String {
+    format!("berth-{id}.scope")
+}
+
+/// Where the container's limits are written: its cgroup, or the
+/// `container` subgroup that crun (1.8) makes in a delegated systemd
+/// scope and runs the container in.
+fn limits_dir(dir: &Path) -> PathBuf {
+    let sub = dir.join("container");
+    if sub.is_dir() { sub } else { dir.to_path_buf() }
+}
+
+/// `systemctl show -p <property> --value <unit>`.
+fn show(unit: &str, property: &str) -> String {
+    systemctl(&["show", "-p", property, "--value", unit])
+}
+
+/// The scopes and slices systemd knows (loaded, active or not) whose name
+/// holds `needle`. (Not mount units: systemd mirrors every mount, the pod's
+/// namespace pins too, and drops those units on its own once unmounted.)
+fn units_with(needle: &str) -> Vec<String> {
+    systemctl(&[
+        "list-units",
+        "--all",
+        "--plain",
+        "--no-legend",
+        "--no-pager",
+    ])
+    .lines()
+    .filter_map(|line| line.split_whitespace().next())
+    .filter(|unit| unit.ends_with(".scope") || unit.ends_with(".slice"))
+    .filter(|unit| unit.contains(needle))
+    .map(str::to_string)
+    .collect()
+}
+
+/// Waits up to a minute (the node VM is slow) for `path` to be gone.
+async fn wait_gone(path: &Path, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} left after {what}",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -275,20 +337,34 @@ impl Node {
     }
 
     /// Stops and removes the pod; then nothing of it may be left below its
-    /// cgroup parent, which the kubelet (here: the test) removes itself.
+    /// cgroup parent. With cgroupfs the kubelet (here: the test) removes
+    /// the parent itself; with systemd Berth stops the pod's slice, which
+    /// it caused systemd to start, and no unit of the pod may be left.
     async fn remove_pod(&mut self, pod: &str, parent: &str) {
         berth_e2e::stop_and_remove_pod(&mut self.client, pod).await;
         let dir = self.driver.pod_dir(parent);
-        let left: Vec<String> = berth_e2e::entries(&dir)
-            .into_iter()
-            .filter(|e| dir.join(e).is_dir())
-            .collect();
-        assert!(
-            left.is_empty(),
-            "cgroups left in {}: {left:?}",
-            dir.display()
-        );
-        remove_kubelet_cgroups(&dir);
+        match self.driver {
+            Driver::Cgroupfs => {
+                let left: Vec<String> = berth_e2e::entries(&dir)
+                    .into_iter()
+                    .filter(|e| dir.join(e).is_dir())
+                    .collect();
+                assert!(
+                    left.is_empty(),
+                    "cgroups left in {}: {left:?}",
+                    dir.display()
+                );
+                remove_kubelet_cgroups(&dir);
+            }
+            Driver::Systemd => {
+                wait_gone(&dir, "RemovePodSandbox").await;
+                let stem = parent.trim_end_matches(".slice");
+                let left = units_with(stem);
+                assert!(left.is_empty(), "units left: {left:?}");
+                let left = units_with(pod);
+                assert!(left.is_empty(), "units left: {left:?}");
+            }
+        }
     }
 }
 
@@ -398,10 +474,8 @@ async fn pull_and_run_a_pod_under_the_kubelet_cgroup_parent() {
         dir.display()
     );
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-    assert_eq!(
-        own.trim(),
-        format!("0::/{}/{id}", parent.trim_start_matches('/'))
-    );
+    let relative = dir.strip_prefix(CGROUP_ROOT).unwrap();
+    assert_eq!(own.trim(), format!("0::/{}", relative.display()));
     node.remove_pod(&pod, &parent).await;
 }
 
@@ -418,6 +492,12 @@ async fn limits_are_in_the_cgroup_v2_files() {
     assert_eq!(cgroup_file(&dir, "memory.max"), (64u64 << 20).to_string());
     assert_eq!(cgroup_file(&dir, "cpu.max"), "50000 100000");
     assert_eq!(cgroup_file(&dir, "pids.max"), "64");
+    if node.driver == Driver::Systemd {
+        // runc also gives the limits to systemd, as properties of the scope.
+        assert_eq!(show(&scope(&id), "MemoryMax"), (64u64 << 20).to_string());
+        assert_eq!(show(&scope(&id), "CPUQuotaPerSecUSec"), "500ms");
+        assert_eq!(show(&scope(&id), "TasksMax"), "64");
+    }
     node.remove_pod(&pod, &parent).await;
 }
 
@@ -527,6 +607,10 @@ async fn update_resources_changes_the_cgroup_files() {
     assert_eq!(cgroup_file(&dir, "memory.max"), (128u64 << 20).to_string());
     assert_eq!(cgroup_file(&dir, "cpu.max"), "200000 100000");
     assert_eq!(cgroup_file(&dir, "pids.max"), "128");
+    if node.driver == Driver::Systemd {
+        assert_eq!(show(&scope(&id), "MemoryMax"), (128u64 << 20).to_string());
+        assert_eq!(show(&scope(&id), "CPUQuotaPerSecUSec"), "2s");
+    }
     let (status, _) = node.status(&id).await;
     let reported = status.resources.and_then(|r| r.linux).expect("resources");
     assert_eq!(reported.memory_limit_in_bytes, 128 << 20);
@@ -585,11 +669,14 @@ async fn stop_and_remove_leave_no_cgroup() {
         })
         .await
         .expect("RemoveContainer");
-    assert!(
-        !dir.exists(),
-        "{} left after RemoveContainer",
-        dir.display()
-    );
+    wait_gone(&dir, "RemoveContainer").await;
+    if node.driver == Driver::Systemd {
+        let left = units_with(&id);
+        assert!(
+            left.is_empty(),
+            "units left after RemoveContainer: {left:?}"
+        );
+    }
     node.remove_pod(&pod, &parent).await;
     assert!(!node.driver.pod_dir(&parent).exists());
 }
@@ -621,7 +708,7 @@ async fn crun_runs_a_container_as_a_second_handler() {
     );
     let (code, out) = node.exec(&id, "echo crun-exec").await;
     assert_eq!((code, out.as_str()), (0, "crun-exec\n"));
-    let dir = node.driver.container_dir(&parent, &id);
+    let dir = limits_dir(&node.driver.container_dir(&parent, &id));
     assert_eq!(cgroup_file(&dir, "memory.max"), (64u64 << 20).to_string());
     assert_eq!(cgroup_file(&dir, "pids.max"), "64");
     node.remove_pod(&pod, &parent).await;

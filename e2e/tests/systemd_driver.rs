@@ -19,13 +19,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
-use berth_e2e::cri::security_profile::ProfileType;
 use berth_e2e::cri::{
     CgroupDriver, ContainerState, ContainerStatsRequest, ContainerStatusRequest,
     CreateContainerRequest, LinuxContainerResources, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
     PodSandboxMetadata, PodSandboxStatsRequest, RemoveContainerRequest, RunPodSandboxRequest,
-    RuntimeConfigRequest, SecurityProfile, StartContainerRequest, StopContainerRequest,
+    RuntimeConfigRequest, StartContainerRequest, StopContainerRequest,
     UpdateContainerResourcesRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
@@ -152,16 +151,12 @@ async fn create_and_start(
     let mut config = container_config(image, name, script);
     if let Some(linux) = config.linux.as_mut() {
         linux.resources = Some(resources);
-        if let Some(context) = linux.security_context.as_mut() {
-            if let Some(modes) = context.namespace_options.as_mut() {
-                modes.pid = NamespaceMode::Pod as i32;
-            }
-            // The node VM has AppArmor on; Berth's default profile is issue
-            // 15 item 3, apart from the driver this file tests.
-            context.apparmor = Some(SecurityProfile {
-                profile_type: ProfileType::Unconfined as i32,
-                localhost_ref: String::new(),
-            });
+        if let Some(modes) = linux
+            .security_context
+            .as_mut()
+            .and_then(|context| context.namespace_options.as_mut())
+        {
+            modes.pid = NamespaceMode::Pod as i32;
         }
     }
     let id = client

@@ -3,7 +3,7 @@
 # run.sh runs it in the node VM): installs the host-built berthd and
 # berth-shim as a node would (dist/berth.service is in the image), and for
 # each cgroup driver configures berthd, starts it through systemd and runs
-# e2e/tests/node.rs against it. Writes one "<driver> <case> <ok|FAILED>"
+# e2e/tests/e2e/node.rs against it. Writes one "<driver> <case> <ok|FAILED>"
 # line per case to results; exits non-zero if any case failed or did not run.
 #
 # Then it runs the e2e files in HARNESS_TESTS, which start their own berthd
@@ -61,6 +61,18 @@ CONF
     tail -n 60 "journal-$driver.log"
   fi
   systemctl stop berth
+  if [[ $driver == systemd ]]; then
+    # Every pod was removed: no scope or slice of Berth's may be left.
+    left=$(systemctl list-units --all --plain --no-legend --no-pager |
+      awk '{print $1}' | grep -E '^(berth-.*\.scope|kubepods.*\.slice)$')
+    if [[ -n $left ]]; then
+      echo "$driver no_unit_left_after_the_cases FAILED" >>results
+      echo "units left: $left"
+      failed=1
+    else
+      echo "$driver no_unit_left_after_the_cases ok" >>results
+    fi
+  fi
   # The next driver starts from an empty node.
   rm -rf /var/lib/berth /run/berth
 done
@@ -68,12 +80,12 @@ for t in $HARNESS_TESTS; do
   echo "== e2e $t on the node"
   s=$SECONDS
   BERTH_BIN_DIR=$share/bin BERTH_E2E_REGISTRY=$REGISTRY CI=true \
-    timeout 900 "./bin/$t" --test-threads=2 >"$t.log" 2>&1
+    timeout 900 "./bin/$t" --include-ignored --test-threads=2 >"$t.log" 2>&1
   code=$?
   echo "$t: exit $code after $((SECONDS - s)) s"
   grep -h '^test result: ' "$t.log"
   sed -n "s/^test \([a-z0-9_:]*\) \.\.\. \(ok\|FAILED\)$/harness $t \1 \2/p" "$t.log" >>results
-  cases=$("./bin/$t" --list 2>/dev/null | grep -c ': test$')
+  cases=$("./bin/$t" --include-ignored --list 2>/dev/null | grep -c ': test$')
   ran=$(grep -c "^harness $t " results)
   if ((code != 0 || ran < cases)); then
     echo "$t: $ran of $cases cases reported, exit $code"

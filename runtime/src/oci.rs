@@ -259,6 +259,7 @@ impl OciRuntime {
                 return Ok(exit);
             }
         }
+        std::fs::write(run_dir.join(berth_shim_protocol::KILLED_FILE), b"").map_err(io)?;
         let _ = self.kill(id, Signal::SIGKILL, true);
         let waited = Duration::from_secs(30);
         match wait_exit(run_dir, waited).map_err(io)? {

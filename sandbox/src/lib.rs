@@ -13,6 +13,7 @@ pub mod netstat;
 pub mod ns;
 pub mod reclaim;
 pub mod record;
+pub mod slices;
 pub mod spec;
 pub mod systemd;
 
@@ -58,6 +59,8 @@ pub enum Error {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Systemd(#[from] systemd::SystemdError),
+    #[error(transparent)]
+    Slices(#[from] slices::SlicesError),
     #[error(transparent)]
     Network(#[from] berth_cni::Error),
     #[error("{error}; cleaning up pod sandbox {pod} also failed: {}", .failures.join("; "))]
@@ -138,6 +141,8 @@ pub struct Sandboxes {
     pod_cidr: RwLock<Option<String>>,
     /// Pods whose record did not parse at open, for [`Sandboxes::reclaim_unreadable`].
     unreadable: std::sync::Mutex<Vec<PodId>>,
+    /// The systemd slices Berth started and the pods in them.
+    slices: slices::Slices,
 }
 
 impl Sandboxes {
@@ -147,6 +152,10 @@ impl Sandboxes {
         let (pods, errors) = record::load_all(&options.layout);
         let loaded = pods.iter().map(|pod| pod.id.clone()).collect();
         let unreadable = reclaim::unreadable(&options.layout, &loaded);
+        let slices = slices::Slices::open(
+            options.layout.run_root.join("slices.json"),
+            pods.iter().map(|pod| (&pod.id, pod.cgroup_parent.as_str())),
+        );
         let mut index = Index::default();
         for mut pod in pods {
             // After a reboot the run root is empty: the namespaces are gone.
@@ -174,6 +183,7 @@ impl Sandboxes {
             index: std::sync::Mutex::new(index),
             pod_cidr: RwLock::new(None),
             unreadable: std::sync::Mutex::new(unreadable),
+            slices,
         };
         (sandboxes, errors)
     }
@@ -354,7 +364,6 @@ impl Sandboxes {
             runtime_handler,
             hostname,
             cgroup_parent,
-            own_slices: Vec::new(),
             namespaces,
             files,
             infra: None,
@@ -396,7 +405,7 @@ impl Sandboxes {
             }),
         };
         blocking(move || ns::create(request)).await??;
-        self.make_slice(pod).await?;
+        self.slices.enter(&pod.id, &pod.cgroup_parent).await?;
         if let Some(pid_pin) = pod.namespaces.pid.clone() {
             let join: Vec<PathBuf> = [
                 &pod.namespaces.net,
@@ -457,56 +466,6 @@ impl Sandboxes {
             "cannot write the record of pod sandbox {}",
             pod.id
         )))
-    }
-
-    /// With the systemd driver, the pod's slice: the kubelet makes it (and
-    /// `kubepods.slice` above it) before RunPodSandbox; when nothing did,
-    /// Berth starts it over D-Bus (systemd's unit, not a dir behind its
-    /// back; systemd starts the missing slices above it) and records which
-    /// were not active, so that Remove stops them and leaves no unit.
-    async fn make_slice(&self, pod: &mut Pod) -> Result<(), Error> {
-        let slice = pod.cgroup_parent.clone();
-        if Driver::of_parent(&slice) != Driver::Systemd
-            || systemd::active_state(&slice).await?.as_deref() == Some("active")
-        {
-            return Ok(());
-        }
-        for unit in cgroup_names::slice_ancestry(&slice) {
-            if systemd::active_state(&unit).await?.as_deref() != Some("active") {
-                pod.own_slices.push(unit);
-            }
-        }
-        // Recorded first: a crash between the two still stops them at Remove.
-        record::save(&self.options.layout, pod).map_err(io(format!(
-            "cannot write the record of pod sandbox {}",
-            pod.id
-        )))?;
-        systemd::start_slice(&slice).await?;
-        Ok(())
-    }
-
-    /// Stops the slices `pod` caused, innermost first, but none that holds
-    /// another pod's parent.
-    async fn remove_slices(&self, pod: &Pod) -> Vec<String> {
-        let in_use: Vec<String> = {
-            let index = self.index.lock().expect("lock poisoned");
-            index
-                .pods
-                .iter()
-                .filter(|(id, _)| **id != pod.id)
-                .flat_map(|(_, slot)| cgroup_names::slice_ancestry(&slot.record().cgroup_parent))
-                .collect()
-        };
-        let mut failures = Vec::new();
-        for unit in pod.own_slices.iter().rev() {
-            if in_use.contains(unit) {
-                continue;
-            }
-            if let Err(err) = systemd::stop(unit).await {
-                failures.push(err.to_string());
-            }
-        }
-        failures
     }
 
     fn attachment(&self, pod: &Pod, pod_cidr: Option<&str>) -> Attachment {
@@ -587,7 +546,7 @@ impl Sandboxes {
                     failures.push(err.to_string());
                 }
             }
-            failures.extend(self.remove_slices(pod).await);
+            failures.extend(self.slices.leave(&pod.id).await);
         }
         pod.state = State::NotReady;
         if remove && failures.is_empty() {

@@ -117,11 +117,6 @@ pub struct Pod {
     pub runtime_handler: String,
     pub hostname: String,
     pub cgroup_parent: String,
-    /// The slices Berth caused systemd to start for this pod, outermost
-    /// first: `cgroup_parent` and those above it that were not active
-    /// (systemd driver, no kubelet made them). Remove stops them.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub own_slices: Vec<String>,
     pub namespaces: Namespaces,
     pub files: Files,
     pub infra: Option<Infra>,

@@ -71,7 +71,6 @@ async fn unreadable_records_are_reported_and_hold_no_name() {
             runtime_handler: "runc".into(),
             hostname: name.into(),
             cgroup_parent: "/berth-test".into(),
-            own_slices: Vec::new(),
             namespaces: Namespaces::default(),
             files: layout.files(&id),
             infra: None,

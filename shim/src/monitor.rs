@@ -20,8 +20,8 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2, setsid};
 
 use berth_host::atomic::write_private;
 use berth_shim_protocol::{
-    ATTACH_SOCKET, CONFIG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, EXIT_FILE, ExitRecord, PID_FILE,
-    RUNTIME_LOG, SHIM_PID_FILE, STREAM_STDERR, STREAM_STDOUT, ShimConfig,
+    ATTACH_SOCKET, CONFIG_FILE, CONSOLE_SOCKET, CONTROL_SOCKET, EXIT_FILE, ExitRecord, KILLED_FILE,
+    PID_FILE, RUNTIME_LOG, SHIM_PID_FILE, STREAM_STDERR, STREAM_STDOUT, ShimConfig,
 };
 
 use crate::logfmt::LogFile;
@@ -134,6 +134,13 @@ struct Monitor {
     oom_watch: Option<File>,
     /// An OOM kill the watch saw.
     oom_seen: bool,
+    /// The `oom_kill` counts of the v2 cgroup's ancestors when the
+    /// container was created, nearest first. v2 counts an OOM kill in every
+    /// ancestor too, so when the container's own cgroup is already gone
+    /// (a systemd scope, removed before this shim ran) a kill that its
+    /// nearest remaining ancestor counted since is the container's, if its
+    /// process died of SIGKILL meanwhile.
+    oom_ancestors: Vec<(PathBuf, u64)>,
     buf: Box<[u8]>,
     pollfds: Vec<libc::pollfd>,
     had_attach: bool,
@@ -333,6 +340,7 @@ fn setup(run_dir: &Path, config: &ShimConfig) -> Result<Monitor, String> {
             .and_then(|(file, _)| File::open(file).ok()),
         memory_events: memory_events(pid),
         oom_seen: false,
+        oom_ancestors: oom_ancestors(pid),
         buf: vec![0; HEADER + CHUNK].into_boxed_slice(),
         pollfds: Vec::with_capacity(4 + MAX_CLIENTS + 2),
         had_attach: false,
@@ -446,6 +454,40 @@ fn memory_events(pid: Pid) -> Option<(PathBuf, &'static str)> {
         dir.join("memory.events")
     };
     file.exists().then_some((file, "oom_kill"))
+}
+
+/// See [`Monitor::oom_ancestors`]: the v2 ancestors' `memory.events` and
+/// their `oom_kill` counts now, nearest first, below the root.
+fn oom_ancestors(pid: Pid) -> Vec<(PathBuf, u64)> {
+    let layout = berth_host::cgroup::Layout::host();
+    let (Some(root), Some(dir)) = (
+        layout.unified(),
+        layout.dir_of_process(pid.as_raw(), "memory"),
+    ) else {
+        return Vec::new();
+    };
+    if layout.v1("memory").is_some() {
+        return Vec::new();
+    }
+    dir.ancestors()
+        .skip(1)
+        .take_while(|a| a.starts_with(root) && *a != root)
+        .map(|a| a.join("memory.events"))
+        .filter_map(|file| {
+            let text = std::fs::read_to_string(&file).ok()?;
+            let count = oom_kill_count(&text, "oom_kill");
+            Some((file, count))
+        })
+        .collect()
+}
+
+/// Whether the nearest ancestor that still reads counted an OOM kill since
+/// [`oom_ancestors`] read it.
+fn ancestor_counted_oom(ancestors: &[(PathBuf, u64)]) -> bool {
+    ancestors.iter().find_map(|(file, before)| {
+        let text = std::fs::read_to_string(file).ok()?;
+        Some(oom_kill_count(&text, "oom_kill") > *before)
+    }) == Some(true)
 }
 
 fn oom_kills(file: &Path, key: &str) -> u64 {
@@ -718,11 +760,19 @@ impl Monitor {
         };
         // A kill just before the exit may not have woken the loop yet.
         self.check_oom();
+        let own_gone = self
+            .memory_events
+            .as_ref()
+            .is_some_and(|(file, _)| !file.exists());
         let oom_killed = self.oom_seen
             || self
                 .memory_events
                 .as_ref()
-                .is_some_and(|(file, key)| oom_kills(file, key) > 0);
+                .is_some_and(|(file, key)| oom_kills(file, key) > 0)
+            || (own_gone
+                && signal == Some(libc::SIGKILL)
+                && !self.run_dir.join(KILLED_FILE).exists()
+                && ancestor_counted_oom(&self.oom_ancestors));
         let record = ExitRecord {
             exit_code,
             signal,
@@ -745,6 +795,31 @@ impl Monitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_oom_kill_counted_by_the_nearest_remaining_ancestor_since_create() {
+        let dir = tempfile::tempdir().unwrap();
+        let slice = dir.path().join("pod.slice");
+        let outer = dir.path().join("kubepods.slice");
+        std::fs::create_dir_all(&slice).unwrap();
+        std::fs::create_dir_all(&outer).unwrap();
+        let events = |n: u64| format!("low 0\nhigh 0\nmax 3\noom 1\noom_kill {n}\n");
+        std::fs::write(slice.join("memory.events"), events(2)).unwrap();
+        std::fs::write(outer.join("memory.events"), events(7)).unwrap();
+        let ancestors = vec![
+            (slice.join("memory.events"), 2),
+            (outer.join("memory.events"), 7),
+        ];
+        assert!(!ancestor_counted_oom(&ancestors));
+        std::fs::write(slice.join("memory.events"), events(3)).unwrap();
+        assert!(ancestor_counted_oom(&ancestors));
+        // The pod's slice gone too: the next one up decides.
+        std::fs::remove_dir_all(&slice).unwrap();
+        assert!(!ancestor_counted_oom(&ancestors));
+        std::fs::write(outer.join("memory.events"), events(8)).unwrap();
+        assert!(ancestor_counted_oom(&ancestors));
+        assert!(!ancestor_counted_oom(&[]));
+    }
 
     #[test]
     fn oom_kill_counters_parse_in_v1_and_v2_formats() {

@@ -34,6 +34,10 @@ pub const CONTROL_SOCKET: &str = "ctl";
 pub const CONSOLE_SOCKET: &str = "console.sock";
 pub const RUNTIME_LOG: &str = "runtime.log";
 pub const EXIT_FILE: &str = "exit";
+/// Written (empty) by berthd before it sends SIGKILL to stop the container:
+/// a death by SIGKILL after it is the stop's, never an OOM kill that the
+/// shim infers from an ancestor cgroup's count.
+pub const KILLED_FILE: &str = "killed";
 
 /// Attach frame stream tags.
 pub const STREAM_STDOUT: u8 = 1;
