@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/setup.sh
-cargo test --release --locked -p berth-e2e --test bench_pull -- --ignored --nocapture 2>&1 | grep '^BENCH'
+cargo test --release --locked -p berth-e2e --test e2e -- bench_pull:: --ignored --nocapture 2>&1 | grep '^BENCH'

@@ -27,12 +27,12 @@ if grep -qxF "$image/" <<<"$key_dirs_before"; then build_kind=cached; else build
 echo "== hack/vm/smoke.sh: building berthd, berth-shim and the foundation tests ($profile)" >&2
 cargo build --locked --profile "$profile" -p berthd -p berth-shim --bins
 # The test binary's path is only known from cargo's JSON messages.
-test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test foundation --no-run \
+test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test e2e --no-run \
   --message-format=json |
   python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "foundation" and m.get("executable"):
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
         print(m["executable"])')
 bin_dir=$(dirname "$(dirname "$test_bin")")
 [[ -x $test_bin && -x $bin_dir/berthd && -x $bin_dir/berth-shim ]] || {
@@ -44,7 +44,7 @@ share=$repo/target/vm-smoke
 rm -rf "$share"
 mkdir -p "$share/bin" "$share/www"
 cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$share/bin/"
-cp "$test_bin" "$share/bin/foundation"
+cp "$test_bin" "$share/bin/e2e"
 
 # A host service on loopback only, which the guest must reach as 10.0.2.2:
 # what the test registry will be.
@@ -80,7 +80,7 @@ cat checks
 
 echo "== foundation tests (BERTH_BIN_DIR=/mnt/share/bin CI=true)"
 t=\$SECONDS
-BERTH_BIN_DIR=/mnt/share/bin CI=true ./bin/foundation >foundation.log 2>&1
+BERTH_BIN_DIR=/mnt/share/bin CI=true ./bin/e2e foundation:: >foundation.log 2>&1
 echo "foundation exit \$? after \$((SECONDS - t)) s" >foundation.result
 cat foundation.result
 exit \$failed

@@ -6,7 +6,7 @@
 # e2e/tests/e2e/node.rs against it. Writes one "<driver> <case> <ok|FAILED>"
 # line per case to results; exits non-zero if any case failed or did not run.
 #
-# Then it runs the e2e files in HARNESS_TESTS, which start their own berthd
+# Then it runs the e2e modules in HARNESS_TESTS, which start their own berthd
 # (the harness, with BERTH_BIN_DIR and BERTH_E2E_REGISTRY): "harness <test>
 # <case> <ok|FAILED>" lines.
 #
@@ -26,7 +26,7 @@ mkdir -p /etc/berth /etc/containers
 printf '[[registry]]\nlocation = "%s"\ninsecure = true\n' "$REGISTRY" >/etc/containers/registries.conf
 systemctl daemon-reload
 
-restart_case=restart_keeps_running_containers
+restart_case=node::restart_keeps_running_containers
 for driver in $DRIVERS; do
   echo "== node suite, cgroup driver $driver"
   cat >/etc/berth/berth.toml <<CONF
@@ -45,14 +45,14 @@ CONF
   echo "$driver: systemctl start berth (returns on READY=1): $((SECONDS - t)) s"
   export BERTH_NODE_IMAGE=$IMAGE BERTH_NODE_CGROUP_DRIVER=$driver CI=true
   # The restart case restarts berthd under the others' feet: it runs alone.
-  timeout 600 ./bin/node --ignored --test-threads=2 --skip "$restart_case" >"node-$driver.log" 2>&1
-  timeout 300 ./bin/node --ignored --exact "$restart_case" --nocapture >>"node-$driver.log" 2>&1
+  timeout 600 ./bin/e2e node:: --ignored --test-threads=2 --skip "$restart_case" >"node-$driver.log" 2>&1
+  timeout 300 ./bin/e2e --ignored --exact "$restart_case" --nocapture >>"node-$driver.log" 2>&1
   grep -h '^figure: ' "node-$driver.log" | sed "s/^figure: /$driver: /"
   grep -h '^test result: ' "node-$driver.log"
   journalctl -u berth --no-pager >"journal-$driver.log"
-  sed -n "s/^test \([a-z0-9_]*\) \.\.\. \(ok\|FAILED\)$/$driver \1 \2/p" "node-$driver.log" >>results
+  sed -n "s/^test node::\([a-z0-9_]*\) \.\.\. \(ok\|FAILED\)$/$driver \1 \2/p" "node-$driver.log" >>results
   # Fewer result lines than cases means a case did not run (or hung).
-  cases=$(./bin/node --ignored --list 2>/dev/null | grep -c ': test$')
+  cases=$(./bin/e2e node:: --ignored --list 2>/dev/null | grep -c ': test$')
   ran=$(grep -c "^$driver " results)
   if grep -q "^$driver .* FAILED$" results || ((ran < cases)); then
     echo "$driver: $ran of $cases cases reported"
@@ -80,12 +80,12 @@ for t in $HARNESS_TESTS; do
   echo "== e2e $t on the node"
   s=$SECONDS
   BERTH_BIN_DIR=$share/bin BERTH_E2E_REGISTRY=$REGISTRY CI=true \
-    timeout 900 "./bin/$t" --include-ignored --test-threads=2 >"$t.log" 2>&1
+    timeout 900 ./bin/e2e "$t::" --include-ignored --test-threads=2 >"$t.log" 2>&1
   code=$?
   echo "$t: exit $code after $((SECONDS - s)) s"
   grep -h '^test result: ' "$t.log"
-  sed -n "s/^test \([a-z0-9_:]*\) \.\.\. \(ok\|FAILED\)$/harness $t \1 \2/p" "$t.log" >>results
-  cases=$("./bin/$t" --include-ignored --list 2>/dev/null | grep -c ': test$')
+  sed -n "s/^test $t::\([a-z0-9_:]*\) \.\.\. \(ok\|FAILED\)$/harness $t \1 \2/p" "$t.log" >>results
+  cases=$(./bin/e2e "$t::" --include-ignored --list 2>/dev/null | grep -c ': test$')
   ran=$(grep -c "^harness $t " results)
   if ((code != 0 || ran < cases)); then
     echo "$t: $ran of $cases cases reported, exit $code"

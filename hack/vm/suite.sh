@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The node VM suite (issue 15): e2e/tests/node.rs in the node VM, against a
+# The node VM suite (issue 15): e2e/tests/e2e/node.rs in the node VM, against a
 # berthd that systemd started from dist/berth.service. On the host it
 # builds (or reuses) the image, builds berthd, berth-shim and the node test
 # binary, serves the busybox fixture from a registry on the host's loopback
@@ -9,13 +9,14 @@
 #
 #   hack/vm/suite.sh            (as root, after hack/setup.sh)
 # Environment: BERTH_VM_SUITE_DRIVERS (cgroup drivers to run the cases with,
-# default "cgroupfs"), CARGO_PROFILE (default dev), BERTH_VM_* as for run.sh.
+# in order; default "systemd cgroupfs", the node's default first),
+# CARGO_PROFILE (default dev), BERTH_VM_* as for run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
 started=$SECONDS
 profile=${CARGO_PROFILE:-dev}
-drivers=${BERTH_VM_SUITE_DRIVERS:-cgroupfs}
+drivers=${BERTH_VM_SUITE_DRIVERS:-systemd cgroupfs}
 
 # As the e2e tests' can_run: a host that cannot run the suite says so, and
 # under CI=true that is a failure, never a pass.
@@ -39,22 +40,20 @@ image=$(hack/vm/build.sh)
 build_seconds=$((SECONDS - t))
 if grep -qxF "$image/" <<<"$cached_before"; then build_kind=cached; else build_kind=cold; fi
 
-echo "== hack/vm/suite.sh: building berthd, berth-shim and the node tests ($profile)" >&2
+echo "== hack/vm/suite.sh: building berthd, berth-shim and the e2e tests ($profile)" >&2
 cargo build --locked --profile "$profile" -p berthd -p berth-shim --bins
-# A test binary's path is only known from cargo's JSON messages.
-test_binary() {
-  cargo test --locked --profile "$profile" -p berth-e2e --test "$1" --no-run \
-    --message-format=json |
-    T=$1 python3 -c 'import json, os, sys
+# The test binary's path is only known from cargo's JSON messages.
+test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test e2e --no-run \
+  --message-format=json |
+  python3 -c 'import json, sys
 for line in sys.stdin:
     m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == os.environ["T"] and m.get("executable"):
-        print(m["executable"])'
-}
-test_bin=$(test_binary node)
-# The e2e files whose cases need a real node (AppArmor, cgroup v2 only):
-# they start their own berthd through the harness, after the node cases.
-harness_tests="apparmor cgroup_stats"
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
+        print(m["executable"])')
+# The e2e modules whose cases need a real node (AppArmor, cgroup v2 only,
+# systemd as PID 1): they start their own berthd through the harness, after
+# the node cases; their node-only cases are #[ignore]d elsewhere.
+harness_tests="apparmor cgroup_stats systemd_driver"
 bin_dir=$(dirname "$(dirname "$test_bin")")
 [[ -x $test_bin && -x $bin_dir/berthd && -x $bin_dir/berth-shim ]] || {
   echo "hack/vm/suite.sh: binaries not found (test binary: '$test_bin')" >&2
@@ -65,12 +64,7 @@ share=$repo/target/vm-suite
 rm -rf "$share"
 mkdir -p "$share/bin"
 cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$share/bin/"
-cp "$test_bin" "$share/bin/node"
-for t in $harness_tests; do
-  bin=$(test_binary "$t")
-  [[ -x $bin ]] || { echo "hack/vm/suite.sh: test binary $t not found" >&2; exit 1; }
-  cp "$bin" "$share/bin/$t"
-done
+cp "$test_bin" "$share/bin/e2e"
 cp hack/vm/suite-guest.sh "$share/"
 
 # The fixtures, built once per version of hack/fixtures.sh.

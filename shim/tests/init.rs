@@ -7,7 +7,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 fn shim() -> Command {
-    Command::new(berth_e2e::bin_dir().join("berth-shim"))
+    Command::new(env!("CARGO_BIN_EXE_berth-shim"))
 }
 
 #[test]
