@@ -231,10 +231,14 @@ pub fn convert(
                     format!("envs[{i}].key"),
                     format!("{:?} is not a variable name", kv.key),
                 ))
-            } else if kv.value.contains('\0') {
+            } else if kv.value.contains(&0) {
                 Err(invalid(format!("envs[{i}].value"), "contains a NUL byte"))
             } else {
-                Ok((kv.key.clone(), kv.value.clone()))
+                // The proto says bytes (cri-api v0.33+); the OCI spec's
+                // environment is JSON strings.
+                let value = String::from_utf8(kv.value.clone())
+                    .map_err(|_| invalid(format!("envs[{i}].value"), "is not valid UTF-8"))?;
+                Ok((kv.key.clone(), value))
             }
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -1393,7 +1397,7 @@ mod tests {
                 cri::ContainerConfig {
                     envs: vec![cri::KeyValue {
                         key: "A".into(),
-                        value: nul.clone(),
+                        value: nul.clone().into(),
                     }],
                     ..Default::default()
                 },

@@ -2,13 +2,88 @@
 //! `ContainerStatus`, and the image facts CreateContainer reads.
 
 use berth_proto::cri::{
-    self, Container, ContainerConfig, ContainerMetadata, ContainerResources, ContainerState,
-    ContainerStatus, ImageSpec, LinuxContainerResources, MountPropagation,
+    self, Container, ContainerMetadata, ContainerResources, ContainerState, ContainerStatus,
+    ImageSpec, LinuxContainerResources, MountPropagation,
 };
 use berth_runtime::record::{ContainerRecord, ContainerState as State};
 use berth_runtime::spec::{BindMount, ImageConfig, Propagation, Resources};
 
 use crate::to_map;
+
+/// What a record of an older berthd kept instead of `mounts` and
+/// `resources`: the CreateContainer config, as the JSON of the CRI types of
+/// that time (field names as in the proto, enums as numbers). Read field by
+/// field, so that no CRI type needs to deserialize and a field that changed
+/// type since is read as it was written.
+mod legacy {
+    use berth_proto::cri::{HugepageLimit, LinuxContainerResources, Mount};
+    use serde_json::Value;
+
+    fn text(v: &Value, key: &str) -> String {
+        v[key].as_str().unwrap_or_default().to_string()
+    }
+
+    fn int(v: &Value, key: &str) -> i64 {
+        v[key].as_i64().unwrap_or_default()
+    }
+
+    pub fn mounts(legacy: &Value) -> Vec<Mount> {
+        let Some(mounts) = legacy["config"]["mounts"].as_array() else {
+            return Vec::new();
+        };
+        mounts
+            .iter()
+            .map(|m| Mount {
+                container_path: text(m, "container_path"),
+                host_path: text(m, "host_path"),
+                readonly: m["readonly"].as_bool().unwrap_or_default(),
+                selinux_relabel: m["selinux_relabel"].as_bool().unwrap_or_default(),
+                propagation: int(m, "propagation") as i32,
+                recursive_read_only: m["recursive_read_only"].as_bool().unwrap_or_default(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    pub fn resources(legacy: &Value) -> Option<LinuxContainerResources> {
+        let r = &legacy["config"]["linux"]["resources"];
+        if !r.is_object() {
+            return None;
+        }
+        let hugepage_limits = r["hugepage_limits"]
+            .as_array()
+            .map(|limits| {
+                limits
+                    .iter()
+                    .map(|l| HugepageLimit {
+                        page_size: text(l, "page_size"),
+                        limit: l["limit"].as_u64().unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let unified = r["unified"]
+            .as_object()
+            .map(|map| {
+                map.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(LinuxContainerResources {
+            cpu_period: int(r, "cpu_period"),
+            cpu_quota: int(r, "cpu_quota"),
+            cpu_shares: int(r, "cpu_shares"),
+            memory_limit_in_bytes: int(r, "memory_limit_in_bytes"),
+            oom_score_adj: int(r, "oom_score_adj"),
+            cpuset_cpus: text(r, "cpuset_cpus"),
+            cpuset_mems: text(r, "cpuset_mems"),
+            hugepage_limits,
+            unified,
+            memory_swap_limit_in_bytes: int(r, "memory_swap_limit_in_bytes"),
+        })
+    }
+}
 
 /// The CRI's `ContainerState` value.
 pub fn state_value(state: State) -> i32 {
@@ -113,17 +188,11 @@ pub fn cri_resources(r: &Resources) -> LinuxContainerResources {
     }
 }
 
-/// What a record of an older berthd kept instead of `mounts` and
-/// `resources`: the CreateContainer config.
-fn legacy_config(record: &ContainerRecord) -> ContainerConfig {
-    serde_json::from_value(record.legacy["config"].clone()).unwrap_or_default()
-}
-
 /// The limits `record` was created with (and updated to since).
 fn status_resources(record: &ContainerRecord) -> Option<LinuxContainerResources> {
     match &record.resources {
         Some(resources) => Some(cri_resources(resources)),
-        None => legacy_config(record).linux.and_then(|l| l.resources),
+        None => legacy::resources(&record.legacy),
     }
 }
 
@@ -134,9 +203,7 @@ pub fn resources_to_update(record: &ContainerRecord, host: &crate::resources::Ho
     if let Some(resources) = &record.resources {
         return resources.clone();
     }
-    legacy_config(record)
-        .linux
-        .and_then(|l| l.resources)
+    legacy::resources(&record.legacy)
         .and_then(|r| crate::resources::check(&r, host, crate::resources::Mode::Create).ok())
         .unwrap_or_default()
 }
@@ -147,7 +214,7 @@ pub fn status(record: &ContainerRecord, user: Option<cri::ContainerUser>) -> Con
     let exit = record.exit.filter(|_| record.state == State::Exited);
     let mounts = match &record.mounts {
         Some(mounts) => mounts.iter().map(mount).collect(),
-        None => legacy_config(record).mounts,
+        None => legacy::mounts(&record.legacy),
     };
     ContainerStatus {
         id: record.id.clone(),
@@ -171,6 +238,7 @@ pub fn status(record: &ContainerRecord, user: Option<cri::ContainerUser>) -> Con
         }),
         image_id: record.image_id.clone(),
         user,
+        stop_signal: crate::signal::status_value(record.stop_signal.as_deref()),
     }
 }
 
@@ -265,27 +333,28 @@ mod tests {
     /// Records of an older berthd kept the CreateContainer config instead.
     #[test]
     fn a_legacy_record_gives_its_request_s_mounts_and_limits() {
-        // As an older berthd wrote it: the whole request's config.
-        let config = ContainerConfig {
-            mounts: vec![cri::Mount {
-                container_path: "/data".into(),
-                host_path: "/srv".into(),
-                readonly: true,
-                ..Default::default()
+        // As an older berthd wrote it: the whole request's config, as
+        // k8s-cri's serde derives rendered it (env values as strings).
+        let config = json!({
+            "metadata": {"name": "c", "attempt": 0},
+            "envs": [{"key": "A", "value": "b"}],
+            "mounts": [{
+                "container_path": "/data", "host_path": "/srv", "readonly": true,
+                "selinux_relabel": false, "propagation": 0, "uid_mappings": [],
+                "gid_mappings": [], "recursive_read_only": false, "image": null
             }],
-            linux: Some(cri::LinuxContainerConfig {
-                resources: Some(LinuxContainerResources {
-                    memory_limit_in_bytes: 32 << 20,
-                    cpu_shares: 512,
-                    ..Default::default()
-                }),
-                security_context: None,
-            }),
-            ..Default::default()
-        };
+            "linux": {"resources": {
+                "cpu_period": 0, "cpu_quota": 0, "cpu_shares": 512,
+                "memory_limit_in_bytes": 33554432, "oom_score_adj": 0,
+                "cpuset_cpus": "", "cpuset_mems": "", "hugepage_limits": [],
+                "unified": {}, "memory_swap_limit_in_bytes": 0
+            }, "security_context": null}
+        });
         let record = record(json!({"extra": {"config": config}}));
         let status = status(&record, None);
         assert_eq!(status.mounts[0].container_path, "/data");
+        assert_eq!(status.mounts[0].host_path, "/srv");
+        assert!(status.mounts[0].readonly);
         let linux = status.resources.unwrap().linux.unwrap();
         assert_eq!(
             (linux.memory_limit_in_bytes, linux.cpu_shares),

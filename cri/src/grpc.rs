@@ -89,6 +89,7 @@ impl ToStatus for berth_sandbox::Error {
             | Error::Cgroup(_)
             | Error::Systemd(_)
             | Error::Slices(_)
+            | Error::Resize(_)
             | Error::Network(_)
             | Error::SetupAndTeardown { .. }
             | Error::Teardown { .. } => Status::internal(message),

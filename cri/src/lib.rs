@@ -18,7 +18,9 @@ pub mod container;
 pub mod container_status;
 pub mod grpc;
 pub mod pod;
+pub mod pod_resize;
 pub mod resources;
+pub mod signal;
 pub mod stats;
 
 /// A request the CRI's rules refuse: each names the CRI field at fault

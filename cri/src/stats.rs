@@ -8,12 +8,12 @@ use std::path::Path;
 
 use berth_proto::cri::{
     ContainerAttributes, ContainerMetrics, ContainerStats, CpuUsage, FilesystemIdentifier,
-    FilesystemUsage, LinuxPodSandboxStats, MemoryUsage, Metric, MetricDescriptor, MetricType,
-    NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxMetrics, PodSandboxStats,
-    ProcessUsage, SwapUsage, UInt64Value,
+    FilesystemUsage, IoUsage, LinuxPodSandboxStats, MemoryUsage, Metric, MetricDescriptor,
+    MetricType, NetworkInterfaceUsage, NetworkUsage, PodSandboxAttributes, PodSandboxMetrics,
+    PodSandboxStats, ProcessUsage, PsiData, PsiStats, SwapUsage, UInt64Value,
 };
 use berth_runtime::record::ContainerRecord;
-use berth_runtime::stats::{CgroupStats, Sample};
+use berth_runtime::stats::{CgroupStats, Pressure, Sample, Stall};
 use berth_sandbox::Pod;
 use berth_sandbox::netstat::InterfaceCounters;
 
@@ -26,17 +26,45 @@ fn value(value: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value })
 }
 
+fn psi_data(stall: Stall) -> PsiData {
+    PsiData {
+        // The kernel counts microseconds; the CRI says nanoseconds.
+        total: stall.total_us.saturating_mul(1000),
+        avg10: stall.avg10,
+        avg60: stall.avg60,
+        avg300: stall.avg300,
+    }
+}
+
+fn psi(pressure: Option<Pressure>) -> Option<PsiStats> {
+    pressure.map(|p| PsiStats {
+        full: p.full.map(psi_data),
+        some: Some(psi_data(p.some)),
+    })
+}
+
 fn cpu(sample: &Sample) -> Option<CpuUsage> {
     let usage = sample.usage.as_ref()?;
     Some(CpuUsage {
         timestamp: sample.at,
         usage_core_nano_seconds: value(usage.cpu_ns),
         usage_nano_cores: value(sample.nano_cores),
+        psi: psi(usage.pressure.cpu),
+    })
+}
+
+/// I/O: the CRI carries only its pressure (byte counts go to metrics).
+fn io(sample: &Sample) -> Option<IoUsage> {
+    let pressure = sample.usage.as_ref()?.pressure.io?;
+    Some(IoUsage {
+        timestamp: sample.at,
+        psi: psi(Some(pressure)),
     })
 }
 
 fn memory(sample: &Sample) -> Option<MemoryUsage> {
-    let memory = sample.usage.as_ref()?.memory;
+    let usage = sample.usage.as_ref()?;
+    let memory = usage.memory;
     Some(MemoryUsage {
         timestamp: sample.at,
         working_set_bytes: value(memory.working_set),
@@ -45,6 +73,7 @@ fn memory(sample: &Sample) -> Option<MemoryUsage> {
         rss_bytes: value(memory.rss),
         page_faults: value(memory.page_faults),
         major_page_faults: value(memory.major_page_faults),
+        psi: psi(usage.pressure.memory),
     })
 }
 
@@ -84,6 +113,7 @@ pub fn container(record: &ContainerRecord, sample: &Sample, layer: Layer<'_>) ->
                 swap_available_bytes: swap.available().and_then(value),
                 swap_usage_bytes: value(swap.usage),
             }),
+        io: io(sample),
     }
 }
 
@@ -136,6 +166,7 @@ pub fn pod(
                 process_count: value(usage.processes),
             }),
             containers,
+            io: io(sample),
         }),
         windows: None,
     }

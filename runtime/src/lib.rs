@@ -33,6 +33,7 @@ pub mod overlay;
 pub mod private;
 pub mod record;
 pub mod seccomp;
+pub mod signal;
 pub mod spec;
 pub mod stats;
 pub mod update;

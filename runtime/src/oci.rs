@@ -15,6 +15,8 @@ use serde::Deserialize;
 use berth_host::cgroup::Driver;
 use berth_shim_protocol::{self as shim, ExitRecord, ShimConfig};
 
+use crate::signal::StopSignal;
+
 /// Output per stream kept by [`OciRuntime::exec_sync`]; the rest is counted, not kept.
 pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
 
@@ -180,8 +182,8 @@ impl OciRuntime {
     }
 
     /// Signals the container's init (or every process with `all`).
-    pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<(), RuntimeError> {
-        let sig = (signal as i32).to_string();
+    pub fn kill(&self, id: &str, signal: StopSignal, all: bool) -> Result<(), RuntimeError> {
+        let sig = signal.number().to_string();
         let mut args = vec!["kill"];
         if all {
             args.push("--all");
@@ -242,7 +244,7 @@ impl OciRuntime {
         &self,
         id: &str,
         run_dir: &Path,
-        signal: Signal,
+        signal: StopSignal,
         timeout: Duration,
     ) -> Result<ExitRecord, RuntimeError> {
         let io = |source| RuntimeError::Io {
@@ -252,7 +254,7 @@ impl OciRuntime {
         if let Some(exit) = ExitRecord::read(run_dir).map_err(io)? {
             return Ok(exit);
         }
-        if !timeout.is_zero() && signal != Signal::SIGKILL {
+        if !timeout.is_zero() && signal != StopSignal::KILL {
             // The container may exit between the check and the kill.
             let _ = self.kill(id, signal, false);
             if let Some(exit) = wait_exit(run_dir, timeout).map_err(io)? {
@@ -260,7 +262,7 @@ impl OciRuntime {
             }
         }
         std::fs::write(run_dir.join(berth_shim_protocol::KILLED_FILE), b"").map_err(io)?;
-        let _ = self.kill(id, Signal::SIGKILL, true);
+        let _ = self.kill(id, StopSignal::KILL, true);
         let waited = Duration::from_secs(30);
         match wait_exit(run_dir, waited).map_err(io)? {
             Some(exit) => Ok(exit),

@@ -39,7 +39,27 @@ impl Cgroups {
             processes: self.processes(relative).unwrap_or_default(),
             hugetlb: self.hugetlb(relative),
             io: self.io(relative),
+            pressure: self.pressure(relative),
         })
+    }
+
+    /// Pressure stall information: v2's `cpu.pressure`, `memory.pressure`
+    /// and `io.pressure`, where the kernel keeps it (CONFIG_PSI, not
+    /// disabled with `psi=0`: the files are then absent or refuse reads).
+    fn pressure(&self, relative: &Path) -> Pressures {
+        let Some(dir) = self.layout.unified().map(|root| root.join(relative)) else {
+            return Pressures::default();
+        };
+        let read = |file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .ok()
+                .and_then(|text| parse_pressure(&text))
+        };
+        Pressures {
+            cpu: read("cpu.pressure"),
+            memory: read("memory.pressure"),
+            io: read("io.pressure"),
+        }
     }
 
     /// User and system CPU time: v2 `cpu.stat`, v1 `cpuacct.stat` (in
@@ -200,7 +220,7 @@ impl Cgroups {
 }
 
 /// One cgroup's usage (or several summed: a pod's).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CgroupStats {
     /// Cumulative CPU time in nanoseconds.
     pub cpu_ns: u64,
@@ -212,11 +232,68 @@ pub struct CgroupStats {
     pub hugetlb: Vec<Hugetlb>,
     /// By device; empty without the io (v1 blkio) controller or any I/O.
     pub io: Vec<BlockIo>,
+    /// Pressure stall information (cgroup v2 with PSI only).
+    pub pressure: Pressures,
 }
 
-/// Sums (a pod's cgroups). A sum of peaks is no peak: it is dropped.
+/// The PSI of a cgroup by resource; `None` where the kernel keeps none.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressures {
+    pub cpu: Option<Pressure>,
+    pub memory: Option<Pressure>,
+    pub io: Option<Pressure>,
+}
+
+/// One resource's `some` and `full` lines (`full` of CPU: kernels 5.13+).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressure {
+    pub some: Stall,
+    pub full: Option<Stall>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stall {
+    /// Cumulative stall time in microseconds, as the kernel counts it.
+    pub total_us: u64,
+    /// Percent of the last 10, 60 and 300 seconds.
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+}
+
+/// A `*.pressure` file: `some avg10=0.00 avg60=0.00 avg300=0.00 total=0`
+/// and the same for `full`.
+fn parse_pressure(text: &str) -> Option<Pressure> {
+    let mut some = None;
+    let mut full = None;
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let kind = fields.next()?;
+        let mut stall = Stall::default();
+        for field in fields {
+            let (key, value) = field.split_once('=')?;
+            match key {
+                "avg10" => stall.avg10 = value.parse().ok()?,
+                "avg60" => stall.avg60 = value.parse().ok()?,
+                "avg300" => stall.avg300 = value.parse().ok()?,
+                "total" => stall.total_us = value.parse().ok()?,
+                _ => {}
+            }
+        }
+        match kind {
+            "some" => some = Some(stall),
+            "full" => full = Some(stall),
+            _ => {}
+        }
+    }
+    Some(Pressure { some: some?, full })
+}
+
+/// Sums (a pod's cgroups). A sum of peaks is no peak, nor one of stall
+/// averages a pressure: both are dropped.
 impl std::ops::AddAssign for CgroupStats {
     fn add_assign(&mut self, other: CgroupStats) {
+        self.pressure = Pressures::default();
         self.cpu_ns += other.cpu_ns;
         self.cpu_split = match (self.cpu_split, other.cpu_split) {
             (Some(a), Some(b)) => Some(CpuSplit {
@@ -594,6 +671,31 @@ mod tests {
         );
         let layout = Layout::from_mounts(&berth_host::mountinfo::parse(&mountinfo));
         (root, Cgroups::new(layout))
+    }
+
+    #[test]
+    fn pressure_files_parse_with_and_without_full() {
+        let (_root, cgroups) = fake_v2(&[
+            ("cpu.stat", "usage_usec 5\n"),
+            (
+                "cpu.pressure",
+                "some avg10=1.50 avg60=0.25 avg300=0.00 total=1234\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+            ),
+            (
+                "io.pressure",
+                "some avg10=0.00 avg60=0.00 avg300=0.00 total=9\n",
+            ),
+        ]);
+        let usage = cgroups.read(Path::new("pod/c1")).unwrap();
+        let cpu = usage.pressure.cpu.unwrap();
+        assert_eq!(cpu.some.total_us, 1234);
+        assert_eq!((cpu.some.avg10, cpu.some.avg60), (1.5, 0.25));
+        assert_eq!(cpu.full.unwrap().total_us, 7);
+        let io = usage.pressure.io.unwrap();
+        assert_eq!((io.some.total_us, io.full), (9, None));
+        // No file (no PSI in this kernel, or a v1 host): none.
+        assert_eq!(usage.pressure.memory, None);
+        assert_eq!(parse_pressure("garbage"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use berth_e2e::bundles::Bundles;
 use berth_runtime::lifecycle::{self, NewContainer};
 use berth_runtime::oci::{EXEC_OUTPUT_CAP, OciRuntime, wait_exit};
-use berth_runtime::record::parse_signal;
+use berth_runtime::signal::StopSignal;
 use berth_runtime::spec::{ContainerSpec, Resources};
 use berth_shim_protocol::{self as shim, ExitRecord};
 
@@ -209,7 +209,7 @@ fn stop_sends_the_stop_signal_then_kills() {
         .stop(
             &c.id,
             &c.run_dir,
-            parse_signal("SIGUSR1").unwrap(),
+            StopSignal::parse("SIGUSR1").unwrap(),
             Duration::from_secs(30),
         )
         .unwrap();
@@ -225,7 +225,7 @@ fn stop_sends_the_stop_signal_then_kills() {
         .stop(
             &c.id,
             &c.run_dir,
-            parse_signal("TERM").unwrap(),
+            StopSignal::parse("TERM").unwrap(),
             Duration::from_millis(500),
         )
         .unwrap();
@@ -240,7 +240,7 @@ fn stop_sends_the_stop_signal_then_kills() {
         .stop(
             &c.id,
             &c.run_dir,
-            parse_signal("SIGTERM").unwrap(),
+            StopSignal::parse("SIGTERM").unwrap(),
             Duration::ZERO,
         )
         .unwrap();
@@ -304,7 +304,7 @@ fn exec_sync_output_exit_code_cap_and_timeout() {
         .stop(
             &c.id,
             &c.run_dir,
-            parse_signal("KILL").unwrap(),
+            StopSignal::parse("KILL").unwrap(),
             Duration::ZERO,
         )
         .unwrap();
@@ -381,7 +381,7 @@ fn log_reopen_after_rename_keeps_every_line() {
         .stop(
             &c.id,
             &c.run_dir,
-            parse_signal("KILL").unwrap(),
+            StopSignal::parse("KILL").unwrap(),
             Duration::ZERO,
         )
         .unwrap();
@@ -601,7 +601,7 @@ fn many_cycles_leak_nothing() {
                 .stop(
                     &c.id,
                     &c.run_dir,
-                    parse_signal("TERM").unwrap(),
+                    StopSignal::parse("TERM").unwrap(),
                     Duration::ZERO,
                 )
                 .unwrap();
@@ -856,7 +856,7 @@ fn a_symlink_at_the_log_path_is_never_written_through() {
         .stop(
             &c.id,
             &c.run_dir,
-            parse_signal("KILL").unwrap(),
+            StopSignal::parse("KILL").unwrap(),
             Duration::ZERO,
         )
         .unwrap();

@@ -13,6 +13,7 @@ pub mod netstat;
 pub mod ns;
 pub mod reclaim;
 pub mod record;
+pub mod resize;
 pub mod slices;
 pub mod spec;
 pub mod systemd;
@@ -61,6 +62,8 @@ pub enum Error {
     Systemd(#[from] systemd::SystemdError),
     #[error(transparent)]
     Slices(#[from] slices::SlicesError),
+    #[error(transparent)]
+    Resize(#[from] resize::ResizeError),
     #[error(transparent)]
     Network(#[from] berth_cni::Error),
     #[error("{error}; cleaning up pod sandbox {pod} also failed: {}", .failures.join("; "))]
@@ -233,6 +236,21 @@ impl Sandboxes {
             .ok_or_else(|| Error::NotFound(id.to_string()))?;
         let pod = slot.record().clone();
         Ok(pod)
+    }
+
+    /// UpdatePodSandboxResources: `limits` on the pod's own cgroup (see
+    /// [`resize`]), while no Stop or Remove of the pod runs.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        limits: resize::PodLimits,
+    ) -> Result<resize::Applied, Error> {
+        let (_, slot) = self
+            .resolve(id)?
+            .ok_or_else(|| Error::NotFound(id.to_string()))?;
+        let _op = slot.op.clone().lock_owned().await;
+        let parent = slot.record().cgroup_parent.clone();
+        resize::apply(&parent, &self.options.default_cgroup_parent, &limits).await
     }
 
     /// Copies of every record.

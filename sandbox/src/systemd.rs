@@ -75,6 +75,51 @@ pub async fn start_scope(scope: &str, slice: &str, pid: u32) -> Result<(), Syste
     start_transient(scope, properties).await
 }
 
+/// Sets a pod slice's limits as unit properties (runtime only, as the
+/// kubelet does), which systemd writes to the slice's cgroup files.
+pub async fn set_slice_limits(
+    slice: &str,
+    limits: &crate::resize::PodLimits,
+) -> Result<(), SystemdError> {
+    // systemd's "infinity" for these properties.
+    const INFINITY: u64 = u64::MAX;
+    let mut properties: Vec<(&str, Value)> = Vec::new();
+    if let Some(memory) = limits.memory {
+        properties.push(("MemoryMax", Value::from(memory.unwrap_or(INFINITY))));
+    }
+    if let Some(cpu) = limits.cpu {
+        let per_sec = cpu.map_or(INFINITY, |(quota, period)| {
+            quota.saturating_mul(1_000_000) / period.max(1)
+        });
+        properties.push(("CPUQuotaPerSecUSec", Value::from(per_sec)));
+        if let Some((_, period)) = cpu {
+            properties.push(("CPUQuotaPeriodUSec", Value::from(period)));
+        }
+    }
+    if let Some(shares) = limits.cpu_shares {
+        let weight = crate::resize::shares_to_weight(shares);
+        properties.push(("CPUWeight", Value::from(weight)));
+    }
+    if properties.is_empty() {
+        return Ok(());
+    }
+    let bus = connect(slice).await?;
+    bus.call_method(
+        Some(DESTINATION),
+        MANAGER_PATH,
+        Some(MANAGER),
+        "SetUnitProperties",
+        &(slice, true, properties),
+    )
+    .await
+    .map_err(|source| SystemdError::Call {
+        method: "SetUnitProperties",
+        unit: slice.to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(())
+}
+
 async fn start_transient(
     unit: &str,
     properties: Vec<(&str, Value<'_>)>,

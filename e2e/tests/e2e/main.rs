@@ -12,6 +12,7 @@ mod bench_pull;
 mod cgroup_stats;
 mod chaos;
 mod containers;
+mod cri_api;
 mod disk_full;
 mod events;
 mod foundation;

@@ -549,6 +549,22 @@ async fn exec_logs_and_stats_have_figures() {
         .into_inner()
         .stats
         .expect("stats");
+    // Pressure stall information, from the v2 cgroup's *.pressure files
+    // (cri-api v0.36's PSI fields), where the kernel keeps it.
+    if Path::new("/proc/pressure/cpu").exists() {
+        let cpu_psi = stats.cpu.as_ref().and_then(|c| c.psi.as_ref());
+        assert!(
+            cpu_psi.and_then(|p| p.some.as_ref()).is_some(),
+            "{:?}",
+            stats.cpu
+        );
+        assert!(stats.memory.as_ref().and_then(|m| m.psi.as_ref()).is_some());
+        let io = stats.io.as_ref().expect("io usage");
+        assert!(
+            io.psi.as_ref().and_then(|p| p.full.as_ref()).is_some(),
+            "{io:?}"
+        );
+    }
     let cpu = stats.cpu.expect("cpu");
     let memory = stats.memory.expect("memory");
     assert!(cpu.usage_core_nano_seconds.unwrap().value > 0, "{cpu:?}");

@@ -19,7 +19,7 @@ use berth_proto::cri::{
 };
 use berth_runtime::containers::{self, Containers, Error};
 use berth_runtime::oci::OciRuntime;
-use berth_runtime::record::{self, ContainerRecord, ContainerState as State, StoreError};
+use berth_runtime::record::{ContainerRecord, ContainerState as State, StoreError};
 use berth_runtime::spec::ImageConfig;
 use tonic::Status;
 
@@ -168,10 +168,13 @@ impl CriService {
         })?;
         let image_cfg = container_status::image_config(&image);
         if let Some(signal) = &image_cfg.stop_signal {
-            record::parse_signal(signal).map_err(|err| {
+            berth_runtime::signal::StopSignal::parse(signal).map_err(|err| {
                 Status::failed_precondition(format!("image {image_name:?}: StopSignal: {err}"))
             })?;
         }
+        let stop_signal =
+            berth_cri::signal::for_container(config.stop_signal, image_cfg.stop_signal.as_deref())
+                .map_err(|err| err.to_status())?;
         let reserved_name = format!(
             "k8s_{}_{}_{}_{}_{}",
             meta.name, pod.spec.name, pod.spec.namespace, pod.spec.uid, meta.attempt
@@ -210,7 +213,7 @@ impl CriService {
             log_path,
             run_dir: PathBuf::new(),
             rootfs: PathBuf::new(),
-            stop_signal: image_cfg.stop_signal.clone(),
+            stop_signal,
             reserved_name: reserved_name.clone(),
             state_dir: PathBuf::new(),
             tty: config.tty,

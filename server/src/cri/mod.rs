@@ -8,6 +8,7 @@ mod container;
 mod events;
 mod image;
 mod image_service;
+mod list_stream;
 mod metrics;
 mod pod;
 mod resources;

@@ -11,6 +11,7 @@ use berth_proto::cri::{
     ListPodSandboxRequest, ListPodSandboxResponse, PodSandboxStatusRequest,
     PodSandboxStatusResponse, RemovePodSandboxRequest, RemovePodSandboxResponse,
     RunPodSandboxRequest, RunPodSandboxResponse, StopPodSandboxRequest, StopPodSandboxResponse,
+    UpdatePodSandboxResourcesRequest, UpdatePodSandboxResourcesResponse,
     UpdateRuntimeConfigRequest, UpdateRuntimeConfigResponse,
 };
 use berth_sandbox::{Error, Layout, Options, Sandboxes};
@@ -233,6 +234,24 @@ impl CriService {
         pods.sort_by_key(|pod| pod.created_at);
         let items = pods.iter().map(berth_cri::pod::sandbox).collect();
         Ok(ListPodSandboxResponse { items })
+    }
+
+    /// In-place pod resize: the pod-level limits on the pod's own cgroup.
+    /// CRI-O answers an unknown pod with NOT_FOUND; so does Berth.
+    pub(super) async fn update_pod_sandbox_resources(
+        &self,
+        request: UpdatePodSandboxResourcesRequest,
+    ) -> Result<UpdatePodSandboxResourcesResponse, Status> {
+        let limits =
+            berth_cri::pod_resize::limits(request.resources.as_ref(), request.overhead.as_ref())
+                .map_err(|err| err.to_status())?;
+        let applied = self
+            .pods
+            .update_resources(&request.pod_sandbox_id, limits)
+            .await
+            .map_err(status)?;
+        tracing::info!(?limits, ?applied, "pod sandbox resources updated");
+        Ok(UpdatePodSandboxResourcesResponse {})
     }
 
     pub(super) async fn update_runtime_config(

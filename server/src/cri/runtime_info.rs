@@ -69,6 +69,9 @@ impl CriService {
             // Merge and Strict are both applied (runtime/src/cri_spec.rs).
             features: Some(RuntimeFeatures {
                 supplemental_groups_policy: true,
+                // A user-namespaced pod shares no namespace with the host
+                // (the kubelet's own rule, which Berth enforces).
+                user_namespaces_host_network: false,
             }),
         })
     }

@@ -49,7 +49,8 @@ macro_rules! names_ids {
 
 names_ids! {
     pod: StopPodSandboxRequest, RemovePodSandboxRequest, PodSandboxStatusRequest,
-        CreateContainerRequest, PortForwardRequest, PodSandboxStatsRequest;
+        CreateContainerRequest, PortForwardRequest, PodSandboxStatsRequest,
+        UpdatePodSandboxResourcesRequest;
     container: StartContainerRequest, StopContainerRequest, RemoveContainerRequest,
         ContainerStatusRequest, ReopenContainerLogRequest, ExecSyncRequest, ExecRequest,
         AttachRequest, UpdateContainerResourcesRequest, ContainerStatsRequest,
@@ -59,7 +60,9 @@ names_ids! {
         GetEventsRequest, ListContainerStatsRequest, ListPodSandboxStatsRequest,
         ListMetricDescriptorsRequest, ListPodSandboxMetricsRequest,
         ListImagesRequest, ImageStatusRequest, PullImageRequest, RemoveImageRequest,
-        ImageFsInfoRequest,
+        ImageFsInfoRequest, StreamPodSandboxesRequest, StreamContainersRequest,
+        StreamContainerStatsRequest, StreamPodSandboxStatsRequest,
+        StreamPodSandboxMetricsRequest, StreamImagesRequest,
 }
 
 #[cfg(test)]
