@@ -168,8 +168,6 @@ struct LayerRecord {
 #[derive(Debug, Clone)]
 pub struct Pulled {
     pub image: Image,
-    /// `repository@<manifest digest>`: what CRI-O answers PullImage with.
-    pub image_ref: String,
     /// Bytes this pull fetched from the registry: manifests, config and the
     /// layer blobs the store did not have yet.
     pub downloaded: u64,
@@ -614,7 +612,7 @@ impl ImageStore {
         let fresh = Image {
             id: manifest.config.digest.clone(),
             repo_tags: image.tagged().into_iter().collect(),
-            repo_digests: vec![repo_digest.clone()],
+            repo_digests: vec![repo_digest],
             manifests: blobs[..blobs.len() - 1]
                 .iter()
                 .map(|(d, _)| d.clone())
@@ -629,7 +627,6 @@ impl ImageStore {
         let record = self.record_pull(fresh)?;
         Ok(Pulled {
             image: record,
-            image_ref: repo_digest,
             downloaded,
         })
     }

@@ -105,27 +105,51 @@ async fn pull_status_list_remove_and_restart() {
     reg.push("layered", "berth/layered:latest");
     reg.push("layered", "berth/layered:v2");
     reg.push("layered-plus", "berth/layered-plus:latest");
-    let (berthd, _conf) = start_berthd(&berth_e2e::registry::insecure_conf(&reg.host())).await;
+    // The registry under a second name too (localhost for 127.0.0.1).
+    let alias = reg.host().replace("127.0.0.1", "localhost");
+    let registries = format!(
+        "{}{}",
+        berth_e2e::registry::insecure_conf(&reg.host()),
+        berth_e2e::registry::insecure_conf(&alias)
+    );
+    let (berthd, _conf) = start_berthd(&registries).await;
     let mut images = berthd.images().await;
 
     // Absent: an empty answer, not an error.
     let absent = status(&mut images, &reg.image("layered"), false).await;
     assert!(absent.image.is_none());
 
-    let image_ref = pull(&mut images, &reg.image("layered"), None)
+    let pulled = pull(&mut images, &reg.image("layered"), None)
         .await
         .unwrap();
     let repo = format!("{}/berth/layered", reg.host());
-    assert!(
-        image_ref.starts_with(&format!("{repo}@sha256:")),
-        "{image_ref}"
-    );
 
     let image = status(&mut images, &reg.image("layered"), false)
         .await
         .image
         .unwrap();
     assert_eq!(image.id.len(), 64, "bare hex ID: {}", image.id);
+    // PullImage answers with the image ID, as Image.id says it (CRI-O),
+    // and through another registry name with the same one.
+    assert_eq!(pulled, image.id);
+    let again = pull(&mut images, &format!("{alias}/berth/layered:latest"), None)
+        .await
+        .unwrap();
+    assert_eq!(again, image.id);
+    let image_ref = image.repo_digests[0].clone();
+    assert!(
+        image_ref.starts_with(&format!("{repo}@sha256:")),
+        "{image_ref}"
+    );
+    // The alias named the same image: its names go again.
+    remove(&mut images, &format!("{alias}/berth/layered:latest")).await;
+    pull(&mut images, &reg.image("layered"), None)
+        .await
+        .unwrap();
+    let image = status(&mut images, &reg.image("layered"), false)
+        .await
+        .image
+        .unwrap();
     assert_eq!(image.repo_tags, [format!("{repo}:latest")]);
     assert_eq!(image.repo_digests, std::slice::from_ref(&image_ref));
     assert_eq!(image.uid.as_ref().map(|u| u.value), Some(1000));
@@ -344,9 +368,15 @@ async fn index_platform_and_zstd() {
     let (berthd, _conf) = start_berthd(&registries).await;
     let mut images = berthd.images().await;
 
-    let image_ref = pull(&mut images, &reg.image("multiarch"), None)
+    let id = pull(&mut images, &reg.image("multiarch"), None)
         .await
         .unwrap();
+    let image_ref = status(&mut images, &id, false)
+        .await
+        .image
+        .unwrap()
+        .repo_digests[0]
+        .clone();
     let dirs = layer_dirs(&mut images, &image_ref).await;
     assert_eq!(
         std::fs::read_to_string(dirs[0].join("platform")).unwrap(),

@@ -131,8 +131,11 @@ impl CriService {
         };
         metrics::global().pull_succeeded(pulled.downloaded, started.elapsed());
         tracing::info!(image = name, id = %pulled.image.id_hex(), downloaded = pulled.downloaded, "pulled image");
+        // The image ID (its config digest), as Image.id and
+        // ContainerStatus.image_id give it and CRI-O answers: one identifier
+        // whichever registry name the image came through.
         Ok(PullImageResponse {
-            image_ref: pulled.image_ref,
+            image_ref: pulled.image.id_hex(),
         })
     }
 
