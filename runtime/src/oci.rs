@@ -383,11 +383,15 @@ impl OciRuntime {
             }
         }
         if out.timed_out {
-            // Killing runc exec would leave the process running in the container.
+            // Killing runc exec alone would leave the process running in
+            // the container. runc's init makes it a session (and group)
+            // leader, so its group holds what it forked too (a probe's
+            // `sh -c` waiting on a child), unless they left it.
             if let Some(pid) = std::fs::read_to_string(&pid_file)
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
             {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
             }
             let _ = child.kill();

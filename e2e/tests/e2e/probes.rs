@@ -191,3 +191,55 @@ async fn reopen_container_log_answers_while_the_container_is_stopping() {
     assert!(zombies.is_empty(), "zombies left: {zombies:?}");
     w.remove_pod(&pod).await;
 }
+
+/// The container's processes whose command line holds `needle`, as the
+/// host sees them (`/proc/<pid>/cmdline` of every process in the
+/// container's cgroup, which the exec joins).
+fn processes_with(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(needle)
+                .then_some(format!("{}: {text}", e.file_name().to_string_lossy()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timed_out_exec_sync_leaves_no_process_behind() {
+    if !can_run_here() {
+        return;
+    }
+    let mut w = World::new("exectimeout").await;
+    let pod = w.pod("exectimeout").await;
+    let id = w.run(&pod, w.container("exectimeout-c", "sleep 600")).await;
+    // The command itself, and one it forks (busybox's sh forks `sleep`
+    // and waits; `; true` keeps it from exec'ing it in its place).
+    let direct = ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: vec!["sleep".into(), "4321".into()],
+        timeout: 1,
+    };
+    let forked = exec(&id, "sleep 4322; true", 1);
+    for (request, needle) in [(direct, "sleep 4321"), (forked, "sleep 4322")] {
+        let out = w.client.exec_sync(request).await.unwrap().into_inner();
+        assert_eq!(out.exit_code, -1, "timed out: {out:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_with(needle);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "left after the timeout: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    w.stop(&id, 0).await;
+    w.remove_pod(&pod).await;
+}
