@@ -79,7 +79,7 @@ impl Options {
         Options {
             container_id: container_id.to_string(),
             default_capabilities: DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect(),
-            default_seccomp: DefaultSeccomp::RuntimeDefault,
+            default_seccomp: DefaultSeccomp::Unconfined,
             apparmor: None,
             cgroup_namespace: false,
             features: HandlerFeatures::default(),
@@ -88,11 +88,13 @@ impl Options {
     }
 }
 
+/// What an unset seccomp profile means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum DefaultSeccomp {
     /// CRI-O's `seccomp_use_default_when_empty = true`.
-    #[default]
     RuntimeDefault,
+    /// As the CRI says (the kubelet always names a profile).
+    #[default]
     Unconfined,
 }
 
@@ -848,12 +850,11 @@ mod tests {
     #[test]
     fn seccomp_profiles_and_their_defaults() {
         let profile = |sc| run(&with_sc(sc)).map(|c| c.spec.seccomp);
-        assert_eq!(
-            profile(Default::default()),
-            Ok(SeccompProfile::RuntimeDefault)
-        );
+        // Unset means unconfined, as the CRI says ...
+        assert_eq!(profile(Default::default()), Ok(SeccompProfile::Unconfined));
+        // ... unless the config's seccomp_use_default_when_empty says otherwise.
         let mut options = Options::new("c");
-        options.default_seccomp = DefaultSeccomp::Unconfined;
+        options.default_seccomp = DefaultSeccomp::RuntimeDefault;
         let c = convert(
             &with_sc(Default::default()),
             &ImageConfig::default(),
@@ -861,7 +862,7 @@ mod tests {
             &options,
         )
         .unwrap();
-        assert_eq!(c.spec.seccomp, SeccompProfile::Unconfined);
+        assert_eq!(c.spec.seccomp, SeccompProfile::RuntimeDefault);
         #[allow(deprecated)]
         let deprecated = |path: &str| cri::LinuxContainerSecurityContext {
             seccomp_profile_path: path.into(),

@@ -217,10 +217,19 @@ fn seccomp_profiles() {
     );
     assert_ne!(code, 0);
     assert!(text.contains("Operation not permitted"), "{text}");
-    // No profile asked for: the default (RuntimeDefault) applies.
-    let (code, _) = world.output(
+    // No profile asked for: unconfined, as the CRI says ...
+    let (code, text) = world.output(
         world
             .convert(unshare, Default::default(), |_, _, _| {})
+            .unwrap(),
+    );
+    assert_eq!((code, text.as_str()), (0, "unshared"));
+    // ... or RuntimeDefault with seccomp_use_default_when_empty.
+    let (code, _) = world.output(
+        world
+            .convert(unshare, Default::default(), |_, _, options| {
+                options.default_seccomp = berth_cri::container::DefaultSeccomp::RuntimeDefault;
+            })
             .unwrap(),
     );
     assert_ne!(code, 0);
@@ -726,8 +735,13 @@ fn privileged_gets_host_devices_and_writable_sys() {
     let script = "ls /dev | wc -l; grep -E ' /sys(/fs/cgroup)? ' /proc/mounts | cut -d' ' -f2,4 | cut -d, -f1; \
                   cat /proc/self/status | grep Seccomp:";
     let run = |privileged: bool| {
+        // RuntimeDefault, as the kubelet asks: privileged drops it.
         let sc = cri::LinuxContainerSecurityContext {
             privileged,
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
             ..Default::default()
         };
         let spec = world

@@ -37,6 +37,8 @@ pub struct Config {
     pub cni: CniConfig,
     /// Pod sandbox settings.
     pub pod: PodConfig,
+    /// Container settings.
+    pub container: ContainerSettings,
     /// Image pulls and the image store.
     pub image: ImageSettings,
     /// The HTTP server behind the Exec, Attach and PortForward URLs.
@@ -104,6 +106,14 @@ impl Default for PodConfig {
             cgroup_parent: String::new(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ContainerSettings {
+    /// CRI-O's key: an unset seccomp profile means RuntimeDefault instead of
+    /// unconfined (the CRI's meaning). The kubelet always names one.
+    pub seccomp_use_default_when_empty: bool,
 }
 
 pub const DEFAULT_REGISTRIES_CONFIG: &str = "/etc/containers/registries.conf";
@@ -231,6 +241,7 @@ impl Default for Config {
             )]),
             cni: CniConfig::default(),
             pod: PodConfig::default(),
+            container: ContainerSettings::default(),
             image: ImageSettings::default(),
             streaming: StreamingSettings::default(),
             metrics: MetricsConfig::default(),

@@ -439,3 +439,42 @@ async fn a_containers_stop_signal_is_sent_and_reported() {
     assert!(err.message().starts_with("stop_signal: "), "{err:?}");
     w.remove_pod(&pod).await;
 }
+
+/// `Seccomp:` of the container's first process: 0 unconfined, 2 filtered.
+async fn seccomp_mode(w: &mut World, id: &str) -> String {
+    let (code, out, err) = w.exec(id, "grep '^Seccomp:' /proc/1/status", 60).await;
+    assert_eq!(code, 0, "{err}");
+    out.split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unset_seccomp_profile_is_unconfined_unless_configured() {
+    if !can_run_here() {
+        return;
+    }
+    // As the CRI says: no profile, no filter.
+    let mut w = World::new("seccompunset").await;
+    let pod = w.pod("seccompunset").await;
+    let id = w
+        .run(&pod, w.container("seccompunset-c", "sleep 600"))
+        .await;
+    assert_eq!(seccomp_mode(&mut w, &id).await, "0");
+    w.remove_pod(&pod).await;
+    drop(w);
+
+    // CRI-O's seccomp_use_default_when_empty: RuntimeDefault instead.
+    let mut w = World::with_config(
+        "seccompdefault",
+        "[container]\nseccomp_use_default_when_empty = true\n",
+    )
+    .await;
+    let pod = w.pod("seccompdefault").await;
+    let id = w
+        .run(&pod, w.container("seccompdefault-c", "sleep 600"))
+        .await;
+    assert_eq!(seccomp_mode(&mut w, &id).await, "2");
+    w.remove_pod(&pod).await;
+}

@@ -250,6 +250,9 @@ impl CriService {
         image: &ImageConfig,
     ) -> Result<(berth_runtime::spec::ContainerSpec, PathBuf, bool), Status> {
         let mut options = berth_cri::container::Options::new(id);
+        if self.config.container.seccomp_use_default_when_empty {
+            options.default_seccomp = berth_cri::container::DefaultSeccomp::RuntimeDefault;
+        }
         if let Some(handler) = self.live.get().runtimes.get(&pod.runtime_handler) {
             options.features = self.features.probe(&handler.path);
         }
