@@ -583,7 +583,8 @@ fn users_groups_and_policies() {
         .linux
         .unwrap();
     assert_eq!((user.uid, user.gid), (1234, 1234));
-    assert_eq!(user.supplemental_groups, [5000, 77]);
+    // The primary group too, as the process has it (and `id -G` says).
+    assert_eq!(user.supplemental_groups, [1234, 5000, 77]);
     world.remove(&c);
 }
 

@@ -126,7 +126,10 @@ pub fn resolve(
     } else {
         entry.map_or(0, |e| e.gid)
     };
-    let mut additional_gids = Vec::new();
+    // The primary group first, as the process's groups list holds it (as
+    // containerd sets them): ContainerStatus.user then says what `id -G`
+    // says, under either supplemental groups policy.
+    let mut additional_gids = vec![gid];
     if let Some(entry) = entry.filter(|_| !request.strict_supplemental_groups) {
         for g in &groups {
             if g.members.contains(&entry.name) && !additional_gids.contains(&g.gid) {
@@ -275,7 +278,7 @@ mod tests {
         let root = rootfs();
         let user = image(root.path(), "alice").unwrap();
         assert_eq!((user.uid, user.gid), (1000, 1000));
-        assert_eq!(user.additional_gids, vec![10]);
+        assert_eq!(user.additional_gids, vec![1000, 10]);
         assert_eq!(user.home.as_deref(), Some("/home/alice"));
         let user = image(root.path(), "alice:staff").unwrap();
         assert_eq!((user.uid, user.gid), (1000, 50));
@@ -294,7 +297,7 @@ mod tests {
         };
         let user = resolve(root.path(), "alice", &request).unwrap();
         assert_eq!((user.uid, user.gid), (0, 7));
-        assert_eq!(user.additional_gids, vec![99, 10]);
+        assert_eq!(user.additional_gids, vec![7, 99, 10]);
         let request = UserRequest {
             run_as_username: Some("alice".into()),
             ..Default::default()
@@ -314,7 +317,7 @@ mod tests {
             ..Default::default()
         };
         let user = resolve(root.path(), "alice", &request).unwrap();
-        assert_eq!(user.additional_gids, vec![99]);
+        assert_eq!(user.additional_gids, vec![1000, 99]);
         let request = UserRequest {
             run_as_user: Some(1000),
             ..Default::default()
