@@ -12,7 +12,8 @@ use berth_runtime::features::HandlerFeatures;
 use berth_runtime::seccomp::{self, SeccompProfile};
 use berth_runtime::spec::{
     ALL_CAPABILITIES, BindMount, CapabilitySets, ContainerSpec, DEFAULT_CAPABILITIES, Device,
-    ImageConfig, Namespace, Namespaces, PodFiles, Propagation, Resources, UserNamespace,
+    ImageConfig, ImageVolume, Namespace, Namespaces, PodFiles, Propagation, Resources,
+    UserNamespace,
 };
 use berth_runtime::user::UserRequest;
 
@@ -71,6 +72,9 @@ pub struct Options {
     /// For PID namespace mode `TARGET`: the target container's PID namespace
     /// (`/proc/<pid>/ns/pid`), looked up by the caller from `target_id`.
     pub target_pid_namespace: Option<PathBuf>,
+    /// The image each image volume names (`mounts[i].image`), by mount
+    /// index, looked up (and pinned) by the caller in the image store.
+    pub image_volumes: BTreeMap<usize, ImageVolume>,
 }
 
 impl Options {
@@ -84,6 +88,7 @@ impl Options {
             cgroup_namespace: false,
             features: HandlerFeatures::default(),
             target_pid_namespace: None,
+            image_volumes: BTreeMap::new(),
         }
     }
 }
@@ -182,7 +187,7 @@ pub fn convert(
     let user = user_request(sc)?;
     let namespaces = namespaces(sc, pod, options)?;
     let user_namespace = user_namespace(sc, pod, options)?;
-    let mounts = mounts(&config.mounts, options.features)?;
+    let mounts = mounts(&config.mounts, options, pod.user.is_some())?;
     // Host paths enter a user-namespaced pod as id-mapped copies
     // (`mounts::idmap`), which cannot take part in the host's propagation.
     if pod.user.is_some()
@@ -638,13 +643,75 @@ fn namespaces(
     })
 }
 
+/// An image volume (KEP-4639): the image's rootfs, or a sub-directory of
+/// it, read-only.
+fn image_mount(
+    i: usize,
+    m: &cri::Mount,
+    options: &Options,
+    user_namespace: bool,
+) -> Result<BindMount, RequestError> {
+    let field = |name: &str| format!("mounts[{i}].{name}");
+    if !m.container_path.starts_with('/') || has_parent_dir(&m.container_path) {
+        return Err(invalid(
+            field("container_path"),
+            format!(
+                "{:?} is not an absolute path without \"..\"",
+                m.container_path
+            ),
+        ));
+    }
+    if !m.readonly {
+        return Err(invalid(
+            field("readonly"),
+            "an image volume is read-only: readonly must be set",
+        ));
+    }
+    let sub = &m.image_sub_path;
+    if sub.starts_with('/') || has_parent_dir(sub) {
+        return Err(invalid(
+            field("image_sub_path"),
+            format!("{sub:?} is not a relative path without \"..\""),
+        ));
+    }
+    if user_namespace {
+        return Err(unsupported(
+            field("image"),
+            "image volumes in a pod with its own user namespace",
+        ));
+    }
+    let volume = options
+        .image_volumes
+        .get(&i)
+        .ok_or_else(|| invalid(field("image"), "the image was not looked up in the store"))?;
+    Ok(BindMount {
+        container_path: m.container_path.clone().into(),
+        host_path: PathBuf::new(),
+        readonly: true,
+        recursive_readonly: false,
+        propagation: Propagation::Private,
+        image: Some(ImageVolume {
+            sub_path: sub.into(),
+            ..volume.clone()
+        }),
+    })
+}
+
 fn mounts(
     requested: &[cri::Mount],
-    features: HandlerFeatures,
+    options: &Options,
+    user_namespace: bool,
 ) -> Result<Vec<BindMount>, RequestError> {
     let mut out = Vec::new();
     for (i, m) in requested.iter().enumerate() {
         let field = |name: &str| format!("mounts[{i}].{name}");
+        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
+            out.push(image_mount(i, m, options, user_namespace)?);
+            continue;
+        }
+        if !m.image_sub_path.is_empty() {
+            return Err(invalid(field("image_sub_path"), "set without an image"));
+        }
         for (name, path) in [
             ("container_path", &m.container_path),
             ("host_path", &m.host_path),
@@ -660,12 +727,6 @@ fn mounts(
             if has_parent_dir(path) {
                 return Err(invalid(field(name), format!("{path:?} contains \"..\"")));
             }
-        }
-        if m.image.as_ref().is_some_and(|i| !i.image.is_empty()) {
-            return Err(unsupported(
-                field("image"),
-                "image volumes are not supported",
-            ));
         }
         if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
             return Err(unsupported(
@@ -697,7 +758,7 @@ fn mounts(
                     "needs private propagation",
                 ));
             }
-            if !features.recursive_read_only_mounts {
+            if !options.features.recursive_read_only_mounts {
                 return Err(unsupported(
                     field("recursive_read_only"),
                     "recursive read-only mounts need kernel 5.12+ and a runtime with the rro mount option",
@@ -712,6 +773,7 @@ fn mounts(
             readonly: m.readonly,
             recursive_readonly: m.recursive_read_only,
             propagation,
+            image: None,
         });
     }
     Ok(out)

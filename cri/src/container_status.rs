@@ -161,6 +161,18 @@ fn mount(m: &BindMount) -> cri::Mount {
             Propagation::Bidirectional => MountPropagation::PropagationBidirectional,
         }
         .into(),
+        // An image volume says which image, by the name it was asked as and
+        // its ID, as the kubelet reports it in the pod's status.
+        image: m.image.as_ref().map(|v| ImageSpec {
+            image: v.image.clone(),
+            image_ref: v.image_id.clone(),
+            ..Default::default()
+        }),
+        image_sub_path: m
+            .image
+            .as_ref()
+            .map(|v| v.sub_path.display().to_string())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -261,6 +273,8 @@ pub fn container_user(spec: &oci_spec::runtime::Spec) -> Option<cri::ContainerUs
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
     use serde_json::json;
 
@@ -282,13 +296,29 @@ mod tests {
 
     #[test]
     fn a_record_gives_its_status() {
-        let mounts = vec![BindMount {
-            container_path: "/data".into(),
-            host_path: "/srv".into(),
-            readonly: true,
-            recursive_readonly: false,
-            propagation: Propagation::HostToContainer,
-        }];
+        let mounts = vec![
+            BindMount {
+                container_path: "/data".into(),
+                host_path: "/srv".into(),
+                readonly: true,
+                recursive_readonly: false,
+                propagation: Propagation::HostToContainer,
+                image: None,
+            },
+            BindMount {
+                container_path: "/tools".into(),
+                host_path: PathBuf::new(),
+                readonly: true,
+                recursive_readonly: false,
+                propagation: Propagation::Private,
+                image: Some(berth_runtime::spec::ImageVolume {
+                    image: "registry.example/tools:1".into(),
+                    image_id: "ab".repeat(32),
+                    sub_path: "bin".into(),
+                    layers: Vec::new(),
+                }),
+            },
+        ];
         let resources = Resources {
             memory_limit: Some(64 << 20),
             memory_swap: Some(64 << 20),
@@ -311,7 +341,7 @@ mod tests {
         );
         assert_eq!((status.created_at, status.started_at), (5, 6));
         assert_eq!(status.labels["k"], "v");
-        assert_eq!(status.mounts.len(), 1);
+        assert_eq!(status.mounts.len(), 2);
         let mount = &status.mounts[0];
         assert_eq!(
             (mount.container_path.as_str(), mount.host_path.as_str()),
@@ -321,6 +351,22 @@ mod tests {
         assert_eq!(
             mount.propagation,
             MountPropagation::PropagationHostToContainer as i32
+        );
+        assert_eq!(mount.image, None);
+        // An image volume: no host path, the image by name and ID.
+        let image = &status.mounts[1];
+        assert_eq!(image.host_path, "");
+        let spec = image.image.as_ref().unwrap();
+        assert_eq!(
+            (spec.image.as_str(), spec.image_ref.as_str()),
+            ("registry.example/tools:1", "ab".repeat(32).as_str())
+        );
+        assert_eq!(image.image_sub_path, "bin");
+        // The layers are not kept in the record.
+        let saved = serde_json::to_value(&record).unwrap();
+        assert!(
+            saved["mounts"][1]["image"].get("layers").is_none(),
+            "{saved}"
         );
         let linux = status.resources.unwrap().linux.unwrap();
         assert_eq!(linux.memory_limit_in_bytes, 64 << 20);

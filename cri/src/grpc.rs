@@ -57,6 +57,11 @@ impl ToStatus for containers::Error {
             }
             Error::NameReserved { .. } => Status::already_exists(message),
             Error::WrongState { .. } => Status::failed_precondition(message),
+            // The request named what the image does not have.
+            Error::Create(berth_runtime::lifecycle::ContainerError::Mounts {
+                source: berth_runtime::mounts::MountError::SubPath { .. },
+                ..
+            }) => Status::invalid_argument(message),
             Error::Id(_)
             | Error::Reopen { .. }
             | Error::Create(_)

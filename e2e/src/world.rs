@@ -113,6 +113,21 @@ impl World {
         }
     }
 
+    /// Pushes fixture `fixture` to this world's registry and pulls it;
+    /// its name. (A world on an external registry has busybox only.)
+    pub async fn pull_fixture(&self, fixture: &str) -> String {
+        let registry = self
+            ._registry
+            .as_ref()
+            .expect("a world with its own registry (not BERTH_E2E_REGISTRY)");
+        registry.push(fixture, &format!("berth/{fixture}:latest"));
+        let name = registry.image(fixture);
+        crate::pull(&mut self.berthd().images().await, &name)
+            .await
+            .unwrap();
+        name
+    }
+
     pub fn berthd(&self) -> &Berthd {
         self.berthd.as_ref().unwrap()
     }

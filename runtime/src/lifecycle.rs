@@ -112,6 +112,8 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         id: id.clone(),
         source,
     };
+    let staged_images = new.run_dir.join("image-volumes");
+    crate::mounts::stage_images(&mut container_spec.mounts, &staged_images).map_err(mounts_err)?;
     crate::mounts::prepare(&mut container_spec.mounts).map_err(mounts_err)?;
     let staged = new.run_dir.join("volumes");
     if let Some(user) = &container_spec.user_namespace {
@@ -133,10 +135,12 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         tty: new.spec.tty,
     })?;
     // The container holds its own copies of the staged volumes now.
-    overlay::unmount_all_under(&staged).map_err(|source| ContainerError::Overlay {
-        id: id.clone(),
-        source,
-    })?;
+    for dir in [&staged, &staged_images] {
+        overlay::unmount_all_under(dir).map_err(|source| ContainerError::Overlay {
+            id: id.clone(),
+            source,
+        })?;
+    }
     Ok(Created { pid, spec: oci })
 }
 

@@ -17,6 +17,18 @@ pub enum MountError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("image volume {image}: {source}")]
+    Image {
+        image: String,
+        source: crate::overlay::OverlayError,
+    },
+    #[error("mounts[{index}].image_sub_path: {sub_path:?} of image {image} {reason}")]
+    SubPath {
+        index: usize,
+        image: String,
+        sub_path: PathBuf,
+        reason: String,
+    },
     #[error("read /proc/self/mountinfo: {0}")]
     MountInfo(std::io::Error),
     #[error("no mount holds {0}")]
@@ -66,9 +78,81 @@ pub fn idmap(mounts: &mut [BindMount], dir: &Path, userns: &Path) -> Result<(), 
     Ok(())
 }
 
-/// Resolves and prepares `mounts` in place.
+/// Mounts each image volume's image read-only at `dir/<n>` and points the
+/// mount at it, or at its sub-path resolved inside it (symlinks as the
+/// image means them, never out of it). runc binds the staged copy, which
+/// the caller detaches once the container is created.
+pub fn stage_images(mounts: &mut [BindMount], dir: &Path) -> Result<(), MountError> {
+    for (i, m) in mounts.iter_mut().enumerate() {
+        let Some(volume) = &m.image else {
+            continue;
+        };
+        let root = dir.join(i.to_string());
+        crate::overlay::mount_readonly(&volume.layers, &root).map_err(|source| {
+            MountError::Image {
+                image: volume.image.clone(),
+                source,
+            }
+        })?;
+        m.host_path =
+            resolve_in_root(&root, &volume.sub_path).map_err(|reason| MountError::SubPath {
+                index: i,
+                image: volume.image.clone(),
+                sub_path: volume.sub_path.clone(),
+                reason,
+            })?;
+    }
+    Ok(())
+}
+
+/// `sub` below `root`, each symlink on the way followed as if `root` were
+/// `/` (an absolute target or `..` never leaves it); it must exist.
+fn resolve_in_root(root: &Path, sub: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    // As Linux's MAXSYMLINKS.
+    const MAX_LINKS: usize = 40;
+    let mut todo: Vec<PathBuf> = sub
+        .components()
+        .rev()
+        .map(|c| c.as_os_str().into())
+        .collect();
+    let mut current = root.to_path_buf();
+    let mut links = 0;
+    while let Some(part) = todo.pop() {
+        match Path::new(&part).components().next() {
+            Some(Component::Normal(name)) => {
+                let next = current.join(name);
+                let meta = std::fs::symlink_metadata(&next).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => "does not exist in the image".to_string(),
+                    _ => e.to_string(),
+                })?;
+                if meta.file_type().is_symlink() {
+                    links += 1;
+                    if links > MAX_LINKS {
+                        return Err("too many levels of symbolic links".into());
+                    }
+                    let target = std::fs::read_link(&next).map_err(|e| e.to_string())?;
+                    if target.is_absolute() {
+                        current = root.to_path_buf();
+                    }
+                    todo.extend(target.components().rev().map(|c| c.as_os_str().into()));
+                } else {
+                    current = next;
+                }
+            }
+            Some(Component::ParentDir) if current != root => {
+                current.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(current)
+}
+
+/// Resolves and prepares `mounts` in place (image volumes are staged by
+/// [`stage_images`]).
 pub fn prepare(mounts: &mut [BindMount]) -> Result<(), MountError> {
-    for m in mounts.iter_mut() {
+    for m in mounts.iter_mut().filter(|m| m.image.is_none()) {
         let err = |source| MountError::HostPath {
             path: m.host_path.clone(),
             source,
@@ -117,6 +201,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn image_sub_paths_resolve_inside_the_image_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("usr/share/data")).unwrap();
+        std::fs::create_dir_all(dir.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink("/usr/share", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("usr/share/up")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let resolve = |sub: &str| resolve_in_root(&root, Path::new(sub));
+        assert_eq!(resolve("usr/share/data"), Ok(root.join("usr/share/data")));
+        assert_eq!(resolve(""), Ok(root.clone()));
+        // An absolute link means the image's root, not the host's.
+        assert_eq!(resolve("abs/data"), Ok(root.join("usr/share/data")));
+        // `..` and links up stop at the image's root.
+        assert_eq!(
+            resolve("../../outside"),
+            Err("does not exist in the image".into())
+        );
+        assert_eq!(
+            resolve("usr/share/up/up/outside"),
+            Err("does not exist in the image".into())
+        );
+        assert_eq!(resolve("usr/share/up"), Ok(root.clone()));
+        assert_eq!(
+            resolve("missing"),
+            Err("does not exist in the image".into())
+        );
+        assert_eq!(
+            resolve("loop"),
+            Err("too many levels of symbolic links".into())
+        );
+    }
+
+    #[test]
     fn host_paths_are_created_and_symlinks_followed() {
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real");
@@ -124,6 +242,7 @@ mod tests {
         std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
         let mut mounts = vec![
             BindMount {
+                image: None,
                 container_path: "/a".into(),
                 host_path: dir.path().join("link"),
                 readonly: false,
@@ -131,6 +250,7 @@ mod tests {
                 propagation: Propagation::Private,
             },
             BindMount {
+                image: None,
                 container_path: "/b".into(),
                 host_path: dir.path().join("new/dir"),
                 readonly: false,

@@ -184,22 +184,10 @@ pub fn mount_idmapped(
     result
 }
 
-/// Mounts an overlay on `target`: `lowers` topmost first (the image's top
-/// layer first), `upper` and `work` created when missing (same filesystem).
-pub fn mount(
-    lowers: &[PathBuf],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> Result<(), OverlayError> {
+/// `lowerdir=` of `lowers`, topmost first.
+fn lowerdir(lowers: &[PathBuf]) -> Result<String, OverlayError> {
     if lowers.is_empty() {
         return Err(OverlayError::NoLayers);
-    }
-    for dir in [upper, work, target] {
-        std::fs::create_dir_all(dir).map_err(|source| OverlayError::Create {
-            path: dir.to_path_buf(),
-            source,
-        })?;
     }
     let mut lowerdir = String::new();
     for (i, lower) in lowers.iter().enumerate() {
@@ -211,6 +199,74 @@ pub fn mount(
             lowerdir.push(':');
         }
         lowerdir.push_str(&s);
+    }
+    Ok(lowerdir)
+}
+
+/// Mounts `lowers` (topmost first) read-only on `target`, made when
+/// missing: an overlay without an upper dir, or, for one layer, a
+/// read-only bind mount of it (older kernels want two lower dirs for an
+/// overlay without an upper one). nosuid and nodev, as image volumes are.
+pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), OverlayError> {
+    let lowerdir = lowerdir(lowers)?;
+    std::fs::create_dir_all(target).map_err(|source| OverlayError::Create {
+        path: target.to_path_buf(),
+        source,
+    })?;
+    let err = |source| OverlayError::Mount {
+        target: target.to_path_buf(),
+        source,
+    };
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if let [only] = lowers {
+        nix::mount::mount(
+            Some(only),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(err)?;
+        return nix::mount::mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None::<&str>,
+        )
+        .map_err(err);
+    }
+    let options = format!("lowerdir={lowerdir}");
+    if options.len() >= 4096 {
+        return Err(OverlayError::TooLong {
+            target: target.to_path_buf(),
+            len: options.len(),
+        });
+    }
+    nix::mount::mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(options.as_str()),
+    )
+    .map_err(err)
+}
+
+/// Mounts an overlay on `target`: `lowers` topmost first (the image's top
+/// layer first), `upper` and `work` created when missing (same filesystem).
+pub fn mount(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), OverlayError> {
+    let lowerdir = lowerdir(lowers)?;
+    for dir in [upper, work, target] {
+        std::fs::create_dir_all(dir).map_err(|source| OverlayError::Create {
+            path: dir.to_path_buf(),
+            source,
+        })?;
     }
     let options = format!(
         "lowerdir={lowerdir},upperdir={},workdir={}",

@@ -98,15 +98,35 @@ pub enum Propagation {
     Bidirectional,
 }
 
-/// A bind mount from the host.
+/// A bind mount from the host, or of an image's rootfs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BindMount {
     pub container_path: PathBuf,
+    /// For an image volume: where create staged it (empty before).
     pub host_path: PathBuf,
     pub readonly: bool,
     /// Read-only at every depth (runc's `rro`, kernel 5.12+); needs `readonly`.
     pub recursive_readonly: bool,
     pub propagation: Propagation,
+    /// An image volume (CRI `Mount.image`, KEP-4639) instead of a host path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageVolume>,
+}
+
+/// An image's rootfs mounted read-only: its layers under one read-only
+/// overlay, or a sub-directory of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageVolume {
+    /// The image as the mount names it.
+    pub image: String,
+    /// Its ID (the config digest, bare hex): a container using it keeps
+    /// RemoveImage from removing it.
+    pub image_id: String,
+    /// Relative to the image's root; empty: the whole rootfs.
+    pub sub_path: PathBuf,
+    /// The image's layer dirs, topmost first; only create needs them.
+    #[serde(skip)]
+    pub layers: Vec<PathBuf>,
 }
 
 /// The capability sets of a container's process, as `CAP_*` names.

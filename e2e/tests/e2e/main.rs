@@ -18,6 +18,7 @@ mod events;
 mod foundation;
 mod hostile;
 mod hostile_layers;
+mod image_volumes;
 mod images;
 mod load;
 mod metrics;

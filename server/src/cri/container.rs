@@ -3,7 +3,7 @@
 //! ReopenContainerLog, mapped onto `berth_runtime::containers` as CRI-O
 //! answers them. Everything that blocks runs on `spawn_blocking`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +20,7 @@ use berth_proto::cri::{
 use berth_runtime::containers::{self, Containers, Error};
 use berth_runtime::oci::OciRuntime;
 use berth_runtime::record::{ContainerRecord, ContainerState as State, StoreError};
-use berth_runtime::spec::ImageConfig;
+use berth_runtime::spec::{ImageConfig, ImageVolume};
 use tonic::Status;
 
 use super::CriService;
@@ -185,8 +185,17 @@ impl CriService {
             super::span_ids::record_ids("", &id);
             return Ok(CreateContainerResponse { container_id: id });
         }
+        // Image volumes: their images pinned like the container's own.
+        let (image_volumes, volume_pins) = self.image_volumes(&config)?;
         let id = self.containers.reserve(&reserved_name).map_err(status)?;
-        let prepared = self.prepare(&id, &config, request.sandbox_config, &pod, &image_cfg);
+        let prepared = self.prepare(
+            &id,
+            &config,
+            request.sandbox_config,
+            &pod,
+            &image_cfg,
+            image_volumes,
+        );
         let (spec, log_path, stdin_once) = match prepared {
             Ok(prepared) => prepared,
             Err(err) => {
@@ -230,13 +239,49 @@ impl CriService {
         let name = meta.name;
         let create = async move {
             let created = blocking(move || containers.create(record, layers, spec, own)).await?;
-            drop(pin);
+            drop((pin, volume_pins));
             tracing::info!(container = %created.id, pod = %created.pod_id, name = %name, "container created");
             Ok(created.id)
         };
         let container_id = self.abandoned.run(reserved_name, create).await?;
         super::span_ids::record_ids("", &container_id);
         Ok(CreateContainerResponse { container_id })
+    }
+
+    /// The image of each image volume (`mounts[i].image`), pinned until the
+    /// container's record names it; by mount index.
+    fn image_volumes(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<(BTreeMap<usize, ImageVolume>, Vec<berth_image::Pin>), Status> {
+        let mut volumes = BTreeMap::new();
+        let mut pins = Vec::new();
+        for (i, mount) in config.mounts.iter().enumerate() {
+            let Some(name) = mount
+                .image
+                .as_ref()
+                .map(|s| &s.image)
+                .filter(|n| !n.is_empty())
+            else {
+                continue;
+            };
+            let (image, pin) = self.images.get_pinned(name).ok_or_else(|| {
+                Status::not_found(format!(
+                    "mounts[{i}].image: image {name:?} is not in the image store: pull it first"
+                ))
+            })?;
+            volumes.insert(
+                i,
+                ImageVolume {
+                    image: name.clone(),
+                    image_id: image.id_hex(),
+                    sub_path: PathBuf::new(),
+                    layers: self.images.lower_dirs(&image),
+                },
+            );
+            pins.push(pin);
+        }
+        Ok((volumes, pins))
     }
 
     /// The container's spec, log path and stdin_once, from the request,
@@ -248,8 +293,10 @@ impl CriService {
         sandbox: Option<berth_proto::cri::PodSandboxConfig>,
         pod: &berth_sandbox::Pod,
         image: &ImageConfig,
+        image_volumes: BTreeMap<usize, ImageVolume>,
     ) -> Result<(berth_runtime::spec::ContainerSpec, PathBuf, bool), Status> {
         let mut options = berth_cri::container::Options::new(id);
+        options.image_volumes = image_volumes;
         if self.config.container.seccomp_use_default_when_empty {
             options.default_seccomp = berth_cri::container::DefaultSeccomp::RuntimeDefault;
         }

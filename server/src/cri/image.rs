@@ -196,7 +196,13 @@ impl CriService {
             containers
                 .list()
                 .into_iter()
-                .filter(|c| c.image_id == id)
+                .filter(|c| {
+                    c.image_id == id
+                        || c.mounts
+                            .iter()
+                            .flatten()
+                            .any(|m| m.image.as_ref().is_some_and(|v| v.image_id == id))
+                })
                 .map(|c| c.id)
                 .collect()
         };
