@@ -478,3 +478,53 @@ async fn an_unset_seccomp_profile_is_unconfined_unless_configured() {
     assert_eq!(seccomp_mode(&mut w, &id).await, "2");
     w.remove_pod(&pod).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn image_fs_info_reports_containers_apart_on_a_filesystem_of_their_own() {
+    if !berth_e2e::can_run(berth_e2e::is_root(), "needs root (mounts a tmpfs)") {
+        return;
+    }
+    use berth_e2e::cri::ImageFsInfoRequest;
+    // One filesystem: the image one stands for both.
+    let berthd = berth_e2e::Berthd::start().await;
+    let info = berthd
+        .images()
+        .await
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.image_filesystems.len(), 1);
+    assert!(info.container_filesystems.is_empty(), "{info:?}");
+    drop(berthd);
+
+    // The containers' state on a tmpfs of its own.
+    let paths = berth_e2e::Paths::create();
+    let containers = paths.root().join("containers");
+    std::fs::create_dir_all(&containers).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&containers)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let berthd = berth_e2e::Berthd::start_in(paths, berth_e2e::Options::default()).await;
+    let info = berthd
+        .images()
+        .await
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.container_filesystems.len(), 1, "{info:?}");
+    let fs = &info.container_filesystems[0];
+    assert_eq!(
+        fs.fs_id.as_ref().unwrap().mountpoint,
+        containers.display().to_string()
+    );
+    assert!(fs.inodes_used.as_ref().unwrap().value >= 1);
+    assert_ne!(
+        info.image_filesystems[0].fs_id.as_ref().unwrap().mountpoint,
+        fs.fs_id.as_ref().unwrap().mountpoint
+    );
+}

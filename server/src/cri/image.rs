@@ -218,23 +218,44 @@ impl CriService {
         _req: ImageFsInfoRequest,
     ) -> Result<ImageFsInfoResponse, Status> {
         let images = self.images.clone();
+        let containers = self.config.root.join("containers");
         let span = tracing::Span::current();
-        let usage = tokio::task::spawn_blocking(move || span.in_scope(|| images.usage()))
-            .await
-            .map_err(|e| Status::internal(format!("measuring the image store: {e}")))?;
+        let (usage, container_fs) = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| {
+                // The containers' writable layers count apart only on a
+                // filesystem of their own (the kubelet's split image fs);
+                // on one filesystem the kubelet takes the image one for both.
+                let device = |dir: &std::path::Path| {
+                    std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(dir).ok()?).into()
+                };
+                let apart = matches!(
+                    (device(images.dir()), device(&containers)),
+                    (Some::<u64>(a), Some(b)) if a != b
+                );
+                let container_fs = apart.then(|| {
+                    let (bytes, inodes) = berth_runtime::stats::disk_usage(&containers);
+                    (containers, bytes, inodes)
+                });
+                (images.usage(), container_fs)
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(format!("measuring the image store: {e}")))?;
         let timestamp = berth_host::now_nanos();
+        let filesystem = |mountpoint: &std::path::Path, bytes, inodes| FilesystemUsage {
+            timestamp,
+            fs_id: Some(FilesystemIdentifier {
+                mountpoint: mountpoint.display().to_string(),
+            }),
+            used_bytes: Some(UInt64Value { value: bytes }),
+            inodes_used: Some(UInt64Value { value: inodes }),
+        };
         Ok(ImageFsInfoResponse {
-            image_filesystems: vec![FilesystemUsage {
-                timestamp,
-                fs_id: Some(FilesystemIdentifier {
-                    mountpoint: self.images.dir().display().to_string(),
-                }),
-                used_bytes: Some(UInt64Value { value: usage.bytes }),
-                inodes_used: Some(UInt64Value {
-                    value: usage.inodes,
-                }),
-            }],
-            ..Default::default()
+            image_filesystems: vec![filesystem(self.images.dir(), usage.bytes, usage.inodes)],
+            container_filesystems: container_fs
+                .iter()
+                .map(|(dir, bytes, inodes)| filesystem(dir, *bytes, *inodes))
+                .collect(),
         })
     }
 }
