@@ -25,20 +25,8 @@ build_seconds=$((SECONDS - t))
 if grep -qxF "$image/" <<<"$key_dirs_before"; then build_kind=cached; else build_kind=cold; fi
 
 echo "== hack/vm/smoke.sh: building berthd, berth-shim and the foundation tests ($profile)" >&2
-cargo build --locked --profile "$profile" -p berthd -p berth-shim --bins
-# The test binary's path is only known from cargo's JSON messages.
-test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test e2e --no-run \
-  --message-format=json |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
-        print(m["executable"])')
+test_bin=$(hack/vm/host-binaries.sh "$profile")
 bin_dir=$(dirname "$(dirname "$test_bin")")
-[[ -x $test_bin && -x $bin_dir/berthd && -x $bin_dir/berth-shim ]] || {
-  echo "hack/vm/smoke.sh: binaries not found (test binary: '$test_bin')" >&2
-  exit 1
-}
 
 share=$repo/target/vm-smoke
 rm -rf "$share"

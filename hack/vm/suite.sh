@@ -41,24 +41,12 @@ build_seconds=$((SECONDS - t))
 if grep -qxF "$image/" <<<"$cached_before"; then build_kind=cached; else build_kind=cold; fi
 
 echo "== hack/vm/suite.sh: building berthd, berth-shim and the e2e tests ($profile)" >&2
-cargo build --locked --profile "$profile" -p berthd -p berth-shim --bins
-# The test binary's path is only known from cargo's JSON messages.
-test_bin=$(cargo test --locked --profile "$profile" -p berth-e2e --test e2e --no-run \
-  --message-format=json |
-  python3 -c 'import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "e2e" and m.get("executable"):
-        print(m["executable"])')
+test_bin=$(hack/vm/host-binaries.sh "$profile")
 # The e2e modules whose cases need a real node (AppArmor, cgroup v2 only,
 # systemd as PID 1): they start their own berthd through the harness, after
 # the node cases; their node-only cases are #[ignore]d elsewhere.
 harness_tests="apparmor cgroup_stats systemd_driver"
 bin_dir=$(dirname "$(dirname "$test_bin")")
-[[ -x $test_bin && -x $bin_dir/berthd && -x $bin_dir/berth-shim ]] || {
-  echo "hack/vm/suite.sh: binaries not found (test binary: '$test_bin')" >&2
-  exit 1
-}
 
 share=$repo/target/vm-suite
 rm -rf "$share"

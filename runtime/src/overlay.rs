@@ -236,7 +236,11 @@ pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), OverlayEr
         )
         .map_err(err);
     }
-    let options = format!("lowerdir={lowerdir}");
+    mount_overlay(target, flags, &format!("lowerdir={lowerdir}"))
+}
+
+/// The overlay mount itself, its options within the kernel's one page.
+fn mount_overlay(target: &Path, flags: MsFlags, options: &str) -> Result<(), OverlayError> {
     if options.len() >= 4096 {
         return Err(OverlayError::TooLong {
             target: target.to_path_buf(),
@@ -248,9 +252,12 @@ pub fn mount_readonly(lowers: &[PathBuf], target: &Path) -> Result<(), OverlayEr
         target,
         Some("overlay"),
         flags,
-        Some(options.as_str()),
+        Some(options),
     )
-    .map_err(err)
+    .map_err(|source| OverlayError::Mount {
+        target: target.to_path_buf(),
+        source,
+    })
 }
 
 /// Mounts an overlay on `target`: `lowers` topmost first (the image's top
@@ -273,23 +280,7 @@ pub fn mount(
         upper.display(),
         work.display()
     );
-    if options.len() >= 4096 {
-        return Err(OverlayError::TooLong {
-            target: target.to_path_buf(),
-            len: options.len(),
-        });
-    }
-    nix::mount::mount(
-        Some("overlay"),
-        target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .map_err(|source| OverlayError::Mount {
-        target: target.to_path_buf(),
-        source,
-    })
+    mount_overlay(target, MsFlags::empty(), &options)
 }
 
 /// Unmounts every mount at or below `dir`, deepest first (the rootfs, and

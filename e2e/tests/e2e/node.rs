@@ -781,3 +781,41 @@ async fn restart_keeps_running_containers() {
     assert_eq!((code, out.as_str()), (0, "after-restart\n"));
     node.remove_pod(&pod, &parent).await;
 }
+
+#[tokio::test]
+#[ignore = "runs in the node VM: hack/vm/suite.sh"]
+async fn update_pod_sandbox_resources_sets_the_pod_cgroup() {
+    let mut node = Node::connect().await;
+    let (pod, parent) = node.pod("podresize", "").await;
+    // A container, so the pod's cgroup exists with either driver.
+    let _id = node
+        .run(&pod, "podresize", &parent, "sleep 600", None)
+        .await;
+    node.client
+        .update_pod_sandbox_resources(cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.clone(),
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 200 << 20,
+                cpu_period: 100_000,
+                cpu_quota: 150_000,
+                cpu_shares: 1024,
+                ..Default::default()
+            }),
+            overhead: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 56 << 20,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("UpdatePodSandboxResources");
+    let dir = node.driver.pod_dir(&parent);
+    assert_eq!(cgroup_file(&dir, "memory.max"), (256u64 << 20).to_string());
+    assert_eq!(cgroup_file(&dir, "cpu.max"), "150000 100000");
+    assert_eq!(cgroup_file(&dir, "cpu.weight"), "39");
+    if node.driver == Driver::Systemd {
+        // Set as the slice's properties, so systemd keeps them.
+        assert_eq!(show(&parent, "MemoryMax"), (256u64 << 20).to_string());
+        assert_eq!(show(&parent, "CPUWeight"), "39");
+    }
+    node.remove_pod(&pod, &parent).await;
+}

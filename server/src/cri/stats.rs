@@ -78,6 +78,20 @@ fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSan
     berth_cri::stats::pod(pod, &sample, interfaces(pod).as_deref(), containers)
 }
 
+/// Every container record, by the ID of its pod.
+fn containers_by_pod(
+    containers: &berth_runtime::containers::Containers,
+) -> HashMap<String, Vec<ContainerRecord>> {
+    let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
+    for record in containers.list() {
+        by_pod
+            .entry(record.pod_id.clone())
+            .or_default()
+            .push(record);
+    }
+    by_pod
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Status> {
@@ -183,13 +197,7 @@ impl CriService {
         let containers = Arc::clone(&self.containers);
         let stats = Arc::clone(&self.stats);
         let list = blocking(move || {
-            let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
-            for record in containers.list() {
-                by_pod
-                    .entry(record.pod_id.clone())
-                    .or_default()
-                    .push(record);
-            }
+            let mut by_pod = containers_by_pod(&containers);
             pods.iter()
                 .map(|pod| {
                     let mine = by_pod.remove(pod.id.as_str()).unwrap_or_default();
@@ -219,13 +227,7 @@ impl CriService {
         let containers = Arc::clone(&self.containers);
         let stats = Arc::clone(&self.stats);
         let pod_metrics = blocking(move || {
-            let mut by_pod: HashMap<String, Vec<ContainerRecord>> = HashMap::new();
-            for record in containers.list() {
-                by_pod
-                    .entry(record.pod_id.clone())
-                    .or_default()
-                    .push(record);
-            }
+            let mut by_pod = containers_by_pod(&containers);
             pods.iter()
                 .map(|pod| {
                     let mine = by_pod.remove(pod.id.as_str()).unwrap_or_default();

@@ -60,19 +60,8 @@ impl Checked<AttachRequest> {
 /// Exec's checks, made before the container is looked up. A tty merges
 /// stderr into stdout, so asking for both is an error.
 pub(super) fn check_exec(request: ExecRequest) -> Result<Checked<ExecRequest>, Status> {
-    if request.container_id.is_empty() {
-        return Err(Status::invalid_argument("missing required container_id"));
-    }
-    if request.tty && request.stderr {
-        return Err(Status::invalid_argument(
-            "tty and stderr cannot both be true",
-        ));
-    }
-    if !request.stdin && !request.stdout && !request.stderr {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout, or stderr must be set",
-        ));
-    }
+    let streams = [request.stdin, request.stdout, request.stderr];
+    check_streams(&request.container_id, request.tty, streams, "or")?;
     // The kubelet's server lets this through to fail in the runtime; an
     // empty command can never run, so it is refused here.
     if request.cmd.first().is_none_or(String::is_empty) {
@@ -86,20 +75,33 @@ pub(super) fn check_exec(request: ExecRequest) -> Result<Checked<ExecRequest>, S
 
 /// Attach's checks, made before the container is looked up.
 pub(super) fn check_attach(request: AttachRequest) -> Result<Checked<AttachRequest>, Status> {
-    if request.container_id.is_empty() {
+    let streams = [request.stdin, request.stdout, request.stderr];
+    check_streams(&request.container_id, request.tty, streams, "and")?;
+    Ok(Checked(request))
+}
+
+/// What Exec and Attach both check; `conjunction` words the last message
+/// as the kubelet's streaming server does for each ("or" and "and").
+fn check_streams(
+    container_id: &str,
+    tty: bool,
+    [stdin, stdout, stderr]: [bool; 3],
+    conjunction: &str,
+) -> Result<(), Status> {
+    if container_id.is_empty() {
         return Err(Status::invalid_argument("missing required container_id"));
     }
-    if request.tty && request.stderr {
+    if tty && stderr {
         return Err(Status::invalid_argument(
             "tty and stderr cannot both be true",
         ));
     }
-    if !request.stdin && !request.stdout && !request.stderr {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout, and stderr must be set",
-        ));
+    if !stdin && !stdout && !stderr {
+        return Err(Status::invalid_argument(format!(
+            "one of stdin, stdout, {conjunction} stderr must be set"
+        )));
     }
-    Ok(Checked(request))
+    Ok(())
 }
 
 /// The Exec answer for `container`, which the caller resolved from
