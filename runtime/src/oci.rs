@@ -383,18 +383,7 @@ impl OciRuntime {
             }
         }
         if out.timed_out {
-            // Killing runc exec alone would leave the process running in
-            // the container. runc's init makes it a session (and group)
-            // leader, so its group holds what it forked too (a probe's
-            // `sh -c` waiting on a child), unless they left it.
-            if let Some(pid) = std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|s| s.trim().parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-            }
-            let _ = child.kill();
+            kill_exec(&pid_file, &mut child);
         }
         let status = child.wait().map_err(|source| RuntimeError::Spawn {
             command: command.clone(),
@@ -411,6 +400,21 @@ impl OciRuntime {
         };
         Ok(out)
     }
+}
+
+/// Ends a timed-out exec. Killing runc exec alone would leave the process
+/// running in the container. runc's init makes it a session (and group)
+/// leader, so its group holds what it forked too (a probe's `sh -c`
+/// waiting on a child), unless they left it.
+fn kill_exec(pid_file: &Path, runc_exec: &mut std::process::Child) {
+    if let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = runc_exec.kill();
 }
 
 /// Reads what is ready on `stream` into `keep` up to the cap, counting the

@@ -695,6 +695,9 @@ fn process(
 /// The container's mounts (the standard ones, the pod's files, then the
 /// request's, which replace a standard one at the same place) and the
 /// rootfs propagation they need.
+///
+/// Long: the standard set is a table of literal mounts, read best as one
+/// list in the order the runtime mounts them.
 fn mounts(spec: &ContainerSpec) -> (Vec<Mount>, &'static str) {
     // Privileged containers get writable sysfs and cgroupfs, as in CRI-O.
     let (sys_options, cgroup_options): (&[&str], &[&str]) = if spec.privileged {
