@@ -92,6 +92,20 @@ struct CacheEntry {
     result: Value,
 }
 
+impl CacheEntry {
+    /// The attachment as ADD made it (its args and capabilities), in the
+    /// netns the caller names now.
+    fn attachment(self, now: &Attachment) -> Attachment {
+        Attachment {
+            container_id: self.container_id,
+            netns: now.netns.clone(),
+            ifname: self.if_name,
+            args: self.cni_args,
+            capabilities: self.capability_args,
+        }
+    }
+}
+
 const CACHE_KIND: &str = "berthCniCacheV1";
 
 /// The CNI client: holds the currently loaded network, refreshed by
@@ -240,15 +254,9 @@ impl Cni {
                         path: cache.clone(),
                         message,
                     })?;
-                let cached = Attachment {
-                    container_id: entry.container_id,
-                    netns: att.netns.clone(),
-                    ifname: entry.if_name,
-                    args: entry.cni_args,
-                    capabilities: entry.capability_args,
-                };
-                let prev = (!entry.result.is_null()).then_some(&entry.result);
-                self.del_chain(&list, &cached, prev).await?;
+                let prev = (!entry.result.is_null()).then_some(entry.result.clone());
+                let cached = entry.attachment(att);
+                self.del_chain(&list, &cached, prev.as_ref()).await?;
                 remove_cache(&cache)
             }
             None => match self.network() {
@@ -306,15 +314,10 @@ impl Cni {
         if !list.supports_check() {
             return Ok(None);
         }
-        let cached = Attachment {
-            container_id: entry.container_id,
-            netns: att.netns.clone(),
-            ifname: entry.if_name,
-            args: entry.cni_args,
-            capabilities: entry.capability_args,
-        };
+        let result = entry.result.clone();
+        let cached = entry.attachment(att);
         for index in 0..list.plugins.len() {
-            self.invoke(&list, index, "CHECK", &cached, Some(&entry.result))
+            self.invoke(&list, index, "CHECK", &cached, Some(&result))
                 .await?;
         }
         Ok(Some(()))
