@@ -1,6 +1,7 @@
 //! Streaming for `kubectl exec`, `attach` and `port-forward` (CRI `Exec`,
 //! `Attach`, `PortForward`): a SPDY/3.1 codec and session ([`spdy`]), the
-//! Kubernetes stream protocols over SPDY and WebSocket, the HTTP server
+//! Kubernetes stream protocols over SPDY and WebSocket (and SPDY tunnelled
+//! in WebSocket, client-go's port-forward), the HTTP server
 //! handing out single-use URLs ([`server`]), and the backend that runs the
 //! sessions against the OCI runtime and berth-shim ([`backend`]).
 //!
@@ -16,6 +17,7 @@ mod session;
 pub mod spdy;
 mod spdy_exec;
 mod ws;
+mod ws_tunnel;
 
 pub use backend::{
     AttachRequest, Backend, BackendError, Container, ExecRequest, PortForwardRequest,

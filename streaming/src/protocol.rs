@@ -11,6 +11,11 @@ pub const SPDY_EXEC_V4: &str = "v4.channel.k8s.io";
 pub const SPDY_PORT_FORWARD: &str = "portforward.k8s.io";
 pub const PROTOCOL_HEADER: &str = "X-Stream-Protocol-Version";
 
+/// WebSocket subprotocol of port-forward as client-go 1.30+ speaks it
+/// (KEP-4006): the SPDY/3.1 `portforward.k8s.io` session, its bytes carried
+/// in binary messages.
+pub const WS_SPDY_PORT_FORWARD: &str = "SPDY/3.1+portforward.k8s.io";
+
 /// WebSocket subprotocols of exec/attach, in our order of preference.
 pub const WS_V5: &str = "v5.channel.k8s.io";
 pub const WS_V4: &str = "v4.channel.k8s.io";

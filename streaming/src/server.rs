@@ -314,6 +314,7 @@ fn route(inner: Arc<Inner>, mut req: Request<Incoming>) -> Resp {
         let offered = header_values(&req, "sec-websocket-protocol");
         let ours: &[&'static str] = match target {
             Target::PortForward(_) => &[
+                protocol::WS_SPDY_PORT_FORWARD,
                 protocol::SPDY_PORT_FORWARD,
                 protocol::WS_V4,
                 protocol::WS_V4_BASE64,
@@ -357,7 +358,12 @@ fn route(inner: Arc<Inner>, mut req: Request<Incoming>) -> Resp {
         let protocol = chosen.unwrap_or(protocol::WS_V1);
         tokio::spawn(async move {
             let Ok(io) = on_upgrade.await else { return };
-            ws::serve(inner, TokioIo::new(io), target, protocol, &query).await;
+            if protocol == protocol::WS_SPDY_PORT_FORWARD {
+                let tunnel = ws::tunnel(TokioIo::new(io)).await;
+                spdy_exec::serve(inner, tunnel, target).await;
+            } else {
+                ws::serve(inner, TokioIo::new(io), target, protocol, &query).await;
+            }
         });
         return resp;
     }

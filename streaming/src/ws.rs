@@ -5,6 +5,11 @@
 //! Port-forward has a data (2i) and an error (2i+1) channel per port of
 //! the CRI request (or, when it named none, per `port` query parameter),
 //! each opened with the port (u16, little-endian).
+//!
+//! A session ends as the kubelet ends it: (exec/attach) the `Status` on the
+//! error channel, then a close frame with code 1000, which client-go reads
+//! as the end of every channel (any other close, or none, is an error to
+//! it), then the client's close frame.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +27,7 @@ use crate::backend::{BackendError, Process};
 use crate::protocol::{self, Outcome, ResizeDecoder};
 use crate::server::{Inner, Target};
 use crate::session::{self, CHUNK, Channels};
+use crate::ws_tunnel::{Tunnel, normal_close};
 
 /// The largest message (and frame) we take. client-go sends one 32 KiB read
 /// of stdin per message (44 KiB as base64); browser terminals send a paste
@@ -32,6 +38,19 @@ const MAX_MESSAGE: usize = 1 << 20;
 const OUT_MESSAGES: usize = 8;
 /// Incoming pieces of at most [`CHUNK`] waiting for their channel.
 const IN_PIECES: usize = 8;
+/// How long the close handshake may take: our close frame reaching a
+/// client that may not read, then its answer.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+/// Exec/attach channels (stdin to resize); v5 closes only these.
+const REMOTE_COMMAND_CHANNELS: u8 = 5;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+enum FrameError {
+    #[error("v5 close signal of {0} bytes (it is the signal byte and one channel)")]
+    CloseSignalLength(usize),
+    #[error("v5 close signal for channel {0}, which does not exist")]
+    CloseSignalChannel(u8),
+}
 
 #[derive(Clone, Copy)]
 struct Framing {
@@ -53,20 +72,34 @@ impl Framing {
         }
     }
 
-    /// (channel, data) of a data message; `None` for anything else.
-    fn decode(&self, msg: Message) -> Option<(u8, Vec<u8>)> {
-        match msg {
-            Message::Binary(b) if !self.base64 && !b.is_empty() => Some((b[0], b[1..].to_vec())),
+    /// (channel, data) of a data message (v5's close signal is channel
+    /// 255 with the closed channel as its data); `None` for anything else.
+    /// A malformed close signal ends the session, as in the kubelet.
+    fn decode(&self, msg: Message) -> Result<Option<(u8, Vec<u8>)>, FrameError> {
+        Ok(match msg {
+            Message::Binary(b) if !self.base64 && !b.is_empty() => {
+                if self.v5 && b[0] == protocol::CH_CLOSE {
+                    let [_, channel] = b[..] else {
+                        return Err(FrameError::CloseSignalLength(b.len()));
+                    };
+                    if channel >= REMOTE_COMMAND_CHANNELS {
+                        return Err(FrameError::CloseSignalChannel(channel));
+                    }
+                }
+                Some((b[0], b[1..].to_vec()))
+            }
             Message::Text(t) if self.base64 && !t.is_empty() => {
                 let bytes = t.as_bytes();
-                let channel = bytes[0].checked_sub(b'0')?;
-                let data = base64::engine::general_purpose::STANDARD
+                let Some(channel) = bytes[0].checked_sub(b'0') else {
+                    return Ok(None);
+                };
+                base64::engine::general_purpose::STANDARD
                     .decode(&bytes[1..])
-                    .ok()?;
-                Some((channel, data))
+                    .ok()
+                    .map(|data| (channel, data))
             }
             _ => None,
-        }
+        })
     }
 }
 
@@ -94,6 +127,21 @@ impl Activity {
     }
 }
 
+fn config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(MAX_MESSAGE))
+        .max_frame_size(Some(MAX_MESSAGE))
+}
+
+/// An upgraded connection as the byte stream of a SPDY session tunnelled
+/// in it, with the same message cap as the channel protocols.
+pub(crate) async fn tunnel<IO>(io: IO) -> Tunnel<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    Tunnel::new(WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await)
+}
+
 /// A WebSocket exec/attach/port-forward session: channel set-up by
 /// protocol, then the pumps and the close. Long for the same reason as
 /// the SPDY session: the protocol's versions are handled in one place.
@@ -110,10 +158,7 @@ pub(crate) async fn serve<IO>(
         base64: subprotocol.contains("base64"),
         v5: subprotocol == protocol::WS_V5,
     };
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(MAX_MESSAGE))
-        .max_frame_size(Some(MAX_MESSAGE));
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config())).await;
     let (mut sink, mut source) = ws.split();
     let activity = Arc::new(Activity {
         epoch: Instant::now(),
@@ -122,7 +167,7 @@ pub(crate) async fn serve<IO>(
     // One writer: everything to the client goes through `out`.
     let (out, mut out_rx) = mpsc::channel::<Message>(OUT_MESSAGES);
     let writer_activity = activity.clone();
-    let writer = tokio::spawn(async move {
+    let mut writer = tokio::spawn(async move {
         while let Some(msg) = out_rx.recv().await {
             let last = matches!(msg, Message::Close(_));
             if sink.send(msg).await.is_err() {
@@ -141,21 +186,29 @@ pub(crate) async fn serve<IO>(
     let (gone_tx, gone) = session::gone_signal();
     let reader_activity = activity.clone();
     let idle_limit = inner.config.idle_timeout;
-    tokio::spawn(async move {
+    let mut reader = tokio::spawn(async move {
         let read = async {
+            // Once nobody takes the channels' data, it is dropped: the
+            // reader goes on to the client's close frame.
+            let mut incoming_tx = Some(incoming_tx);
             while let Some(Ok(msg)) = source.next().await {
                 reader_activity.touch();
                 if matches!(msg, Message::Close(_)) {
                     return;
                 }
-                let Some((channel, data)) = framing.decode(msg) else {
-                    continue;
+                let (channel, data) = match framing.decode(msg) {
+                    Ok(Some(decoded)) => decoded,
+                    Ok(None) => continue,
+                    Err(err) => {
+                        tracing::debug!("WebSocket session: {err}");
+                        return;
+                    }
                 };
                 let mut rest = &data[..];
-                loop {
+                while let Some(tx) = &incoming_tx {
                     let (piece, tail) = rest.split_at(rest.len().min(CHUNK));
-                    if incoming_tx.send((channel, piece.to_vec())).await.is_err() {
-                        return;
+                    if tx.send((channel, piece.to_vec())).await.is_err() {
+                        incoming_tx = None;
                     }
                     rest = tail;
                     if rest.is_empty() {
@@ -207,9 +260,16 @@ pub(crate) async fn serve<IO>(
             .await;
         }
     }
-    let _ = out.send(Message::Close(None)).await;
-    drop(out);
-    let _ = writer.await;
+    let closing = async {
+        let _ = out.send(normal_close()).await;
+        drop(out);
+        let _ = (&mut writer).await;
+        let _ = (&mut reader).await;
+    };
+    if tokio::time::timeout(CLOSE_WAIT, closing).await.is_err() {
+        writer.abort();
+        reader.abort();
+    }
 }
 
 async fn remote_command(
@@ -221,6 +281,16 @@ async fn remote_command(
     mut incoming: mpsc::Receiver<(u8, Vec<u8>)>,
     gone: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) {
+    if framing.v5 {
+        // As the API server's v5 server: an empty message on the lowest
+        // channel we write tells the client the session is up.
+        let ready = match (stdout, stderr) {
+            (true, _) => protocol::CH_STDOUT,
+            (false, true) => protocol::CH_STDERR,
+            (false, false) => protocol::CH_ERROR,
+        };
+        let _ = out.send(framing.encode(ready, &[])).await;
+    }
     let process = match start.await {
         Ok(p) => p,
         Err(err) => {
@@ -341,4 +411,92 @@ async fn port_forward(
         }
     }
     tasks.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V5: Framing = Framing {
+        base64: false,
+        v5: true,
+    };
+    const V4: Framing = Framing {
+        base64: false,
+        v5: false,
+    };
+    const V4_BASE64: Framing = Framing {
+        base64: true,
+        v5: false,
+    };
+
+    #[test]
+    fn binary_messages_carry_the_channel_in_their_first_byte() {
+        let msg = V5.encode(protocol::CH_ERROR, br#"{"status":"Success"}"#);
+        let Message::Binary(bytes) = &msg else {
+            panic!("{msg:?}")
+        };
+        assert_eq!(bytes[0], 3);
+        assert_eq!(&bytes[1..], br#"{"status":"Success"}"#);
+        assert_eq!(
+            V5.encode(protocol::CH_STDOUT, b""),
+            Message::binary(vec![1])
+        );
+        assert_eq!(
+            V4.decode(Message::binary(
+                b"\x04{\"Width\":80,\"Height\":24}\n".to_vec()
+            )),
+            Ok(Some((4, b"{\"Width\":80,\"Height\":24}\n".to_vec())))
+        );
+        // Text is no binary protocol's, and an empty message has no channel.
+        assert_eq!(V5.decode(Message::text("0abc")), Ok(None));
+        assert_eq!(V5.decode(Message::binary(Vec::new())), Ok(None));
+    }
+
+    #[test]
+    fn base64_messages_carry_the_channel_as_a_digit() {
+        assert_eq!(
+            V4_BASE64.encode(protocol::CH_STDERR, b"err\n"),
+            Message::text("2ZXJyCg==")
+        );
+        assert_eq!(
+            V4_BASE64.decode(Message::text("0aGk=")),
+            Ok(Some((0, b"hi".to_vec())))
+        );
+        assert_eq!(V4_BASE64.decode(Message::text("0!!")), Ok(None));
+        assert_eq!(V4_BASE64.decode(Message::binary(vec![0, 1])), Ok(None));
+    }
+
+    #[test]
+    fn v5_close_signals_name_one_remote_command_channel() {
+        assert_eq!(
+            V5.decode(Message::binary(vec![255, 0])),
+            Ok(Some((protocol::CH_CLOSE, vec![protocol::CH_STDIN])))
+        );
+        assert_eq!(
+            V5.decode(Message::binary(vec![255])),
+            Err(FrameError::CloseSignalLength(1))
+        );
+        assert_eq!(
+            V5.decode(Message::binary(vec![255, 0, 0])),
+            Err(FrameError::CloseSignalLength(3))
+        );
+        assert_eq!(
+            V5.decode(Message::binary(vec![255, 5])),
+            Err(FrameError::CloseSignalChannel(5))
+        );
+        // Before v5, 255 is a channel like any other (and unused).
+        assert_eq!(
+            V4.decode(Message::binary(vec![255])),
+            Ok(Some((255, Vec::new())))
+        );
+    }
+
+    #[test]
+    fn sessions_close_with_1000() {
+        let Message::Close(Some(frame)) = normal_close() else {
+            panic!()
+        };
+        assert_eq!(u16::from(frame.code), 1000);
+    }
 }

@@ -29,6 +29,7 @@ mod probes;
 mod recovery;
 mod stats;
 mod streaming_berthd;
+mod streaming_clientgo;
 mod streaming_memory;
 mod systemd_driver;
 mod userns;
