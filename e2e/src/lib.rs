@@ -448,6 +448,26 @@ pub async fn pull(
         .map(|r| r.into_inner().image_ref)
 }
 
+/// ImageStatus of `name`: the image, `None` when the store has none.
+pub async fn image_status(
+    images: &mut ImageServiceClient<tonic::transport::Channel>,
+    name: &str,
+) -> Option<cri::Image> {
+    images
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: name.into(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .filter(|i| !i.id.is_empty())
+}
+
 /// The IDs ListPodSandbox answers, sorted.
 pub async fn pod_ids(client: &mut RuntimeServiceClient<tonic::transport::Channel>) -> Vec<String> {
     let listed = client.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None });

@@ -7,7 +7,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_e2e::cri::ImageSpec;
 use berth_e2e::registry::{self, Registry, Security};
 use berth_e2e::{Berthd, Options};
 
@@ -113,19 +112,7 @@ async fn pull_benchmark_vs_containerd() {
     let berth = start.elapsed();
     let rss = peak_rss_kib(berthd.pid());
     // The whole image really is there.
-    let pulled = images
-        .image_status(berth_e2e::cri::ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let pulled = berth_e2e::image_status(&mut images, &image).await.unwrap();
     assert!(pulled.size >= 256 << 20, "{}", pulled.size);
     println!("BENCH pull of {image} (8 layers, 256 MiB unpacked, ~130 MiB gzip)");
     println!("BENCH containerd: {:.2} s", containerd.as_secs_f64());

@@ -3,9 +3,7 @@
 //! the real berthd and runc, checked from inside the container, in
 //! ContainerStatus and against RemoveImage.
 
-use berth_e2e::cri::{
-    self, ContainerStatusRequest, ImageSpec, ImageStatusRequest, RemoveImageRequest,
-};
+use berth_e2e::cri::{self, ContainerStatusRequest, ImageSpec, RemoveImageRequest};
 use berth_e2e::world::{World, can_run_here};
 
 fn image_mount(image: &str, container_path: &str, sub_path: &str) -> cri::Mount {
@@ -22,20 +20,9 @@ fn image_mount(image: &str, container_path: &str, sub_path: &str) -> cri::Mount 
 }
 
 async fn image_id(w: &World, name: &str) -> Option<String> {
-    w.berthd()
-        .images()
+    let mut images = w.berthd().images().await;
+    berth_e2e::image_status(&mut images, name)
         .await
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: name.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
         .map(|i| i.id)
 }
 

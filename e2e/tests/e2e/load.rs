@@ -14,11 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_e2e::cri::image_service_client::ImageServiceClient;
 use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, ContainerState, CreateContainerRequest, ImageSpec,
-    ImageStatusRequest, LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
+    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, ListContainerStatsRequest, ListContainersRequest,
     ListImagesRequest, ListPodSandboxRequest, ListPodSandboxStatsRequest, NamespaceMode,
     NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PodSandboxStatusRequest,
@@ -32,7 +31,6 @@ use berth_e2e::{Berthd, Options, can_run, have_command, is_root, mounts_under};
 use tonic::transport::Channel;
 
 type Client = RuntimeServiceClient<Channel>;
-type ImageClient = ImageServiceClient<Channel>;
 
 /// Pods per round in CI, and rounds.
 const PODS: usize = 50;
@@ -788,10 +786,14 @@ async fn a_stalled_pull_blocks_no_other_image_rpc() {
     )
     .await
     .unwrap();
-    let status = answers("ImageStatus", image_status(&mut images, &other)).await;
+    let status = answers("ImageStatus", berth_e2e::image_status(&mut images, &other)).await;
     assert!(status.is_some(), "{other} not found after its pull");
     // The stalled image is not there yet: an empty answer, not an error.
-    let status = answers("ImageStatus", image_status(&mut images, &stalled)).await;
+    let status = answers(
+        "ImageStatus",
+        berth_e2e::image_status(&mut images, &stalled),
+    )
+    .await;
     assert!(status.is_none(), "{status:?}");
     let listed = answers(
         "ListImages",
@@ -813,24 +815,8 @@ async fn a_stalled_pull_blocks_no_other_image_rpc() {
     )
     .await
     .unwrap();
-    assert!(image_status(&mut images, &other).await.is_none());
+    assert!(berth_e2e::image_status(&mut images, &other).await.is_none());
     assert!(!pulling.is_finished(), "the stalled pull finished");
-}
-
-async fn image_status(images: &mut ImageClient, name: &str) -> Option<berth_e2e::cri::Image> {
-    images
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: name.into(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .filter(|i| !i.id.is_empty())
 }
 
 /// Whether a CNI plugin berthd started on this run root still runs (a
