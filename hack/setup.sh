@@ -10,6 +10,8 @@ PACKAGES=(
   runc crun containernetworking-plugins iproute2 iptables util-linux
   # test fixtures: a local registry and images built from busybox
   docker-registry skopeo umoci busybox-static openssl apache2-utils jq ca-certificates zstd attr
+  # test clients: a venv for Python's grpcio (below)
+  python3-venv
   # benchmark peers
   containerd conmon
   # the node VM (hack/vm): rootfs, initramfs, ext4 image, TCG guest
@@ -62,6 +64,22 @@ if [[ $(id -u) -eq 0 ]] && ! compgen -G "$CNI_CONF_DIR/*.conf*" >/dev/null \
 }
 CONF
   echo "hack/setup.sh: installed the default pod network $CNI_CONF_DIR/10-berth.conflist (10.85.0.0/16)" >&2
+fi
+
+# A stock gRPC client that is not Go's, for e2e/tests/e2e/grpc_clients.rs:
+# Python's grpcio (grpc C-core), from PyPI into a venv of its own, so Debian's
+# Python stays as it is. Pinned, and installed again only when missing or
+# another version.
+TEST_VENV=/opt/berth-test-venv
+GRPCIO_VERSION=1.85.4
+if ! "$TEST_VENV/bin/python" -c "import grpc, sys; sys.exit(grpc.__version__ != '$GRPCIO_VERSION')" 2>/dev/null; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "hack/setup.sh: grpcio $GRPCIO_VERSION missing from $TEST_VENV; run as root to install it" >&2
+    exit 1
+  fi
+  echo "hack/setup.sh: installing grpcio $GRPCIO_VERSION into $TEST_VENV" >&2
+  /usr/bin/python3 -m venv "$TEST_VENV"
+  "$TEST_VENV/bin/pip" install --quiet --disable-pip-version-check "grpcio==$GRPCIO_VERSION"
 fi
 
 # The Rust toolchain cannot come from apt (Debian's is older than edition 2024).

@@ -1,5 +1,6 @@
 //! berthd: Berth's CRI daemon.
 
+mod authority;
 mod config;
 mod cri;
 mod listener;
@@ -19,6 +20,7 @@ use berth_proto::cri::image_service_server::ImageServiceServer;
 use berth_proto::cri::runtime_service_server::RuntimeServiceServer;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::config::{Config, LogFormat, Overrides, Sources};
@@ -246,14 +248,17 @@ async fn run(
     if let Err(err) = notify::ready() {
         tracing::warn!("{err}");
     }
+    // Every client's :authority is accepted (authority.rs), under the same
+    // frame and header limits the filter enforces (hyper's defaults).
+    let incoming =
+        UnixListenerStream::new(socket).map(|conn| conn.map(authority::AuthorityFilter::new));
     let server = tonic::transport::Server::builder()
+        .max_frame_size(authority::MAX_FRAME_SIZE)
+        .http2_max_header_list_size(authority::MAX_HEADER_LIST_SIZE)
         .layer(rpc_trace::RpcTraceLayer)
         .add_service(RuntimeServiceServer::new(service.clone()))
         .add_service(ImageServiceServer::new(service))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(socket),
-            stop_requested(stopping.clone()),
-        );
+        .serve_with_incoming_shutdown(incoming, stop_requested(stopping.clone()));
     // Graceful shutdown waits for every client to close its connection, and a
     // kubelet never does: after the grace period, in-flight work is abandoned.
     let grace_expired = async {

@@ -16,6 +16,7 @@ mod cri_api;
 mod disk_full;
 mod events;
 mod foundation;
+mod grpc_clients;
 mod hostile;
 mod hostile_layers;
 mod image_volumes;
