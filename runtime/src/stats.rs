@@ -13,14 +13,26 @@ use std::sync::Mutex;
 use berth_host::cgroup::Layout;
 
 /// Reads cgroup usage where this host's layout puts each controller.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Cgroups {
     layout: Layout,
+    /// Where the processes of a cgroup are looked up (`/proc`; a fake
+    /// tree in tests).
+    proc: PathBuf,
+}
+
+impl Default for Cgroups {
+    fn default() -> Cgroups {
+        Cgroups::new(Layout::default())
+    }
 }
 
 impl Cgroups {
     pub fn new(layout: Layout) -> Cgroups {
-        Cgroups { layout }
+        Cgroups {
+            layout,
+            proc: PathBuf::from("/proc"),
+        }
     }
 
     /// The usage of the cgroup at `relative` (to each hierarchy's root);
@@ -40,7 +52,140 @@ impl Cgroups {
             hugetlb: self.hugetlb(relative),
             io: self.io(relative),
             pressure: self.pressure(relative),
+            cfs: self.cfs(relative),
         })
+    }
+
+    /// What only metrics report: the cgroup's usage, its limits and its
+    /// processes' tasks and descriptors; `None` without the cgroup.
+    /// `init` is the container's first process, whose limits cAdvisor
+    /// reports.
+    pub fn detail(&self, relative: &Path, init: i32) -> Option<Detail> {
+        let relative = relative.strip_prefix("/").unwrap_or(relative);
+        Some(Detail {
+            usage: self.read(relative)?,
+            spec: self.spec(relative),
+            tasks: self.tasks(relative, init),
+        })
+    }
+
+    /// CFS bandwidth control: v1 `cpu.stat` of the cpu hierarchy
+    /// (`throttled_time` in ns), v2 `cpu.stat` (`throttled_usec`; the
+    /// keys exist only where the cpu controller is enabled).
+    fn cfs(&self, relative: &Path) -> Option<Cfs> {
+        if let Some(mount) = self.layout.v1("cpu") {
+            let stat = read_keyed(&mount.join(relative).join("cpu.stat"))?;
+            return Some(Cfs {
+                periods: *stat.get("nr_periods")?,
+                throttled_periods: *stat.get("nr_throttled")?,
+                throttled_ns: *stat.get("throttled_time")?,
+            });
+        }
+        let stat = read_keyed(&self.layout.unified()?.join(relative).join("cpu.stat"))?;
+        Some(Cfs {
+            periods: *stat.get("nr_periods")?,
+            throttled_periods: *stat.get("nr_throttled")?,
+            throttled_ns: stat.get("throttled_usec")?.saturating_mul(1000),
+        })
+    }
+
+    /// The limits set on the cgroup, as cAdvisor reads them into a
+    /// container's spec.
+    fn spec(&self, relative: &Path) -> Spec {
+        let mut spec = Spec::default();
+        if let Some(mount) = self.layout.v1("cpu") {
+            let dir = mount.join(relative);
+            spec.cpu_period_us = read_u64(&dir.join("cpu.cfs_period_us"));
+            // -1 (no quota) does not parse as a u64.
+            spec.cpu_quota_us = read_u64(&dir.join("cpu.cfs_quota_us"));
+            spec.cpu_shares = read_u64(&dir.join("cpu.shares"));
+        } else if let Some(dir) = self.layout.unified().map(|m| m.join(relative)) {
+            if let Ok(max) = std::fs::read_to_string(dir.join("cpu.max"))
+                && let Some((quota, period)) = max.trim().split_once(' ')
+            {
+                spec.cpu_quota_us = quota.parse().ok();
+                spec.cpu_period_us = period.parse().ok();
+            }
+            spec.cpu_shares = read_u64(&dir.join("cpu.weight")).and_then(weight_to_shares);
+        }
+        if let Some(mount) = self.layout.v1("memory") {
+            let dir = mount.join(relative);
+            let limit = |file: &str| read_u64(&dir.join(file)).map(unlimited_as_zero);
+            spec.memory_limit = limit("memory.limit_in_bytes");
+            spec.memory_reservation = limit("memory.soft_limit_in_bytes");
+            spec.memory_swap_limit = limit("memory.memsw.limit_in_bytes");
+        } else if let Some(dir) = self.layout.unified().map(|m| m.join(relative)) {
+            let limit = |file: &str| read_limit(&dir.join(file));
+            spec.memory_limit = limit("memory.max");
+            spec.memory_reservation = limit("memory.min");
+            spec.memory_swap_limit = limit("memory.swap.max");
+        }
+        spec
+    }
+
+    /// The cgroup's processes (`cgroup.procs`), then each one's threads
+    /// (`/proc/<pid>/task`) and descriptors (`/proc/<pid>/fd`, sockets
+    /// being links to `socket:[inode]`), as cAdvisor counts them. A process
+    /// that exits meanwhile counts as a process only. `init`'s soft
+    /// open files limit is read while it is one of them (a PID of a gone
+    /// container may name another process by now).
+    fn tasks(&self, relative: &Path, init: i32) -> Option<Tasks> {
+        let pids = self.procs(relative)?;
+        let init = init.to_string();
+        let open_files_soft = pids
+            .contains(&init)
+            .then(|| std::fs::read_to_string(self.proc.join(&init).join("limits")).ok())
+            .flatten()
+            .and_then(|text| soft_open_files(&text));
+        let mut tasks = Tasks {
+            processes: pids.len() as u64,
+            threads_max: self
+                .layout
+                .dir("pids", relative)
+                .and_then(|dir| read_limit(&dir.join("pids.max"))),
+            open_files_soft,
+            ..Tasks::default()
+        };
+        for pid in &pids {
+            let dir = self.proc.join(pid);
+            if let Ok(threads) = std::fs::read_dir(dir.join("task")) {
+                tasks.threads += threads.count() as u64;
+            }
+            let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                tasks.file_descriptors += 1;
+                if std::fs::read_link(fd.path()).is_ok_and(|target| {
+                    target
+                        .as_os_str()
+                        .as_encoded_bytes()
+                        .starts_with(b"socket:")
+                }) {
+                    tasks.sockets += 1;
+                }
+            }
+        }
+        Some(tasks)
+    }
+
+    /// The PIDs in the cgroup's `cgroup.procs`, from any hierarchy that
+    /// has the cgroup.
+    fn procs(&self, relative: &Path) -> Option<Vec<String>> {
+        let mount = self
+            .layout
+            .v1("pids")
+            .or(self.layout.v1("memory"))
+            .or(self.layout.v1("cpuacct"))
+            .or(self.layout.unified())?;
+        let procs = std::fs::read_to_string(mount.join(relative).join("cgroup.procs")).ok()?;
+        Some(
+            procs
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
     }
 
     /// Pressure stall information: v2's `cpu.pressure`, `memory.pressure`
@@ -168,6 +313,15 @@ impl Cgroups {
                 get("total_pgmajfault"),
             );
             memory.cache = get("total_cache");
+            memory.mapped_file = stat.get("total_mapped_file").copied();
+            // The cgroup's own faults; `total_*` count its descendants too.
+            memory.local_page_faults = get("pgfault");
+            memory.local_major_page_faults = get("pgmajfault");
+            memory.kernel = read_u64(&dir.join("memory.kmem.usage_in_bytes"));
+            memory.failcnt = read_u64(&dir.join("memory.failcnt"));
+            // `oom_kill`: kernels 4.13 and later.
+            memory.oom_kills = read_keyed(&dir.join("memory.oom_control"))
+                .and_then(|control| control.get("oom_kill").copied());
             memory.peak = read_u64(&dir.join("memory.max_usage_in_bytes"));
             // memsw counts memory and swap together (when swap is accounted).
             memory.swap = read_u64(&dir.join("memory.memsw.usage_in_bytes")).map(|both| Swap {
@@ -194,6 +348,17 @@ impl Cgroups {
             get("pgmajfault"),
         );
         memory.cache = get("file");
+        memory.mapped_file = stat.get("file_mapped").copied();
+        // `kernel`: kernels 5.18 and later.
+        memory.kernel = stat.get("kernel").copied();
+        // v2 keeps hierarchical counters only; a container's cgroup has no
+        // children, so its own faults are these.
+        memory.local_page_faults = memory.page_faults;
+        memory.local_major_page_faults = memory.major_page_faults;
+        // `max`: how often usage was about to pass memory.max, v2's failcnt.
+        let events = read_keyed(&dir.join("memory.events"));
+        memory.failcnt = events.as_ref().and_then(|e| e.get("max").copied());
+        memory.oom_kills = events.as_ref().and_then(|e| e.get("oom_kill").copied());
         // memory.peak: kernels 5.19 and later.
         memory.peak = read_u64(&dir.join("memory.peak"));
         memory.swap = read_u64(&dir.join("memory.swap.current")).map(|usage| Swap {
@@ -209,13 +374,7 @@ impl Cgroups {
             return Some(count);
         }
         // No pids controller: count the processes of any hierarchy.
-        let mount = self
-            .layout
-            .v1("memory")
-            .or(self.layout.v1("cpuacct"))
-            .or(self.layout.unified())?;
-        let procs = std::fs::read_to_string(mount.join(relative).join("cgroup.procs")).ok()?;
-        Some(procs.lines().filter(|l| !l.is_empty()).count() as u64)
+        Some(self.procs(relative)?.len() as u64)
     }
 }
 
@@ -234,6 +393,95 @@ pub struct CgroupStats {
     pub io: Vec<BlockIo>,
     /// Pressure stall information (cgroup v2 with PSI only).
     pub pressure: Pressures,
+    /// CFS bandwidth control; `None` where the files do not say.
+    pub cfs: Option<Cfs>,
+}
+
+/// CFS bandwidth control counters (`cpu.stat`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cfs {
+    /// Enforcement periods that elapsed while the cgroup ran.
+    pub periods: u64,
+    /// Periods in which the cgroup used up its quota.
+    pub throttled_periods: u64,
+    /// Total time the cgroup was throttled, in nanoseconds.
+    pub throttled_ns: u64,
+}
+
+/// A container's cgroup as metrics see it: usage, limits, processes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Detail {
+    pub usage: CgroupStats,
+    pub spec: Spec,
+    /// `None` when `cgroup.procs` cannot be read.
+    pub tasks: Option<Tasks>,
+}
+
+/// The limits of a cgroup, as cAdvisor reports a container's spec: each
+/// `None` where this host's files do not say. A memory limit of 0 means
+/// unlimited (`max`, or v1's page-rounded `i64::MAX`), as cAdvisor says it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spec {
+    /// v1 `cpu.cfs_period_us`, v2 `cpu.max`'s period.
+    pub cpu_period_us: Option<u64>,
+    /// `None` without a quota (v1 -1, v2 `max`).
+    pub cpu_quota_us: Option<u64>,
+    /// v1 `cpu.shares`; v2 `cpu.weight` converted back to shares.
+    pub cpu_shares: Option<u64>,
+    /// v1 `memory.limit_in_bytes`, v2 `memory.max`.
+    pub memory_limit: Option<u64>,
+    /// v1 `memory.soft_limit_in_bytes`, v2 `memory.min`.
+    pub memory_reservation: Option<u64>,
+    /// v1 `memory.memsw.limit_in_bytes` (memory and swap together), v2
+    /// `memory.swap.max` (swap alone), as cAdvisor reads them.
+    pub memory_swap_limit: Option<u64>,
+}
+
+/// A cgroup's processes and what they hold.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tasks {
+    pub processes: u64,
+    pub threads: u64,
+    /// `pids.max` (0: unlimited, as cAdvisor says it); `None` without the
+    /// pids controller.
+    pub threads_max: Option<u64>,
+    pub file_descriptors: u64,
+    pub sockets: u64,
+    /// The first process's soft `RLIMIT_NOFILE`; `None` when it is gone
+    /// or unlimited.
+    pub open_files_soft: Option<u64>,
+}
+
+/// The soft limit of `/proc/<pid>/limits`' `Max open files` line.
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// cAdvisor's inverse of runc's shares → `cpu.weight` mapping (weight
+/// 1..=10000 onto shares 2..=262144); `None` for a weight out of range.
+fn weight_to_shares(weight: u64) -> Option<u64> {
+    (1..=10_000)
+        .contains(&weight)
+        .then(|| 2 + (weight - 1) * 262_142 / 9_999)
+}
+
+/// v1 reports "no limit" as a page-rounded `i64::MAX`.
+fn unlimited_as_zero(limit: u64) -> u64 {
+    if limit >= 1 << 62 { 0 } else { limit }
+}
+
+/// A v2 limit file: a number, or `max` (0, unlimited).
+fn read_limit(path: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match text.trim() {
+        "max" => Some(0),
+        value => value.parse().ok().map(unlimited_as_zero),
+    }
 }
 
 /// The PSI of a cgroup by resource; `None` where the kernel keeps none.
@@ -294,6 +542,8 @@ fn parse_pressure(text: &str) -> Option<Pressure> {
 impl std::ops::AddAssign for CgroupStats {
     fn add_assign(&mut self, other: CgroupStats) {
         self.pressure = Pressures::default();
+        // Periods of several cgroups overlap: their sum counts nothing.
+        self.cfs = None;
         self.cpu_ns += other.cpu_ns;
         self.cpu_split = match (self.cpu_split, other.cpu_split) {
             (Some(a), Some(b)) => Some(CpuSplit {
@@ -310,11 +560,15 @@ impl std::ops::AddAssign for CgroupStats {
         a.cache += b.cache;
         a.page_faults += b.page_faults;
         a.major_page_faults += b.major_page_faults;
-        a.available = match (a.available, b.available) {
-            (Some(x), Some(y)) => Some(x + y),
-            _ => None,
-        };
+        let sum = |x: Option<u64>, y: Option<u64>| x.zip(y).map(|(x, y)| x + y);
+        a.available = sum(a.available, b.available);
         a.peak = None;
+        a.local_page_faults += b.local_page_faults;
+        a.local_major_page_faults += b.local_major_page_faults;
+        a.mapped_file = sum(a.mapped_file, b.mapped_file);
+        a.kernel = sum(a.kernel, b.kernel);
+        a.failcnt = sum(a.failcnt, b.failcnt);
+        a.oom_kills = sum(a.oom_kills, b.oom_kills);
         a.swap = match (a.swap, b.swap) {
             (Some(x), Some(y)) => Some(Swap {
                 usage: x.usage + y.usage,
@@ -425,6 +679,21 @@ pub struct Memory {
     pub peak: Option<u64>,
     /// `None` where swap is not accounted.
     pub swap: Option<Swap>,
+    /// Page cache mapped by processes (v2 `file_mapped`, v1
+    /// `total_mapped_file`).
+    pub mapped_file: Option<u64>,
+    /// Kernel memory (v2 `memory.stat` `kernel`, v1
+    /// `memory.kmem.usage_in_bytes`).
+    pub kernel: Option<u64>,
+    /// Times usage hit the limit (v1 `memory.failcnt`, v2 `memory.events`
+    /// `max`).
+    pub failcnt: Option<u64>,
+    /// Processes the OOM killer killed (v2 `memory.events`, v1
+    /// `memory.oom_control` `oom_kill`).
+    pub oom_kills: Option<u64>,
+    /// Page faults of the cgroup alone, without its descendants'.
+    pub local_page_faults: u64,
+    pub local_major_page_faults: u64,
 }
 
 impl Memory {
@@ -440,12 +709,10 @@ impl Memory {
             usage,
             working_set: usage.saturating_sub(inactive_file),
             rss,
-            cache: 0,
             page_faults,
             major_page_faults,
             available: limit.map(|l| l.saturating_sub(usage)),
-            peak: None,
-            swap: None,
+            ..Memory::default()
         }
     }
 }
@@ -550,6 +817,26 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
     (bytes, inodes)
 }
 
+/// The size of the filesystem holding a directory (`statvfs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Its size in bytes: what a container's writable layer can grow to.
+    pub bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+/// The capacity of the filesystem holding `dir`; `None` when it cannot be
+/// asked (the dir is gone).
+pub fn capacity(dir: &Path) -> Option<Capacity> {
+    let fs = nix::sys::statvfs::statvfs(dir).ok()?;
+    Some(Capacity {
+        bytes: (fs.blocks() as u64).saturating_mul(fs.fragment_size() as u64),
+        inodes: fs.files() as u64,
+        inodes_free: fs.files_free() as u64,
+    })
+}
+
 /// The previous CPU sample of each container or pod, kept in memory so a
 /// sample can report the cores used since the one before it.
 #[derive(Default)]
@@ -606,10 +893,10 @@ impl Stats {
         }
     }
 
-    /// The usage of `cgroup` now, outside any CPU sample (for metrics
-    /// beyond what a sample reports).
-    pub fn usage(&self, cgroup: &Path) -> Option<CgroupStats> {
-        self.cgroups.read(cgroup)
+    /// The usage, limits and processes of `cgroup` now, outside any CPU
+    /// sample (for metrics beyond what a sample reports).
+    pub fn detail(&self, cgroup: &Path, init: i32) -> Option<Detail> {
+        self.cgroups.detail(cgroup, init)
     }
 
     /// The container `id` whose cgroup is `cgroup` (relative to the roots).
@@ -900,6 +1187,278 @@ mod tests {
         assert_eq!(stats.processes, 2);
     }
 
+    /// A fake `/proc` with `pid`'s threads and descriptors: (fd, link).
+    fn fake_process(proc: &Path, pid: u32, threads: &[u32], fds: Option<&[(u32, &str)]>) {
+        for thread in threads {
+            std::fs::create_dir_all(proc.join(format!("{pid}/task/{thread}"))).unwrap();
+        }
+        for (fd, target) in fds.into_iter().flatten() {
+            let dir = proc.join(format!("{pid}/fd"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(target, dir.join(fd.to_string())).unwrap();
+        }
+    }
+
+    #[test]
+    fn v2_gives_cfs_memory_events_limits_and_tasks() {
+        let (root, cgroups) = fake_v2(&[
+            (
+                "cpu.stat",
+                "usage_usec 9000\nuser_usec 6000\nsystem_usec 3000\nnr_periods 50\n\
+                 nr_throttled 20\nthrottled_usec 1500000\n",
+            ),
+            ("cpu.max", "20000 100000\n"),
+            ("cpu.weight", "100\n"),
+            ("memory.current", "1000000\n"),
+            ("memory.max", "max\n"),
+            ("memory.min", "1048576\n"),
+            ("memory.swap.max", "max\n"),
+            (
+                "memory.stat",
+                "anon 600000\nfile 400000\nfile_mapped 81920\nkernel 204800\n\
+                 pgfault 300\npgmajfault 3\n",
+            ),
+            (
+                "memory.events",
+                "low 0\nhigh 0\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n",
+            ),
+            ("pids.max", "64\n"),
+            ("cgroup.procs", "100\n200\n300\n"),
+        ]);
+        let proc = root.path().join("proc");
+        fake_process(
+            &proc,
+            100,
+            &[100, 101],
+            Some(&[
+                (0, "/dev/null"),
+                (1, "pipe:[77]"),
+                (2, "pipe:[77]"),
+                (3, "socket:[1234]"),
+            ]),
+        );
+        fake_process(&proc, 200, &[200], Some(&[(0, "socket:[99]")]));
+        std::fs::write(
+            proc.join("100/limits"),
+            "Limit                     Soft Limit           Hard Limit           Units\n\
+             Max processes             63707                63707                processes\n\
+             Max open files            1024                 524288               files\n",
+        )
+        .unwrap();
+        // 300 exited between cgroup.procs and /proc: a process, no more.
+        let cgroups = Cgroups { proc, ..cgroups };
+        let detail = cgroups.detail(Path::new("/pod/c1"), 100).unwrap();
+        assert_eq!(
+            detail.usage.cfs,
+            Some(Cfs {
+                periods: 50,
+                throttled_periods: 20,
+                throttled_ns: 1_500_000_000
+            })
+        );
+        let memory = detail.usage.memory;
+        assert_eq!(memory.mapped_file, Some(81920));
+        assert_eq!(memory.kernel, Some(204_800));
+        assert_eq!((memory.failcnt, memory.oom_kills), (Some(7), Some(1)));
+        // v2's counters are the hierarchy's, and so the cgroup's own.
+        assert_eq!((memory.page_faults, memory.local_page_faults), (300, 300));
+        assert_eq!(memory.local_major_page_faults, 3);
+        assert_eq!(
+            detail.spec,
+            Spec {
+                cpu_period_us: Some(100_000),
+                cpu_quota_us: Some(20_000),
+                // cAdvisor's mapping of weight 100 back to shares.
+                cpu_shares: Some(2597),
+                memory_limit: Some(0),
+                memory_reservation: Some(1_048_576),
+                memory_swap_limit: Some(0),
+            }
+        );
+        assert_eq!(
+            detail.tasks,
+            Some(Tasks {
+                processes: 3,
+                threads: 3,
+                threads_max: Some(64),
+                file_descriptors: 5,
+                sockets: 2,
+                open_files_soft: Some(1024),
+            })
+        );
+
+        // No quota, no cpu controller keys, no memory.events, no pids
+        // controller files, no cgroup.procs: each left out, not zero.
+        let (_root, cgroups) = fake_v2(&[
+            ("cpu.stat", "usage_usec 10\n"),
+            ("cpu.max", "max 100000\n"),
+            ("memory.current", "10\n"),
+            ("memory.stat", "anon 10\n"),
+        ]);
+        let detail = cgroups.detail(Path::new("pod/c1"), 1).unwrap();
+        assert_eq!(detail.usage.cfs, None);
+        let memory = detail.usage.memory;
+        assert_eq!(
+            (
+                memory.mapped_file,
+                memory.kernel,
+                memory.failcnt,
+                memory.oom_kills
+            ),
+            (None, None, None, None)
+        );
+        assert_eq!(
+            detail.spec,
+            Spec {
+                cpu_period_us: Some(100_000),
+                ..Spec::default()
+            }
+        );
+        assert_eq!(detail.tasks, None);
+        assert!(cgroups.detail(Path::new("pod/gone"), 1).is_none());
+    }
+
+    #[test]
+    fn v1_gives_cfs_memory_events_limits_and_tasks() {
+        let root = tempfile::tempdir().unwrap();
+        let mut mountinfo = String::new();
+        for (i, controller) in ["memory", "cpu", "cpuacct", "pids"].iter().enumerate() {
+            let mount = root.path().join(controller);
+            std::fs::create_dir_all(mount.join("pod/c1")).unwrap();
+            mountinfo.push_str(&format!(
+                "{i} 1 0:{i} / {} rw - cgroup cgroup rw,{controller}\n",
+                mount.display()
+            ));
+        }
+        let write = |controller: &str, name: &str, text: &str| {
+            std::fs::write(root.path().join(controller).join("pod/c1").join(name), text).unwrap();
+        };
+        write("cpuacct", "cpuacct.usage", "5000000000\n");
+        write(
+            "cpu",
+            "cpu.stat",
+            "nr_periods 10\nnr_throttled 4\nthrottled_time 2500000000\nnr_bursts 0\nburst_time 0\n",
+        );
+        write("cpu", "cpu.cfs_period_us", "100000\n");
+        write("cpu", "cpu.cfs_quota_us", "-1\n");
+        write("cpu", "cpu.shares", "512\n");
+        write("memory", "memory.usage_in_bytes", "1000000\n");
+        write("memory", "memory.limit_in_bytes", "67108864\n");
+        write(
+            "memory",
+            "memory.soft_limit_in_bytes",
+            "9223372036854771712\n",
+        );
+        write("memory", "memory.memsw.limit_in_bytes", "134217728\n");
+        write("memory", "memory.failcnt", "12\n");
+        write("memory", "memory.kmem.usage_in_bytes", "307200\n");
+        write(
+            "memory",
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
+        );
+        write(
+            "memory",
+            "memory.stat",
+            "cache 1\nmapped_file 4096\npgfault 40\npgmajfault 1\n\
+             total_mapped_file 8192\ntotal_pgfault 90\ntotal_pgmajfault 5\n",
+        );
+        write("pids", "pids.current", "3\n");
+        write("pids", "pids.max", "max\n");
+        write("pids", "cgroup.procs", "7\n");
+        let proc = root.path().join("proc");
+        fake_process(
+            &proc,
+            7,
+            &[7, 8, 9],
+            Some(&[(0, "/dev/null"), (1, "/dev/null")]),
+        );
+        let layout = Layout::from_mounts(&berth_host::mountinfo::parse(&mountinfo));
+        let cgroups = Cgroups { layout, proc };
+        // Its init (7) is gone, and 9 took its PID: 9's limits are not read.
+        let detail = cgroups.detail(Path::new("pod/c1"), 9).unwrap();
+        assert_eq!(
+            detail.usage.cfs,
+            Some(Cfs {
+                periods: 10,
+                throttled_periods: 4,
+                throttled_ns: 2_500_000_000
+            })
+        );
+        let memory = detail.usage.memory;
+        // The hierarchy's mapped files, as the kernel's total_* keys say.
+        assert_eq!(memory.mapped_file, Some(8192));
+        assert_eq!(memory.kernel, Some(307_200));
+        assert_eq!((memory.failcnt, memory.oom_kills), (Some(12), Some(2)));
+        assert_eq!((memory.page_faults, memory.local_page_faults), (90, 40));
+        assert_eq!(
+            (memory.major_page_faults, memory.local_major_page_faults),
+            (5, 1)
+        );
+        assert_eq!(
+            detail.spec,
+            Spec {
+                cpu_period_us: Some(100_000),
+                cpu_quota_us: None,
+                cpu_shares: Some(512),
+                memory_limit: Some(67_108_864),
+                // v1's "no limit" is cAdvisor's 0.
+                memory_reservation: Some(0),
+                memory_swap_limit: Some(134_217_728),
+            }
+        );
+        assert_eq!(
+            detail.tasks,
+            Some(Tasks {
+                processes: 1,
+                threads: 3,
+                threads_max: Some(0),
+                file_descriptors: 2,
+                sockets: 0,
+                open_files_soft: None,
+            })
+        );
+        // Without oom_kill (kernels before 4.13) or the kmem files: none.
+        write(
+            "memory",
+            "memory.oom_control",
+            "oom_kill_disable 0\nunder_oom 0\n",
+        );
+        std::fs::remove_file(root.path().join("memory/pod/c1/memory.kmem.usage_in_bytes")).unwrap();
+        let memory = cgroups.detail(Path::new("pod/c1"), 7).unwrap().usage.memory;
+        assert_eq!((memory.oom_kills, memory.kernel), (None, None));
+    }
+
+    #[test]
+    fn weights_map_back_to_shares_as_cadvisor_does() {
+        assert_eq!(weight_to_shares(1), Some(2));
+        assert_eq!(weight_to_shares(10_000), Some(262_144));
+        // runc writes weight 39 for the default 1024 shares.
+        assert_eq!(weight_to_shares(39), Some(998));
+        assert_eq!(weight_to_shares(0), None);
+        assert_eq!(weight_to_shares(10_001), None);
+    }
+
+    #[test]
+    fn the_soft_open_files_limit_is_a_number_or_none() {
+        assert_eq!(
+            soft_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+        assert_eq!(soft_open_files("Max processes 5 5 processes\n"), None);
+    }
+
+    #[test]
+    fn capacity_reads_the_filesystem_of_a_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = capacity(dir.path()).unwrap();
+        assert!(fs.bytes > 0, "{fs:?}");
+        assert!(fs.inodes >= fs.inodes_free, "{fs:?}");
+        assert_eq!(capacity(&dir.path().join("missing")), None);
+    }
+
     #[test]
     fn pod_sums_merge_devices_and_page_sizes_and_drop_peaks() {
         let one = CgroupStats {
@@ -924,9 +1483,24 @@ mod tests {
             }],
             ..CgroupStats::default()
         };
+        let one = CgroupStats {
+            cfs: Some(Cfs::default()),
+            memory: Memory {
+                oom_kills: Some(1),
+                kernel: Some(10),
+                ..one.memory
+            },
+            ..one
+        };
         let mut sum = one.clone();
         sum += one;
         assert_eq!(sum.cpu_ns, 20);
+        assert_eq!(sum.cfs, None);
+        assert_eq!(
+            (sum.memory.oom_kills, sum.memory.kernel),
+            (Some(2), Some(20))
+        );
+        assert_eq!(sum.memory.failcnt, None);
         assert_eq!(sum.memory.peak, None);
         assert_eq!(sum.memory.swap.unwrap().usage, 2);
         assert_eq!(sum.hugetlb[0].usage, 4);

@@ -23,9 +23,13 @@ pub enum NetStatError {
 pub struct InterfaceCounters {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// The counters of every interface but `lo` in the namespace pinned at
@@ -55,7 +59,8 @@ pub fn read(netns: &Path) -> Result<Vec<InterfaceCounters>, NetStatError> {
     })
 }
 
-/// `/proc/net/dev`: two header lines, then `name: 8 rx fields 8 tx fields`.
+/// `/proc/net/dev`: two header lines, then `name: 8 rx fields 8 tx fields`
+/// (each side: bytes, packets, errs, drop, …).
 fn parse(text: &str) -> Vec<InterfaceCounters> {
     text.lines()
         .skip(2)
@@ -66,12 +71,16 @@ fn parse(text: &str) -> Vec<InterfaceCounters> {
                 .split_whitespace()
                 .map(|v| v.parse().ok())
                 .collect::<Option<_>>()?;
-            (name != "lo" && values.len() >= 11).then(|| InterfaceCounters {
+            (name != "lo" && values.len() >= 12).then(|| InterfaceCounters {
                 name: name.to_string(),
                 rx_bytes: values[0],
+                rx_packets: values[1],
                 rx_errors: values[2],
+                rx_dropped: values[3],
                 tx_bytes: values[8],
+                tx_packets: values[9],
                 tx_errors: values[10],
+                tx_dropped: values[11],
             })
         })
         .collect()
@@ -87,16 +96,20 @@ mod tests {
 Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0
-  eth0:    5000      40    3    0    0     0          0         0     7000      50    4    0    0     0       0          0
+  eth0:    5000      40    3    2    0     0          0         0     7000      50    4    1    0     0       0          0
 ";
         assert_eq!(
             parse(text),
             vec![InterfaceCounters {
                 name: "eth0".into(),
                 rx_bytes: 5000,
+                rx_packets: 40,
                 rx_errors: 3,
+                rx_dropped: 2,
                 tx_bytes: 7000,
+                tx_packets: 50,
                 tx_errors: 4,
+                tx_dropped: 1,
             }]
         );
     }

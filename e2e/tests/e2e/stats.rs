@@ -1,7 +1,8 @@
-//! Container and pod stats through the real berthd over CRI: real images from
-//! a local registry, real runc, real cgroups (whatever layout the host has),
-//! real CNI bridge networking for the network counters. Each test has its
-//! own berthd, cgroup parent and (for the network) bridge and subnet.
+//! Container and pod stats, and the cAdvisor-named metrics, through the real
+//! berthd over CRI: real images from a local registry, real runc, real
+//! cgroups (whatever layout the host has), real CNI bridge networking for
+//! the network counters. Each test has its own berthd, cgroup parent and
+//! (for the network) bridge and subnet.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,7 +18,10 @@ use berth_e2e::cri::{
     PodSandboxStatsFilter, PodSandboxStatsRequest, PodSandboxStatusRequest, RunPodSandboxRequest,
     StartContainerRequest,
 };
+use berth_e2e::cri::{LinuxContainerResources, Metric, PodSandboxMetrics};
+use berth_e2e::net::{Net, can_run_network};
 use berth_e2e::registry::{self, Registry, Security};
+use berth_e2e::world::{World, can_run_here};
 use berth_e2e::{Berthd, Options, can_run, have_command, is_root};
 use tonic::transport::Channel;
 
@@ -646,4 +650,373 @@ async fn pod_network_bytes_grow_after_traffic_between_two_pods() {
 
     berth_e2e::stop_and_remove_pod(&mut client, &a).await;
     berth_e2e::stop_and_remove_pod(&mut client, &b).await;
+}
+
+/// Seconds since the epoch now.
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Whether the container's cgroup `relative` has `file` in the v1
+/// hierarchy `controller` or in the v2 tree: what this host can give.
+fn cgroup_has(relative: &str, controller: &str, file: &str) -> bool {
+    let relative = relative.trim_start_matches('/');
+    [
+        Path::new("/sys/fs/cgroup").join(controller),
+        Path::new("/sys/fs/cgroup").to_path_buf(),
+    ]
+    .iter()
+    .any(|root| root.join(relative).join(file).exists())
+}
+
+/// The (labels after id/name/image, value) of each `name` metric.
+fn metric_values(metrics: &[Metric], name: &str) -> Vec<(Vec<String>, u64)> {
+    metrics
+        .iter()
+        .filter(|m| m.name == name)
+        .map(|m| (m.label_values[3..].to_vec(), m.value.unwrap().value))
+        .collect()
+}
+
+/// The one unlabelled `name` metric, if reported.
+fn metric(metrics: &[Metric], name: &str) -> Option<u64> {
+    let values = metric_values(metrics, name);
+    assert!(values.len() <= 1, "{name}: {values:?}");
+    values.first().map(|(_, v)| *v)
+}
+
+async fn pod_metrics(client: &mut Client, pod: &str) -> PodSandboxMetrics {
+    client
+        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics
+        .into_iter()
+        .find(|p| p.pod_sandbox_id == pod)
+        .expect("the pod's metrics")
+}
+
+fn of_container<'a>(pod: &'a PodSandboxMetrics, id: &str) -> &'a [Metric] {
+    &pod.container_metrics
+        .iter()
+        .find(|c| c.container_id == id)
+        .expect("the container's metrics")
+        .metrics
+}
+
+/// The cAdvisor names ListPodSandboxMetrics added to usage, working set,
+/// RSS, the writable layer's usage and the pod's bytes and errors.
+const NEW_METRICS: &[&str] = &[
+    "container_cpu_cfs_periods_total",
+    "container_cpu_cfs_throttled_periods_total",
+    "container_cpu_cfs_throttled_seconds_total",
+    "container_memory_mapped_file",
+    "container_memory_kernel_usage",
+    "container_memory_failcnt",
+    "container_memory_failures_total",
+    "container_oom_events_total",
+    "container_blkio_device_usage_total",
+    "container_fs_inodes_free",
+    "container_fs_inodes_total",
+    "container_fs_limit_bytes",
+    "container_network_receive_packets_total",
+    "container_network_receive_packets_dropped_total",
+    "container_network_transmit_packets_total",
+    "container_network_transmit_packets_dropped_total",
+    "container_processes",
+    "container_threads",
+    "container_threads_max",
+    "container_file_descriptors",
+    "container_sockets",
+    "container_ulimits_soft",
+    "container_last_seen",
+    "container_start_time_seconds",
+    "container_spec_cpu_period",
+    "container_spec_cpu_quota",
+    "container_spec_cpu_shares",
+    "container_spec_memory_limit_bytes",
+    "container_spec_memory_reservation_limit_bytes",
+    "container_spec_memory_swap_limit_bytes",
+    "container_pressure_cpu_stalled_seconds_total",
+    "container_pressure_cpu_waiting_seconds_total",
+    "container_pressure_memory_stalled_seconds_total",
+    "container_pressure_memory_waiting_seconds_total",
+    "container_pressure_io_stalled_seconds_total",
+    "container_pressure_io_waiting_seconds_total",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pod_metrics_serve_the_cadvisor_set_from_the_kernel() {
+    if !can_run_here() || !can_run_network() {
+        return;
+    }
+    let started = now_seconds();
+    let net = Net::new(30);
+    let mut w = World::new("cadvisor").await;
+    let _cleanup = CgroupParent(w.cgroup_parent.clone());
+    w.join_network(&net).await;
+    let sandbox = w.networked_pod_config("cadvisor");
+    let pod = run_pod(&mut w.client, sandbox.clone()).await;
+    let run = async |w: &mut World, name: &str, script: &str, resources| {
+        let mut config = w.container(name, script);
+        config.linux.as_mut().unwrap().resources = Some(resources);
+        let id = w
+            .client
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: Some(sandbox.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .container_id;
+        w.client
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        id
+    };
+    // A tenth of a core, spinning, beside a listening socket.
+    let spin = run(
+        &mut w,
+        "spin",
+        "nc -l -p 8080 & while :; do :; done",
+        LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: 10_000,
+            cpu_shares: 512,
+            memory_limit_in_bytes: 64 * MIB as i64,
+            ..Default::default()
+        },
+    )
+    .await;
+    // A child that outgrows 32 MiB and is OOM killed; the shell lives on.
+    let oom = run(
+        &mut w,
+        "oom",
+        "dd if=/dev/zero bs=1M count=200 2>/dev/null | tail -c 200000000 >/dev/null; \
+         exec sleep 1000",
+        LinuxContainerResources {
+            memory_limit_in_bytes: 32 * MIB as i64,
+            ..Default::default()
+        },
+    )
+    .await;
+    let spin_cgroup = format!("{}/{spin}", w.cgroup_parent);
+
+    // Traffic to the pod: 3 pings from the host over the bridge.
+    let ip = w
+        .client
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    let out = berth_e2e::net::sh(&["busybox", "ping", "-c", "3", "-W", "5", &ip]);
+    assert!(out.status.success(), "ping {ip}: {out:?}");
+
+    // Until the spinner was throttled for a second and the OOM kill came.
+    let client = w.client.clone();
+    let metrics = until(
+        || {
+            let mut client = client.clone();
+            let pod = pod.clone();
+            async move { pod_metrics(&mut client, &pod).await }
+        },
+        |m| {
+            metric(
+                of_container(m, &spin),
+                "container_cpu_cfs_throttled_seconds_total",
+            )
+            .is_some_and(|s| s >= 1)
+                && metric(of_container(m, &oom), "container_oom_events_total")
+                    .is_some_and(|n| n >= 1)
+        },
+        "the spinner is throttled and the OOM killer struck",
+    )
+    .await;
+    let scraped = now_seconds();
+
+    // Every name is described, and every metric has its descriptor's labels.
+    let descriptors: HashMap<String, Vec<String>> = w
+        .client
+        .list_metric_descriptors(ListMetricDescriptorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .descriptors
+        .into_iter()
+        .map(|d| (d.name, d.label_keys))
+        .collect();
+    for name in NEW_METRICS {
+        assert!(descriptors.contains_key(*name), "{name}: {descriptors:?}");
+    }
+    let all = metrics
+        .metrics
+        .iter()
+        .chain(metrics.container_metrics.iter().flat_map(|c| &c.metrics));
+    for m in all {
+        let keys = descriptors
+            .get(&m.name)
+            .unwrap_or_else(|| panic!("{} has no descriptor", m.name));
+        assert_eq!(keys.len(), m.label_values.len(), "{m:?}");
+        assert!(m.value.is_some(), "{m:?}");
+    }
+
+    let spin_metrics = of_container(&metrics, &spin);
+    let oom_metrics = of_container(&metrics, &oom);
+    for (what, metrics) in [
+        ("spin", spin_metrics),
+        ("oom", oom_metrics),
+        ("the pod", &metrics.metrics),
+    ] {
+        println!("one scrape of {what}: {:#?}", values_for_report(metrics));
+    }
+    let get = |name: &str| {
+        metric(spin_metrics, name).unwrap_or_else(|| panic!("{name}: {spin_metrics:?}"))
+    };
+    // CPU: a tenth of a core for a spinner is throttled nearly every period.
+    let periods = get("container_cpu_cfs_periods_total");
+    let throttled = get("container_cpu_cfs_throttled_periods_total");
+    assert!(
+        throttled > 0 && throttled <= periods,
+        "{throttled}/{periods}"
+    );
+    assert!(get("container_cpu_cfs_throttled_seconds_total") >= 1);
+    // The limits asked for, as the kernel holds them.
+    assert_eq!(get("container_spec_cpu_period"), 100_000);
+    assert_eq!(get("container_spec_cpu_quota"), 10_000);
+    // v2 keeps a weight, which maps back to about the shares asked for.
+    let shares = get("container_spec_cpu_shares");
+    assert!((490..=512).contains(&shares), "{shares}");
+    assert_eq!(get("container_spec_memory_limit_bytes"), 64 * MIB);
+    assert!(
+        metric(
+            spin_metrics,
+            "container_spec_memory_reservation_limit_bytes"
+        )
+        .is_some()
+    );
+    assert_eq!(
+        metric(spin_metrics, "container_spec_memory_swap_limit_bytes").is_some(),
+        cgroup_has(&spin_cgroup, "memory", "memory.memsw.limit_in_bytes")
+            || cgroup_has(&spin_cgroup, "memory", "memory.swap.max"),
+    );
+    // Processes: the shell and nc, with their descriptors and nc's socket.
+    let processes = get("container_processes");
+    assert!(processes >= 2, "{processes}");
+    assert!(get("container_threads") >= processes);
+    assert!(get("container_file_descriptors") >= 3);
+    assert!(get("container_sockets") >= 1);
+    assert!(get("container_ulimits_soft") >= 3);
+    assert_eq!(
+        metric(spin_metrics, "container_threads_max").is_some(),
+        cgroup_has(&spin_cgroup, "pids", "pids.max")
+    );
+    // Times: within the test's window.
+    for name in ["container_start_time_seconds", "container_last_seen"] {
+        let at = get(name);
+        assert!(
+            (started..=scraped).contains(&at),
+            "{name} {at} not in {started}..={scraped}"
+        );
+    }
+    // Memory: faults by type and scope, the mapped files' figure.
+    let faults = metric_values(spin_metrics, "container_memory_failures_total");
+    assert_eq!(faults.len(), 4, "{faults:?}");
+    for (labels, value) in &faults {
+        if labels[0] == "pgfault" {
+            assert!(*value > 0, "{labels:?}");
+        }
+    }
+    assert!(metric(spin_metrics, "container_memory_mapped_file").is_some());
+    // v1's kmem files, or v2's `kernel` key (kernels 5.18+).
+    let v2_stat = Path::new("/sys/fs/cgroup")
+        .join(spin_cgroup.trim_start_matches('/'))
+        .join("memory.stat");
+    let kernel_kept = cgroup_has(&spin_cgroup, "memory", "memory.kmem.usage_in_bytes")
+        || std::fs::read_to_string(v2_stat)
+            .is_ok_and(|s| s.lines().any(|l| l.starts_with("kernel ")));
+    let kernel = metric(spin_metrics, "container_memory_kernel_usage");
+    assert_eq!(kernel.is_some(), kernel_kept, "{kernel:?}");
+    assert!(kernel.is_none_or(|bytes| bytes > 0), "{kernel:?}");
+    // The writable layer's filesystem.
+    let device = |name: &str| {
+        let values = metric_values(spin_metrics, name);
+        assert_eq!(values.len(), 1, "{name}: {values:?}");
+        values[0].1
+    };
+    let (total, free) = (
+        device("container_fs_inodes_total"),
+        device("container_fs_inodes_free"),
+    );
+    assert!(total >= free && free > 0, "{free}/{total}");
+    assert!(device("container_fs_limit_bytes") > device("container_fs_usage_bytes"));
+    // Pressure where the kernel keeps it (v2, or the hybrid v2 tree).
+    assert_eq!(
+        metric(spin_metrics, "container_pressure_cpu_waiting_seconds_total").is_some(),
+        cgroup_has(&spin_cgroup, "unified", "cpu.pressure"),
+    );
+
+    // The OOM kill, and the limit hits before it.
+    assert!(metric(oom_metrics, "container_oom_events_total").unwrap() >= 1);
+    // v2 counts each time usage reached memory.max; v1's memory.failcnt
+    // only those where the memory counter, not memory+swap's, refused.
+    let failcnt = metric(oom_metrics, "container_memory_failcnt").unwrap();
+    let oom_cgroup = format!("{}/{oom}", w.cgroup_parent);
+    if cgroup_has(&oom_cgroup, "memory", "memory.events") {
+        assert!(failcnt >= 1, "{failcnt}");
+    }
+    assert_eq!(
+        metric(oom_metrics, "container_spec_cpu_quota"),
+        None,
+        "no quota"
+    );
+    assert!(
+        metric(spin_metrics, "container_oom_events_total") == Some(0),
+        "the spinner was not OOM killed"
+    );
+
+    // The pod's interface: the pings in, the replies out.
+    for (name, at_least) in [
+        ("container_network_receive_packets_total", 3),
+        ("container_network_transmit_packets_total", 3),
+        ("container_network_receive_packets_dropped_total", 0),
+        ("container_network_transmit_packets_dropped_total", 0),
+    ] {
+        let values = metric_values(&metrics.metrics, name);
+        assert_eq!(values.len(), 1, "{name}: {values:?}");
+        assert_eq!(values[0].0, ["eth0"], "{name}");
+        assert!(values[0].1 >= at_least, "{name}: {values:?}");
+    }
+
+    berth_e2e::stop_and_remove_pod(&mut w.client, &pod).await;
+}
+
+fn values_for_report(metrics: &[Metric]) -> Vec<String> {
+    metrics
+        .iter()
+        .map(|m| {
+            format!(
+                "{}{:?}={}",
+                m.name,
+                &m.label_values[3..],
+                m.value.unwrap().value
+            )
+        })
+        .collect()
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_cri::stats::Layer;
+use berth_cri::stats::{Layer, Observed};
 use berth_proto::cri::{
     ContainerStats, ContainerStatsRequest, ContainerStatsResponse, ListContainerStatsRequest,
     ListContainerStatsResponse, ListMetricDescriptorsRequest, ListMetricDescriptorsResponse,
@@ -17,7 +17,7 @@ use berth_proto::cri::{
 };
 use berth_runtime::lifecycle::upper_dir;
 use berth_runtime::record::ContainerRecord;
-use berth_runtime::stats::{Sample, Stats, disk_usage};
+use berth_runtime::stats::{Sample, Stats, capacity, disk_usage};
 use berth_sandbox::Pod;
 use berth_sandbox::netstat::{self, InterfaceCounters};
 use tonic::Status;
@@ -62,8 +62,14 @@ fn interfaces(pod: &Pod) -> Option<Vec<InterfaceCounters>> {
         .ok()
 }
 
-/// One pod's stats, its containers' included; blocking.
-fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSandboxStats {
+/// One pod's stats, its containers' included, with the pod's
+/// `interfaces`; blocking.
+fn pod_stats(
+    stats: &Stats,
+    pod: &Pod,
+    containers: &[ContainerRecord],
+    interfaces: Option<&[InterfaceCounters]>,
+) -> PodSandboxStats {
     let mut cgroups = vec![pod.infra_cgroup()];
     cgroups.extend(
         containers
@@ -75,7 +81,7 @@ fn pod_stats(stats: &Stats, pod: &Pod, containers: &[ContainerRecord]) -> PodSan
         .iter()
         .map(|c| container_stats(stats, c, Some(&pod.cgroup_parent)))
         .collect();
-    berth_cri::stats::pod(pod, &sample, interfaces(pod).as_deref(), containers)
+    berth_cri::stats::pod(pod, &sample, interfaces, containers)
 }
 
 /// Every container record, by the ID of its pod.
@@ -177,7 +183,7 @@ impl CriService {
                 .into_iter()
                 .filter(|r| r.pod_id == pod.id.as_str())
                 .collect();
-            pod_stats(&stats, &pod, &mine)
+            pod_stats(&stats, &pod, &mine, interfaces(&pod).as_deref())
         })
         .await?;
         Ok(PodSandboxStatsResponse { stats: Some(one) })
@@ -201,7 +207,7 @@ impl CriService {
             pods.iter()
                 .map(|pod| {
                     let mine = by_pod.remove(pod.id.as_str()).unwrap_or_default();
-                    pod_stats(&stats, pod, &mine)
+                    pod_stats(&stats, pod, &mine, interfaces(pod).as_deref())
                 })
                 .collect()
         })
@@ -231,11 +237,23 @@ impl CriService {
             pods.iter()
                 .map(|pod| {
                     let mine = by_pod.remove(pod.id.as_str()).unwrap_or_default();
-                    let usage: Vec<_> = mine
+                    let details: Vec<_> = mine
                         .iter()
-                        .map(|c| stats.usage(&container_cgroup(&pod.cgroup_parent, &c.id)))
+                        .map(|c| stats.detail(&container_cgroup(&pod.cgroup_parent, &c.id), c.pid))
                         .collect();
-                    berth_cri::stats::pod_metrics(&pod_stats(&stats, pod, &mine), &mine, &usage)
+                    let observed: Vec<_> = mine
+                        .iter()
+                        .zip(&details)
+                        .map(|(record, detail)| Observed {
+                            record,
+                            detail: detail.as_ref(),
+                            filesystem: capacity(&upper_dir(&record.state_dir)),
+                        })
+                        .collect();
+                    let interfaces = interfaces(pod);
+                    let interfaces = interfaces.as_deref();
+                    let summed = pod_stats(&stats, pod, &mine, interfaces);
+                    berth_cri::stats::pod_metrics(&summed, interfaces, &observed)
                 })
                 .collect()
         })
