@@ -89,6 +89,18 @@ async fn logs_exit_codes_users_and_readonly_rootfs() {
     assert!(out[2].split(' ').any(|g| g == "5555"), "{out:?}");
     let user = status.user.unwrap().linux.unwrap();
     assert_eq!((user.uid, user.gid), (4242, 4343));
+    // The groups the process really has, its primary one included, as
+    // `id -G` printed them (issue 17: main reported [5555]).
+    let mut groups: Vec<String> = user
+        .supplemental_groups
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    groups.sort();
+    let mut printed: Vec<String> = out[2].split(' ').map(str::to_string).collect();
+    printed.sort();
+    assert_eq!(groups, printed, "{out:?}");
+    assert_eq!(user.supplemental_groups, [4343, 5555]);
 
     // A read-only rootfs refuses writes.
     let mut config = w.container("basic-ro", "echo x > /file && echo wrote");
