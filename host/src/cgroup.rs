@@ -166,10 +166,39 @@ fn is_v1_controller(option: &str) -> bool {
     !option.is_empty() && !FLAGS.contains(&option) && !option.starts_with("release_agent=")
 }
 
+/// v1 `cpu.shares` → v2 `cpu.weight`, as the OCI runtimes map them
+/// (2..=262144 onto 1..=10000; shares outside are clamped first).
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+/// cAdvisor's inverse of [`shares_to_weight`]; `None` for a weight out of
+/// range.
+pub fn weight_to_shares(weight: u64) -> Option<u64> {
+    (1..=10_000)
+        .contains(&weight)
+        .then(|| 2 + (weight - 1) * 262_142 / 9_999)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mountinfo::parse;
+
+    #[test]
+    fn shares_and_weights_map_as_the_runtimes_and_cadvisor_do() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(0), 1);
+        assert_eq!(weight_to_shares(1), Some(2));
+        assert_eq!(weight_to_shares(10_000), Some(262_144));
+        // runc writes weight 39 for the default 1024 shares.
+        assert_eq!(weight_to_shares(39), Some(998));
+        assert_eq!(weight_to_shares(0), None);
+        assert_eq!(weight_to_shares(10_001), None);
+    }
 
     const HYBRID: &str = "\
 25 1 0:23 / /sys/fs/cgroup ro - tmpfs tmpfs ro,mode=755

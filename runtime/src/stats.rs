@@ -106,7 +106,8 @@ impl Cgroups {
                 spec.cpu_quota_us = quota.parse().ok();
                 spec.cpu_period_us = period.parse().ok();
             }
-            spec.cpu_shares = read_u64(&dir.join("cpu.weight")).and_then(weight_to_shares);
+            spec.cpu_shares =
+                read_u64(&dir.join("cpu.weight")).and_then(berth_host::cgroup::weight_to_shares);
         }
         if let Some(mount) = self.layout.v1("memory") {
             let dir = mount.join(relative);
@@ -460,14 +461,6 @@ fn soft_open_files(limits: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
-}
-
-/// cAdvisor's inverse of runc's shares → `cpu.weight` mapping (weight
-/// 1..=10000 onto shares 2..=262144); `None` for a weight out of range.
-fn weight_to_shares(weight: u64) -> Option<u64> {
-    (1..=10_000)
-        .contains(&weight)
-        .then(|| 2 + (weight - 1) * 262_142 / 9_999)
 }
 
 /// v1 reports "no limit" as a page-rounded `i64::MAX`.
@@ -1427,16 +1420,6 @@ mod tests {
         std::fs::remove_file(root.path().join("memory/pod/c1/memory.kmem.usage_in_bytes")).unwrap();
         let memory = cgroups.detail(Path::new("pod/c1"), 7).unwrap().usage.memory;
         assert_eq!((memory.oom_kills, memory.kernel), (None, None));
-    }
-
-    #[test]
-    fn weights_map_back_to_shares_as_cadvisor_does() {
-        assert_eq!(weight_to_shares(1), Some(2));
-        assert_eq!(weight_to_shares(10_000), Some(262_144));
-        // runc writes weight 39 for the default 1024 shares.
-        assert_eq!(weight_to_shares(39), Some(998));
-        assert_eq!(weight_to_shares(0), None);
-        assert_eq!(weight_to_shares(10_001), None);
     }
 
     #[test]

@@ -49,13 +49,6 @@ pub enum Applied {
     SharedParent,
 }
 
-/// cgroup v2's `cpu.weight` for v1 shares (the OCI runtimes' conversion,
-/// which maps 2..262144 onto 1..10000).
-pub fn shares_to_weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
-}
-
 /// The files and values that set `limits` on cgroupfs, per the host's
 /// layout.
 pub fn cgroupfs_writes(
@@ -102,7 +95,10 @@ pub fn cgroupfs_writes(
             writes.push((dir.join("cpu.shares"), shares.to_string()));
         } else {
             let dir = v2.ok_or_else(|| missing("cpu"))?;
-            writes.push((dir.join("cpu.weight"), shares_to_weight(shares).to_string()));
+            writes.push((
+                dir.join("cpu.weight"),
+                berth_host::cgroup::shares_to_weight(shares).to_string(),
+            ));
         }
     }
     Ok(writes)
@@ -216,13 +212,5 @@ mod tests {
                 ),
             ]
         );
-    }
-
-    #[test]
-    fn shares_map_onto_weights_as_the_runtimes_do() {
-        assert_eq!(shares_to_weight(2), 1);
-        assert_eq!(shares_to_weight(1024), 39);
-        assert_eq!(shares_to_weight(262_144), 10_000);
-        assert_eq!(shares_to_weight(0), 1);
     }
 }

@@ -97,7 +97,7 @@ pub async fn set_slice_limits(
         }
     }
     if let Some(shares) = limits.cpu_shares {
-        let weight = crate::resize::shares_to_weight(shares);
+        let weight = berth_host::cgroup::shares_to_weight(shares);
         properties.push(("CPUWeight", Value::from(weight)));
     }
     if properties.is_empty() {
