@@ -27,6 +27,7 @@ pub mod bundles;
 pub mod fault_registry;
 pub mod net;
 pub mod registry;
+pub mod systemd;
 pub mod world;
 
 /// Whether a test can run here. When it cannot, it says why on stderr and

@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::image_service_client::ImageServiceClient;
@@ -34,6 +33,7 @@ use berth_e2e::cri::{
     RemoveContainerRequest, RunPodSandboxRequest, RuntimeConfigRequest, StartContainerRequest,
     StopContainerRequest, UpdateContainerResourcesRequest,
 };
+use berth_e2e::systemd::{scopes_and_slices_with, show, systemctl};
 use tonic::transport::Channel;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -106,30 +106,6 @@ fn scope(id: &str) -> String {
 fn limits_dir(dir: &Path) -> PathBuf {
     let sub = dir.join("container");
     if sub.is_dir() { sub } else { dir.to_path_buf() }
-}
-
-/// `systemctl show -p <property> --value <unit>`.
-fn show(unit: &str, property: &str) -> String {
-    systemctl(&["show", "-p", property, "--value", unit])
-}
-
-/// The scopes and slices systemd knows (loaded, active or not) whose name
-/// holds `needle`. (Not mount units: systemd mirrors every mount, the pod's
-/// namespace pins too, and drops those units on its own once unmounted.)
-fn units_with(needle: &str) -> Vec<String> {
-    systemctl(&[
-        "list-units",
-        "--all",
-        "--plain",
-        "--no-legend",
-        "--no-pager",
-    ])
-    .lines()
-    .filter_map(|line| line.split_whitespace().next())
-    .filter(|unit| unit.ends_with(".scope") || unit.ends_with(".slice"))
-    .filter(|unit| unit.contains(needle))
-    .map(str::to_string)
-    .collect()
 }
 
 /// Waits up to a minute (the node VM is slow) for `path` to be gone.
@@ -359,9 +335,9 @@ impl Node {
             Driver::Systemd => {
                 wait_gone(&dir, "RemovePodSandbox").await;
                 let stem = parent.trim_end_matches(".slice");
-                let left = units_with(stem);
+                let left = scopes_and_slices_with(&[stem]);
                 assert!(left.is_empty(), "units left: {left:?}");
-                let left = units_with(pod);
+                let left = scopes_and_slices_with(&[pod]);
                 assert!(left.is_empty(), "units left: {left:?}");
             }
         }
@@ -393,19 +369,6 @@ fn limits(memory: i64, cpu_quota: i64, pids: &str) -> LinuxContainerResources {
         unified: HashMap::from([("pids.max".to_string(), pids.to_string())]),
         ..Default::default()
     }
-}
-
-fn systemctl(args: &[&str]) -> String {
-    let out = Command::new("systemctl")
-        .args(args)
-        .output()
-        .expect("run systemctl");
-    assert!(
-        out.status.success(),
-        "systemctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn unit() -> String {
@@ -687,7 +650,7 @@ async fn stop_and_remove_leave_no_cgroup() {
         .expect("RemoveContainer");
     wait_gone(&dir, "RemoveContainer").await;
     if node.driver == Driver::Systemd {
-        let left = units_with(&id);
+        let left = scopes_and_slices_with(&[&id]);
         assert!(
             left.is_empty(),
             "units left after RemoveContainer: {left:?}"

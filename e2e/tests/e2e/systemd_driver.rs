@@ -28,6 +28,7 @@ use berth_e2e::cri::{
     UpdateContainerResourcesRequest,
 };
 use berth_e2e::registry::{self, Registry, Security};
+use berth_e2e::systemd::{scopes_and_slices_with, show, units_with};
 use berth_e2e::world::container_config;
 use berth_e2e::{Berthd, Options, Paths, can_run, have_command, is_root};
 use nix::sys::signal::Signal;
@@ -39,35 +40,6 @@ const MIB: i64 = 1024 * 1024;
 
 fn systemd_running() -> bool {
     Path::new("/run/systemd/system").is_dir()
-}
-
-/// `systemctl show -p <property> --value <unit>`.
-fn show(unit: &str, property: &str) -> String {
-    let out = Command::new("systemctl")
-        .args(["show", "-p", property, "--value", unit])
-        .output()
-        .expect("run systemctl show");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// Every unit systemd knows whose name holds one of `needles`.
-fn units_with(needles: &[&str]) -> Vec<String> {
-    let out = Command::new("systemctl")
-        .args([
-            "list-units",
-            "--all",
-            "--plain",
-            "--no-legend",
-            "--no-pager",
-        ])
-        .output()
-        .expect("run systemctl list-units");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| line.split_whitespace().next())
-        .filter(|unit| needles.iter().any(|n| unit.contains(n)))
-        .map(str::to_string)
-        .collect()
 }
 
 /// Stops the test pod's slice (and so every scope in it) when the test
@@ -474,10 +446,7 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
     berth_e2e::stop_and_remove_pod(&mut client, &pod).await;
     // Berth's scopes and the slices it caused (this VM has no kubelet to
     // own kubepods.slice).
-    let left: Vec<String> = units_with(&["berth-", "kubepods", &uid])
-        .into_iter()
-        .filter(|u| u.ends_with(".scope") || u.ends_with(".slice"))
-        .collect();
+    let left = scopes_and_slices_with(&["berth-", "kubepods", &uid]);
     assert!(left.is_empty(), "units left: {left:?}");
     assert!(
         !Path::new("/sys/fs/cgroup").join(&slice_dir).exists(),
@@ -573,10 +542,7 @@ async fn systemd_driver_runs_pods_in_slices_and_containers_in_scopes() {
         .await
         .unwrap();
     berth_e2e::stop_and_remove_pod(&mut client, &pod).await;
-    let left: Vec<String> = units_with(&["berth-", "kubepods", &uid])
-        .into_iter()
-        .filter(|u| u.ends_with(".scope") || u.ends_with(".slice"))
-        .collect();
+    let left = scopes_and_slices_with(&["berth-", "kubepods", &uid]);
     assert!(left.is_empty(), "units left after the crun pod: {left:?}");
     println!(
         "crun: scope {scope}, {} memory.max={} (unit MemoryMax={crun_memory_max}); no unit left",
