@@ -11,7 +11,7 @@
 
 use berth_host::sync::lock;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::Duration;
@@ -376,6 +376,11 @@ impl Containers {
     /// Where a container's dirs go.
     pub fn run_dir_of(&self, id: &str) -> PathBuf {
         self.options.run_dir.join(id)
+    }
+
+    /// The persistent dir of every container (records, writable layers).
+    pub fn state_dir(&self) -> &Path {
+        &self.options.state_dir
     }
 
     pub fn state_dir_of(&self, id: &str) -> PathBuf {

@@ -156,7 +156,7 @@ impl Sandboxes {
         let loaded = pods.iter().map(|pod| pod.id.clone()).collect();
         let unreadable = reclaim::unreadable(&options.layout, &loaded);
         let slices = slices::Slices::open(
-            options.layout.run_root.join("slices.json"),
+            options.layout.slice_ledger(),
             pods.iter().map(|pod| (&pod.id, pod.cgroup_parent.as_str())),
         );
         let mut index = Index::default();

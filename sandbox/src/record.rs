@@ -169,6 +169,10 @@ impl Layout {
     pub fn ns_pin(&self, kind: &str, id: &PodId) -> PathBuf {
         self.run_root.join("ns").join(kind).join(id.as_str())
     }
+    /// The systemd slices Berth started ([`crate::slices`]).
+    pub fn slice_ledger(&self) -> PathBuf {
+        self.run_root.join("slices.json")
+    }
     pub fn cni_cache_dir(&self) -> PathBuf {
         self.root.join("cni").join("results")
     }

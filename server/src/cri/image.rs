@@ -218,7 +218,7 @@ impl CriService {
         _req: ImageFsInfoRequest,
     ) -> Result<ImageFsInfoResponse, Status> {
         let images = self.images.clone();
-        let containers = self.config.root.join("containers");
+        let containers = self.containers.state_dir().to_path_buf();
         let span = tracing::Span::current();
         let (usage, container_fs) = tokio::task::spawn_blocking(move || {
             span.in_scope(|| {
