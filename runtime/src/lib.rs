@@ -26,6 +26,7 @@
 pub mod apparmor;
 pub mod containers;
 pub mod features;
+pub mod in_root;
 pub mod lifecycle;
 pub mod mounts;
 pub mod oci;

@@ -3,6 +3,7 @@
 //! followed (the CRI asks for the link's target to be mounted), and the
 //! host mount holding a path with propagation is made shared if it is not.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use berth_host::mountinfo;
@@ -105,48 +106,20 @@ pub fn stage_images(mounts: &mut [BindMount], dir: &Path) -> Result<(), MountErr
     Ok(())
 }
 
-/// `sub` below `root`, each symlink on the way followed as if `root` were
-/// `/` (an absolute target or `..` never leaves it); it must exist.
+/// `sub` below `root` as the image resolves it (the kernel's
+/// `RESOLVE_IN_ROOT`: symlinks followed as if `root` were `/`, never out of
+/// it); it must exist.
 fn resolve_in_root(root: &Path, sub: &Path) -> Result<PathBuf, String> {
-    use std::path::Component;
-    // As Linux's MAXSYMLINKS.
-    const MAX_LINKS: usize = 40;
-    let mut todo: Vec<PathBuf> = sub
-        .components()
-        .rev()
-        .map(|c| c.as_os_str().into())
-        .collect();
-    let mut current = root.to_path_buf();
-    let mut links = 0;
-    while let Some(part) = todo.pop() {
-        match Path::new(&part).components().next() {
-            Some(Component::Normal(name)) => {
-                let next = current.join(name);
-                let meta = std::fs::symlink_metadata(&next).map_err(|e| match e.kind() {
-                    std::io::ErrorKind::NotFound => "does not exist in the image".to_string(),
-                    _ => e.to_string(),
-                })?;
-                if meta.file_type().is_symlink() {
-                    links += 1;
-                    if links > MAX_LINKS {
-                        return Err("too many levels of symbolic links".into());
-                    }
-                    let target = std::fs::read_link(&next).map_err(|e| e.to_string())?;
-                    if target.is_absolute() {
-                        current = root.to_path_buf();
-                    }
-                    todo.extend(target.components().rev().map(|c| c.as_os_str().into()));
-                } else {
-                    current = next;
-                }
-            }
-            Some(Component::ParentDir) if current != root => {
-                current.pop();
-            }
-            _ => {}
+    let root = std::fs::File::open(root).map_err(|e| e.to_string())?;
+    let fd = crate::in_root::open(&root, sub, libc::O_PATH).map_err(|e| {
+        match (e.kind(), e.raw_os_error()) {
+            (std::io::ErrorKind::NotFound, _) => "does not exist in the image".to_string(),
+            (_, Some(libc::ELOOP)) => "too many levels of symbolic links".to_string(),
+            _ => e.to_string(),
         }
-    }
-    Ok(current)
+    })?;
+    // Where it led, as a path runc can bind: the O_PATH descriptor's target.
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| e.to_string())
 }
 
 /// Resolves and prepares `mounts` in place (image volumes are staged by

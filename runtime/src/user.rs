@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// What the CRI request asks for.
@@ -161,33 +160,13 @@ fn read_in_root(rootfs: &Path, path: &'static str) -> Result<Option<String>, Use
         source,
     };
     let root = File::open(rootfs).map_err(err)?;
-    let c_path = std::ffi::CString::new(path).expect("static path without NUL");
-    // The kernel's struct open_how: flags, mode, resolve (libc's is non-exhaustive).
-    let how: [u64; 3] = [
-        // O_NONBLOCK: opening a FIFO without a writer must not hang.
-        (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NONBLOCK) as u64,
-        0,
-        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-    ];
-    // SAFETY: openat2 with a valid dirfd, NUL-terminated path and open_how.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            root.as_raw_fd(),
-            c_path.as_ptr(),
-            how.as_ptr(),
-            std::mem::size_of_val(&how),
-        )
+    // O_NONBLOCK: opening a FIFO without a writer must not hang.
+    let flags = libc::O_RDONLY | libc::O_NONBLOCK;
+    let mut file = match crate::in_root::open(&root, Path::new(path), flags) {
+        Ok(fd) => File::from(fd),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
     };
-    if fd < 0 {
-        let e = std::io::Error::last_os_error();
-        return match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(None),
-            _ => Err(err(e)),
-        };
-    }
-    // SAFETY: openat2 returned a fresh descriptor we own.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     let meta = file.metadata().map_err(err)?;
     if !meta.file_type().is_file() {
         return Err(UserError::NotRegular {
