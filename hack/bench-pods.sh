@@ -22,7 +22,7 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 bash hack/setup.sh
 cargo build --release --locked -q -p berthd -p berth-shim --bins
-cargo build --release --locked -q -p berth-e2e --example pod_bench
+cargo build --release --locked -q -p berth-e2e --example pod_bench --example floor_bench
 BENCH=target/release/examples/pod_bench
 
 WORK=$(mktemp -d /tmp/berth-bench-XXXXXX)
@@ -32,11 +32,17 @@ cleanup() {
   wait 2>/dev/null || true
   ip link del bbench0 2>/dev/null || true
   ip link del cbench0 2>/dev/null || true
+  ip link del fbench0 2>/dev/null || true
+  find /sys/fs/cgroup -depth -type d -name 'berth-floor' -exec rmdir {} + 2>/dev/null || true
   grep -o " $WORK[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 export POD_BENCH_LOGS=$WORK/logs
+# What a node keeps in /run (berthd's run root, containerd's state, the
+# bundles) is on a tmpfs, as /run is there.
+mkdir -p "$WORK/run"
+mount -t tmpfs -o mode=0755 tmpfs "$WORK/run"
 
 # --- the image both pull, from a local registry
 bash hack/fixtures.sh "$WORK/fixtures" >/dev/null
@@ -97,13 +103,58 @@ conf_dir = "$WORK/berth/net.d"
 bin_dirs = ["/usr/lib/cni"]
 EOF
 target/release/berthd --config "$WORK/berth/berth.toml" --config-dir "$WORK/berth/berth.d" \
-  --root "$WORK/berth/root" --run-root "$WORK/berth/run" --listen "$WORK/berth/berth.sock" \
-  --log-level warn >"$WORK/berth/log" 2>&1 &
+  --root "$WORK/berth/root" --run-root "$WORK/run/berth" --listen "$WORK/berth/berth.sock" \
+  --log-level "warn,berthd::rpc_trace=debug" >"$WORK/berth/log" 2>&1 &
 BERTHD_PID=$!
 PIDS+=("$BERTHD_PID")
 wait_socket "$WORK/berth/berth.sock"
+# One of berthd's bundles is the floor's template: copied while it exists.
+(
+  for _ in $(seq 600); do
+    config=$(find "$WORK/run/berth" -name config.json -path '*/containers/*' 2>/dev/null | head -1)
+    [[ -n $config ]] && cp "$config" "$WORK/template.json" && exit 0
+    sleep 0.05
+  done
+) &
+TEMPLATE_PID=$!
 berth_out=$("$BENCH" "$WORK/berth/berth.sock" "$COUNT" berthd "$IMAGE" "$BERTHD_PID" berth-shim)
+wait "$TEMPLATE_PID"
 echo "$berth_out"
+# Berth's own timeline per phase (the warm-up pod left out): the p50 of
+# every step berthd reports on the RPC (its `steps` field).
+steps_out=$(python3 - "$WORK/berth/log" "$COUNT" <<'PY'
+import re, statistics, sys
+log, count = sys.argv[1], int(sys.argv[2])
+done = {}
+for line in open(log):
+    m = re.search(r'rpc\{rpc=(\w+).*rpc done latency_us=(\d+)(?: steps="([^"]*)")?', line)
+    if m:
+        done.setdefault(m.group(1), []).append((int(m.group(2)), m.group(3) or ""))
+for phase, first in (("seq", 1), ("par", count + 1)):
+    for rpc in ("RunPodSandbox", "CreateContainer", "StartContainer"):
+        calls = done.get(rpc, [])[first:first + count]
+        steps = {}
+        for _, timeline in calls:
+            seen = {}
+            for pair in timeline.split():
+                name, took = pair.split("=")
+                seen[name] = seen.get(name, 0.0) + float(took)
+            for name, took in seen.items():
+                steps.setdefault(name, []).append(took)
+        if calls:
+            total = statistics.median(us / 1000 for us, _ in calls)
+            parts = " ".join(f"{n}={statistics.median(v):.2f}" for n, v in steps.items())
+            print(f"berthd steps {phase} {rpc} server_ms={total:.2f} {parts}")
+PY
+)
+echo "$steps_out"
+
+# --- the floor: the same work done bare (e2e/examples/floor_bench.rs)
+conflist floor-bench fbench0 10.239.2.0/24 "$WORK/floor/net.d"
+umoci unpack --image "$WORK/fixtures/oci:busybox" "$WORK/floor/image" >/dev/null
+floor_out=$(target/release/examples/floor_bench "$COUNT" "$WORK/floor" "$WORK/run/floor" \
+  "$WORK/floor/net.d/10-bench.conflist" "$WORK/template.json" "$WORK/floor/image/rootfs")
+echo "$floor_out"
 
 # --- containerd, with a pause image built from busybox-static
 OCI="$WORK/pause-oci"
@@ -120,7 +171,7 @@ conflist containerd-bench cbench0 10.239.1.0/24 "$WORK/containerd/net.d"
 cat >"$WORK/containerd/config.toml" <<EOF
 version = 2
 root = "$WORK/containerd/root"
-state = "$WORK/containerd/state"
+state = "$WORK/run/containerd"
 [grpc]
   address = "$WORK/containerd/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
@@ -169,5 +220,15 @@ rss() { grep -E "^[a-z]+ rss " <<<"$1" | sed -E "s/.*$2=([0-9]+).*/\\1/"; }
 awk -v b="$(rss "$berth_out" daemon_kb)" -v c="$(rss "$containerd_out" daemon_kb)" \
   -v bs="$(rss "$berth_out" shim_kb_per_container)" -v cs="$(rss "$containerd_out" shim_kb_per_container)" \
   'BEGIN { printf "daemon RSS: berthd %d KiB, containerd %d KiB (%.2fx); shim RSS per container: berth-shim %d KiB, containerd-shim-runc-v2 %d KiB (%.2fx)\n", b, c, b / c, bs, cs, bs / cs }'
+# server-side pod ready: berthd's own latencies against the floor's parts
+server=$(grep -E "^berthd steps seq " <<<"$steps_out" | sed -E 's/.*server_ms=([0-9.]+).*/\1/' | awk '{ s += $1 } END { print s }')
+floor=$(sed -nE 's/^floor total p50_ms=([0-9.]+).*/\1/p' <<<"$floor_out")
+awk -v s="$server" -v f="$floor" \
+  'BEGIN { printf "server-side pod ready p50: berthd %.2f ms, floor %.2f ms, berthd/floor = %.2fx\n", s, f, s / f }'
+for rpc in ListPodSandbox ListContainers; do
+  for out in "$berth_out" "$containerd_out"; do
+    grep -E "^[a-z]+ list $rpc " <<<"$out" || true
+  done
+done
 echo "berth-shim vs conmon (Debian) per container, same runc and bundles:"
 bash hack/shim-rss.sh

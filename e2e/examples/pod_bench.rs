@@ -3,12 +3,17 @@
 //! once, each pod being RunPodSandbox + CreateContainer + StartContainer of
 //! one `sleep` container. While the last 2×COUNT pods run it samples the
 //! daemon's RSS (DAEMON_PID) and the RSS of every process named SHIM_COMM;
-//! then it stops and removes every pod.
+//! then it stops and removes every pod. While the COUNT pods start at
+//! once, another client lists pods and containers in a loop, as the
+//! kubelet's relist does, and their latencies are reported too.
 //!
 //! usage: pod_bench SOCKET COUNT LABEL IMAGE DAEMON_PID SHIM_COMM
+//! POD_BENCH_HANDLER names the pods' runtime handler (default: the
+//! daemon's default).
 //! prints, per phase (seq, par) and step (run, create, start, ready):
 //!   LABEL PHASE STEP p50_ms=.. p90_ms=.. n=..
 //! and: LABEL rss daemon_kb=.. shim_kb_per_container=.. containers=..
+//! and: LABEL list LIST p50_ms=.. p99_ms=.. n=..
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -18,8 +23,9 @@ use berth_e2e::cri::runtime_service_client::RuntimeServiceClient;
 use berth_e2e::cri::{
     ContainerConfig, ContainerMetadata, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, PullImageRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    ListContainersRequest, ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -98,7 +104,7 @@ async fn start_pod(
     let pod = client
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(config.clone()),
-            runtime_handler: String::new(),
+            runtime_handler: std::env::var("POD_BENCH_HANDLER").unwrap_or_default(),
         })
         .await
         .unwrap_or_else(|e| panic!("{label}: RunPodSandbox {name}: {e}"))
@@ -139,6 +145,25 @@ fn rss_kb(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process used so far, in milliseconds.
+fn cpu_ms(pid: &str) -> f64 {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the parenthesised comm; utime and stime are 14 and 15.
+            let rest = s.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) * 1000.0 / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Total RSS and count of the processes whose comm is `comm`.
 fn rss_of_comm(comm: &str) -> (u64, usize) {
     let mut total = (0, 0);
@@ -158,6 +183,44 @@ fn rss_of_comm(comm: &str) -> (u64, usize) {
         }
     }
     total
+}
+
+/// ListPodSandbox and ListContainers, one after the other, until `go`
+/// turns false; the milliseconds of each call.
+async fn list_in_a_loop(
+    mut client: Client,
+    go: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<f64>, Vec<f64>) {
+    let (mut pods, mut containers) = (Vec::new(), Vec::new());
+    while go.load(std::sync::atomic::Ordering::SeqCst) {
+        let t = Instant::now();
+        client
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .expect("ListPodSandbox");
+        pods.push(t.elapsed().as_secs_f64() * 1000.0);
+        let t = Instant::now();
+        client
+            .list_containers(ListContainersRequest { filter: None })
+            .await
+            .expect("ListContainers");
+        containers.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (pods, containers)
+}
+
+fn report_list(label: &str, rpc: &str, mut values: Vec<f64>) {
+    if values.is_empty() {
+        return;
+    }
+    values.sort_by(f64::total_cmp);
+    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "{label} list {rpc} p50_ms={:.2} p99_ms={:.2} n={}",
+        pick(0.5),
+        pick(0.99),
+        values.len()
+    );
 }
 
 fn report(label: &str, phase: &str, timings: &[Timings]) {
@@ -197,6 +260,7 @@ async fn main() {
         .await
         .unwrap_or_else(|e| panic!("{label}: PullImage {image}: {e}"));
     let mut pods = Vec::new();
+    let cpu_before = cpu_ms(daemon);
     // Pod 0 warms caches and is not counted.
     let (pod, _) = start_pod(client.clone(), label.clone(), "warm".into(), image.clone()).await;
     pods.push(pod);
@@ -212,6 +276,8 @@ async fn main() {
         pods.push(pod);
         sequential.push(t);
     }
+    let listing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let lister = tokio::spawn(list_in_a_loop(client.clone(), listing.clone()));
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
         tasks.spawn(start_pod(
@@ -227,14 +293,25 @@ async fn main() {
         pods.push(pod);
         parallel.push(t);
     }
+    listing.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (pod_lists, container_lists) = lister.await.expect("list task");
+    let daemon_cpu = cpu_ms(daemon) - cpu_before;
     report(label, "seq", &sequential);
     report(label, "par", &parallel);
+    report_list(label, "ListPodSandbox", pod_lists);
+    report_list(label, "ListContainers", container_lists);
     let (shim_kb, shims) = rss_of_comm(shim);
     println!(
         "{label} rss daemon_kb={} shim_kb_per_container={} shims={shims} containers={}",
         rss_kb(daemon),
         shim_kb / pods.len().max(1) as u64,
         pods.len()
+    );
+    // The daemon's own CPU per pod started: its plugins, shims and runtime
+    // run in processes of their own and are not counted here.
+    println!(
+        "{label} cpu daemon_ms_per_pod={:.2}",
+        daemon_cpu / pods.len().max(1) as f64
     );
     let mut client = client;
     for id in pods {

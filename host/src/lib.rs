@@ -15,3 +15,14 @@ pub fn now_nanos() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
+
+/// A span around one step of an RPC's critical path ("cni_add",
+/// "overlay", ...): berthd times every span of this target and reports
+/// the timeline with the RPC (its `steps` field). The caller's crate
+/// depends on `tracing`.
+#[macro_export]
+macro_rules! step {
+    ($name:literal) => {
+        ::tracing::info_span!(target: "berth_step", $name)
+    };
+}

@@ -406,7 +406,7 @@ impl Containers {
             record.state = ContainerState::Created;
             record.created_at = berth_host::now_nanos();
             record.pid = 0;
-            self.records.save(&record)?;
+            berth_host::step!("record").in_scope(|| self.records.save(&record))?;
             let new = NewContainer {
                 id: record.id.clone(),
                 run_dir: record.run_dir.clone(),
@@ -421,7 +421,8 @@ impl Containers {
                 Ok(created) => {
                     berth_failpoint::hit(berth_failpoint::CONTAINER_AFTER_SHIM);
                     record.pid = created.pid;
-                    if let Err(err) = self.records.save(&record) {
+                    let saved = berth_host::step!("record").in_scope(|| self.records.save(&record));
+                    if let Err(err) = saved {
                         // The record without its pid would not find the
                         // shim again: undo the container (a full disk, say).
                         let _ = lifecycle::remove(
@@ -482,10 +483,13 @@ impl Containers {
         // Taken before the runtime call: a process that exits at once must
         // not report a finish before its start.
         let started_at = berth_host::now_nanos();
-        self.runtime_of(&record)?.start(&record.id)?;
-        self.update(&slot, |r| {
-            r.state = ContainerState::Running;
-            r.started_at = Some(started_at);
+        let runtime = self.runtime_of(&record)?;
+        berth_host::step!("runtime_start").in_scope(|| runtime.start(&record.id))?;
+        berth_host::step!("record").in_scope(|| {
+            self.update(&slot, |r| {
+                r.state = ContainerState::Running;
+                r.started_at = Some(started_at);
+            })
         })?;
         self.emit(EventKind::Started, &lock(&slot.record));
         Ok(())

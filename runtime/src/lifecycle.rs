@@ -81,12 +81,15 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
             source,
         }
     };
+    let dirs = berth_host::step!("dirs").entered();
     let run_dir_owner = new.spec.user_namespace.as_ref().and_then(|u| u.host_root());
     private_run_dir(&new.run_dir, run_dir_owner).map_err(dir_err(&new.run_dir))?;
     crate::private::dir(&new.state_dir, crate::private::PRIVATE)
         .map_err(dir_err(&new.state_dir))?;
     let rootfs = rootfs_of(&new.run_dir);
+    drop(dirs);
     let (upper, work) = (upper_dir(&new.state_dir), new.state_dir.join("work"));
+    let overlay_step = berth_host::step!("overlay").entered();
     match &new.spec.user_namespace {
         None => overlay::mount(&new.layers, &upper, &work, &rootfs),
         Some(user) => match user.host_root() {
@@ -106,6 +109,8 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         id: id.clone(),
         source,
     })?;
+    drop(overlay_step);
+    let mounts_step = berth_host::step!("mounts").entered();
     let mut container_spec = new.spec.clone();
     container_spec.rootfs = rootfs;
     let mounts_err = |source| ContainerError::Mounts {
@@ -120,12 +125,16 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         crate::mounts::idmap(&mut container_spec.mounts, &staged, &user.path)
             .map_err(mounts_err)?;
     }
+    drop(mounts_step);
     let spec_err = |source| ContainerError::Spec {
         id: id.clone(),
         source,
     };
+    let spec_step = berth_host::step!("spec").entered();
     let oci = spec::generate(&container_spec, new.own_oom_score_adj).map_err(spec_err)?;
     spec::write(&new.run_dir, &oci).map_err(spec_err)?;
+    drop(spec_step);
+    let shim_step = berth_host::step!("shim_create").entered();
     let pid = runtime.create(&CreateOptions {
         id: id.clone(),
         run_dir: new.run_dir.clone(),
@@ -134,8 +143,11 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         stdin_once: new.stdin_once,
         tty: new.spec.tty,
     })?;
-    // The container holds its own copies of the staged volumes now.
-    for dir in [&staged, &staged_images] {
+    drop(shim_step);
+    // The container holds its own copies of the staged volumes now. Only
+    // a staging dir that was made can hold mounts: the others cost no
+    // read of the mount table, which grows with every pod.
+    for dir in [&staged, &staged_images].into_iter().filter(|d| d.exists()) {
         overlay::unmount_all_under(dir).map_err(|source| ContainerError::Overlay {
             id: id.clone(),
             source,

@@ -24,6 +24,7 @@ use std::sync::{Arc, RwLock};
 
 use berth_cni::{Attachment, Cni};
 use berth_host::cgroup::{self as cgroup_names, Driver};
+use tracing::Instrument;
 
 pub use record::{Files, Layout, Namespaces, Network, Pod, PodId, State};
 pub use spec::{
@@ -303,9 +304,10 @@ impl Sandboxes {
             index.names.insert(name.clone(), id.clone());
         }
         let mut pod = self.skeleton(&id, spec, runtime_handler);
-        let result = match record::save(&self.options.layout, &pod)
-            .map_err(io(format!("cannot write the record of pod sandbox {id}")))
-        {
+        let saved = berth_host::step!("record")
+            .in_scope(|| record::save(&self.options.layout, &pod))
+            .map_err(io(format!("cannot write the record of pod sandbox {id}")));
+        let result = match saved {
             Ok(()) => self.set_up(&mut pod).await,
             Err(err) => Err(err),
         };
@@ -392,6 +394,7 @@ impl Sandboxes {
 
     async fn set_up(&self, pod: &mut Pod) -> Result<(), Error> {
         let layout = &self.options.layout;
+        let files_step = berth_host::step!("pod_files").entered();
         files::write(
             &pod.files.hostname,
             format!("{}\n", pod.hostname).as_bytes(),
@@ -410,6 +413,7 @@ impl Sandboxes {
                     .map_err(io(format!("cannot chown {}", path.display())))?;
             }
         }
+        drop(files_step);
         let request = ns::Request {
             net: pod.namespaces.net.clone(),
             ipc: pod.namespaces.ipc.clone(),
@@ -422,8 +426,12 @@ impl Sandboxes {
                 gids: pod.spec.user_namespace.gids.clone(),
             }),
         };
-        blocking(move || ns::create(request)).await??;
-        self.slices.enter(&pod.id, &pod.cgroup_parent).await?;
+        let namespaces = berth_host::step!("namespaces");
+        blocking(move || namespaces.in_scope(|| ns::create(request))).await??;
+        self.slices
+            .enter(&pod.id, &pod.cgroup_parent)
+            .instrument(berth_host::step!("slices"))
+            .await?;
         if let Some(pid_pin) = pod.namespaces.pid.clone() {
             let join: Vec<PathBuf> = [
                 &pod.namespaces.net,
@@ -436,20 +444,31 @@ impl Sandboxes {
             .collect();
             let shim = self.options.shim.clone();
             let user = pod.namespaces.user.clone();
-            let infra = blocking(move || infra::start(&shim, user.as_deref(), &join)).await??;
+            let infra_step = berth_host::step!("infra");
+            let infra = blocking(move || {
+                infra_step.in_scope(|| infra::start(&shim, user.as_deref(), &join))
+            })
+            .await??;
             pod.infra = Some(infra);
+            let record_step = berth_host::step!("record").entered();
             record::save(layout, pod).map_err(io(format!(
                 "cannot write the record of pod sandbox {}",
                 pod.id
             )))?;
+            drop(record_step);
             if Driver::of_parent(&pod.cgroup_parent) == Driver::Systemd {
                 let scope = cgroup_names::scope_name(pod.id.as_str());
                 let pid = infra.pid.unsigned_abs();
-                systemd::start_scope(&scope, &pod.cgroup_parent, pid).await?;
+                systemd::start_scope(&scope, &pod.cgroup_parent, pid)
+                    .instrument(berth_host::step!("cgroup"))
+                    .await?;
             } else {
                 let cgroup = pod.infra_cgroup();
-                blocking(move || cgroup::attach(&cgroup, infra.pid)).await??;
+                let cgroup_step = berth_host::step!("cgroup");
+                blocking(move || cgroup_step.in_scope(|| cgroup::attach(&cgroup, infra.pid)))
+                    .await??;
             }
+            let _pin = berth_host::step!("pin_pid").entered();
             ns::pin(
                 &PathBuf::from(format!("/proc/{}/ns/pid", infra.pid)),
                 &pid_pin,
@@ -458,7 +477,11 @@ impl Sandboxes {
         if pod.namespaces.net.is_some() {
             let cidr = berth_host::sync::read(&self.pod_cidr).clone();
             let attachment = self.attachment(pod, cidr.as_deref());
-            let added = self.cni.add(&attachment).await?;
+            let added = self
+                .cni
+                .add(&attachment)
+                .instrument(berth_host::step!("cni_add"))
+                .await?;
             pod.network = Some(Network {
                 name: added.network,
                 ips: added.ips,
@@ -470,6 +493,7 @@ impl Sandboxes {
             .as_ref()
             .map(|n| n.ips.clone())
             .unwrap_or_default();
+        let _record = berth_host::step!("record").entered();
         files::write(
             &pod.files.hosts,
             &files::hosts(pod.spec.namespaces.host_network(), &pod.hostname, &ips),
@@ -662,11 +686,12 @@ impl Sandboxes {
     }
 }
 
-/// Runs blocking work off the async workers.
+/// Runs blocking work off the async workers, in the caller's span.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
         .await
         .map_err(|err| Error::Io {
             what: "a blocking task failed".into(),

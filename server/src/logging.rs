@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -39,10 +40,19 @@ pub fn init(level: &str, format: LogFormat) -> LevelHandle {
     let output = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let subscriber = tracing_subscriber::registry().with(filter);
+    // The level filters the output only: the step timeline (crate::steps)
+    // is kept at every level.
+    use crate::steps::{StepFilter, StepLayer};
+    let subscriber = tracing_subscriber::registry();
     match format {
-        LogFormat::Text => subscriber.with(output).init(),
-        LogFormat::Json => subscriber.with(output.json().flatten_event(true)).init(),
+        LogFormat::Text => subscriber
+            .with(output.with_filter(filter))
+            .with(StepLayer.with_filter(StepFilter))
+            .init(),
+        LogFormat::Json => subscriber
+            .with(output.json().flatten_event(true).with_filter(filter))
+            .with(StepLayer.with_filter(StepFilter))
+            .init(),
     }
     LevelHandle(handle)
 }

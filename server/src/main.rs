@@ -12,6 +12,7 @@ mod reload;
 mod rlimit;
 mod rpc_trace;
 mod state_dirs;
+mod steps;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -65,17 +65,25 @@ where
             rpc = %rpc,
             pod_id = tracing::field::Empty,
             container_id = tracing::field::Empty,
+            steps = tracing::field::Empty,
         );
         let started = Instant::now();
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
+        let timed = span.clone();
         Box::pin(
             async move {
                 let result = future.await;
                 let latency = started.elapsed();
                 let latency_us = latency.as_micros() as u64;
+                // The critical path's steps (crate::steps), on the span and
+                // on the completion record.
+                let steps = crate::steps::take(&timed);
+                if !steps.is_empty() {
+                    timed.record("steps", steps.as_str());
+                }
                 match &result {
                     Ok(response) => {
                         // Unary success carries grpc-status in the trailers;
@@ -84,6 +92,7 @@ where
                             Some(status) if status.code() != tonic::Code::Ok => {
                                 tracing::info!(
                                     latency_us,
+                                    steps,
                                     code = ?status.code(),
                                     error = status.message(),
                                     "rpc failed"
@@ -91,7 +100,7 @@ where
                                 status.code()
                             }
                             _ => {
-                                tracing::debug!(latency_us, code = ?tonic::Code::Ok, "rpc done");
+                                tracing::debug!(latency_us, steps, code = ?tonic::Code::Ok, "rpc done");
                                 tonic::Code::Ok
                             }
                         };

@@ -188,14 +188,16 @@ impl CriService {
         // Image volumes: their images pinned like the container's own.
         let (image_volumes, volume_pins) = self.image_volumes(&config)?;
         let id = self.containers.reserve(&reserved_name).map_err(status)?;
-        let prepared = self.prepare(
-            &id,
-            &config,
-            request.sandbox_config,
-            &pod,
-            &image_cfg,
-            image_volumes,
-        );
+        let prepared = berth_host::step!("prepare").in_scope(|| {
+            self.prepare(
+                &id,
+                &config,
+                request.sandbox_config,
+                &pod,
+                &image_cfg,
+                image_volumes,
+            )
+        });
         let (spec, log_path, stdin_once) = match prepared {
             Ok(prepared) => prepared,
             Err(err) => {
