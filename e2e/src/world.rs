@@ -77,8 +77,17 @@ impl World {
         World::in_paths(tag, extra, Paths::create()).await
     }
 
+    /// [`World::new`] with berthd logging at `level` (`--log-level`).
+    pub async fn with_log_level(tag: &str, level: &str) -> World {
+        World::start(tag, "", Paths::create(), &["--log-level", level]).await
+    }
+
     /// [`World::with_config`] with berthd's state in `paths`.
     pub async fn in_paths(tag: &str, extra: &str, paths: Paths) -> World {
+        World::start(tag, extra, paths, &[]).await
+    }
+
+    async fn start(tag: &str, extra: &str, paths: Paths, args: &[&str]) -> World {
         let (registry, host) = match external_registry() {
             Some(host) => (None, host),
             None => {
@@ -95,7 +104,8 @@ impl World {
         let conf = logs.path().join("registries.conf");
         std::fs::write(&conf, registry::insecure_conf(&host)).unwrap();
         std::fs::create_dir(logs.path().join("net.d")).unwrap();
-        let options = options(&conf, &logs.path().join("net.d"), extra);
+        let mut options = options(&conf, &logs.path().join("net.d"), extra);
+        options.args = args.iter().map(|a| a.to_string()).collect();
         let berthd = Berthd::start_in(paths, options.clone()).await;
         let image = format!("{host}/berth/busybox:latest");
         crate::pull(&mut berthd.images().await, &image)

@@ -19,7 +19,7 @@ pub mod spec;
 pub mod systemd;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use berth_cni::{Attachment, Cni};
@@ -304,10 +304,7 @@ impl Sandboxes {
             index.names.insert(name.clone(), id.clone());
         }
         let mut pod = self.skeleton(&id, spec, runtime_handler);
-        let saved = berth_host::step!("record")
-            .in_scope(|| record::save(&self.options.layout, &pod))
-            .map_err(io(format!("cannot write the record of pod sandbox {id}")));
-        let result = match saved {
+        let result = match self.save(&pod).await {
             Ok(()) => self.set_up(&mut pod).await,
             Err(err) => Err(err),
         };
@@ -392,28 +389,25 @@ impl Sandboxes {
         }
     }
 
+    /// Writes the pod's record, durably, off the async workers: under a
+    /// burst of pods their fsyncs must not stall List and Status calls.
+    async fn save(&self, pod: &Pod) -> Result<(), Error> {
+        let (layout, pod) = (self.options.layout.clone(), pod.clone());
+        let step = berth_host::step!("record");
+        blocking(move || {
+            step.in_scope(|| record::save(&layout, &pod))
+                .map_err(io(format!(
+                    "cannot write the record of pod sandbox {}",
+                    pod.id
+                )))
+        })
+        .await?
+    }
+
     async fn set_up(&self, pod: &mut Pod) -> Result<(), Error> {
-        let layout = &self.options.layout;
-        let files_step = berth_host::step!("pod_files").entered();
-        files::write(
-            &pod.files.hostname,
-            format!("{}\n", pod.hostname).as_bytes(),
-        )?;
-        files::write(
-            &pod.files.resolv_conf,
-            &files::resolv_conf(pod.spec.dns.as_ref()),
-        )?;
-        if !pod.spec.namespaces.host_ipc() {
-            files::mount_shm(&pod.files.shm, self.options.shm_size)?;
-        }
-        // The pod's files belong to its root, as on a host-namespace pod.
-        if let Some((uid, gid)) = pod.spec.user_namespace.host_root() {
-            for path in [&pod.files.hostname, &pod.files.resolv_conf, &pod.files.shm] {
-                std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                    .map_err(io(format!("cannot chown {}", path.display())))?;
-            }
-        }
-        drop(files_step);
+        let (files_pod, shm_size) = (pod.clone(), self.options.shm_size);
+        let files_step = berth_host::step!("pod_files");
+        blocking(move || files_step.in_scope(|| pod_files(&files_pod, shm_size))).await??;
         let request = ns::Request {
             net: pod.namespaces.net.clone(),
             ipc: pod.namespaces.ipc.clone(),
@@ -450,12 +444,7 @@ impl Sandboxes {
             })
             .await??;
             pod.infra = Some(infra);
-            let record_step = berth_host::step!("record").entered();
-            record::save(layout, pod).map_err(io(format!(
-                "cannot write the record of pod sandbox {}",
-                pod.id
-            )))?;
-            drop(record_step);
+            self.save(pod).await?;
             if Driver::of_parent(&pod.cgroup_parent) == Driver::Systemd {
                 let scope = cgroup_names::scope_name(pod.id.as_str());
                 let pid = infra.pid.unsigned_abs();
@@ -493,21 +482,13 @@ impl Sandboxes {
             .as_ref()
             .map(|n| n.ips.clone())
             .unwrap_or_default();
-        let _record = berth_host::step!("record").entered();
-        files::write(
-            &pod.files.hosts,
-            &files::hosts(pod.spec.namespaces.host_network(), &pod.hostname, &ips),
-        )?;
-        if let Some((uid, gid)) = pod.spec.user_namespace.host_root() {
-            std::os::unix::fs::chown(&pod.files.hosts, Some(uid), Some(gid))
-                .map_err(io(format!("cannot chown {}", pod.files.hosts.display())))?;
-        }
+        let hosts = files::hosts(pod.spec.namespaces.host_network(), &pod.hostname, &ips);
+        let (path, owner) = (pod.files.hosts.clone(), pod.spec.user_namespace.host_root());
+        let hosts_step = berth_host::step!("pod_files");
+        blocking(move || hosts_step.in_scope(|| write_owned(&path, &hosts, owner))).await??;
         pod.state = State::Ready;
         pod.complete = true;
-        record::save(layout, pod).map_err(io(format!(
-            "cannot write the record of pod sandbox {}",
-            pod.id
-        )))
+        self.save(pod).await
     }
 
     fn attachment(&self, pod: &Pod, pod_cidr: Option<&str>) -> Attachment {
@@ -684,6 +665,33 @@ impl Sandboxes {
             Err(err) => Some(Err(err.to_string())),
         }
     }
+}
+
+/// The pod's hostname, resolv.conf and /dev/shm; owned by the pod's root
+/// when it has a user namespace, as on a host-namespace pod.
+fn pod_files(pod: &Pod, shm_size: u64) -> Result<(), Error> {
+    let owner = pod.spec.user_namespace.host_root();
+    let hostname = format!("{}\n", pod.hostname);
+    write_owned(&pod.files.hostname, hostname.as_bytes(), owner)?;
+    let resolv_conf = files::resolv_conf(pod.spec.dns.as_ref());
+    write_owned(&pod.files.resolv_conf, &resolv_conf, owner)?;
+    if !pod.spec.namespaces.host_ipc() {
+        files::mount_shm(&pod.files.shm, shm_size)?;
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::chown(&pod.files.shm, Some(uid), Some(gid))
+                .map_err(io(format!("cannot chown {}", pod.files.shm.display())))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_owned(path: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<(), Error> {
+    files::write(path, bytes)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(io(format!("cannot chown {}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Runs blocking work off the async workers, in the caller's span.

@@ -882,3 +882,70 @@ async fn idle_streaming_connections_are_bounded_and_closed() {
     assert_eq!(String::from_utf8_lossy(&data[&stdout]), "still-here\n");
     w.remove(&id).await;
 }
+
+/// The critical path's timeline (issue 18): berthd reports each step of
+/// RunPodSandbox, CreateContainer and StartContainer with the RPC, each
+/// step inside the RPC's own latency.
+#[tokio::test]
+async fn pod_start_rpcs_report_their_steps() {
+    if !can_run_here() || !berth_e2e::net::can_run_network() {
+        return;
+    }
+    let net = berth_e2e::net::Net::new(13);
+    let mut w = World::with_log_level("steps", "warn,berthd::rpc_trace=debug").await;
+    w.join_network(&net).await;
+    let config = w.networked_pod_config("steps");
+    let pod = berth_e2e::run_pod(&mut w.client, config).await.unwrap();
+    let sleeper = w.container("sleeper", "sleep 1000");
+    w.run(&pod, sleeper).await;
+    let log = w.berthd().log();
+    for (rpc, want) in [
+        (
+            "RunPodSandbox",
+            &["record", "pod_files", "namespaces", "slices", "cni_add"][..],
+        ),
+        (
+            "CreateContainer",
+            &[
+                "prepare",
+                "record",
+                "dirs",
+                "overlay",
+                "mounts",
+                "spec",
+                "shim_create",
+            ][..],
+        ),
+        ("StartContainer", &["runtime_start", "record"][..]),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("rpc{{rpc={rpc}")) && l.contains("rpc done"))
+            .unwrap_or_else(|| panic!("no completion of {rpc} in the log:\n{log}"));
+        let field = |name: &str| {
+            let at = line
+                .find(&format!(" {name}="))
+                .unwrap_or_else(|| panic!("{line}"));
+            line[at + name.len() + 2..]
+                .split(' ')
+                .next()
+                .unwrap()
+                .trim_matches('"')
+                .to_string()
+        };
+        let latency_ms = field("latency_us").parse::<f64>().unwrap() / 1000.0;
+        let start = line.find(" steps=\"").unwrap_or_else(|| panic!("{line}")) + 8;
+        let steps = &line[start..start + line[start..].find('"').unwrap()];
+        let mut names = Vec::new();
+        let mut total = 0.0;
+        for pair in steps.split(' ') {
+            let (name, ms) = pair.split_once('=').unwrap_or_else(|| panic!("{line}"));
+            total += ms.parse::<f64>().unwrap();
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        assert_eq!(names, want, "{rpc}: {line}");
+        assert!(total <= latency_ms, "{rpc}: steps outlast the RPC: {line}");
+    }
+}

@@ -54,8 +54,12 @@ impl CriService {
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(event) = raw_rx.recv().await {
+                // No subscriber (the kubelet subscribes only with
+                // EventedPLEG): the pod's status is not worth building.
+                if service.events.receiver_count() == 0 {
+                    continue;
+                }
                 let response = service.event_response(event).await;
-                // No subscriber: nothing to do.
                 let _ = service.events.send(response);
             }
         });
