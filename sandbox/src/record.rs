@@ -176,8 +176,12 @@ impl Layout {
     pub fn cni_cache_dir(&self) -> PathBuf {
         self.root.join("cni").join("results")
     }
+    /// The files the pod's containers mount: in the run dir (a tmpfs on
+    /// nodes, as CRI-O keeps them), since nothing of them outlives a reboot
+    /// that ends the pod, and a disk would pay an inode and a write per
+    /// file and pod.
     pub fn files(&self, id: &PodId) -> Files {
-        let dir = self.state_dir(id);
+        let dir = self.run_dir(id);
         Files {
             hostname: dir.join("hostname"),
             hosts: dir.join("hosts"),
