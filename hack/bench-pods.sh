@@ -40,9 +40,16 @@ cleanup() {
 trap cleanup EXIT
 export POD_BENCH_LOGS=$WORK/logs
 # What a node keeps in /run (berthd's run root, containerd's state, the
-# bundles) is on a tmpfs, as /run is there.
-mkdir -p "$WORK/run"
+# bundles) is on a tmpfs, as /run is there; what it keeps in /var/lib (the
+# daemons' roots, writable layers, IPAM) on a fresh journaled ext4, as a
+# node's disk. (The disk under /tmp may be anything: this VM's is ext4
+# without a journal, where each new inode costs a scan of the recently
+# deleted ones, so the figures drifted with every build and run.)
+mkdir -p "$WORK/run" "$WORK/disk"
 mount -t tmpfs -o mode=0755 tmpfs "$WORK/run"
+truncate -s 8G "$WORK/disk.img"
+mkfs.ext4 -q -F "$WORK/disk.img"
+mount -o loop "$WORK/disk.img" "$WORK/disk"
 
 # --- the image both pull, from a local registry
 bash hack/fixtures.sh "$WORK/fixtures" >/dev/null
@@ -73,7 +80,7 @@ conflist() {
   "name": "$1",
   "plugins": [
     { "type": "bridge", "bridge": "$2", "isGateway": true, "ipMasq": true,
-      "ipam": { "type": "host-local", "dataDir": "$WORK/ipam",
+      "ipam": { "type": "host-local", "dataDir": "$WORK/disk/ipam",
                 "routes": [{ "dst": "0.0.0.0/0" }],
                 "ranges": [[{ "subnet": "$3" }]] } },
     { "type": "portmap", "capabilities": { "portMappings": true } }
@@ -103,7 +110,7 @@ conf_dir = "$WORK/berth/net.d"
 bin_dirs = ["/usr/lib/cni"]
 EOF
 target/release/berthd --config "$WORK/berth/berth.toml" --config-dir "$WORK/berth/berth.d" \
-  --root "$WORK/berth/root" --run-root "$WORK/run/berth" --listen "$WORK/berth/berth.sock" \
+  --root "$WORK/disk/berth" --run-root "$WORK/run/berth" --listen "$WORK/berth/berth.sock" \
   --log-level "warn,berthd::rpc_trace=debug" >"$WORK/berth/log" 2>&1 &
 BERTHD_PID=$!
 PIDS+=("$BERTHD_PID")
@@ -152,7 +159,7 @@ echo "$steps_out"
 # --- the floor: the same work done bare (e2e/examples/floor_bench.rs)
 conflist floor-bench fbench0 10.239.2.0/24 "$WORK/floor/net.d"
 umoci unpack --image "$WORK/fixtures/oci:busybox" "$WORK/floor/image" >/dev/null
-floor_out=$(target/release/examples/floor_bench "$COUNT" "$WORK/floor" "$WORK/run/floor" \
+floor_out=$(target/release/examples/floor_bench "$COUNT" "$WORK/disk/floor" "$WORK/run/floor" \
   "$WORK/floor/net.d/10-bench.conflist" "$WORK/template.json" "$WORK/floor/image/rootfs")
 echo "$floor_out"
 
@@ -170,7 +177,7 @@ tar -C "$OCI" -cf "$WORK/pause.tar" .
 conflist containerd-bench cbench0 10.239.1.0/24 "$WORK/containerd/net.d"
 cat >"$WORK/containerd/config.toml" <<EOF
 version = 2
-root = "$WORK/containerd/root"
+root = "$WORK/disk/containerd"
 state = "$WORK/run/containerd"
 [grpc]
   address = "$WORK/containerd/containerd.sock"
