@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::Duration;
 
+use crate::exit_watch::ExitWatch;
 use crate::lifecycle::{self, ContainerError, NewContainer, RemoveError};
 use crate::oci::{ExecOutput, OciRuntime, RuntimeError};
 use crate::record::{ContainerRecord, ContainerState, RecordStore, StoreError};
@@ -135,6 +136,9 @@ pub struct Containers {
     records: RecordStore,
     index: Mutex<Index>,
     observer: OnceLock<Observer>,
+    /// None where inotify is refused (no instance left): exits are then
+    /// learnt by the periodic refresh only.
+    exits: Option<ExitWatch>,
 }
 
 impl Containers {
@@ -177,12 +181,22 @@ impl Containers {
                 }),
             );
         }
+        let exits = ExitWatch::new()
+            .inspect_err(|err| tracing::warn!("no inotify for containers' exit files: {err}"))
+            .ok();
         let containers = Containers {
             options,
             records,
             index: Mutex::new(index),
             observer: OnceLock::new(),
+            exits,
         };
+        for slot in lock(&containers.index).by_id.values() {
+            let record = lock(&slot.record);
+            if record.state != ContainerState::Exited {
+                containers.watch_exit(&record);
+            }
+        }
         errors.extend(containers.adopt_started());
         Ok((containers, errors))
     }
@@ -452,6 +466,7 @@ impl Containers {
                 // Held until Created is out: nothing else happens to the
                 // container before.
                 let _op = lock(&slot.op);
+                self.watch_exit(&record);
                 lock(&self.index)
                     .by_id
                     .insert(record.id.clone(), Arc::clone(&slot));
@@ -621,6 +636,51 @@ impl Containers {
     pub fn get(&self, id: &str) -> Result<ContainerRecord, Error> {
         let slot = self.slot(id)?;
         Ok(self.refreshed(&slot))
+    }
+
+    /// Copies of every record as last learnt, without reading any file:
+    /// exits reach the records through [`Containers::watch_exits`] as the
+    /// shims write them, and through the periodic [`Containers::reap_exits`].
+    pub fn list_known(&self) -> Vec<ContainerRecord> {
+        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
+        slots
+            .iter()
+            .map(|slot| lock(&slot.record).clone())
+            .collect()
+    }
+
+    fn watch_exit(&self, record: &ContainerRecord) {
+        if let Some(exits) = &self.exits
+            && let Err(err) = exits.add(&record.id, &record.run_dir)
+        {
+            // The periodic refresh still learns of its exit.
+            tracing::warn!(container = %record.id, "cannot watch {}: {err}", record.run_dir.display());
+        }
+    }
+
+    /// Refreshes each container whose shim writes its exit file, as it does;
+    /// runs until inotify fails (never, in practice). Call it on a thread of
+    /// its own.
+    pub fn watch_exits(&self) {
+        let Some(exits) = &self.exits else { return };
+        loop {
+            let ids = match exits.next() {
+                Ok(ids) => ids,
+                Err(nix::Error::EINTR) => continue,
+                Err(err) => {
+                    tracing::warn!("containers' exit watch failed: {err}");
+                    return;
+                }
+            };
+            for id in ids {
+                let slot = lock(&self.index).by_id.get(&id).cloned();
+                if let Some(slot) = slot
+                    && !slot.removed.load(Ordering::SeqCst)
+                {
+                    self.refreshed(&slot);
+                }
+            }
+        }
     }
 
     /// Copies of every record (no runtime calls: exits come from the shims'

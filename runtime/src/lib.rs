@@ -25,6 +25,7 @@
 
 pub mod apparmor;
 pub mod containers;
+pub mod exit_watch;
 pub mod features;
 pub mod in_root;
 pub mod lifecycle;

@@ -21,8 +21,9 @@ use super::CriService;
 
 /// Events kept for subscribers that are behind; older ones are dropped.
 const BACKLOG: usize = 1024;
-/// How often running containers' exit files are looked at, so containers
-/// that exit by themselves get their Stopped event.
+/// How often running containers' exit files are looked at besides the
+/// exit watch (`Containers::watch_exits`), for a shim that died without
+/// writing one.
 const EXIT_POLL: Duration = Duration::from_secs(1);
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
@@ -63,6 +64,11 @@ impl CriService {
                 let _ = service.events.send(response);
             }
         });
+        let watching = self.containers.clone();
+        std::thread::Builder::new()
+            .name("exit-watch".into())
+            .spawn(move || watching.watch_exits())
+            .expect("spawn the exit watch thread");
         let containers = self.containers.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(EXIT_POLL);
