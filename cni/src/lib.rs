@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tracing::Instrument;
 
 pub use config::{ConfigError, NetworkConfigList};
 pub use exec::ExecError;
@@ -201,11 +202,11 @@ impl Cni {
             capability_args: att.capabilities.clone(),
             result: Value::Null,
         };
-        write_cache(&cache, &entry)?;
+        entry = write_cache(cache.clone(), entry).await?;
         match self.add_chain(&list, att).await {
             Ok(result) => {
                 entry.result = result.clone();
-                write_cache(&cache, &entry)?;
+                write_cache(cache, entry).await?;
                 Ok(Added {
                     network: list.name.clone(),
                     ips: pod_ips(&result),
@@ -228,7 +229,10 @@ impl Cni {
     async fn add_chain(&self, list: &NetworkConfigList, att: &Attachment) -> Result<Value, Error> {
         let mut prev: Option<Value> = None;
         for index in 0..list.plugins.len() {
-            let out = self.invoke(list, index, "ADD", att, prev.as_ref()).await?;
+            let out = self
+                .invoke(list, index, "ADD", att, prev.as_ref())
+                .instrument(berth_host::step!("cni_plugin"))
+                .await?;
             let result: Value = serde_json::from_slice(&out).map_err(|err| Error::Exec {
                 network: list.name.clone(),
                 source: ExecError::BadResult {
@@ -433,12 +437,21 @@ pub fn pod_ips(result: &Value) -> Vec<IpAddr> {
     ips
 }
 
-fn write_cache(path: &Path, entry: &CacheEntry) -> Result<(), Error> {
-    let bytes = serde_json::to_vec(entry).expect("cache entries serialize");
-    atomic_write(path, &bytes).map_err(|err| Error::Cache {
+/// Writes the cache entry durably, off the async workers (its fsyncs must
+/// not stall other RPCs); hands the entry back.
+async fn write_cache(path: PathBuf, entry: CacheEntry) -> Result<CacheEntry, Error> {
+    let bytes = serde_json::to_vec(&entry).expect("cache entries serialize");
+    let failed = |path: &Path, message: String| Error::Cache {
         path: path.to_path_buf(),
-        message: err.to_string(),
-    })
+        message,
+    };
+    let written = path.clone();
+    let step = berth_host::step!("cni_cache");
+    tokio::task::spawn_blocking(move || step.in_scope(|| atomic_write(&written, &bytes)))
+        .await
+        .map_err(|err| failed(&path, err.to_string()))?
+        .map_err(|err| failed(&path, err.to_string()))?;
+    Ok(entry)
 }
 
 fn read_cache(path: &Path) -> Result<Option<CacheEntry>, Error> {
