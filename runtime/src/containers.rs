@@ -205,9 +205,8 @@ impl Containers {
     /// left a started container recorded as created: the runtime knows.
     /// Its start time is lost; now stands in for it.
     fn adopt_started(&self) -> Vec<StoreError> {
-        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
         let mut errors = Vec::new();
-        for slot in slots {
+        for slot in self.slots() {
             let record = lock(&slot.record).clone();
             if record.state != ContainerState::Created || record.pid == 0 {
                 continue;
@@ -319,8 +318,7 @@ impl Containers {
     /// Learns which running containers exited by themselves (their shim's
     /// exit file), emitting their Stopped events; call it periodically.
     pub fn reap_exits(&self) {
-        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
-        for slot in slots {
+        for slot in self.slots() {
             if lock(&slot.record).state != ContainerState::Exited
                 && !slot.removed.load(Ordering::SeqCst)
             {
@@ -638,12 +636,17 @@ impl Containers {
         Ok(self.refreshed(&slot))
     }
 
+    /// Every container's slot, taken out of the index so that no work on
+    /// them holds the index lock.
+    fn slots(&self) -> Vec<Arc<Slot>> {
+        lock(&self.index).by_id.values().cloned().collect()
+    }
+
     /// Copies of every record as last learnt, without reading any file:
     /// exits reach the records through [`Containers::watch_exits`] as the
     /// shims write them, and through the periodic [`Containers::reap_exits`].
     pub fn list_known(&self) -> Vec<ContainerRecord> {
-        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
-        slots
+        self.slots()
             .iter()
             .map(|slot| lock(&slot.record).clone())
             .collect()
@@ -686,14 +689,15 @@ impl Containers {
     /// Copies of every record (no runtime calls: exits come from the shims'
     /// exit files).
     pub fn list(&self) -> Vec<ContainerRecord> {
-        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
-        slots.iter().map(|slot| self.refreshed(slot)).collect()
+        self.slots()
+            .iter()
+            .map(|slot| self.refreshed(slot))
+            .collect()
     }
 
     /// IDs of the pod's containers.
     pub fn of_pod(&self, pod_id: &str) -> Vec<String> {
-        let slots: Vec<Arc<Slot>> = lock(&self.index).by_id.values().cloned().collect();
-        slots
+        self.slots()
             .iter()
             .filter_map(|slot| {
                 let record = lock(&slot.record);
