@@ -677,21 +677,23 @@ fn pod_files(pod: &Pod, shm_size: u64) -> Result<(), Error> {
     write_owned(&pod.files.resolv_conf, &resolv_conf, owner)?;
     if !pod.spec.namespaces.host_ipc() {
         files::mount_shm(&pod.files.shm, shm_size)?;
-        if let Some((uid, gid)) = owner {
-            std::os::unix::fs::chown(&pod.files.shm, Some(uid), Some(gid))
-                .map_err(io(format!("cannot chown {}", pod.files.shm.display())))?;
-        }
+        chown(&pod.files.shm, owner)?;
     }
     Ok(())
 }
 
 fn write_owned(path: &Path, bytes: &[u8], owner: Option<(u32, u32)>) -> Result<(), Error> {
     files::write(path, bytes)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))
-            .map_err(io(format!("cannot chown {}", path.display())))?;
+    chown(path, owner)
+}
+
+/// Gives `path` to `owner` (the pod's root), if the pod has one.
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .map_err(io(format!("cannot chown {}", path.display()))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Runs blocking work off the async workers, in the caller's span.
