@@ -441,16 +441,14 @@ pub fn pod_ips(result: &Value) -> Vec<IpAddr> {
 /// not stall other RPCs); hands the entry back.
 async fn write_cache(path: PathBuf, entry: CacheEntry) -> Result<CacheEntry, Error> {
     let bytes = serde_json::to_vec(&entry).expect("cache entries serialize");
-    let failed = |path: &Path, message: String| Error::Cache {
-        path: path.to_path_buf(),
-        message,
-    };
-    let written = path.clone();
-    let step = berth_host::step!("cni_cache");
+    let (written, step) = (path.clone(), berth_host::step!("cni_cache"));
     tokio::task::spawn_blocking(move || step.in_scope(|| atomic_write(&written, &bytes)))
         .await
-        .map_err(|err| failed(&path, err.to_string()))?
-        .map_err(|err| failed(&path, err.to_string()))?;
+        .unwrap_or_else(|err| Err(std::io::Error::other(err)))
+        .map_err(|err| Error::Cache {
+            path,
+            message: err.to_string(),
+        })?;
     Ok(entry)
 }
 
