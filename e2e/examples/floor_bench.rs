@@ -190,15 +190,14 @@ fn runc(root: &Path, args: &[&str]) {
     assert!(status.success(), "runc {args:?}: {status}");
 }
 
-fn report(part: &str, values: &mut [f64]) {
-    values.sort_by(|a, b| a.total_cmp(b));
-    let at = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+/// Prints the part's p50 and p90; its p50.
+fn report(part: &str, values: &[f64]) -> f64 {
+    let [p50, p90] = berth_e2e::quantiles(values.to_vec(), [0.5, 0.9]);
     println!(
-        "floor {part} p50_ms={:.2} p90_ms={:.2} n={}",
-        at(0.5),
-        at(0.9),
+        "floor {part} p50_ms={p50:.2} p90_ms={p90:.2} n={}",
         values.len()
     );
+    p50
 }
 
 fn main() {
@@ -251,10 +250,11 @@ fn main() {
         }
         pods.push((id, dir, pins));
     }
-    for (part, values) in PARTS.iter().zip(timings.iter_mut()) {
-        report(part, values);
-    }
-    let sum: f64 = timings.iter().map(|v| v[(v.len() - 1) / 2]).sum();
+    let sum: f64 = PARTS
+        .iter()
+        .zip(&timings)
+        .map(|(part, values)| report(part, values))
+        .sum();
     println!("floor total p50_ms={sum:.2} n={count}");
     for (id, dir, pins) in pods {
         runc(&runc_root, &["delete", "--force", &id]);

@@ -214,30 +214,21 @@ async fn list_in_a_loop(
     (pods, containers)
 }
 
-fn report_list(label: &str, rpc: &str, mut values: Vec<f64>) {
+fn report_list(label: &str, rpc: &str, values: Vec<f64>) {
     if values.is_empty() {
         return;
     }
-    values.sort_by(f64::total_cmp);
-    let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
-    println!(
-        "{label} list {rpc} p50_ms={:.2} p99_ms={:.2} n={}",
-        pick(0.5),
-        pick(0.99),
-        values.len()
-    );
+    let n = values.len();
+    let [p50, p99] = berth_e2e::quantiles(values, [0.5, 0.99]);
+    println!("{label} list {rpc} p50_ms={p50:.2} p99_ms={p99:.2} n={n}");
 }
 
 fn report(label: &str, phase: &str, timings: &[Timings]) {
     for (i, step) in ["run", "create", "start", "ready"].iter().enumerate() {
-        let mut values: Vec<f64> = timings.iter().map(|t| t[i]).collect();
-        values.sort_by(f64::total_cmp);
-        let pick = |q: f64| values[((values.len() - 1) as f64 * q).round() as usize];
+        let [p50, p90] = berth_e2e::quantiles(timings.iter().map(|t| t[i]).collect(), [0.5, 0.9]);
         println!(
-            "{label} {phase} {step} p50_ms={:.2} p90_ms={:.2} n={}",
-            pick(0.5),
-            pick(0.9),
-            values.len()
+            "{label} {phase} {step} p50_ms={p50:.2} p90_ms={p90:.2} n={}",
+            timings.len()
         );
     }
 }

@@ -30,6 +30,13 @@ pub mod registry;
 pub mod systemd;
 pub mod world;
 
+/// The benchmarks' quantiles (`0.5` for p50, ...) of `values`, by nearest
+/// rank; `values` must not be empty.
+pub fn quantiles<const N: usize>(mut values: Vec<f64>, qs: [f64; N]) -> [f64; N] {
+    values.sort_by(f64::total_cmp);
+    qs.map(|q| values[((values.len() - 1) as f64 * q).round() as usize])
+}
+
 /// Whether a test can run here. When it cannot, it says why on stderr and
 /// returns false so the test returns early; under `CI=true` it panics
 /// instead, so CI never counts a test that did not run as passed.
