@@ -68,12 +68,9 @@ if ! [[ $timeout =~ ^[0-9]+$ ]] || ((timeout <= 400)); then
   exit 2
 fi
 
-cache=${BERTH_VM_CACHE:-/var/cache/berth-vm}
-cached_before=$(ls -d "$cache"/*/ 2>/dev/null || true)
-t=$SECONDS
-image=$(hack/vm/build.sh)
-build_seconds=$((SECONDS - t))
-if grep -qxF "$image/" <<<"$cached_before"; then build_kind=cached; else build_kind=cold; fi
+# shellcheck source=hack/vm/host.sh
+. hack/vm/host.sh
+vm_image
 
 echo "== hack/vm/bench-handlers.sh: building berthd, berth-shim and pod_bench (release)" >&2
 cargo build --release --locked -p berthd -p berth-shim --bins -p berth-e2e --example pod_bench >&2
@@ -94,35 +91,7 @@ mkdir -p "$share/bin"
 cp "$release/berthd" "$release/berth-shim" "$release/examples/pod_bench" "$share/bin/"
 cp hack/vm/bench-handlers-guest.sh "$share/"
 
-# The fixtures, as suite.sh builds them (and in the same place).
-fixtures=$repo/target/vm-suite-fixtures/$(sha256sum hack/fixtures.sh | cut -c1-16)
-if [[ ! -f $fixtures/oci/index.json ]]; then
-  rm -rf "$repo/target/vm-suite-fixtures"
-  bash hack/fixtures.sh "$fixtures" >/dev/null
-fi
-
-# The registry on the host's loopback, as suite.sh runs it.
-registry_dir=$(mktemp -d /tmp/berth-vm-registry-XXXXXX)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$registry_dir/config.yml" <<YML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $registry_dir/storage
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
-registry=$!
-trap 'kill "$registry" 2>/dev/null || true; rm -rf "$registry_dir"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
-  "oci:$fixtures/oci:busybox" "docker://127.0.0.1:$port/berth/busybox:latest"
+vm_registry
 
 cat >"$share/bench.env" <<ENV
 REGISTRY=10.0.2.2:$port
@@ -140,8 +109,6 @@ hack/vm/run.sh "$share" bench-handlers-guest.sh "$timeout"
 code=$?
 set -e
 
-# shellcheck source=/dev/null
-[[ -f $share/run-stats ]] && . "$share/run-stats"
 echo
 for handler in $handlers; do
   echo "== pod_bench, handler $handler (guest)"
@@ -187,9 +154,7 @@ for phase in seq par; do
   done
 done
 echo "== figures"
-echo "image build ($build_kind): ${build_seconds} s  ($image)"
-echo "boot to running (host clock): ${boot_seconds:-?} s"
-echo "QEMU run: ${qemu_seconds:-?} s, peak RSS ${peak_rss_mib:-?} MiB"
+vm_figures
 grep -h -e ': systemctl ' -e '^systemctl ' -e '^warm-up ' "$share/log" 2>/dev/null || true
 echo "bench wall time: $((SECONDS - started)) s"
 echo "handlers verified (state dirs under each handler's root): $verified"

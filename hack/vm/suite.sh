@@ -33,12 +33,9 @@ for cmd in docker-registry skopeo qemu-system-x86_64 python3; do
   }
 done
 
-cache=${BERTH_VM_CACHE:-/var/cache/berth-vm}
-cached_before=$(ls -d "$cache"/*/ 2>/dev/null || true)
-t=$SECONDS
-image=$(hack/vm/build.sh)
-build_seconds=$((SECONDS - t))
-if grep -qxF "$image/" <<<"$cached_before"; then build_kind=cached; else build_kind=cold; fi
+# shellcheck source=hack/vm/host.sh
+. hack/vm/host.sh
+vm_image
 
 echo "== hack/vm/suite.sh: building berthd, berth-shim and the e2e tests ($profile)" >&2
 test_bin=$(hack/vm/host-binaries.sh "$profile")
@@ -55,35 +52,7 @@ cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$share/bin/"
 cp "$test_bin" "$share/bin/e2e"
 cp hack/vm/suite-guest.sh "$share/"
 
-# The fixtures, built once per version of hack/fixtures.sh.
-fixtures=$repo/target/vm-suite-fixtures/$(sha256sum hack/fixtures.sh | cut -c1-16)
-if [[ ! -f $fixtures/oci/index.json ]]; then
-  rm -rf "$repo/target/vm-suite-fixtures"
-  bash hack/fixtures.sh "$fixtures" >/dev/null
-fi
-
-# The test registry on the host's loopback, as the e2e harness runs it.
-registry_dir=$(mktemp -d /tmp/berth-vm-registry-XXXXXX)
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$registry_dir/config.yml" <<YML
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $registry_dir/storage
-http:
-  addr: 127.0.0.1:$port
-YML
-docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
-registry=$!
-trap 'kill "$registry" 2>/dev/null || true; rm -rf "$registry_dir"' EXIT
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-skopeo copy --quiet --preserve-digests --dest-tls-verify=false \
-  "oci:$fixtures/oci:busybox" "docker://127.0.0.1:$port/berth/busybox:latest"
+vm_registry
 
 cat >"$share/suite.env" <<ENV
 REGISTRY=10.0.2.2:$port
@@ -98,15 +67,11 @@ hack/vm/run.sh "$share" suite-guest.sh "${BERTH_VM_SUITE_TIMEOUT:-900}"
 code=$?
 set -e
 
-# shellcheck source=/dev/null
-[[ -f $share/run-stats ]] && . "$share/run-stats"
 echo
 echo "== node VM suite: cases (driver, case, result)"
 cat "$share/results" 2>/dev/null || echo "(no results written)"
 echo "== figures"
-echo "image build ($build_kind): ${build_seconds} s  ($image)"
-echo "boot to running (host clock): ${boot_seconds:-?} s"
-echo "QEMU run: ${qemu_seconds:-?} s, peak RSS ${peak_rss_mib:-?} MiB"
+vm_figures
 grep -h -e ': systemctl ' -e '^test result: ' "$share/log" 2>/dev/null || true
 echo "suite wall time: $((SECONDS - started)) s"
 if ((code != 0)); then
