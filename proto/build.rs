@@ -1,6 +1,6 @@
 //! Generates the CRI v1 messages, servers and clients from the vendored
-//! `api/runtime/v1/api.proto` (protoc from the system: `hack/setup.sh`
-//! installs protobuf-compiler).
+//! `api/runtime/v1/api.proto`, and the NRI messages from `api/nri/api.proto`
+//! (protoc from the system: `hack/setup.sh` installs protobuf-compiler).
 
 use std::path::PathBuf;
 
@@ -24,4 +24,12 @@ fn main() {
         .skip_debug(["runtime.v1.AuthConfig"])
         .compile_protos(&[copy], &[include])
         .unwrap_or_else(|e| panic!("cannot generate the CRI from {vendored}: {e}"));
+    // NRI: messages only; its services run over ttrpc (berth-nri).
+    let nri = "api/nri/api.proto";
+    println!("cargo:rerun-if-changed={nri}");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(false)
+        .compile_protos(&[nri], &["api/nri"])
+        .unwrap_or_else(|e| panic!("cannot generate NRI from {nri}: {e}"));
 }

@@ -57,6 +57,9 @@ impl ToStatus for containers::Error {
             }
             Error::NameReserved { .. } => Status::already_exists(message),
             Error::WrongState { .. } => Status::failed_precondition(message),
+            Error::Create(berth_runtime::lifecycle::ContainerError::Adjust { .. }) => {
+                Status::unknown(message)
+            }
             // The request named what the image does not have.
             Error::Create(berth_runtime::lifecycle::ContainerError::Mounts {
                 source: berth_runtime::mounts::MountError::SubPath { .. },
@@ -98,6 +101,8 @@ impl ToStatus for berth_sandbox::Error {
             | Error::Network(_)
             | Error::SetupAndTeardown { .. }
             | Error::Teardown { .. } => Status::internal(message),
+            // An NRI plugin's refusal, as a plain error in CRI-O and containerd.
+            Error::Refused { .. } => Status::unknown(message),
         }
     }
 }
@@ -132,6 +137,14 @@ impl ToStatus for StoreError {
             // error on as is: UNKNOWN.
             StoreError::InUse { .. } => Status::unknown(message),
         }
+    }
+}
+
+/// An NRI plugin's error or refusal: a plain error (UNKNOWN) in CRI-O and
+/// containerd alike; the message names the plugin.
+impl ToStatus for berth_nri::Error {
+    fn to_status(&self) -> Status {
+        Status::unknown(self.to_string())
     }
 }
 

@@ -12,6 +12,13 @@ pub mod cri {
     tonic::include_proto!("runtime.v1");
 }
 
+/// NRI `nri.pkg.api.v1alpha1`: the messages of the plugin API; the ttrpc
+/// services are berth-nri's.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod nri {
+    tonic::include_proto!("nri.pkg.api.v1alpha1");
+}
+
 /// cri-api marks these fields `debug_redact`: they never reach a log.
 impl std::fmt::Debug for cri::AuthConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

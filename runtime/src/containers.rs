@@ -401,14 +401,16 @@ impl Containers {
 
     /// Creates the container `record` describes (its ID and name reserved
     /// by [`Containers::reserve`]): the record is written first, so a crash
-    /// midway leaves something Remove can clean up. On failure everything
-    /// is undone and the name freed.
+    /// midway leaves something Remove can clean up. `adjust` changes the
+    /// OCI spec before it is written. On failure everything is undone and
+    /// the name freed.
     pub fn create(
         &self,
         mut record: ContainerRecord,
         layers: Vec<PathBuf>,
         spec: ContainerSpec,
         own_oom_score_adj: i32,
+        adjust: Option<Box<lifecycle::SpecAdjust>>,
     ) -> Result<ContainerRecord, Error> {
         let result = (|| {
             let runtime = self.runtime_of(&record)?;
@@ -429,7 +431,7 @@ impl Containers {
                 spec,
                 own_oom_score_adj,
             };
-            match lifecycle::create(&runtime, &new) {
+            match lifecycle::create_adjusted(&runtime, &new, adjust.as_deref()) {
                 Ok(created) => {
                     berth_failpoint::hit(berth_failpoint::CONTAINER_AFTER_SHIM);
                     record.pid = created.pid;

@@ -45,6 +45,8 @@ pub enum ContainerError {
     },
     #[error("container {id}: {source}")]
     Spec { id: String, source: SpecError },
+    #[error("container {id}: {reason}")]
+    Adjust { id: String, reason: String },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -61,17 +63,34 @@ pub fn rootfs_of(run_dir: &Path) -> PathBuf {
     run_dir.join("rootfs")
 }
 
+/// Changes the generated OCI spec before it is written (NRI plugins'
+/// adjustments); an error refuses the container.
+pub type SpecAdjust = dyn Fn(&mut oci_spec::runtime::Spec) -> Result<(), String> + Send + Sync;
+
 /// Mounts the rootfs, writes the spec and creates the container through a
 /// new berth-shim. On failure everything made so far is undone.
 pub fn create(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, ContainerError> {
-    let result = create_inner(runtime, new);
+    create_adjusted(runtime, new, None)
+}
+
+/// [`create`], with `adjust` applied to the spec before it is written.
+pub fn create_adjusted(
+    runtime: &OciRuntime,
+    new: &NewContainer,
+    adjust: Option<&SpecAdjust>,
+) -> Result<Created, ContainerError> {
+    let result = create_inner(runtime, new, adjust);
     if result.is_err() {
         let _ = remove(runtime, &new.id, &new.run_dir, &new.state_dir);
     }
     result
 }
 
-fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, ContainerError> {
+fn create_inner(
+    runtime: &OciRuntime,
+    new: &NewContainer,
+    adjust: Option<&SpecAdjust>,
+) -> Result<Created, ContainerError> {
     let id = &new.id;
     let dir_err = |path: &Path| {
         let path = path.to_path_buf();
@@ -131,7 +150,13 @@ fn create_inner(runtime: &OciRuntime, new: &NewContainer) -> Result<Created, Con
         source,
     };
     let spec_step = berth_host::step!("spec").entered();
-    let oci = spec::generate(&container_spec, new.own_oom_score_adj).map_err(spec_err)?;
+    let mut oci = spec::generate(&container_spec, new.own_oom_score_adj).map_err(spec_err)?;
+    if let Some(adjust) = adjust {
+        adjust(&mut oci).map_err(|reason| ContainerError::Adjust {
+            id: id.clone(),
+            reason,
+        })?;
+    }
     spec::write(&new.run_dir, &oci).map_err(spec_err)?;
     drop(spec_step);
     let shim_step = berth_host::step!("shim_create").entered();

@@ -44,6 +44,8 @@ pub enum Error {
     NameReserved { name: String, holder: PodId },
     #[error("pod sandbox {0:?} not found")]
     NotFound(String),
+    #[error("pod sandbox {pod}: {reason}")]
+    Refused { pod: PodId, reason: String },
     #[error("pod sandbox ID prefix {prefix:?} is ambiguous: {count} pods match")]
     Ambiguous { prefix: String, count: usize },
     #[error("{what}: {source}")]
@@ -284,6 +286,16 @@ impl Sandboxes {
     /// RunPodSandbox: checks, reserves the name, sets everything up; on
     /// failure tears down whatever was made and frees the name.
     pub async fn run(&self, spec: PodSpec) -> Result<PodId, Error> {
+        self.run_admitted(spec, async |_| Ok(())).await
+    }
+
+    /// [`Sandboxes::run`], with `admit` asked once the pod is set up and
+    /// before it is visible; a refusal tears it down and frees its name.
+    pub async fn run_admitted(
+        &self,
+        spec: PodSpec,
+        admit: impl AsyncFnOnce(&Pod) -> Result<(), String>,
+    ) -> Result<PodId, Error> {
         let runtime_handler = self.resolve_handler(&spec.runtime_handler)?;
         spec.validate()?;
         spec.check_cgroup_parent(self.options.cgroup_driver)?;
@@ -306,6 +318,13 @@ impl Sandboxes {
         let mut pod = self.skeleton(&id, spec, runtime_handler);
         let result = match self.save(&pod).await {
             Ok(()) => self.set_up(&mut pod).await,
+            Err(err) => Err(err),
+        };
+        let result = match result {
+            Ok(()) => admit(&pod).await.map_err(|reason| Error::Refused {
+                pod: id.clone(),
+                reason,
+            }),
             Err(err) => Err(err),
         };
         match result {

@@ -45,6 +45,61 @@ pub struct Config {
     pub streaming: StreamingSettings,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
+    /// NRI plugins.
+    pub nri: NriConfig,
+}
+
+/// NRI, off by default as in CRI-O before 1.30 (defaults as CRI-O's
+/// `nri_*` keys, names as containerd's NRI table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NriConfig {
+    pub enable: bool,
+    /// The socket plugins connect to; only root may.
+    pub socket_path: PathBuf,
+    /// Plugins started with berthd: `NN-name` executables.
+    pub plugin_path: PathBuf,
+    /// Their configuration: `NN-name.conf` or `name.conf`.
+    pub plugin_config_path: PathBuf,
+    /// How long a plugin has to register once connected (`5s`, `500ms`).
+    pub registration_timeout: String,
+    /// How long a plugin has to answer one event; one that does not is
+    /// disconnected and the request goes on without it.
+    pub request_timeout: String,
+}
+
+impl Default for NriConfig {
+    fn default() -> Self {
+        NriConfig {
+            enable: false,
+            socket_path: PathBuf::from("/var/run/nri/nri.sock"),
+            plugin_path: PathBuf::from("/opt/nri/plugins"),
+            plugin_config_path: PathBuf::from("/etc/nri/conf.d"),
+            registration_timeout: "5s".into(),
+            request_timeout: "2s".into(),
+        }
+    }
+}
+
+/// `250ms`, `5s` or `1m`: the duration forms the NRI timeouts take.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("expected a duration with a unit (ms, s, m), got {text:?}"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration such as 2s or 500ms, got {text:?}"))?;
+    let duration = match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        _ => return Err(format!("expected the unit ms, s or m, got {text:?}")),
+    };
+    if duration.is_zero() {
+        return Err(format!("expected a duration above zero, got {text:?}"));
+    }
+    Ok(duration)
 }
 
 /// Off by default and on loopback, as CRI-O's `enable_metrics` /
@@ -245,6 +300,7 @@ impl Default for Config {
             image: ImageSettings::default(),
             streaming: StreamingSettings::default(),
             metrics: MetricsConfig::default(),
+            nri: NriConfig::default(),
         }
     }
 }
@@ -491,6 +547,9 @@ fn validate(loaded: &Loaded, systemd_running: bool) -> Result<(), ConfigError> {
         ("run_root", &config.run_root),
         ("listen", &config.listen),
         ("cni.conf_dir", &config.cni.conf_dir),
+        ("nri.socket_path", &config.nri.socket_path),
+        ("nri.plugin_path", &config.nri.plugin_path),
+        ("nri.plugin_config_path", &config.nri.plugin_config_path),
     ]
     .into_iter()
     .chain(bin_dirs)
@@ -516,6 +575,12 @@ fn validate(loaded: &Loaded, systemd_running: bool) -> Result<(), ConfigError> {
             "cni.plugin_timeout",
             "expected a number of seconds above 0".into(),
         ));
+    }
+    for (key, value) in [
+        ("nri.registration_timeout", &config.nri.registration_timeout),
+        ("nri.request_timeout", &config.nri.request_timeout),
+    ] {
+        parse_duration(value).map_err(|message| invalid(key, message))?;
     }
     if config.pod.shm_size < 4096 {
         return Err(invalid(

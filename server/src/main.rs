@@ -8,6 +8,7 @@ mod live;
 mod logging;
 mod metrics;
 mod notify;
+mod nri;
 mod reload;
 mod rlimit;
 mod rpc_trace;
@@ -134,6 +135,8 @@ enum ServeError {
     Containers(#[from] berth_runtime::record::StoreError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Nri(#[from] berth_nri::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -225,7 +228,9 @@ async fn run(
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI v1"
     );
+    let nri_config = config.nri.clone();
     let service = cri::CriService::new(config, images, streaming)?;
+    nri::start(&nri_config, &service)?;
     service.register_metrics(metrics::global());
     if let Some(listener) = metrics_listener {
         if let Ok(address) = listener.local_addr() {

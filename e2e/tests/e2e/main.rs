@@ -24,6 +24,7 @@ mod images;
 mod load;
 mod metrics;
 mod node;
+mod nri;
 mod pods;
 mod private_state;
 mod probes;

@@ -239,10 +239,42 @@ impl CriService {
         let containers = self.containers.clone();
         let own = berth_runtime::spec::own_oom_score_adj();
         let name = meta.name;
+        // Held until the container is visible, so a plugin connecting
+        // meanwhile learns of it exactly once.
+        let hooks = self.nri_hooks().await;
+        let nri_pod = hooks.as_ref().map(|_| crate::nri::pod(&pod));
+        let adjust = match (&hooks, &nri_pod) {
+            (Some(hooks), Some(nri_pod)) => {
+                match nri_create(hooks, nri_pod, &record, &spec, own).await {
+                    Ok(created) => created,
+                    Err(err) => {
+                        self.containers.release(&reserved_name, &id);
+                        return Err(err);
+                    }
+                }
+            }
+            _ => (None, Vec::new()),
+        };
+        let this = self.clone();
         let create = async move {
-            let created = blocking(move || containers.create(record, layers, spec, own)).await?;
+            let (adjust, updates) = adjust;
+            let created =
+                blocking(move || containers.create(record, layers, spec, own, adjust)).await?;
             drop((pin, volume_pins));
             tracing::info!(container = %created.id, pod = %created.pod_id, name = %name, "container created");
+            if let (Some(hooks), Some(nri_pod)) = (hooks, nri_pod) {
+                match this.nri_objects(&created.id).await {
+                    Ok((_, container)) => {
+                        if let Err(err) = hooks.post_create_container(&nri_pod, &container).await {
+                            tracing::warn!(container = %created.id, "{err}");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(container = %created.id, "NRI PostCreateContainer: {}", err.message())
+                    }
+                }
+                hooks.apply_updates(updates).await;
+            }
             Ok(created.id)
         };
         let container_id = self.abandoned.run(reserved_name, create).await?;
@@ -352,8 +384,23 @@ impl CriService {
         &self,
         request: StartContainerRequest,
     ) -> Result<StartContainerResponse, Status> {
+        let hooks = self.nri_hooks().await;
+        if let Some(hooks) = &hooks {
+            let (pod, container) = self.nri_objects(&request.container_id).await?;
+            hooks
+                .start_container(&pod, &container)
+                .await
+                .map_err(|err| err.to_status())?;
+        }
         let containers = self.containers.clone();
-        blocking(move || containers.start(&request.container_id)).await?;
+        let id = request.container_id.clone();
+        blocking(move || containers.start(&id)).await?;
+        if let Some(hooks) = &hooks {
+            let (pod, container) = self.nri_objects(&request.container_id).await?;
+            if let Err(err) = hooks.post_start_container(&pod, &container).await {
+                tracing::warn!(container = %request.container_id, "{err}");
+            }
+        }
         Ok(StartContainerResponse {})
     }
 
@@ -362,8 +409,26 @@ impl CriService {
         request: StopContainerRequest,
     ) -> Result<StopContainerResponse, Status> {
         let timeout = Duration::from_secs(request.timeout.max(0) as u64);
+        let hooks = self.nri_hooks().await;
+        // Plugins hear of a container's stop once: not of a stop of one
+        // that had already exited.
+        let was_up = match &hooks {
+            Some(_) => self
+                .containers
+                .get(&request.container_id)
+                .is_ok_and(|r| r.state != State::Exited),
+            None => false,
+        };
         let containers = self.containers.clone();
-        blocking(move || containers.stop(&request.container_id, timeout)).await?;
+        let id = request.container_id.clone();
+        blocking(move || containers.stop(&id, timeout)).await?;
+        if let (Some(hooks), true) = (&hooks, was_up) {
+            let (pod, container) = self.nri_objects(&request.container_id).await?;
+            match hooks.stop_container(&pod, &container).await {
+                Ok(updates) => hooks.apply_updates(updates).await,
+                Err(err) => tracing::warn!(container = %request.container_id, "{err}"),
+            }
+        }
         Ok(StopContainerResponse {})
     }
 
@@ -371,8 +436,18 @@ impl CriService {
         &self,
         request: RemoveContainerRequest,
     ) -> Result<RemoveContainerResponse, Status> {
+        let hooks = self.nri_hooks().await;
+        let known = match &hooks {
+            Some(_) => self.nri_objects(&request.container_id).await.ok(),
+            None => None,
+        };
         let containers = self.containers.clone();
         blocking(move || containers.remove(&request.container_id)).await?;
+        if let (Some(hooks), Some((pod, container))) = (&hooks, known)
+            && let Err(err) = hooks.remove_container(&pod, &container).await
+        {
+            tracing::warn!(container = %container.id, "{err}");
+        }
         Ok(RemoveContainerResponse {})
     }
 
@@ -528,6 +603,40 @@ impl CriService {
         failures
     }
 }
+
+/// CreateContainer's plugins asked: the container as it would be made,
+/// their merged adjustment (applied to the spec before it is written) and
+/// their updates of other containers.
+async fn nri_create(
+    hooks: &berth_nri::Hooks,
+    pod: &berth_nri::api::PodSandbox,
+    record: &ContainerRecord,
+    spec: &berth_runtime::spec::ContainerSpec,
+    own: i32,
+) -> Result<NriCreated, Status> {
+    let container = crate::nri::container_to_create(record, spec);
+    let created = hooks
+        .create_container(pod, &container)
+        .await
+        .map_err(|err| err.to_status())?;
+    if created.adjustment.is_empty() {
+        return Ok((None, created.updates));
+    }
+    let merged = created.adjustment;
+    let adjust: Box<berth_runtime::lifecycle::SpecAdjust> = Box::new(move |oci| {
+        let mut value = serde_json::to_value(&*oci).map_err(|e| e.to_string())?;
+        merged.apply(&mut value, own).map_err(|e| e.to_string())?;
+        *oci = serde_json::from_value(value)
+            .map_err(|e| format!("the NRI-adjusted spec is not a valid OCI spec: {e}"))?;
+        Ok(())
+    });
+    Ok((Some(adjust), created.updates))
+}
+
+type NriCreated = (
+    Option<Box<berth_runtime::lifecycle::SpecAdjust>>,
+    Vec<berth_nri::api::ContainerUpdate>,
+);
 
 /// The lookup the streaming server (exec, attach, port-forward) uses.
 impl CriService {

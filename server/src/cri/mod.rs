@@ -10,6 +10,7 @@ mod image;
 mod image_service;
 mod list_stream;
 mod metrics;
+mod nri_hooks;
 mod pod;
 mod resources;
 mod runtime_info;
@@ -44,6 +45,8 @@ pub struct CriService {
     stats: Arc<berth_runtime::stats::Stats>,
     /// Pods and containers made after their caller gave up, for the retry.
     abandoned: Arc<abandoned::Abandoned>,
+    /// Set once at start when `[nri] enable` is.
+    nri: Arc<std::sync::OnceLock<berth_nri::Nri>>,
 }
 
 impl CriService {
@@ -73,6 +76,7 @@ impl CriService {
             events: events::channel(),
             stats: Arc::new(berth_runtime::stats::Stats::new()),
             abandoned: Arc::default(),
+            nri: Arc::default(),
         };
         service.start_events();
         Ok(service)

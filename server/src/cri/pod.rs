@@ -103,11 +103,22 @@ impl CriService {
             return Ok(RunPodSandboxResponse { pod_sandbox_id: id });
         }
         let pods = self.pods.clone();
+        let nri = self.clone();
         let create = async move {
-            pods.run(spec)
-                .await
-                .map(|id| id.to_string())
-                .map_err(status)
+            // Held until the pod is visible: no container can be made in it
+            // before its plugins have answered, and a plugin connecting
+            // meanwhile learns of it exactly once.
+            let hooks = nri.nri_hooks().await;
+            pods.run_admitted(spec, async |pod| match &hooks {
+                Some(hooks) => hooks
+                    .run_pod_sandbox(&crate::nri::pod(pod))
+                    .await
+                    .map_err(|err| err.to_string()),
+                None => Ok(()),
+            })
+            .await
+            .map(|id| id.to_string())
+            .map_err(status)
         };
         let pod_sandbox_id = self.abandoned.run(name, create).await?;
         super::span_ids::record_ids(&pod_sandbox_id, "");
@@ -134,17 +145,32 @@ impl CriService {
     /// reloaded after a restart), then the pod itself; every step runs and
     /// every failure is reported.
     async fn pod_down(&self, id: &str, remove: bool) -> Result<(), Status> {
-        let pod_id = match self.pods.get(id).await {
-            Ok(pod) => pod.id,
+        let pod = match self.pods.get(id).await {
+            Ok(pod) => pod,
             Err(Error::NotFound(_)) => return Ok(()),
             Err(err) => return Err(status(err)),
         };
+        let pod_id = pod.id.clone();
+        let hooks = self.nri_hooks().await;
         let failures = self.pod_containers_down(pod_id.as_str(), remove).await;
-        let pod = if remove {
+        // Plugins hear of a pod's stop once, after its containers stopped.
+        if let Some(hooks) = &hooks
+            && pod.effective_state() == berth_sandbox::State::Ready
+            && let Err(err) = hooks.stop_pod_sandbox(&crate::nri::pod(&pod)).await
+        {
+            tracing::warn!(pod = %pod_id, "{err}");
+        }
+        let result = if remove {
             self.pods.remove(pod_id.as_str()).await
         } else {
             self.pods.stop(pod_id.as_str()).await
         };
+        if let (Some(hooks), true, Ok(())) = (&hooks, remove, &result)
+            && let Err(err) = hooks.remove_pod_sandbox(&crate::nri::pod(&pod)).await
+        {
+            tracing::warn!(pod = %pod_id, "{err}");
+        }
+        let pod = result;
         match (pod, failures.is_empty()) {
             (Ok(()), true) => Ok(()),
             (Ok(()), false) => Err(Status::internal(format!(
@@ -245,11 +271,40 @@ impl CriService {
         let limits =
             berth_cri::pod_resize::limits(request.resources.as_ref(), request.overhead.as_ref())
                 .map_err(|err| err.to_status())?;
+        let hooks = self.nri_hooks().await;
+        let nri_pod = match &hooks {
+            Some(hooks) => {
+                let pod = self
+                    .pods
+                    .get(&request.pod_sandbox_id)
+                    .await
+                    .map_err(status)?;
+                let pod = crate::nri::pod(&pod);
+                let resources = |r: Option<&berth_proto::cri::LinuxContainerResources>| {
+                    r.map(crate::nri::cri_resources_to_nri)
+                };
+                hooks
+                    .update_pod_sandbox(
+                        &pod,
+                        resources(request.overhead.as_ref()),
+                        resources(request.resources.as_ref()),
+                    )
+                    .await
+                    .map_err(|err| err.to_status())?;
+                Some(pod)
+            }
+            None => None,
+        };
         let applied = self
             .pods
             .update_resources(&request.pod_sandbox_id, limits)
             .await
             .map_err(status)?;
+        if let (Some(hooks), Some(pod)) = (&hooks, &nri_pod)
+            && let Err(err) = hooks.post_update_pod_sandbox(pod).await
+        {
+            tracing::warn!(pod = %pod.id, "{err}");
+        }
         tracing::info!(?limits, ?applied, "pod sandbox resources updated");
         Ok(UpdatePodSandboxResourcesResponse {})
     }

@@ -33,8 +33,44 @@ impl CriService {
                 format!("container {}: {}", record.id, status.message()),
             )
         })?;
+        let hooks = self.nri_hooks().await;
+        let mut nri = None;
+        let resources = match &hooks {
+            None => resources,
+            Some(hooks) => {
+                let (pod, container) = self.nri_objects(&record.id).await?;
+                let asked = crate::nri::resources_to_nri(&resources);
+                let (merged, others) = hooks
+                    .update_container(&pod, &container, asked)
+                    .await
+                    .map_err(|err| err.to_status())?;
+                nri = Some((pod, container, others));
+                crate::nri::resources_from_nri(&merged).map_err(|reason| {
+                    Status::unknown(format!("container {}: {reason}", record.id))
+                })?
+            }
+        };
+        self.apply_resources(&record.id, resources).await?;
+        if let (Some(hooks), Some((pod, container, others))) = (&hooks, nri) {
+            if let Err(err) = hooks.post_update_container(&pod, &container).await {
+                tracing::warn!(container = %record.id, "{err}");
+            }
+            hooks.apply_updates(others).await;
+        }
+        tracing::info!(container = %record.id, "container resources updated");
+        Ok(UpdateContainerResourcesResponse {})
+    }
+
+    /// New limits through the OCI runtime, kept in `config.json` and the
+    /// record: UpdateContainerResources' and NRI plugins' updates alike.
+    pub(crate) async fn apply_resources(
+        &self,
+        id: &str,
+        resources: berth_runtime::spec::Resources,
+    ) -> Result<(), Status> {
+        let host = Host::probe();
         let containers = self.containers.clone();
-        let id = record.id.clone();
+        let id = id.to_string();
         blocking(move || {
             containers.update_resources(&id, &resources, |record| {
                 let mut merged = berth_cri::container_status::resources_to_update(record, &host);
@@ -42,8 +78,6 @@ impl CriService {
                 record.resources = Some(merged);
             })
         })
-        .await?;
-        tracing::info!(container = %record.id, "container resources updated");
-        Ok(UpdateContainerResourcesResponse {})
+        .await
     }
 }

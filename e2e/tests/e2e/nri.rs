@@ -1,0 +1,699 @@
+//! NRI through the real berthd: the test plugin (e2e/src/bin/
+//! nri-test-plugin.rs, over berth-nri's stub) on the real socket, real
+//! runc and cgroups. Each test has its own berthd, NRI socket and plugins,
+//! so they run in parallel. Pods use the host's network.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use berth_e2e::cri::{
+    ContainerStatusRequest, ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest,
+    RunPodSandboxRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+};
+use berth_e2e::world::{World, can_run_here};
+use serde_json::{Value, json};
+
+const PLUGIN: &str = env!("CARGO_BIN_EXE_nri-test-plugin");
+
+struct Nri {
+    dir: tempfile::TempDir,
+}
+
+impl Nri {
+    fn new() -> Nri {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-nri-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir(dir.path().join("plugins")).unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        Nri { dir }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("nri.sock")
+    }
+
+    /// berthd's `[nri]` table, NRI on, with `request_timeout`.
+    fn table(&self, enable: bool, request_timeout: &str) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "[nri]\nenable = {enable}\nsocket_path = \"{d}/nri.sock\"\nplugin_path = \"{d}/plugins\"\n\
+             plugin_config_path = \"{d}/conf.d\"\nrequest_timeout = \"{request_timeout}\"\n"
+        )
+    }
+
+    async fn world(&self, tag: &str, request_timeout: &str) -> World {
+        World::with_config(tag, &self.table(true, request_timeout)).await
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.jsonl"))
+    }
+
+    /// Starts the test plugin `idx-name` on the socket and waits until it
+    /// is synchronized. `behaviour` gets its `log`.
+    fn connect(&self, name: &str, idx: &str, mut behaviour: Value) -> TestPlugin {
+        let log = self.log(name);
+        behaviour["log"] = json!(log);
+        let file = self.dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, behaviour.to_string()).unwrap();
+        let child = Command::new(PLUGIN)
+            .args(["--socket", &self.socket().display().to_string()])
+            .args(["--name", name, "--idx", idx])
+            .args(["--behaviour", &file.display().to_string()])
+            .spawn()
+            .unwrap();
+        let plugin = TestPlugin { child, log };
+        plugin.wait_for("Synchronize");
+        plugin
+    }
+}
+
+struct TestPlugin {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Drop for TestPlugin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn events(log: &Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn names(log: &Path) -> Vec<String> {
+    events(log)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_string())
+        .collect()
+}
+
+impl TestPlugin {
+    fn events(&self) -> Vec<Value> {
+        events(&self.log)
+    }
+
+    fn names(&self) -> Vec<String> {
+        names(&self.log)
+    }
+
+    fn wait_for(&self, event: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.names().iter().any(|n| n == event) {
+            assert!(
+                Instant::now() < deadline,
+                "no {event} in {:?}",
+                self.names()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process has ended: the runtime hung up on it.
+    fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+async fn run_pod(w: &mut World, name: &str) -> Result<String, tonic::Status> {
+    let config = w.pod_config(name);
+    w.client
+        .clone()
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+async fn pods_listed(w: &World) -> usize {
+    w.client
+        .clone()
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items
+        .len()
+}
+
+async fn containers_listed(w: &World) -> usize {
+    w.client
+        .clone()
+        .list_containers(ListContainersRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_table_nri_is_off() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    // The table present but not enabled, and absent: no socket either way.
+    let mut w = World::with_config("nri-off", &nri.table(false, "2s")).await;
+    let pod = w.pod("nri-off").await;
+    let id = w.run(&pod, w.container("c", "sleep 60")).await;
+    assert!(!nri.socket().exists());
+    w.stop(&id, 0).await;
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_a_plugin_in_index_order_with_their_metadata() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-order", "2s").await;
+    let late = nri.connect("late", "90", json!({}));
+    let early = nri.connect(
+        "early",
+        "05",
+        json!({"events": ["RunPodSandbox", "StopPodSandbox"]}),
+    );
+    assert_eq!(early.names(), ["Configure", "Synchronize"]);
+    let pod = w.pod("nri-order").await;
+    let mut config = w.container("ctr", "sleep 60");
+    config.labels.insert("app".into(), "nri".into());
+    let id = w.run(&pod, config).await;
+    w.client
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(berth_e2e::cri::LinuxContainerResources {
+                cpu_shares: 512,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    w.stop(&id, 0).await;
+    // Stopping an exited container again tells plugins nothing new.
+    w.stop(&id, 0).await;
+    w.remove(&id).await;
+    w.remove_pod(&pod).await;
+    assert_eq!(
+        late.names(),
+        [
+            "Configure",
+            "Synchronize",
+            "RunPodSandbox",
+            "CreateContainer",
+            // Subscribed to every event: validators' too.
+            "ValidateContainerAdjustment",
+            "PostCreateContainer",
+            "StartContainer",
+            "PostStartContainer",
+            "UpdateContainer",
+            "PostUpdateContainer",
+            "StopContainer",
+            "RemoveContainer",
+            "StopPodSandbox",
+            "RemovePodSandbox",
+        ]
+    );
+    assert_eq!(
+        early.names(),
+        [
+            "Configure",
+            "Synchronize",
+            "RunPodSandbox",
+            "StopPodSandbox"
+        ]
+    );
+    let events = late.events();
+    let run = &events[2];
+    assert_eq!(run["pod"]["id"], json!(pod));
+    assert_eq!(run["pod"]["name"], json!("nri-order"));
+    assert_eq!(run["pod"]["uid"], json!("uid-nri-order"));
+    assert_eq!(run["pod"]["namespace"], json!("e2e"));
+    assert_eq!(run["pod"]["runtime_handler"], json!("runc"));
+    let create = &events[3];
+    assert_eq!(create["container"]["name"], json!("ctr"));
+    assert_eq!(create["container"]["pod"], json!(pod));
+    assert_eq!(create["container"]["labels"]["app"], json!("nri"));
+    assert!(create["container"]["args"].to_string().contains("sleep 60"));
+    let post_start = &events[7];
+    assert_eq!(post_start["container"]["id"], json!(id));
+    assert!(post_start["container"]["pid"].as_u64().unwrap() > 0);
+    assert_eq!(post_start["container"]["state"], json!(3), "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adjustments_take_effect_in_the_running_container() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-adjust", "2s").await;
+    let host_dir = nri.dir.path().join("shared");
+    std::fs::create_dir(&host_dir).unwrap();
+    std::fs::write(host_dir.join("hello"), "from the plugin\n").unwrap();
+    let hook_mark = nri.dir.path().join("hook-ran");
+    let _adjuster = nri.connect(
+        "adjuster",
+        "10",
+        json!({"adjust": {
+            "env": {"NRI_ENV": "set-by-plugin"},
+            "annotations": {"nri.test/annotation": "yes"},
+            "mounts": [{"destination": "/nri", "source": host_dir, "type": "bind",
+                        "options": ["rbind", "ro"]}],
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1000}],
+            "hooks": {"create_runtime": [{"path": "/bin/sh",
+                "args": ["sh", "-c", format!("echo ran > {}", hook_mark.display())]}]},
+            "devices": [{"path": "/dev/nri-null", "type": "c", "major": 1, "minor": 3,
+                         "file_mode": 0o666}],
+            "sysctl": {"kernel.shm_rmid_forced": "1"},
+            "memory_limit": 64 << 20,
+            "pids_limit": 77,
+            "oom_score_adj": 901,
+        }}),
+    );
+    let pod = w.pod("nri-adjust").await;
+    let id = w.run(&pod, w.container("ctr", "sleep 60")).await;
+    let (code, out, err) = w
+        .exec(
+            &id,
+            "echo env=$NRI_ENV; cat /nri/hello; ulimit -n; ls -l /dev/nri-null; \
+             cat /proc/self/oom_score_adj; echo ok > /dev/nri-null && echo dev-ok; \
+             echo shm=$(cat /proc/sys/kernel/shm_rmid_forced)",
+            10,
+        )
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("env=set-by-plugin"), "{out}");
+    assert!(out.contains("from the plugin"), "{out}");
+    assert!(out.contains("1000"), "{out}");
+    assert!(out.contains("dev-ok"), "{out}");
+    assert!(out.contains("901"), "{out}");
+    assert!(out.contains("shm=1"), "{out}");
+    assert!(hook_mark.exists(), "the createRuntime hook did not run");
+    let status = w
+        .client
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let info: Value = serde_json::from_str(&status.info["info"]).unwrap();
+    let spec = &info["runtimeSpec"];
+    assert_eq!(spec["annotations"]["nri.test/annotation"], json!("yes"));
+    assert_eq!(
+        spec["linux"]["resources"]["memory"]["limit"],
+        json!(64 << 20)
+    );
+    assert_eq!(spec["linux"]["resources"]["pids"]["limit"], json!(77));
+    assert_eq!(
+        spec["linux"]["sysctl"]["kernel.shm_rmid_forced"],
+        json!("1")
+    );
+    // The limits are the container's cgroup's.
+    let (code, out, _) = w
+        .exec(
+            &id,
+            "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max",
+            10,
+        )
+        .await;
+    assert_eq!((code, out.trim()), (0, "77"));
+    w.stop(&id, 0).await;
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_plugins_and_a_validator_refuse_the_container_by_name() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-conflict", "2s").await;
+    let a = nri.connect("alpha", "10", json!({"adjust": {"memory_limit": 64 << 20}}));
+    let b = nri.connect("beta", "20", json!({"adjust": {"memory_limit": 32 << 20}}));
+    let pod = w.pod("nri-conflict").await;
+    let err = w
+        .create(&pod, w.container("c", "sleep 60"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    assert!(
+        err.message().contains("\"10-alpha\"") && err.message().contains("\"20-beta\""),
+        "{err:?}"
+    );
+    assert_eq!(containers_listed(&w).await, 0);
+    drop(b);
+    // A validator sees alpha's adjustment and refuses it.
+    let validator = nri.connect(
+        "gate",
+        "30",
+        json!({"events": ["ValidateContainerAdjustment"], "reject": "memory limits are not allowed"}),
+    );
+    let err = w
+        .create(&pod, w.container("c", "sleep 60"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("30-gate") && err.message().contains("not allowed"),
+        "{err:?}"
+    );
+    drop((a, validator));
+    // Neither left anything: the same name is free.
+    let mut ok = false;
+    for _ in 0..100 {
+        if w.create(&pod, w.container("c", "sleep 60")).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the name stayed taken");
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsupported_adjustment_is_refused_not_dropped() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-cdi", "2s").await;
+    let _p = nri.connect(
+        "cdi",
+        "10",
+        json!({"adjust": {"cdi_devices": ["vendor.com/gpu=0"]}}),
+    );
+    let pod = w.pod("nri-cdi").await;
+    let err = w.create(&pod, w.container("c", "true")).await.unwrap_err();
+    assert!(
+        err.message().contains("CDI devices") && err.message().contains("10-cdi"),
+        "{err:?}"
+    );
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_hook_fails_the_request_cleanly_and_a_retry_succeeds() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-fail", "2s").await;
+    let failing = nri.connect(
+        "failing",
+        "10",
+        json!({"fail": {"RunPodSandbox": "no pods today", "CreateContainer": "no containers today"}}),
+    );
+    let err = run_pod(&mut w, "nri-fail").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unknown, "{err:?}");
+    assert!(
+        err.message().contains("10-failing") && err.message().contains("no pods today"),
+        "{err:?}"
+    );
+    assert_eq!(pods_listed(&w).await, 0);
+    let ns = w.berthd().paths().run_root().join("ns");
+    let pinned: usize = std::fs::read_dir(&ns)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|kind| {
+            std::fs::read_dir(kind.path())
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(pinned, 0, "namespaces left pinned under {}", ns.display());
+    drop(failing);
+    // The name is free: the retry makes the pod.
+    let mut pod = None;
+    for _ in 0..100 {
+        if let Ok(id) = run_pod(&mut w, "nri-fail").await {
+            pod = Some(id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pod = pod.expect("the retry failed");
+    let failing = nri.connect(
+        "failing-again",
+        "10",
+        json!({"fail": {"CreateContainer": "no containers today"}}),
+    );
+    let err = w.create(&pod, w.container("c", "true")).await.unwrap_err();
+    assert!(err.message().contains("no containers today"), "{err:?}");
+    assert_eq!(containers_listed(&w).await, 0);
+    drop(failing);
+    let mut created = false;
+    for _ in 0..100 {
+        if w.create(&pod, w.container("c", "true")).await.is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(created, "the container's retry failed");
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_visible_or_started_while_its_hook_runs() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-slow", "10s").await;
+    let _slow = nri.connect(
+        "slow",
+        "10",
+        json!({"slow_ms": {"RunPodSandbox": 1500, "CreateContainer": 1500}}),
+    );
+    let mut creating = w.client.clone();
+    let config = w.pod_config("nri-slow");
+    let run = tokio::spawn(async move {
+        creating
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config),
+                runtime_handler: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().pod_sandbox_id)
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        pods_listed(&w).await,
+        0,
+        "the pod is listed while its hook runs"
+    );
+    let pod = run.await.unwrap().unwrap();
+    assert_eq!(pods_listed(&w).await, 1);
+    let mut creating = w.client.clone();
+    let request = berth_e2e::cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(w.container("c", "sleep 60")),
+        sandbox_config: Some(w.pod_config("nri-slow")),
+    };
+    let create = tokio::spawn(async move { creating.create_container(request).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        containers_listed(&w).await,
+        0,
+        "the container is listed while its hook runs"
+    );
+    create.await.unwrap().unwrap();
+    assert_eq!(containers_listed(&w).await, 1);
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_pod_sandbox_stops_the_containers_first_and_is_idempotent() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-stop", "10s").await;
+    let plugin = nri.connect(
+        "stopper",
+        "10",
+        json!({"events": ["StopPodSandbox"], "slow_ms": {"StopPodSandbox": 1500}}),
+    );
+    let pod = w.pod("nri-stop").await;
+    let id = w.run(&pod, w.container("c", "sleep 600")).await;
+    let mut stopping = w.client.clone();
+    let pod_id = pod.clone();
+    let stop = tokio::spawn(async move {
+        stopping
+            .stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod_id,
+            })
+            .await
+    });
+    plugin.wait_for("StopPodSandbox");
+    // The hook runs: the container has already stopped.
+    assert_eq!(w.status(&id).await.state, 2, "exited");
+    stop.await.unwrap().unwrap();
+    w.client
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let stops = plugin
+        .names()
+        .iter()
+        .filter(|n| *n == "StopPodSandbox")
+        .count();
+    assert_eq!(stops, 1);
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_connecting_while_pods_are_made_learns_of_each_once() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let w = nri.world("nri-race", "5s").await;
+    let mut client = w.client.clone();
+    let configs: Vec<_> = (0..8)
+        .map(|i| w.pod_config(&format!("nri-race-{i}")))
+        .collect();
+    let making = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for config in configs {
+            let id = client
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: String::new(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .pod_sandbox_id;
+            ids.push(id);
+        }
+        ids
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let late = nri.connect("late", "10", json!({"events": ["RunPodSandbox"]}));
+    let ids = making.await.unwrap();
+    let events = late.events();
+    for id in &ids {
+        let synced = events
+            .iter()
+            .filter(|e| e["event"] == "Synchronize")
+            .flat_map(|e| e["pods"].as_array().cloned().unwrap_or_default())
+            .filter(|p| p == id)
+            .count();
+        let told = events
+            .iter()
+            .filter(|e| e["event"] == "RunPodSandbox" && e["pod"]["id"] == json!(id))
+            .count();
+        assert_eq!(
+            synced + told,
+            1,
+            "pod {id}: synchronized {synced}, told {told}: {events:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_hangs_is_disconnected_and_the_request_goes_on() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-hang", "1s").await;
+    let mut hanging = nri.connect("hanging", "10", json!({"hang": ["RunPodSandbox"]}));
+    let started = Instant::now();
+    let pod = run_pod(&mut w, "nri-hang").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert!(
+        hanging.exited_within(Duration::from_secs(10)),
+        "berthd kept the hanging plugin"
+    );
+    // Without it, the next pod does not wait.
+    let started = Instant::now();
+    let second = run_pod(&mut w, "nri-hang-2").await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    w.remove_pod(&second).await;
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_crashes_is_dropped_and_berthd_keeps_serving() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let mut w = nri.world("nri-crash", "2s").await;
+    let mut crashing = nri.connect("crashing", "10", json!({"crash": ["CreateContainer"]}));
+    let watcher = nri.connect(
+        "watcher",
+        "20",
+        json!({"events": ["CreateContainer", "RemoveContainer"]}),
+    );
+    let pod = w.pod("nri-crash").await;
+    let id = w.run(&pod, w.container("c", "sleep 60")).await;
+    assert!(crashing.exited_within(Duration::from_secs(5)));
+    w.stop(&id, 0).await;
+    w.client
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(watcher.names()[2..], ["CreateContainer", "RemoveContainer"]);
+    w.remove_pod(&pod).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_installed_plugin_is_started_with_its_configuration() {
+    if !can_run_here() {
+        return;
+    }
+    let nri = Nri::new();
+    let plugins = nri.dir.path().join("plugins");
+    std::fs::copy(PLUGIN, plugins.join("30-installed")).unwrap();
+    let log = nri.log("installed");
+    std::fs::write(
+        nri.dir.path().join("conf.d/30-installed.conf"),
+        json!({"log": log, "events": ["RunPodSandbox"]}).to_string(),
+    )
+    .unwrap();
+    let mut w = nri.world("nri-installed", "2s").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !names(&log).iter().any(|n| n == "Synchronize") {
+        assert!(
+            Instant::now() < deadline,
+            "the installed plugin did not register"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pod = run_pod(&mut w, "nri-installed").await.unwrap();
+    assert_eq!(names(&log), ["Configure", "Synchronize", "RunPodSandbox"]);
+    assert_eq!(events(&log)[0]["runtime"], json!("berth"));
+    w.remove_pod(&pod).await;
+}

@@ -1,0 +1,67 @@
+//! What the RPCs need for NRI: the hooks when NRI is on, and pods and
+//! containers in NRI's form.
+
+use berth_nri::api;
+use tonic::Status;
+
+use super::CriService;
+use super::container::blocking;
+
+impl CriService {
+    pub fn set_nri(&self, nri: berth_nri::Nri) {
+        let _ = self.nri.set(nri);
+    }
+
+    /// The NRI hooks of one RPC, when NRI is on; see `berth_nri::Nri::hooks`.
+    pub(super) async fn nri_hooks(&self) -> Option<berth_nri::Hooks> {
+        match self.nri.get() {
+            Some(nri) => Some(nri.hooks().await),
+            None => None,
+        }
+    }
+
+    /// A container and its pod as plugins see them.
+    pub(super) async fn nri_objects(
+        &self,
+        container_id: &str,
+    ) -> Result<(api::PodSandbox, api::Container), Status> {
+        let containers = self.containers.clone();
+        let id = container_id.to_string();
+        let (record, spec) = blocking(move || {
+            let record = containers.get(&id)?;
+            let spec = berth_runtime::spec::read(&record.run_dir)
+                .ok()
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or_default();
+            Ok((record, spec))
+        })
+        .await?;
+        let pod = self
+            .pods
+            .get(&record.pod_id)
+            .await
+            .map_err(super::pod::status)?;
+        Ok((crate::nri::pod(&pod), crate::nri::container(&record, &spec)))
+    }
+
+    /// Every pod and container, for a plugin's Synchronize.
+    pub(crate) async fn nri_snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>) {
+        let pods = self.pods.list().await;
+        let records = self.containers.list_known();
+        let containers = tokio::task::spawn_blocking(move || {
+            records
+                .iter()
+                .map(|record| {
+                    let spec = berth_runtime::spec::read(&record.run_dir)
+                        .ok()
+                        .and_then(|s| serde_json::to_value(s).ok())
+                        .unwrap_or_default();
+                    crate::nri::container(record, &spec)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        (pods.iter().map(crate::nri::pod).collect(), containers)
+    }
+}
