@@ -3,7 +3,7 @@
 //! them (NRI_PLUGIN_NAME, NRI_PLUGIN_IDX, NRI_PLUGIN_SOCKET=3).
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixStream;
@@ -31,12 +31,17 @@ pub(crate) fn installed(dir: &Path) -> Vec<Installed> {
         .filter_map(|entry| {
             let name = entry.file_name().into_string().ok()?;
             let (idx, base) = name.split_once('-')?;
-            let executable = entry
-                .metadata()
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-            let valid = idx.len() == 2 && idx.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty();
+            let meta = entry.metadata().ok()?;
+            let executable = meta.is_file() && meta.permissions().mode() & 0o111 != 0;
+            let valid =
+                idx.len() == 2 && idx.bytes().all(|b| b.is_ascii_digit()) && !base.is_empty();
             if !(valid && executable) {
                 tracing::warn!(path = %entry.path().display(), "NRI plugin dir: not an NN-name executable, skipped");
+                return None;
+            }
+            // berthd runs it as root: anyone who could replace it would be root.
+            if meta.uid() != 0 || meta.permissions().mode() & 0o022 != 0 {
+                tracing::warn!(path = %entry.path().display(), "NRI plugin dir: not owned by root or writable by others, skipped");
                 return None;
             }
             Some(Installed {
@@ -109,4 +114,35 @@ pub(crate) fn start(
             child,
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_owned_nn_name_executables_are_plugins() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write("10-good", 0o755);
+        write("05-also", 0o700);
+        write("not-indexed", 0o755);
+        write("1-short", 0o755);
+        write("20-noexec", 0o644);
+        write("30-writable", 0o777);
+        let found: Vec<String> = installed(dir.path())
+            .iter()
+            .map(|p| format!("{}-{}", p.idx, p.base))
+            .collect();
+        if nix::unistd::geteuid().is_root() {
+            assert_eq!(found, ["05-also", "10-good"]);
+        } else {
+            // Files a test user makes are not root's: none qualifies.
+            assert!(found.is_empty(), "{found:?}");
+        }
+    }
 }

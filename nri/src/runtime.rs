@@ -40,6 +40,9 @@ struct Inner {
     config: Config,
     runtime: Arc<dyn Runtime>,
     plugins: Arc<RwLock<Vec<Arc<Plugin>>>>,
+    /// Containers plugins were told stopped: each is told once, whether it
+    /// was stopped, stopped with its pod, or exited on its own.
+    stopped: Mutex<std::collections::HashSet<String>>,
 }
 
 struct Plugin {
@@ -109,6 +112,7 @@ impl Nri {
             config,
             runtime,
             plugins: Arc::default(),
+            stopped: Mutex::default(),
         });
         let accepting = Arc::clone(&inner);
         tokio::spawn(async move {
@@ -294,20 +298,8 @@ impl Inner {
             let mut plugins = self.plugins.write().await;
             let (pods, containers) = self.runtime.snapshot().await;
             let (n_pods, n_containers) = (pods.len(), containers.len());
-            let request = api::SynchronizeRequest {
-                pods,
-                containers,
-                more: false,
-            };
-            let synced: Result<api::SynchronizeResponse, _> = rpc::call(
-                &plugin.client,
-                PLUGIN_SERVICE,
-                "Synchronize",
-                &request,
-                request_timeout,
-            )
-            .await;
-            let synced = match synced {
+            let synced = match synchronize(&plugin.client, pods, containers, request_timeout).await
+            {
                 Ok(synced) => synced,
                 Err(err) => {
                     plugin.close();
@@ -343,6 +335,68 @@ impl Inner {
         });
         Ok(())
     }
+}
+
+/// What one Synchronize message may carry: below ttrpc's 4 MiB limit.
+const SYNC_BUDGET: usize = 3 << 20;
+
+/// The snapshot in messages of at most `budget` bytes, in order; all but
+/// the last marked `more`, as the reference splits a large node's.
+fn sync_chunks(
+    pods: Vec<api::PodSandbox>,
+    containers: Vec<api::Container>,
+    budget: usize,
+) -> Vec<api::SynchronizeRequest> {
+    let mut chunks = vec![api::SynchronizeRequest::default()];
+    let mut used = 0;
+    let mut room = |len: usize, chunks: &mut Vec<api::SynchronizeRequest>| {
+        if used > 0 && used + len > budget {
+            chunks.push(api::SynchronizeRequest::default());
+            used = 0;
+        }
+        used += len;
+    };
+    for pod in pods {
+        room(pod.encoded_len() + 8, &mut chunks);
+        chunks
+            .last_mut()
+            .expect("one chunk at least")
+            .pods
+            .push(pod);
+    }
+    for container in containers {
+        room(container.encoded_len() + 8, &mut chunks);
+        chunks
+            .last_mut()
+            .expect("one chunk at least")
+            .containers
+            .push(container);
+    }
+    let last = chunks.len() - 1;
+    for chunk in &mut chunks[..last] {
+        chunk.more = true;
+    }
+    chunks
+}
+
+/// Sends the snapshot; the plugin's updates come with its last answer.
+async fn synchronize(
+    client: &ttrpc::r#async::Client,
+    pods: Vec<api::PodSandbox>,
+    containers: Vec<api::Container>,
+    timeout: std::time::Duration,
+) -> Result<api::SynchronizeResponse, String> {
+    let mut last = api::SynchronizeResponse::default();
+    for chunk in sync_chunks(pods, containers, SYNC_BUDGET) {
+        let more = chunk.more;
+        last = rpc::call(client, PLUGIN_SERVICE, "Synchronize", &chunk, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        if more && (last.more != more || !last.update.is_empty()) {
+            return Err("the plugin does not take a Synchronize split in parts".into());
+        }
+    }
+    Ok(last)
 }
 
 fn millis(duration: std::time::Duration) -> i64 {
@@ -665,12 +719,16 @@ impl Hooks {
         .await
     }
 
-    /// Updates of other containers the plugins asked for.
+    /// Updates of other containers the plugins asked for. Only the first
+    /// call for a container reaches plugins.
     pub async fn stop_container(
         &self,
         pod: &api::PodSandbox,
         container: &api::Container,
     ) -> Result<Vec<api::ContainerUpdate>, Error> {
+        if !berth_lock(&self.inner.stopped).insert(container.id.clone()) {
+            return Ok(Vec::new());
+        }
         let request = api::StopContainerRequest {
             pod: Some(pod.clone()),
             container: Some(container.clone()),
@@ -681,11 +739,17 @@ impl Hooks {
         Ok(answers.into_iter().flat_map(|(_, a)| a.update).collect())
     }
 
+    /// Tells plugins the container stopped first, if they were not told.
     pub async fn remove_container(
         &self,
         pod: &api::PodSandbox,
         container: &api::Container,
     ) -> Result<(), Error> {
+        match self.stop_container(pod, container).await {
+            Ok(updates) => self.apply_updates(updates).await,
+            Err(err) => tracing::warn!(container = %container.id, "{err}"),
+        }
+        berth_lock(&self.inner.stopped).remove(&container.id);
         self.state(
             Event::RemoveContainer,
             "RemoveContainer",
@@ -710,6 +774,47 @@ impl Hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_snapshot_is_split_in_order_and_only_the_last_part_is_final() {
+        let pod = |i: usize| api::PodSandbox {
+            id: format!("pod-{i}"),
+            name: "x".repeat(1000),
+            ..Default::default()
+        };
+        let container = |i: usize| api::Container {
+            id: format!("ctr-{i}"),
+            env: vec!["y".repeat(1000)],
+            ..Default::default()
+        };
+        let chunks = sync_chunks(
+            (0..10).map(pod).collect(),
+            (0..30).map(container).collect(),
+            5_000,
+        );
+        assert!(chunks.len() > 5, "{}", chunks.len());
+        assert!(chunks.iter().all(|c| c.encoded_len() <= 5_000 + 100));
+        let (last, rest) = chunks.split_last().unwrap();
+        assert!(!last.more && rest.iter().all(|c| c.more));
+        let ids: Vec<String> = chunks
+            .iter()
+            .flat_map(|c| c.pods.iter().map(|p| p.id.clone()))
+            .chain(
+                chunks
+                    .iter()
+                    .flat_map(|c| c.containers.iter().map(|c| c.id.clone())),
+            )
+            .collect();
+        let expected: Vec<String> = (0..10)
+            .map(|i| format!("pod-{i}"))
+            .chain((0..30).map(|i| format!("ctr-{i}")))
+            .collect();
+        assert_eq!(ids, expected);
+        // A small one is one final message.
+        let one = sync_chunks(vec![pod(0)], Vec::new(), SYNC_BUDGET);
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].more);
+    }
 
     #[test]
     fn registration_needs_a_two_digit_index_and_a_plain_name() {

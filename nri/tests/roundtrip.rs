@@ -9,7 +9,10 @@ use berth_nri::stub::{self, Connection, Plugin};
 use berth_nri::{Config, Nri, Runtime};
 use prost::Message;
 
-struct OnePod;
+/// One pod, and `containers` containers of about 2 KiB each.
+struct OnePod {
+    containers: usize,
+}
 
 #[async_trait::async_trait]
 impl Runtime for OnePod {
@@ -18,7 +21,14 @@ impl Runtime for OnePod {
             id: "pod-1".into(),
             ..Default::default()
         };
-        (vec![pod], Vec::new())
+        let containers = (0..self.containers)
+            .map(|i| api::Container {
+                id: format!("ctr-{i}"),
+                env: vec!["X".repeat(2048)],
+                ..Default::default()
+            })
+            .collect();
+        (vec![pod], containers)
     }
     async fn update(&self, updates: Vec<api::ContainerUpdate>) -> Vec<api::ContainerUpdate> {
         updates
@@ -38,7 +48,13 @@ impl Plugin for Recorder {
         let entry = match method {
             "Synchronize" => {
                 let sync: api::SynchronizeRequest = stub::decode(method, &request)?;
-                format!("Synchronize {}", sync.pods.len())
+                let entry = format!("Synchronize {} {}", sync.pods.len(), sync.containers.len());
+                self.seen.lock().unwrap().push(entry);
+                return Ok(api::SynchronizeResponse {
+                    more: sync.more,
+                    ..Default::default()
+                }
+                .encode_to_vec());
             }
             other => other.to_string(),
         };
@@ -91,7 +107,7 @@ async fn connect(nri: &Nri, dir: &std::path::Path, idx: &str, plugin: Arc<Record
 #[tokio::test]
 async fn a_plugin_registers_synchronizes_and_sees_events_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let nri = Nri::start(config(dir.path()), Arc::new(OnePod)).unwrap();
+    let nri = Nri::start(config(dir.path()), Arc::new(OnePod { containers: 0 })).unwrap();
     let first = Arc::new(Recorder::default());
     let failing = Arc::new(Recorder {
         fail_on: Some("RunPodSandbox"),
@@ -110,18 +126,21 @@ async fn a_plugin_registers_synchronizes_and_sees_events_in_order() {
         "{err}"
     );
     // Index order: 10 failed first, so 20 never saw it.
-    assert_eq!(*first.seen.lock().unwrap(), ["Configure", "Synchronize 1"]);
+    assert_eq!(
+        *first.seen.lock().unwrap(),
+        ["Configure", "Synchronize 1 0"]
+    );
     nri.hooks().await.stop_pod_sandbox(&pod).await.unwrap();
     assert_eq!(
         *first.seen.lock().unwrap(),
-        ["Configure", "Synchronize 1", "StopPodSandbox"]
+        ["Configure", "Synchronize 1 0", "StopPodSandbox"]
     );
 }
 
 #[tokio::test]
 async fn a_plugin_that_hangs_is_dropped_and_the_call_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let nri = Nri::start(config(dir.path()), Arc::new(OnePod)).unwrap();
+    let nri = Nri::start(config(dir.path()), Arc::new(OnePod { containers: 0 })).unwrap();
     let hanging = Arc::new(Recorder {
         hang_on: Some("RunPodSandbox"),
         ..Default::default()
@@ -141,4 +160,25 @@ async fn a_plugin_that_hangs_is_dropped_and_the_call_goes_on() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("the plugin is still registered");
+}
+
+#[tokio::test]
+async fn a_snapshot_over_the_message_limit_arrives_in_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    // About 6 MiB: more than one ttrpc message may carry.
+    let nri = Nri::start(config(dir.path()), Arc::new(OnePod { containers: 3000 })).unwrap();
+    let plugin = Arc::new(Recorder::default());
+    let _connection = connect(&nri, dir.path(), "10", Arc::clone(&plugin)).await;
+    assert_eq!(nri.plugins().await, ["10-rec"]);
+    let seen = plugin.seen.lock().unwrap().clone();
+    let parts: Vec<&String> = seen
+        .iter()
+        .filter(|s| s.starts_with("Synchronize"))
+        .collect();
+    assert!(parts.len() >= 2, "{parts:?}");
+    let containers: usize = parts
+        .iter()
+        .map(|s| s.rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+        .sum();
+    assert_eq!(containers, 3000);
 }

@@ -1044,6 +1044,54 @@ mod tests {
     }
 
     #[test]
+    fn nri_is_off_by_default_and_its_timeouts_need_a_unit() {
+        let dir = tempfile::tempdir().unwrap();
+        let loaded = load(&sources(dir.path()), &Overrides::default()).unwrap();
+        let nri = &loaded.config.nri;
+        assert!(!nri.enable);
+        assert_eq!(nri.socket_path, PathBuf::from("/var/run/nri/nri.sock"));
+        assert_eq!(nri.plugin_path, PathBuf::from("/opt/nri/plugins"));
+        assert_eq!(nri.plugin_config_path, PathBuf::from("/etc/nri/conf.d"));
+        assert_eq!(
+            parse_duration(&nri.registration_timeout),
+            Ok(std::time::Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse_duration(&nri.request_timeout),
+            Ok(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            parse_duration("250ms"),
+            Ok(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("1m"), Ok(std::time::Duration::from_secs(60)));
+        for bad in ["2", "0s", "2h", "s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "[nri]\nenable = true\nrequest_timeout = \"2\"\n",
+        )
+        .unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nri.request_timeout"), "{err}");
+        std::fs::write(
+            dir.path().join("berth.toml"),
+            "[nri]\nenable = true\nsocket_path = \"nri.sock\"\n",
+        )
+        .unwrap();
+        let err = load(&sources(dir.path()), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nri.socket_path") && err.contains("absolute"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn syntax_error_names_file() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("berth.toml"), "root = \n").unwrap();

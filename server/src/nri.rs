@@ -296,20 +296,30 @@ pub fn cri_resources_to_nri(r: &berth_proto::cri::LinuxContainerResources) -> ap
     }
 }
 
-/// NRI's resources as Berth's: what it cannot apply is refused by name.
-pub fn resources_from_nri(r: &api::LinuxResources) -> Result<Resources, String> {
+/// What of `r` an update cannot apply, by name: Berth's updates carry
+/// no memory reservation or swappiness, realtime CPU or kernel memory.
+pub fn not_updatable(r: &api::LinuxResources) -> Option<&'static str> {
+    let memory = r.memory.as_ref();
+    let cpu = r.cpu.as_ref();
+    if memory.is_some_and(|m| m.reservation.is_some() || m.swappiness.is_some()) {
+        Some("a memory reservation or swappiness")
+    } else if memory.is_some_and(|m| m.kernel.is_some() || m.kernel_tcp.is_some()) {
+        Some("a kernel memory limit")
+    } else if cpu.is_some_and(|c| c.realtime_period.is_some() || c.realtime_runtime.is_some()) {
+        Some("realtime CPU limits")
+    } else {
+        None
+    }
+}
+
+/// NRI's resources as Berth's (what [`not_updatable`] names left out).
+pub fn resources_from_nri(r: &api::LinuxResources) -> Resources {
     let mut out = Resources::default();
     if let Some(memory) = &r.memory {
-        if memory.reservation.is_some() || memory.swappiness.is_some() || memory.kernel.is_some() {
-            return Err("only the memory limit and swap can be updated".into());
-        }
         out.memory_limit = memory.limit.map(|v| v.value);
         out.memory_swap = memory.swap.map(|v| v.value);
     }
     if let Some(cpu) = &r.cpu {
-        if cpu.realtime_period.is_some() || cpu.realtime_runtime.is_some() {
-            return Err("realtime CPU limits cannot be updated".into());
-        }
         out.cpu_shares = cpu.shares.map(|v| v.value);
         out.cpu_quota = cpu.quota.map(|v| v.value);
         out.cpu_period = cpu.period.map(|v| v.value);
@@ -323,7 +333,7 @@ pub fn resources_from_nri(r: &api::LinuxResources) -> Result<Resources, String> 
         .collect();
     out.unified = r.unified.clone().into_iter().collect();
     out.pids_limit = r.pids.map(|p| p.limit);
-    Ok(out)
+    out
 }
 
 /// What berth-nri asks of berthd.
@@ -340,19 +350,18 @@ impl berth_nri::Runtime for Bridge {
     async fn update(&self, updates: Vec<api::ContainerUpdate>) -> Vec<api::ContainerUpdate> {
         let mut failed = Vec::new();
         for update in updates {
-            let resources = update
+            let asked = update
                 .linux
                 .as_ref()
-                .and_then(|l| l.resources.as_ref())
-                .map(resources_from_nri)
-                .unwrap_or_else(|| Ok(Resources::default()));
-            let result = match resources {
-                Ok(resources) => self
+                .and_then(|l| l.resources.clone())
+                .unwrap_or_default();
+            let result = match not_updatable(&asked) {
+                Some(what) => Err(format!("Berth cannot update {what}")),
+                None => self
                     .service
-                    .apply_resources(&update.container_id, resources)
+                    .apply_resources(&update.container_id, resources_from_nri(&asked))
                     .await
                     .map_err(|status| status.message().to_string()),
-                Err(reason) => Err(reason),
             };
             match result {
                 Ok(()) => {

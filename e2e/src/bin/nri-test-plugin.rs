@@ -197,7 +197,8 @@ impl TestPlugin {
                 .append(true)
                 .open(path)
                 .unwrap();
-            writeln!(file, "{entry}").unwrap();
+            // One write per line, so a reader never sees half of one.
+            file.write_all(format!("{entry}\n").as_bytes()).unwrap();
         }
     }
 }
@@ -228,7 +229,11 @@ impl Plugin for TestPlugin {
                 self.log(json!({"event": method,
                     "pods": sync.pods.iter().map(|p| p.id.clone()).collect::<Vec<_>>(),
                     "containers": sync.containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>()}));
-                return Ok(api::SynchronizeResponse::default().encode_to_vec());
+                return Ok(api::SynchronizeResponse {
+                    more: sync.more,
+                    ..Default::default()
+                }
+                .encode_to_vec());
             }
             "StateChange" => {
                 let change: api::StateChangeEvent = stub::decode(method, &request)?;

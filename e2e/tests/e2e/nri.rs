@@ -84,9 +84,11 @@ impl Drop for TestPlugin {
 }
 
 fn events(log: &Path) -> Vec<Value> {
+    // A line the plugin is still writing is not read yet.
     std::fs::read_to_string(log)
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
@@ -210,6 +212,17 @@ async fn events_reach_a_plugin_in_index_order_with_their_metadata() {
         })
         .await
         .unwrap();
+    w.client
+        .update_pod_sandbox_resources(berth_e2e::cri::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: pod.clone(),
+            resources: Some(berth_e2e::cri::LinuxContainerResources {
+                memory_limit_in_bytes: 256 << 20,
+                ..Default::default()
+            }),
+            overhead: None,
+        })
+        .await
+        .unwrap();
     w.stop(&id, 0).await;
     // Stopping an exited container again tells plugins nothing new.
     w.stop(&id, 0).await;
@@ -229,6 +242,8 @@ async fn events_reach_a_plugin_in_index_order_with_their_metadata() {
             "PostStartContainer",
             "UpdateContainer",
             "PostUpdateContainer",
+            "UpdatePodSandbox",
+            "PostUpdatePodSandbox",
             "StopContainer",
             "RemoveContainer",
             "StopPodSandbox",
@@ -287,6 +302,9 @@ async fn adjustments_take_effect_in_the_running_container() {
             "devices": [{"path": "/dev/nri-null", "type": "c", "major": 1, "minor": 3,
                          "file_mode": 0o666}],
             "sysctl": {"kernel.shm_rmid_forced": "1"},
+            "args": ["sh", "-c", "sleep 61"],
+            "cpuset_cpus": "0",
+            "cpu_shares": 256,
             "memory_limit": 64 << 20,
             "pids_limit": 77,
             "oom_score_adj": 901,
@@ -299,7 +317,8 @@ async fn adjustments_take_effect_in_the_running_container() {
             &id,
             "echo env=$NRI_ENV; cat /nri/hello; ulimit -n; ls -l /dev/nri-null; \
              cat /proc/self/oom_score_adj; echo ok > /dev/nri-null && echo dev-ok; \
-             echo shm=$(cat /proc/sys/kernel/shm_rmid_forced)",
+             echo shm=$(cat /proc/sys/kernel/shm_rmid_forced); \
+             echo cmd=$(tr '\\0' ' ' < /proc/1/cmdline); grep Cpus_allowed_list /proc/self/status",
             10,
         )
         .await;
@@ -310,6 +329,9 @@ async fn adjustments_take_effect_in_the_running_container() {
     assert!(out.contains("dev-ok"), "{out}");
     assert!(out.contains("901"), "{out}");
     assert!(out.contains("shm=1"), "{out}");
+    // sh execs its one command: the plugin's args are what runs.
+    assert!(out.contains("cmd=sleep 61"), "{out}");
+    assert!(out.contains("Cpus_allowed_list:\t0\n"), "{out}");
     assert!(hook_mark.exists(), "the createRuntime hook did not run");
     let status = w
         .client
@@ -332,6 +354,9 @@ async fn adjustments_take_effect_in_the_running_container() {
         spec["linux"]["sysctl"]["kernel.shm_rmid_forced"],
         json!("1")
     );
+    // ContainerStatus reports the limits the plugin set.
+    let linux = status.status.unwrap().resources.unwrap().linux.unwrap();
+    assert_eq!(linux.memory_limit_in_bytes, 64 << 20);
     // The limits are the container's cgroup's.
     let (code, out, _) = w
         .exec(
@@ -537,9 +562,13 @@ async fn stop_pod_sandbox_stops_the_containers_first_and_is_idempotent() {
     let plugin = nri.connect(
         "stopper",
         "10",
-        json!({"events": ["StopPodSandbox"], "slow_ms": {"StopPodSandbox": 1500}}),
+        json!({"events": ["StopContainer", "RemoveContainer", "StopPodSandbox", "RemovePodSandbox"],
+               "slow_ms": {"StopPodSandbox": 1500}}),
     );
     let pod = w.pod("nri-stop").await;
+    // One exits on its own: plugins hear of it as of a stopped one.
+    let quick = w.run(&pod, w.container("quick", "true")).await;
+    plugin.wait_for("StopContainer");
     let id = w.run(&pod, w.container("c", "sleep 600")).await;
     let mut stopping = w.client.clone();
     let pod_id = pod.clone();
@@ -560,13 +589,36 @@ async fn stop_pod_sandbox_stops_the_containers_first_and_is_idempotent() {
         })
         .await
         .unwrap();
-    let stops = plugin
-        .names()
-        .iter()
-        .filter(|n| *n == "StopPodSandbox")
-        .count();
-    assert_eq!(stops, 1);
     w.remove_pod(&pod).await;
+    let events = plugin.events();
+    let seen: Vec<(String, String)> = events[2..]
+        .iter()
+        .map(|e| {
+            let who = e["container"]["id"].as_str().or(e["pod"]["id"].as_str());
+            (
+                e["event"].as_str().unwrap().to_string(),
+                who.unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let pair = |event: &str, who: &str| (event.to_string(), who.to_string());
+    assert_eq!(
+        seen[..3],
+        [
+            pair("StopContainer", &quick),
+            pair("StopContainer", &id),
+            pair("StopPodSandbox", &pod)
+        ]
+    );
+    let mut removed: Vec<_> = seen[3..5].to_vec();
+    removed.sort();
+    let mut expected = vec![
+        pair("RemoveContainer", &quick),
+        pair("RemoveContainer", &id),
+    ];
+    expected.sort();
+    assert_eq!(removed, expected);
+    assert_eq!(seen[5..], [pair("RemovePodSandbox", &pod)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,29 +628,63 @@ async fn a_plugin_connecting_while_pods_are_made_learns_of_each_once() {
     }
     let nri = Nri::new();
     let w = nri.world("nri-race", "5s").await;
-    let mut client = w.client.clone();
-    let configs: Vec<_> = (0..8)
-        .map(|i| w.pod_config(&format!("nri-race-{i}")))
+    // Two clients make pods without pause until the plugin has seen a few
+    // as events: the plugin connects while creations are in flight.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let makers: Vec<_> = (0..2)
+        .map(|maker| {
+            let mut client = w.client.clone();
+            let configs: Vec<_> = (0..200)
+                .map(|i| w.pod_config(&format!("nri-race-{maker}-{i}")))
+                .collect();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for config in configs {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = client
+                        .run_pod_sandbox(RunPodSandboxRequest {
+                            config: Some(config),
+                            runtime_handler: String::new(),
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .pod_sandbox_id;
+                    ids.push(id);
+                }
+                ids
+            })
+        })
         .collect();
-    let making = tokio::spawn(async move {
-        let mut ids = Vec::new();
-        for config in configs {
-            let id = client
-                .run_pod_sandbox(RunPodSandboxRequest {
-                    config: Some(config),
-                    runtime_handler: String::new(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .pod_sandbox_id;
-            ids.push(id);
-        }
-        ids
-    });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let late = nri.connect("late", "10", json!({"events": ["RunPodSandbox"]}));
-    let ids = making.await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while late
+        .names()
+        .iter()
+        .filter(|n| *n == "RunPodSandbox")
+        .count()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no pods made after the plugin connected"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ids = Vec::new();
+    for maker in makers {
+        ids.extend(maker.await.unwrap());
+    }
+    let synchronized = late.events()[1]["pods"].as_array().unwrap().len();
+    assert!(
+        synchronized > 0,
+        "the plugin connected before any pod was made"
+    );
     let events = late.events();
     for id in &ids {
         let synced = events

@@ -253,11 +253,15 @@ impl CriService {
                     }
                 }
             }
-            _ => (None, Vec::new()),
+            _ => (None, Vec::new(), None),
         };
+        let mut record = record;
+        if let (Some(adjusted), Some(kept)) = (&adjust.2, record.resources.as_mut()) {
+            kept.merge(adjusted);
+        }
         let this = self.clone();
         let create = async move {
-            let (adjust, updates) = adjust;
+            let (adjust, updates, _) = adjust;
             let created =
                 blocking(move || containers.create(record, layers, spec, own, adjust)).await?;
             drop((pin, volume_pins));
@@ -410,24 +414,11 @@ impl CriService {
     ) -> Result<StopContainerResponse, Status> {
         let timeout = Duration::from_secs(request.timeout.max(0) as u64);
         let hooks = self.nri_hooks().await;
-        // Plugins hear of a container's stop once: not of a stop of one
-        // that had already exited.
-        let was_up = match &hooks {
-            Some(_) => self
-                .containers
-                .get(&request.container_id)
-                .is_ok_and(|r| r.state != State::Exited),
-            None => false,
-        };
         let containers = self.containers.clone();
         let id = request.container_id.clone();
         blocking(move || containers.stop(&id, timeout)).await?;
-        if let (Some(hooks), true) = (&hooks, was_up) {
-            let (pod, container) = self.nri_objects(&request.container_id).await?;
-            match hooks.stop_container(&pod, &container).await {
-                Ok(updates) => hooks.apply_updates(updates).await,
-                Err(err) => tracing::warn!(container = %request.container_id, "{err}"),
-            }
+        if let Some(hooks) = &hooks {
+            self.nri_stopped(hooks, &request.container_id).await;
         }
         Ok(StopContainerResponse {})
     }
@@ -620,8 +611,17 @@ async fn nri_create(
         .await
         .map_err(|err| err.to_status())?;
     if created.adjustment.is_empty() {
-        return Ok((None, created.updates));
+        return Ok((None, created.updates, None));
     }
+    let linux = created.adjustment.combined().linux.unwrap_or_default();
+    let mut resources = berth_runtime::spec::Resources::default();
+    if let Some(adjusted) = &linux.resources {
+        resources = crate::nri::resources_from_nri(adjusted);
+    }
+    resources.oom_score_adj = linux
+        .oom_score_adj
+        .and_then(|o| i32::try_from(o.value).ok())
+        .map(|o| o.max(own));
     let merged = created.adjustment;
     let adjust: Box<berth_runtime::lifecycle::SpecAdjust> = Box::new(move |oci| {
         let mut value = serde_json::to_value(&*oci).map_err(|e| e.to_string())?;
@@ -630,12 +630,16 @@ async fn nri_create(
             .map_err(|e| format!("the NRI-adjusted spec is not a valid OCI spec: {e}"))?;
         Ok(())
     });
-    Ok((Some(adjust), created.updates))
+    Ok((Some(adjust), created.updates, Some(resources)))
 }
 
+/// CreateContainer's plugins' answer: the adjustment to apply to the
+/// spec, their updates of other containers, and the resources they set
+/// (for the record, which UpdateContainerResources and ContainerStatus read).
 type NriCreated = (
     Option<Box<berth_runtime::lifecycle::SpecAdjust>>,
     Vec<berth_nri::api::ContainerUpdate>,
+    Option<berth_runtime::spec::Resources>,
 );
 
 /// The lookup the streaming server (exec, attach, port-forward) uses.

@@ -55,6 +55,16 @@ impl CriService {
         let service = self.clone();
         tokio::spawn(async move {
             while let Some(event) = raw_rx.recv().await {
+                // A container that exited on its own: plugins hear of it too.
+                if event.kind == EventKind::Stopped && service.nri.get().is_some() {
+                    let service = service.clone();
+                    let id = event.record.id.clone();
+                    tokio::spawn(async move {
+                        if let Some(hooks) = service.nri_hooks().await {
+                            service.nri_stopped(&hooks, &id).await;
+                        }
+                    });
+                }
                 // No subscriber (the kubelet subscribes only with
                 // EventedPLEG): the pod's status is not worth building.
                 if service.events.receiver_count() == 0 {

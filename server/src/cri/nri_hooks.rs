@@ -44,6 +44,22 @@ impl CriService {
         Ok((crate::nri::pod(&pod), crate::nri::container(&record, &spec)))
     }
 
+    /// Tells plugins a container stopped (once per container: see
+    /// `berth_nri::Hooks::stop_container`) and applies their updates.
+    pub(super) async fn nri_stopped(&self, hooks: &berth_nri::Hooks, container_id: &str) {
+        let (pod, container) = match self.nri_objects(container_id).await {
+            Ok(objects) => objects,
+            Err(status) => {
+                tracing::debug!(container = %container_id, "NRI StopContainer: {}", status.message());
+                return;
+            }
+        };
+        match hooks.stop_container(&pod, &container).await {
+            Ok(updates) => hooks.apply_updates(updates).await,
+            Err(err) => tracing::warn!(container = %container_id, "{err}"),
+        }
+    }
+
     /// Every pod and container, for a plugin's Synchronize.
     pub(crate) async fn nri_snapshot(&self) -> (Vec<api::PodSandbox>, Vec<api::Container>) {
         let pods = self.pods.list().await;

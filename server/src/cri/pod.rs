@@ -152,7 +152,24 @@ impl CriService {
         };
         let pod_id = pod.id.clone();
         let hooks = self.nri_hooks().await;
+        // The pod's containers as plugins know them, before they go.
+        let mut known = Vec::new();
+        if hooks.is_some() {
+            for id in self.containers.of_pod(pod_id.as_str()) {
+                if let Ok(objects) = self.nri_objects(&id).await {
+                    known.push(objects);
+                }
+            }
+        }
         let failures = self.pod_containers_down(pod_id.as_str(), remove).await;
+        if let Some(hooks) = &hooks {
+            for (nri_pod, container) in &known {
+                match hooks.stop_container(nri_pod, container).await {
+                    Ok(updates) => hooks.apply_updates(updates).await,
+                    Err(err) => tracing::warn!(container = %container.id, "{err}"),
+                }
+            }
+        }
         // Plugins hear of a pod's stop once, after its containers stopped.
         if let Some(hooks) = &hooks
             && pod.effective_state() == berth_sandbox::State::Ready
@@ -165,10 +182,19 @@ impl CriService {
         } else {
             self.pods.stop(pod_id.as_str()).await
         };
-        if let (Some(hooks), true, Ok(())) = (&hooks, remove, &result)
-            && let Err(err) = hooks.remove_pod_sandbox(&crate::nri::pod(&pod)).await
-        {
-            tracing::warn!(pod = %pod_id, "{err}");
+        if let (Some(hooks), true) = (&hooks, remove) {
+            for (nri_pod, container) in &known {
+                if self.containers.get(&container.id).is_err()
+                    && let Err(err) = hooks.remove_container(nri_pod, container).await
+                {
+                    tracing::warn!(container = %container.id, "{err}");
+                }
+            }
+            if result.is_ok()
+                && let Err(err) = hooks.remove_pod_sandbox(&crate::nri::pod(&pod)).await
+            {
+                tracing::warn!(pod = %pod_id, "{err}");
+            }
         }
         let pod = result;
         match (pod, failures.is_empty()) {

@@ -45,9 +45,13 @@ impl CriService {
                     .await
                     .map_err(|err| err.to_status())?;
                 nri = Some((pod, container, others));
-                crate::nri::resources_from_nri(&merged).map_err(|reason| {
-                    Status::unknown(format!("container {}: {reason}", record.id))
-                })?
+                if let Some(what) = crate::nri::not_updatable(&merged) {
+                    return Err(Status::unknown(format!(
+                        "container {}: an NRI plugin asked for {what}, which Berth cannot update",
+                        record.id
+                    )));
+                }
+                crate::nri::resources_from_nri(&merged)
             }
         };
         self.apply_resources(&record.id, resources).await?;
