@@ -41,14 +41,15 @@ echo "== hack/vm/suite.sh: building berthd, berth-shim and the e2e tests ($profi
 test_bin=$(hack/vm/host-binaries.sh "$profile")
 # The e2e modules whose cases need a real node (AppArmor, cgroup v2 only,
 # systemd as PID 1): they start their own berthd through the harness, after
-# the node cases; their node-only cases are #[ignore]d elsewhere.
-harness_tests="apparmor cgroup_stats systemd_driver"
+# the node cases; their node-only cases are #[ignore]d elsewhere. An entry
+# may name a submodule (nri::node: NRI adjustments on cgroup v2).
+harness_tests="apparmor cgroup_stats systemd_driver nri::node"
 bin_dir=$(dirname "$(dirname "$test_bin")")
 
 share=$repo/target/vm-suite
 rm -rf "$share"
 mkdir -p "$share/bin"
-cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$share/bin/"
+cp "$bin_dir/berthd" "$bin_dir/berth-shim" "$bin_dir/nri-test-plugin" "$share/bin/"
 cp "$test_bin" "$share/bin/e2e"
 cp hack/vm/suite-guest.sh "$share/"
 

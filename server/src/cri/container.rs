@@ -243,7 +243,7 @@ impl CriService {
         // meanwhile learns of it exactly once.
         let hooks = self.nri_hooks().await;
         let nri_pod = hooks.as_ref().map(|_| crate::nri::pod(&pod));
-        let adjust = match (&hooks, &nri_pod) {
+        let nri = match (&hooks, &nri_pod) {
             (Some(hooks), Some(nri_pod)) => {
                 match nri_create(hooks, nri_pod, &record, &spec, own).await {
                     Ok(created) => created,
@@ -253,15 +253,17 @@ impl CriService {
                     }
                 }
             }
-            _ => (None, Vec::new(), None),
+            _ => NriCreated::default(),
         };
         let mut record = record;
-        if let (Some(adjusted), Some(kept)) = (&adjust.2, record.resources.as_mut()) {
+        if let (Some(adjusted), Some(kept)) = (&nri.resources, record.resources.as_mut()) {
             kept.merge(adjusted);
         }
         let this = self.clone();
         let create = async move {
-            let (adjust, updates, _) = adjust;
+            let NriCreated {
+                adjust, updates, ..
+            } = nri;
             let created =
                 blocking(move || containers.create(record, layers, spec, own, adjust)).await?;
             drop((pin, volume_pins));
@@ -611,7 +613,10 @@ async fn nri_create(
         .await
         .map_err(|err| err.to_status())?;
     if created.adjustment.is_empty() {
-        return Ok((None, created.updates, None));
+        return Ok(NriCreated {
+            updates: created.updates,
+            ..NriCreated::default()
+        });
     }
     let linux = created.adjustment.combined().linux.unwrap_or_default();
     let mut resources = berth_runtime::spec::Resources::default();
@@ -630,17 +635,24 @@ async fn nri_create(
             .map_err(|e| format!("the NRI-adjusted spec is not a valid OCI spec: {e}"))?;
         Ok(())
     });
-    Ok((Some(adjust), created.updates, Some(resources)))
+    Ok(NriCreated {
+        adjust: Some(adjust),
+        updates: created.updates,
+        resources: Some(resources),
+    })
 }
 
-/// CreateContainer's plugins' answer: the adjustment to apply to the
-/// spec, their updates of other containers, and the resources they set
-/// (for the record, which UpdateContainerResources and ContainerStatus read).
-type NriCreated = (
-    Option<Box<berth_runtime::lifecycle::SpecAdjust>>,
-    Vec<berth_nri::api::ContainerUpdate>,
-    Option<berth_runtime::spec::Resources>,
-);
+/// CreateContainer's plugins' answer.
+#[derive(Default)]
+struct NriCreated {
+    /// Applied to the OCI spec before it is written.
+    adjust: Option<Box<berth_runtime::lifecycle::SpecAdjust>>,
+    /// Of other containers, applied once this one is made.
+    updates: Vec<berth_nri::api::ContainerUpdate>,
+    /// The limits they set, for the record that UpdateContainerResources
+    /// and ContainerStatus read.
+    resources: Option<berth_runtime::spec::Resources>,
+}
 
 /// The lookup the streaming server (exec, attach, port-forward) uses.
 impl CriService {

@@ -1,20 +1,30 @@
 //! NRI through the real berthd: the test plugin (e2e/src/bin/
 //! nri-test-plugin.rs, over berth-nri's stub) on the real socket, real
 //! runc and cgroups. Each test has its own berthd, NRI socket and plugins,
-//! so they run in parallel. Pods use the host's network.
+//! so they run in parallel. Pods use the host's network. `node` holds the
+//! cases the node VM suite runs too (hack/vm/suite.sh).
+
+mod node;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::{
-    ContainerStatusRequest, ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest,
-    RunPodSandboxRequest, StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest, RunPodSandboxRequest,
+    StopPodSandboxRequest, UpdateContainerResourcesRequest,
 };
 use berth_e2e::world::{World, can_run_here};
 use serde_json::{Value, json};
 
-const PLUGIN: &str = env!("CARGO_BIN_EXE_nri-test-plugin");
+/// The test plugin: beside berthd where the harness takes prebuilt
+/// binaries (the node VM), else the one cargo built with this test.
+fn plugin_binary() -> PathBuf {
+    match std::env::var_os("BERTH_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir).join("nri-test-plugin"),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_nri-test-plugin")),
+    }
+}
 
 struct Nri {
     dir: tempfile::TempDir,
@@ -59,7 +69,7 @@ impl Nri {
         behaviour["log"] = json!(log);
         let file = self.dir.path().join(format!("{name}.json"));
         std::fs::write(&file, behaviour.to_string()).unwrap();
-        let child = Command::new(PLUGIN)
+        let child = Command::new(plugin_binary())
             .args(["--socket", &self.socket().display().to_string()])
             .args(["--name", name, "--idx", idx])
             .args(["--behaviour", &file.display().to_string()])
@@ -275,99 +285,6 @@ async fn events_reach_a_plugin_in_index_order_with_their_metadata() {
     assert_eq!(post_start["container"]["id"], json!(id));
     assert!(post_start["container"]["pid"].as_u64().unwrap() > 0);
     assert_eq!(post_start["container"]["state"], json!(3), "running");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn adjustments_take_effect_in_the_running_container() {
-    if !can_run_here() {
-        return;
-    }
-    let nri = Nri::new();
-    let mut w = nri.world("nri-adjust", "2s").await;
-    let host_dir = nri.dir.path().join("shared");
-    std::fs::create_dir(&host_dir).unwrap();
-    std::fs::write(host_dir.join("hello"), "from the plugin\n").unwrap();
-    let hook_mark = nri.dir.path().join("hook-ran");
-    let _adjuster = nri.connect(
-        "adjuster",
-        "10",
-        json!({"adjust": {
-            "env": {"NRI_ENV": "set-by-plugin"},
-            "annotations": {"nri.test/annotation": "yes"},
-            "mounts": [{"destination": "/nri", "source": host_dir, "type": "bind",
-                        "options": ["rbind", "ro"]}],
-            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1234, "soft": 1000}],
-            "hooks": {"create_runtime": [{"path": "/bin/sh",
-                "args": ["sh", "-c", format!("echo ran > {}", hook_mark.display())]}]},
-            "devices": [{"path": "/dev/nri-null", "type": "c", "major": 1, "minor": 3,
-                         "file_mode": 0o666}],
-            "sysctl": {"kernel.shm_rmid_forced": "1"},
-            "args": ["sh", "-c", "sleep 61"],
-            "cpuset_cpus": "0",
-            "cpu_shares": 256,
-            "memory_limit": 64 << 20,
-            "pids_limit": 77,
-            "oom_score_adj": 901,
-        }}),
-    );
-    let pod = w.pod("nri-adjust").await;
-    let id = w.run(&pod, w.container("ctr", "sleep 60")).await;
-    let (code, out, err) = w
-        .exec(
-            &id,
-            "echo env=$NRI_ENV; cat /nri/hello; ulimit -n; ls -l /dev/nri-null; \
-             cat /proc/self/oom_score_adj; echo ok > /dev/nri-null && echo dev-ok; \
-             echo shm=$(cat /proc/sys/kernel/shm_rmid_forced); \
-             echo cmd=$(tr '\\0' ' ' < /proc/1/cmdline); grep Cpus_allowed_list /proc/self/status",
-            10,
-        )
-        .await;
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("env=set-by-plugin"), "{out}");
-    assert!(out.contains("from the plugin"), "{out}");
-    assert!(out.contains("1000"), "{out}");
-    assert!(out.contains("dev-ok"), "{out}");
-    assert!(out.contains("901"), "{out}");
-    assert!(out.contains("shm=1"), "{out}");
-    // sh execs its one command: the plugin's args are what runs.
-    assert!(out.contains("cmd=sleep 61"), "{out}");
-    assert!(out.contains("Cpus_allowed_list:\t0\n"), "{out}");
-    assert!(hook_mark.exists(), "the createRuntime hook did not run");
-    let status = w
-        .client
-        .container_status(ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let info: Value = serde_json::from_str(&status.info["info"]).unwrap();
-    let spec = &info["runtimeSpec"];
-    assert_eq!(spec["annotations"]["nri.test/annotation"], json!("yes"));
-    assert_eq!(
-        spec["linux"]["resources"]["memory"]["limit"],
-        json!(64 << 20)
-    );
-    assert_eq!(spec["linux"]["resources"]["pids"]["limit"], json!(77));
-    assert_eq!(
-        spec["linux"]["sysctl"]["kernel.shm_rmid_forced"],
-        json!("1")
-    );
-    // ContainerStatus reports the limits the plugin set.
-    let linux = status.status.unwrap().resources.unwrap().linux.unwrap();
-    assert_eq!(linux.memory_limit_in_bytes, 64 << 20);
-    // The limits are the container's cgroup's.
-    let (code, out, _) = w
-        .exec(
-            &id,
-            "cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max",
-            10,
-        )
-        .await;
-    assert_eq!((code, out.trim()), (0, "77"));
-    w.stop(&id, 0).await;
-    w.remove_pod(&pod).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,7 +679,7 @@ async fn a_pre_installed_plugin_is_started_with_its_configuration() {
     }
     let nri = Nri::new();
     let plugins = nri.dir.path().join("plugins");
-    std::fs::copy(PLUGIN, plugins.join("30-installed")).unwrap();
+    std::fs::copy(plugin_binary(), plugins.join("30-installed")).unwrap();
     let log = nri.log("installed");
     std::fs::write(
         nri.dir.path().join("conf.d/30-installed.conf"),
