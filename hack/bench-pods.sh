@@ -10,6 +10,8 @@
 # container (hack/shim-rss.sh).
 #
 # usage: sudo hack/bench-pods.sh [COUNT]   (default 30)
+# BENCH_NRI=1 also runs berthd with NRI on and the e2e test plugin
+# subscribed to every event, and prints what that adds to pod ready.
 # containerd runs its sandboxes from a pause image; this script builds one
 # from busybox-static with umoci and imports it.
 set -euo pipefail
@@ -156,6 +158,35 @@ PY
 )
 echo "$steps_out"
 
+# --- berthd with NRI on and one plugin subscribed to every event, which
+# answers at once (BENCH_NRI=1): what NRI adds to pod start.
+if [[ ${BENCH_NRI:-} == 1 ]]; then
+  kill "$BERTHD_PID" && wait "$BERTHD_PID" 2>/dev/null || true
+  cargo build --release --locked -q -p berth-e2e --bin nri-test-plugin
+  N=$WORK/berth-nri
+  conflist berth-nri bnri0 10.239.3.0/24 "$N/net.d"
+  sed -e "s|$WORK/berth/net.d|$N/net.d|" "$WORK/berth/berth.toml" >"$N/berth.toml"
+  printf '[nri]\nenable = true\nsocket_path = "%s"\nplugin_path = "%s"\n' \
+    "$N/nri.sock" "$N/plugins" >>"$N/berth.toml"
+  target/release/berthd --config "$N/berth.toml" --config-dir "$N/berth.d" \
+    --root "$WORK/disk/berth-nri" --run-root "$WORK/run/berth-nri" --listen "$N/berth.sock" \
+    --log-level "warn,berth_nri=info" >"$N/log" 2>&1 &
+  NRI_BERTHD_PID=$!
+  PIDS+=("$NRI_BERTHD_PID")
+  wait_socket "$N/berth.sock"
+  echo '{}' >"$N/behaviour.json"
+  target/release/nri-test-plugin --socket "$N/nri.sock" --name bench --idx 10 \
+    --behaviour "$N/behaviour.json" &
+  PIDS+=("$!")
+  for _ in $(seq 200); do grep -q "registered and synchronized" "$N/log" && break; sleep 0.05; done
+  grep -q "registered and synchronized" "$N/log" || {
+    echo "hack/bench-pods.sh: the NRI plugin did not register" >&2
+    exit 1
+  }
+  nri_out=$("$BENCH" "$N/berth.sock" "$COUNT" berthnri "$IMAGE" "$NRI_BERTHD_PID" berth-shim)
+  echo "$nri_out"
+fi
+
 # --- the floor: the same work done bare (e2e/examples/floor_bench.rs)
 conflist floor-bench fbench0 10.239.2.0/24 "$WORK/floor/net.d"
 umoci unpack --image "$WORK/fixtures/oci:busybox" "$WORK/floor/image" >/dev/null
@@ -237,5 +268,11 @@ for rpc in ListPodSandbox ListContainers; do
     grep -E "^[a-z]+ list $rpc " <<<"$out" || true
   done
 done
+if [[ ${BENCH_NRI:-} == 1 ]]; then
+  for phase in seq par; do
+    awk -v p="$phase" -v n="$(p50 "$nri_out" "$phase" ready)" -v b="$(p50 "$berth_out" "$phase" ready)" \
+      'BEGIN { printf "%s ready p50 with NRI and one plugin on every event: %.2f ms, without: %.2f ms (%.2fx)\n", p, n, b, n / b }'
+  done
+fi
 echo "berth-shim vs conmon (Debian) per container, same runc and bundles:"
 bash hack/shim-rss.sh

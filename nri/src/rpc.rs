@@ -58,12 +58,22 @@ where
     envelope.method = method.to_string();
     envelope.payload = request.encode_to_vec();
     envelope.timeout_nano = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX);
+    let started = std::time::Instant::now();
     match tokio::time::timeout(timeout, client.request(envelope)).await {
         Err(_) => Err(CallError::Timeout(timeout)),
+        // The peer's server gave up at the deadline it was told: as late
+        // an answer as none.
+        Ok(Err(ttrpc::Error::RpcStatus(status)))
+            if status.code() == ttrpc::Code::DEADLINE_EXCEEDED =>
+        {
+            Err(CallError::Timeout(timeout))
+        }
         Ok(Err(ttrpc::Error::RpcStatus(status))) => Err(CallError::Status {
             unimplemented: status.code() == ttrpc::Code::UNIMPLEMENTED,
             message: status.message,
         }),
+        // The client's own wait for the deadline it sent.
+        Ok(Err(_)) if started.elapsed() >= timeout => Err(CallError::Timeout(timeout)),
         Ok(Err(err)) => Err(CallError::Closed(err.to_string())),
         Ok(Ok(response)) => Ok(Resp::decode(response.payload.as_slice())?),
     }
@@ -127,4 +137,81 @@ pub async fn serve(
         .register_service(HashMap::from([(service.to_string(), service_def)]));
     server.start().await?;
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api;
+
+    /// The peer's server and the caller give up at the same deadline; in
+    /// either order the caller sees a timeout (fatal), never a plugin error.
+    #[tokio::test]
+    async fn a_late_answer_is_a_timeout_whoever_gives_up_first() {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let handler: Handler = Arc::new(|_, _| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(Vec::new())
+            })
+        });
+        let _server = serve(far, PLUGIN_SERVICE, &["Slow"], handler)
+            .await
+            .unwrap();
+        let client = client(near);
+        for _ in 0..20 {
+            let err = call::<_, api::Empty>(
+                &client,
+                PLUGIN_SERVICE,
+                "Slow",
+                &api::Empty {},
+                Duration::from_millis(20),
+            )
+            .await
+            .unwrap_err();
+            assert!(matches!(err, CallError::Timeout(_)), "{err:?}");
+            assert!(err.is_fatal());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_error_the_peer_returns_is_not_fatal_and_keeps_its_message() {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let handler: Handler =
+            Arc::new(|_, _| Box::pin(async { Err("no pods today".to_string()) }));
+        let _server = serve(far, PLUGIN_SERVICE, &["Refuse"], handler)
+            .await
+            .unwrap();
+        let client = client(near);
+        let err = call::<_, api::Empty>(
+            &client,
+            PLUGIN_SERVICE,
+            "Refuse",
+            &api::Empty {},
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(!err.is_fatal());
+        assert_eq!(err.to_string(), "no pods today");
+        let err = call::<_, api::Empty>(
+            &client,
+            PLUGIN_SERVICE,
+            "Missing",
+            &api::Empty {},
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CallError::Status {
+                    unimplemented: true,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
 }

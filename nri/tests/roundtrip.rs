@@ -137,6 +137,9 @@ async fn a_plugin_registers_synchronizes_and_sees_events_in_order() {
     );
 }
 
+/// Run often: the plugin's ttrpc server answers DEADLINE_EXCEEDED at the
+/// same deadline the runtime's own wait ends, and whichever comes first,
+/// the plugin is dropped and the call goes on.
 #[tokio::test]
 async fn a_plugin_that_hangs_is_dropped_and_the_call_goes_on() {
     let dir = tempfile::tempdir().unwrap();
