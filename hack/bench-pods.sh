@@ -97,6 +97,17 @@ wait_socket() {
   exit 1
 }
 
+# start_berthd NAME LOG_LEVEL: berthd with $WORK/NAME/berth.toml, its root
+# on the node-like disk and its run root on the tmpfs; sets STARTED_PID.
+start_berthd() {
+  target/release/berthd --config "$WORK/$1/berth.toml" --config-dir "$WORK/$1/berth.d" \
+    --root "$WORK/disk/$1" --run-root "$WORK/run/$1" --listen "$WORK/$1/berth.sock" \
+    --log-level "$2" >"$WORK/$1/log" 2>&1 &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+  wait_socket "$WORK/$1/berth.sock"
+}
+
 # --- berthd
 conflist berth-bench bbench0 10.239.0.0/24 "$WORK/berth/net.d"
 cat >"$WORK/berth/registries.conf" <<EOF
@@ -111,12 +122,8 @@ registries_config = "$WORK/berth/registries.conf"
 conf_dir = "$WORK/berth/net.d"
 bin_dirs = ["/usr/lib/cni"]
 EOF
-target/release/berthd --config "$WORK/berth/berth.toml" --config-dir "$WORK/berth/berth.d" \
-  --root "$WORK/disk/berth" --run-root "$WORK/run/berth" --listen "$WORK/berth/berth.sock" \
-  --log-level "warn,berthd::rpc_trace=debug" >"$WORK/berth/log" 2>&1 &
-BERTHD_PID=$!
-PIDS+=("$BERTHD_PID")
-wait_socket "$WORK/berth/berth.sock"
+start_berthd berth "warn,berthd::rpc_trace=debug"
+BERTHD_PID=$STARTED_PID
 # One of berthd's bundles is the floor's template: copied while it exists.
 (
   for _ in $(seq 600); do
@@ -168,12 +175,8 @@ if [[ ${BENCH_NRI:-} == 1 ]]; then
   sed -e "s|$WORK/berth/net.d|$N/net.d|" "$WORK/berth/berth.toml" >"$N/berth.toml"
   printf '[nri]\nenable = true\nsocket_path = "%s"\nplugin_path = "%s"\n' \
     "$N/nri.sock" "$N/plugins" >>"$N/berth.toml"
-  target/release/berthd --config "$N/berth.toml" --config-dir "$N/berth.d" \
-    --root "$WORK/disk/berth-nri" --run-root "$WORK/run/berth-nri" --listen "$N/berth.sock" \
-    --log-level "warn,berth_nri=info" >"$N/log" 2>&1 &
-  NRI_BERTHD_PID=$!
-  PIDS+=("$NRI_BERTHD_PID")
-  wait_socket "$N/berth.sock"
+  start_berthd berth-nri "warn,berth_nri=info"
+  NRI_BERTHD_PID=$STARTED_PID
   echo '{}' >"$N/behaviour.json"
   target/release/nri-test-plugin --socket "$N/nri.sock" --name bench --idx 10 \
     --behaviour "$N/behaviour.json" &

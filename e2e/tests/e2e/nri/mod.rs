@@ -183,13 +183,26 @@ async fn without_the_table_nri_is_off() {
     if !can_run_here() {
         return;
     }
+    // No [nri] table: berthd makes no socket at the default path.
+    let default_socket = Path::new("/var/run/nri/nri.sock");
+    let there_before = default_socket.exists();
+    let mut w = World::new("nri-absent").await;
+    let pod = w.pod("nri-absent").await;
+    w.run(&pod, w.container("c", "sleep 60")).await;
+    assert_eq!(default_socket.exists(), there_before);
+    w.remove_pod(&pod).await;
+    // The table, not enabled: no socket, and a plugin cannot register.
     let nri = Nri::new();
-    // The table present but not enabled, and absent: no socket either way.
     let mut w = World::with_config("nri-off", &nri.table(false, "2s")).await;
     let pod = w.pod("nri-off").await;
-    let id = w.run(&pod, w.container("c", "sleep 60")).await;
+    w.run(&pod, w.container("c", "sleep 60")).await;
     assert!(!nri.socket().exists());
-    w.stop(&id, 0).await;
+    let refused = Command::new(plugin_binary())
+        .args(["--socket", &nri.socket().display().to_string()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!refused.success());
     w.remove_pod(&pod).await;
 }
 
