@@ -11,8 +11,8 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri::{
-    ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest, RunPodSandboxRequest,
-    StopPodSandboxRequest, UpdateContainerResourcesRequest,
+    ListContainersRequest, ListPodSandboxRequest, RemoveContainerRequest, StopPodSandboxRequest,
+    UpdateContainerResourcesRequest,
 };
 use berth_e2e::world::{World, can_run_here};
 use serde_json::{Value, json};
@@ -144,16 +144,10 @@ impl TestPlugin {
     }
 }
 
+/// RunPodSandbox of the world's pod config `name`, its error kept.
 async fn run_pod(w: &mut World, name: &str) -> Result<String, tonic::Status> {
     let config = w.pod_config(name);
-    w.client
-        .clone()
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
+    berth_e2e::run_pod(&mut w.client, config).await
 }
 
 async fn pods_listed(w: &World) -> usize {
@@ -427,15 +421,7 @@ async fn nothing_is_visible_or_started_while_its_hook_runs() {
     );
     let mut creating = w.client.clone();
     let config = w.pod_config("nri-slow");
-    let run = tokio::spawn(async move {
-        creating
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
-    });
+    let run = tokio::spawn(async move { berth_e2e::run_pod(&mut creating, config).await });
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         pods_listed(&w).await,
@@ -554,16 +540,7 @@ async fn a_plugin_connecting_while_pods_are_made_learns_of_each_once() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    let id = client
-                        .run_pod_sandbox(RunPodSandboxRequest {
-                            config: Some(config),
-                            runtime_handler: String::new(),
-                        })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                        .pod_sandbox_id;
-                    ids.push(id);
+                    ids.push(berth_e2e::run_pod(&mut client, config).await.unwrap());
                 }
                 ids
             })
