@@ -69,8 +69,19 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The container from its record and the OCI spec in its run dir (read
+/// here: call it off the async workers). A spec that cannot be read leaves
+/// what it would tell empty.
+pub fn container_of(record: &ContainerRecord) -> api::Container {
+    let spec = berth_runtime::spec::read(&record.run_dir)
+        .ok()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or_default();
+    container(record, &spec)
+}
+
 /// The container from its record and its OCI spec (as JSON).
-pub fn container(record: &ContainerRecord, spec: &Value) -> api::Container {
+fn container(record: &ContainerRecord, spec: &Value) -> api::Container {
     let process = &spec["process"];
     let linux = &spec["linux"];
     let mounts = spec["mounts"]

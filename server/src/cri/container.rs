@@ -269,8 +269,8 @@ impl CriService {
             drop((pin, volume_pins));
             tracing::info!(container = %created.id, pod = %created.pod_id, name = %name, "container created");
             if let (Some(hooks), Some(nri_pod)) = (hooks, nri_pod) {
-                match this.nri_objects(&created.id).await {
-                    Ok((_, container)) => {
+                match this.nri_container(&created.id).await {
+                    Ok(container) => {
                         if let Err(err) = hooks.post_create_container(&nri_pod, &container).await {
                             tracing::warn!(container = %created.id, "{err}");
                         }
@@ -391,19 +391,22 @@ impl CriService {
         request: StartContainerRequest,
     ) -> Result<StartContainerResponse, Status> {
         let hooks = self.nri_hooks().await;
+        let mut nri_pod = None;
         if let Some(hooks) = &hooks {
             let (pod, container) = self.nri_objects(&request.container_id).await?;
             hooks
                 .start_container(&pod, &container)
                 .await
                 .map_err(|err| err.to_status())?;
+            nri_pod = Some(pod);
         }
         let containers = self.containers.clone();
         let id = request.container_id.clone();
         blocking(move || containers.start(&id)).await?;
-        if let Some(hooks) = &hooks {
-            let (pod, container) = self.nri_objects(&request.container_id).await?;
-            if let Err(err) = hooks.post_start_container(&pod, &container).await {
+        if let (Some(hooks), Some(pod)) = (&hooks, &nri_pod) {
+            // Running now: its pid is news to plugins.
+            let container = self.nri_container(&request.container_id).await?;
+            if let Err(err) = hooks.post_start_container(pod, &container).await {
                 tracing::warn!(container = %request.container_id, "{err}");
             }
         }

@@ -20,28 +20,25 @@ impl CriService {
         }
     }
 
+    /// A container as plugins see it.
+    pub(super) async fn nri_container(&self, container_id: &str) -> Result<api::Container, Status> {
+        let containers = self.containers.clone();
+        let id = container_id.to_string();
+        blocking(move || Ok(crate::nri::container_of(&containers.get(&id)?))).await
+    }
+
     /// A container and its pod as plugins see them.
     pub(super) async fn nri_objects(
         &self,
         container_id: &str,
     ) -> Result<(api::PodSandbox, api::Container), Status> {
-        let containers = self.containers.clone();
-        let id = container_id.to_string();
-        let (record, spec) = blocking(move || {
-            let record = containers.get(&id)?;
-            let spec = berth_runtime::spec::read(&record.run_dir)
-                .ok()
-                .and_then(|s| serde_json::to_value(s).ok())
-                .unwrap_or_default();
-            Ok((record, spec))
-        })
-        .await?;
+        let container = self.nri_container(container_id).await?;
         let pod = self
             .pods
-            .get(&record.pod_id)
+            .get(&container.pod_sandbox_id)
             .await
             .map_err(super::pod::status)?;
-        Ok((crate::nri::pod(&pod), crate::nri::container(&record, &spec)))
+        Ok((crate::nri::pod(&pod), container))
     }
 
     /// Tells plugins a container stopped (once per container: see
@@ -65,16 +62,7 @@ impl CriService {
         let pods = self.pods.list().await;
         let records = self.containers.list_known();
         let containers = tokio::task::spawn_blocking(move || {
-            records
-                .iter()
-                .map(|record| {
-                    let spec = berth_runtime::spec::read(&record.run_dir)
-                        .ok()
-                        .and_then(|s| serde_json::to_value(s).ok())
-                        .unwrap_or_default();
-                    crate::nri::container(record, &spec)
-                })
-                .collect()
+            records.iter().map(crate::nri::container_of).collect()
         })
         .await
         .unwrap_or_default();

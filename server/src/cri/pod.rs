@@ -151,39 +151,42 @@ impl CriService {
             Err(err) => return Err(status(err)),
         };
         let pod_id = pod.id.clone();
-        let hooks = self.nri_hooks().await;
-        // The pod's containers as plugins know them, before they go.
-        let mut known = Vec::new();
-        if hooks.is_some() {
-            for id in self.containers.of_pod(pod_id.as_str()) {
-                if let Ok(objects) = self.nri_objects(&id).await {
-                    known.push(objects);
+        // With NRI: the pod and its containers as plugins know them, taken
+        // before they go.
+        let nri = match self.nri_hooks().await {
+            Some(hooks) => {
+                let mut known = Vec::new();
+                for id in self.containers.of_pod(pod_id.as_str()) {
+                    if let Ok(container) = self.nri_container(&id).await {
+                        known.push(container);
+                    }
                 }
+                Some((hooks, crate::nri::pod(&pod), known))
             }
-        }
+            None => None,
+        };
         let failures = self.pod_containers_down(pod_id.as_str(), remove).await;
-        if let Some(hooks) = &hooks {
-            for (nri_pod, container) in &known {
+        if let Some((hooks, nri_pod, known)) = &nri {
+            for container in known {
                 match hooks.stop_container(nri_pod, container).await {
                     Ok(updates) => hooks.apply_updates(updates).await,
                     Err(err) => tracing::warn!(container = %container.id, "{err}"),
                 }
             }
-        }
-        // Plugins hear of a pod's stop once, after its containers stopped.
-        if let Some(hooks) = &hooks
-            && pod.effective_state() == berth_sandbox::State::Ready
-            && let Err(err) = hooks.stop_pod_sandbox(&crate::nri::pod(&pod)).await
-        {
-            tracing::warn!(pod = %pod_id, "{err}");
+            // Plugins hear of a pod's stop once, after its containers stopped.
+            if pod.effective_state() == berth_sandbox::State::Ready
+                && let Err(err) = hooks.stop_pod_sandbox(nri_pod).await
+            {
+                tracing::warn!(pod = %pod_id, "{err}");
+            }
         }
         let result = if remove {
             self.pods.remove(pod_id.as_str()).await
         } else {
             self.pods.stop(pod_id.as_str()).await
         };
-        if let (Some(hooks), true) = (&hooks, remove) {
-            for (nri_pod, container) in &known {
+        if let (Some((hooks, nri_pod, known)), true) = (&nri, remove) {
+            for container in known {
                 if self.containers.get(&container.id).is_err()
                     && let Err(err) = hooks.remove_container(nri_pod, container).await
                 {
@@ -191,13 +194,12 @@ impl CriService {
                 }
             }
             if result.is_ok()
-                && let Err(err) = hooks.remove_pod_sandbox(&crate::nri::pod(&pod)).await
+                && let Err(err) = hooks.remove_pod_sandbox(nri_pod).await
             {
                 tracing::warn!(pod = %pod_id, "{err}");
             }
         }
-        let pod = result;
-        match (pod, failures.is_empty()) {
+        match (result, failures.is_empty()) {
             (Ok(()), true) => Ok(()),
             (Ok(()), false) => Err(Status::internal(format!(
                 "pod sandbox {pod_id}: {}",
