@@ -360,6 +360,7 @@ impl berth_nri::Runtime for Bridge {
 
     async fn update(&self, updates: Vec<api::ContainerUpdate>) -> Vec<api::ContainerUpdate> {
         let mut failed = Vec::new();
+        let host = berth_cri::resources::Host::probe();
         for update in updates {
             let asked = update
                 .linux
@@ -370,7 +371,11 @@ impl berth_nri::Runtime for Bridge {
                 Some(what) => Err(format!("Berth cannot update {what}")),
                 None => self
                     .service
-                    .apply_resources(&update.container_id, resources_from_nri(&asked))
+                    .apply_resources(
+                        &update.container_id,
+                        resources_from_nri(&asked),
+                        host.clone(),
+                    )
                     .await
                     .map_err(|status| status.message().to_string()),
             };

@@ -54,7 +54,7 @@ impl CriService {
                 crate::nri::resources_from_nri(&merged)
             }
         };
-        self.apply_resources(&record.id, resources).await?;
+        self.apply_resources(&record.id, resources, host).await?;
         if let (Some(hooks), Some((pod, container, others))) = (&hooks, nri) {
             if let Err(err) = hooks.post_update_container(&pod, &container).await {
                 tracing::warn!(container = %record.id, "{err}");
@@ -67,12 +67,13 @@ impl CriService {
 
     /// New limits through the OCI runtime, kept in `config.json` and the
     /// record: UpdateContainerResources' and NRI plugins' updates alike.
+    /// `host` is the probe the limits were checked against.
     pub(crate) async fn apply_resources(
         &self,
         id: &str,
         resources: berth_runtime::spec::Resources,
+        host: Host,
     ) -> Result<(), Status> {
-        let host = Host::probe();
         let containers = self.containers.clone();
         let id = id.to_string();
         blocking(move || {
